@@ -1,0 +1,283 @@
+"""Model files: safetensors weights with the model's input contract as JSON metadata.
+
+One file. The safetensors header's ``__metadata__`` holds ``geounet`` = a JSON document
+(:class:`ModelMeta`): format version, architecture and its arguments, bands (count, names),
+expected dtype, per-band mean/std (raw units), class names and colours, default tile size and
+overlap, ground sample distance, and training provenance. Loading parses that JSON and the tensor
+header; nothing is ever unpickled, so a file from a stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from geounet.errors import CheckpointError
+from geounet.model import ARCHITECTURES, UNet
+
+#: Version of the metadata layout; files from a newer version are refused.
+FORMAT_VERSION = 1
+META_KEY = "geounet"
+
+DEFAULT_COLOURS = [
+    "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf",
+]
+
+
+@dataclass
+class ModelMeta:
+    """The input contract and provenance of a model.
+
+    Attributes:
+        architecture: Registry name (``unet``).
+        arch_args: Constructor arguments (in_channels, classes, width, depth).
+        band_names: One name per input band, in order.
+        dtype: Raster dtype the model was trained on (``uint8``, ``uint16``, ``float32``...).
+        mean: Per-band mean, raw units; input is ``(x - mean) / std``.
+        std: Per-band standard deviation, raw units.
+        classes: Class names. Binary models (one output channel) name the foreground only;
+            multi-class models name every channel, background first.
+        colours: ``#rrggbb`` per class name.
+        tile_size: Default tile size in pixels.
+        overlap: Default overlap in pixels.
+        gsd: Ground sample distance in metres the model was trained at (None if unknown).
+        provenance: Free-form training record (data, epochs, metrics, time).
+        format_version: Layout version of this metadata.
+    """
+
+    architecture: str
+    arch_args: dict[str, int]
+    band_names: list[str]
+    dtype: str
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+    colours: list[str] = field(default_factory=list)
+    tile_size: int = 512
+    overlap: int = 64
+    gsd: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def bands(self) -> int:
+        """Input band count."""
+        return len(self.band_names)
+
+    @property
+    def binary(self) -> bool:
+        """One output channel (sigmoid) rather than one per class (softmax)."""
+        return self.arch_args["classes"] == 1
+
+    @property
+    def depth(self) -> int:
+        """U-Net depth (tiles must be divisible by ``2**depth``)."""
+        return int(self.arch_args.get("depth", 4))
+
+    @property
+    def mask_classes(self) -> list[str]:
+        """Names by mask value: 0 is background, then the classes."""
+        return ["background", *self.classes] if self.binary else list(self.classes)
+
+    def to_json(self) -> str:
+        """The metadata as one JSON document."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "model") -> ModelMeta:
+        """Build and validate metadata read from a file.
+
+        Raises:
+            CheckpointError: Missing keys, a newer format, or inconsistent values.
+        """
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise CheckpointError(f"{source}: geounet metadata has no format_version")
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source} was written by a newer geounet (model format {version}, this one "
+                f"reads up to {FORMAT_VERSION}); upgrade geounet"
+            )
+        known = set(cls.__dataclass_fields__)
+        try:
+            meta = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise CheckpointError(f"{source}: incomplete geounet metadata ({exc})") from exc
+        meta.validate(source)
+        return meta
+
+    def validate(self, source: str = "model") -> None:
+        """Check internal consistency.
+
+        Raises:
+            CheckpointError: Naming what is inconsistent.
+        """
+        if self.architecture not in ARCHITECTURES:
+            raise CheckpointError(
+                f"{source}: unknown architecture {self.architecture!r} "
+                f"(known: {', '.join(ARCHITECTURES)})"
+            )
+        args = self.arch_args
+        if args.get("in_channels") != self.bands:
+            raise CheckpointError(f"{source}: {self.bands} band names for {args.get('in_channels')} inputs")
+        if len(self.mean) != self.bands or len(self.std) != self.bands:
+            raise CheckpointError(f"{source}: mean/std must have one value per band ({self.bands})")
+        if any(s <= 0 for s in self.std):
+            raise CheckpointError(f"{source}: std values must be positive")
+        n_out = args.get("classes", 0)
+        if (n_out == 1 and len(self.classes) != 1) or (n_out > 1 and len(self.classes) != n_out):
+            raise CheckpointError(f"{source}: {len(self.classes)} class names for {n_out} outputs")
+
+
+def default_normalization(dtype: str, bands: int) -> tuple[list[float], list[float]]:
+    """Mean/std for an untrained model: the middle and a quarter of the dtype's usual range."""
+    ranges = {"uint8": 255.0, "uint16": 2047.0, "int16": 2047.0}
+    top = ranges.get(dtype, 1.0)
+    return [top / 2] * bands, [top / 4] * bands
+
+
+def build_model(meta: ModelMeta) -> UNet:
+    """A fresh network for the metadata's architecture."""
+    return ARCHITECTURES[meta.architecture](**meta.arch_args)
+
+
+def save_model(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike[str]) -> None:
+    """Write weights and metadata to one safetensors file (not atomically: see AtomicOutputs).
+
+    Args:
+        model: The network (its ``state_dict`` is saved; DDP wrappers are unwrapped).
+        meta: Its contract.
+        path: Destination.
+    """
+    meta.validate(str(path))
+    module = getattr(model, "module", model)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={META_KEY: meta.to_json()})
+
+
+def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
+    """Read only the metadata of a model file.
+
+    Raises:
+        CheckpointError: Missing file, not safetensors (e.g. a pickle), or no geounet metadata.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{path}: model file not found; create one with `geounet model create` or `geounet train`")
+    if p.is_dir():
+        raise CheckpointError(f"{path} is a directory; pass a .safetensors model file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as exc:  # safetensors raises SafetensorError/OSError for bad headers
+        raise CheckpointError(
+            f"{p.name} is not a safetensors model file ({str(exc).splitlines()[0][:120]}); "
+            f"geounet never loads pickled checkpoints: convert the weights to safetensors"
+        ) from exc
+    if raw is None:
+        raise CheckpointError(
+            f"{p.name} has no geounet metadata; it is a plain safetensors file, not a geounet model"
+        )
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{p.name}: geounet metadata is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{p.name}: geounet metadata is not a JSON object")
+    return ModelMeta.from_dict(data, source=p.name)
+
+
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[UNet, ModelMeta]:
+    """Load a model file: metadata, then weights into a freshly built network (eval mode).
+
+    Raises:
+        CheckpointError: Anything wrong with the file, including weights that do not match the
+            architecture in its metadata.
+    """
+    meta = read_meta(path)
+    name = Path(path).name
+    model = build_model(meta)
+    try:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{name}: weights do not match the {meta.architecture} described in its metadata "
+            f"({str(exc).splitlines()[0][:160]})"
+        ) from exc
+    model.eval()
+    return model.to(device), meta
+
+
+def file_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file (model identity for manifests)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def create_model(
+    *,
+    bands: int,
+    classes: int | list[str],
+    width: int = 64,
+    depth: int = 4,
+    seed: int = 0,
+    dtype: str = "uint8",
+    tile_size: int = 512,
+    overlap: int = 64,
+    band_names: list[str] | None = None,
+) -> tuple[UNet, ModelMeta]:
+    """A seeded, untrained model and its metadata.
+
+    Args:
+        bands: Input bands.
+        classes: Number of output channels (1 = binary) or class names (one name = binary,
+            several = multi-class with background first).
+        width: First-level channels.
+        depth: Down/up steps.
+        seed: Weight-initialization seed.
+        dtype: Raster dtype the model expects.
+        tile_size: Default tile size.
+        overlap: Default overlap.
+        band_names: Optional names (default ``band1..``).
+    """
+    if isinstance(classes, int):
+        names = ["foreground"] if classes == 1 else [f"class{i}" for i in range(classes)]
+        if classes > 1:
+            names[0] = "background"
+    else:
+        names = list(classes)
+    n_out = 1 if len(names) == 1 else len(names)
+    mean, std = default_normalization(dtype, bands)
+    meta = ModelMeta(
+        architecture="unet",
+        arch_args={"in_channels": bands, "classes": n_out, "width": width, "depth": depth},
+        band_names=band_names or [f"band{i}" for i in range(1, bands + 1)],
+        dtype=dtype,
+        mean=mean,
+        std=std,
+        classes=names,
+        colours=[DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(len(names))],
+        tile_size=tile_size,
+        overlap=overlap,
+        provenance={"created": "geounet model create", "seed": seed, "trained": False},
+    )
+    meta.validate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(meta)
+    model.eval()
+    return model, meta

@@ -1,0 +1,102 @@
+"""The ``geounet`` command group and its single error handler.
+
+Errors are translated in one place: a :class:`~geounet.errors.GeounetError` prints
+``Error: <message>`` on stderr and exits 1; click's usage errors exit 2; an interrupt (SIGINT)
+exits 130 and SIGTERM 143, after outputs in progress were removed; anything else is an internal
+error (exit 3). ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+import click
+
+from geounet import __version__
+from geounet.errors import GeounetError
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks remove partial outputs."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+class GeounetGroup(click.Group):
+    """A click group whose ``main`` maps every exception to one line and an exit status."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+        debug = "--debug" in sys.argv[1:] if not args else "--debug" in (args[0] or [])
+        kwargs.setdefault("standalone_mode", True)
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not in the main thread (e.g. some test runners)
+            pass
+        try:
+            return super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            if debug:
+                raise
+            click.echo("Interrupted; no output written", err=True)
+            sys.exit(130)
+        except Terminated:
+            if debug:
+                raise
+            click.echo("Terminated; no output written", err=True)
+            sys.exit(143)
+        except GeounetError as exc:
+            if debug:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            if debug:
+                raise
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"internal error: {type(exc).__name__}: {msg} (re-run with --debug)", err=True)
+            sys.exit(3)
+
+
+@click.group(cls=GeounetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geounet")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or log output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """Segment large geospatial rasters with a U-Net.
+
+    \b
+    geounet predict scene.tif -o buildings.gpkg --model buildings.safetensors
+    geounet model create -o m.safetensors --bands 3 --classes 1 --width 16
+    """
+    level = logging.ERROR if quiet else max(logging.DEBUG, logging.WARNING - 10 * verbose)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"quiet": quiet, "debug": debug}
+
+
+def _register() -> None:
+    from geounet.cli.model import model
+    from geounet.cli.predict import predict
+
+    cli.add_command(predict)
+    cli.add_command(model)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

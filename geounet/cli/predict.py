@@ -1,0 +1,58 @@
+"""``geounet predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progress
+
+
+@click.command()
+@click.argument("scene", type=str)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Vector output: .geojson, .gpkg, .fgb, .shp or .parquet.")
+@click.option("-m", "--model", "model_path", type=click.Path(path_type=Path), required=True, help="Model file (.safetensors).")
+@click.option("--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's].")
+@click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 4 CPU, 16 CUDA].")
+@device_opt
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
+@click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path), help="Also write class probabilities (GeoTIFF).")
+@click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
+@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="Also write the class mask (uint8 GeoTIFF).")
+@click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
+@click.option("--min-area", "min_area_m2", type=click.FloatRange(min=0), default=0.0, help="Drop polygons smaller than this many m².")
+@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, help="Simplify polygons, tolerance in pixels.")
+@click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
+@overwrite_opt
+@click.pass_context
+def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+    """Segment SCENE and write polygons in its CRS.
+
+    \b
+    geounet predict scene.tif -o buildings.gpkg -m buildings.safetensors --mask mask.tif
+    """
+    from geounet.predict import PredictConfig, predict_raster
+
+    if out is None and probabilities is None and mask is None:
+        raise click.UsageError("give -o/--output, --probabilities or --mask")
+    config = PredictConfig(
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
+        threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite,  # type: ignore[arg-type]
+    )
+    update, close = tile_progress(ctx, Path(scene).name)
+    try:
+        result = predict_raster(scene, out, model=model_path, probabilities=probabilities, mask=mask, config=config, progress=update)
+    finally:
+        close()
+    for path in (result.vectors, result.probabilities, result.mask):
+        if path is not None:
+            click.echo(str(path))
+    counts = ", ".join(f"{n} {k} px" for k, n in result.class_counts.items()) or "no foreground"
+    click.echo(
+        f"{result.features} polygons from {result.tiles} tiles ({result.tiles_skipped} all-nodata skipped) "
+        f"in {result.seconds:.1f} s; {counts}",
+        err=True,
+    )

@@ -1,0 +1,108 @@
+"""The classic U-Net, built in a loop from ``width`` and ``depth``.
+
+Level ``i`` (0 = full resolution) has ``width * 2**i`` channels. Each level is a double
+3x3 convolution + BatchNorm + ReLU; the encoder goes down with 2x2 max-pooling, the decoder up
+with 2x2 transposed convolutions, concatenating the encoder's features (skip connections), and a
+1x1 convolution gives the class logits. ``width=64, depth=4`` is the original architecture
+(31.0M parameters for 3 bands and 2 classes).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 convolution => BatchNorm => ReLU) * 2."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Down(nn.Sequential):
+    """2x2 max-pool, then a double convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+
+class Up(nn.Module):
+    """2x2 transposed convolution, concatenation with the skip features, double convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(in_channels // 2 + out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Upsample ``x``, pad it to ``skip``'s size if odd sizes left it short, and fuse."""
+        x = self.up(x)
+        dy = skip.shape[-2] - x.shape[-2]
+        dx = skip.shape[-1] - x.shape[-1]
+        if dy or dx:
+            x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net for semantic segmentation.
+
+    Args:
+        in_channels: Input bands.
+        classes: Output channels: 1 for a binary task (sigmoid), else one per class including
+            background (softmax).
+        width: Channels of the first level; level ``i`` has ``width * 2**i``.
+        depth: Number of down (and up) steps; tiles must be divisible by ``2**depth``.
+
+    Input: float (N, in_channels, H, W). Output: logits (N, classes, H, W).
+    """
+
+    def __init__(self, in_channels: int, classes: int, width: int = 64, depth: int = 4) -> None:
+        super().__init__()
+        if in_channels < 1 or classes < 1 or width < 1 or depth < 1:
+            raise ValueError(
+                f"U-Net needs positive in_channels, classes, width and depth; got "
+                f"{in_channels}, {classes}, {width}, {depth}"
+            )
+        self.in_channels = in_channels
+        self.classes = classes
+        self.width = width
+        self.depth = depth
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.inc = DoubleConv(in_channels, chans[0])
+        self.downs = nn.ModuleList(Down(chans[i], chans[i + 1]) for i in range(depth))
+        self.ups = nn.ModuleList(Up(chans[i + 1], chans[i]) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(chans[0], classes, kernel_size=1)
+
+    @property
+    def multiple(self) -> int:
+        """Input sizes must be divisible by this for exact skip alignment (``2**depth``)."""
+        return int(2**self.depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images."""
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        y = skips.pop()
+        for up in self.ups:
+            y = up(y, skips.pop())
+        return self.head(y)
+
+
+#: Architectures by name, as stored in model files (no class is ever looked up by string).
+ARCHITECTURES: dict[str, type[UNet]] = {"unet": UNet}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

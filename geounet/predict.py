@@ -1,0 +1,450 @@
+"""Streaming tiled prediction: scene -> tiles -> U-Net batches -> blended strips -> outputs.
+
+Memory is bounded by one strip of tile rows: reading runs ahead in background threads, logits are
+blended into a rolling :class:`~geounet.blend.Stitcher`, and each finished strip goes straight to
+the probability/mask GeoTIFFs and the strip vectorizer. The scene is never held whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from geounet.blend import Stitcher, Strip
+from geounet.checkpoint import ModelMeta, load_model
+from geounet.errors import BandMismatchError, GeounetError, OutputError
+from geounet.model import UNet
+from geounet.raster import (
+    AtomicOutputs,
+    Scene,
+    StripWriter,
+    WindowReader,
+    open_scene,
+    resolve_bands,
+)
+from geounet.tiling import Tile, check_tile_size, tile_windows
+from geounet.vectorize import MASK_NODATA, StripVectorizer, vector_driver, write_vectors
+
+logger = logging.getLogger(__name__)
+
+ProbDtype = Literal["float32", "uint8"]
+Device = Literal["auto", "cpu", "cuda"]
+#: progress(done, total): tiles done so far out of total.
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PredictConfig:
+    """Options of a prediction run (CLI flags mirror these).
+
+    Attributes:
+        tile_size: Window size in pixels (None: the model's default).
+        overlap: Pixels shared by neighbouring windows (None: the model's default).
+        batch_size: Tiles per forward pass (None: 4 on CPU, 16 on CUDA).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        threshold: Probability at or above which a pixel is foreground (binary models).
+        bands: 1-based bands to feed the model (None: every band but alpha).
+        min_area_m2: Drop polygons smaller than this.
+        simplify: Douglas-Peucker tolerance in pixels (0: none).
+        to_crs: Reproject the vector output (e.g. ``EPSG:4326``); None keeps the scene's CRS.
+        prob_dtype: ``float32`` (nodata NaN) or ``uint8`` (0..254 = 0..1, nodata 255).
+        readers: Background reader threads.
+        overwrite: Replace existing outputs.
+    """
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch_size: int | None = None
+    device: Device = "auto"
+    threshold: float = 0.5
+    bands: Sequence[int] | None = None
+    min_area_m2: float = 0.0
+    simplify: float = 0.0
+    to_crs: str | None = None
+    prob_dtype: ProbDtype = "float32"
+    readers: int = 2
+    overwrite: bool = False
+
+
+@dataclass
+class PredictResult:
+    """What a run produced."""
+
+    scene: str
+    vectors: Path | None
+    probabilities: Path | None
+    mask: Path | None
+    features: int
+    tiles: int
+    tiles_skipped: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU.
+
+    Raises:
+        GeounetError: ``cuda`` asked for but not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GeounetError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def check_dtype(scene: Scene, meta: ModelMeta) -> None:
+    """Refuse a scene whose dtype differs from the one the model was trained on.
+
+    Raises:
+        BandMismatchError: With how to fix it.
+    """
+    if np.dtype(scene.dtype) != np.dtype(meta.dtype):
+        raise BandMismatchError(
+            f"model expects {meta.dtype} pixels, {scene.name} is {scene.dtype}; rescale it "
+            f"(gdal_translate -ot {_gdal_type(meta.dtype)} -scale) or use a model trained on {scene.dtype}"
+        )
+
+
+def _gdal_type(dtype: str) -> str:
+    return {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}.get(
+        dtype, dtype
+    )
+
+
+class Predictor:
+    """A loaded model ready to run over scenes (keeps the model between scenes).
+
+    Args:
+        model: A model file path, or an already loaded ``(UNet, ModelMeta)`` pair.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | tuple[UNet, ModelMeta], device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        if isinstance(model, tuple):
+            net, self.meta = model
+        else:
+            net, self.meta = load_model(model)
+        self.net = net.to(self.device).eval()
+        self.mean = torch.tensor(self.meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.meta.std, dtype=torch.float32).view(1, -1, 1, 1)
+        if self.device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+
+    @torch.inference_mode()
+    def forward(self, batch: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+        """Logits for raw tiles.
+
+        Args:
+            batch: (N, bands, H, W) raw pixel values.
+            valid: (N, H, W) validity; invalid pixels are set to the band mean (0 after
+                normalization) so nodata does not leak extreme values into the network.
+
+        Returns:
+            float32 (N, outputs, H, W) logits on the CPU.
+        """
+        x = torch.from_numpy(batch)
+        x = (x - self.mean) / self.std
+        x = x * torch.from_numpy(valid).unsqueeze(1)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = self.net(x)
+            return y.float().cpu().numpy()
+        return self.net(x).numpy()
+
+    def run(
+        self,
+        scene_path: str | os.PathLike[str],
+        out: str | os.PathLike[str] | None = None,
+        *,
+        probabilities: str | os.PathLike[str] | None = None,
+        mask: str | os.PathLike[str] | None = None,
+        config: PredictConfig | None = None,
+        progress: Progress | None = None,
+    ) -> PredictResult:
+        """Predict one scene. See :func:`predict_raster`."""
+        cfg = config or PredictConfig()
+        t_start = time.perf_counter()
+        meta = self.meta
+        if out is None and probabilities is None and mask is None:
+            raise OutputError("nothing to write: give a vector output, --probabilities or --mask")
+        if out is not None:
+            vector_driver(out)
+        tile_size = cfg.tile_size or meta.tile_size
+        overlap = meta.overlap if cfg.overlap is None else cfg.overlap
+        check_tile_size(tile_size, overlap, multiple=2**meta.depth)
+
+        scene = open_scene(scene_path)
+        bands = resolve_bands(scene, cfg.bands, meta.bands)
+        check_dtype(scene, meta)
+        tiles = tile_windows(scene.height, scene.width, tile_size, overlap)
+        batch_size = cfg.batch_size or (16 if self.device.type == "cuda" else 4)
+        n_out = meta.arch_args["classes"]
+        mask_names = meta.mask_classes
+
+        timings = dict.fromkeys(("read_wait", "model", "stitch", "postprocess", "write", "vectorize"), 0.0)
+        counts = np.zeros(256, dtype=np.int64)
+        features = 0
+        skipped = 0
+        with AtomicOutputs() as outputs:
+            tmp_vec = outputs.reserve(out, overwrite=cfg.overwrite) if out is not None else None
+            tmp_prob = (
+                outputs.reserve(probabilities, overwrite=cfg.overwrite) if probabilities else None
+            )
+            tmp_mask = outputs.reserve(mask, overwrite=cfg.overwrite) if mask else None
+            prob_writer = mask_writer = None
+            if tmp_prob is not None:
+                prob_writer = StripWriter(
+                    tmp_prob,
+                    scene,
+                    count=n_out,
+                    dtype=cfg.prob_dtype,
+                    nodata=float("nan") if cfg.prob_dtype == "float32" else 255,
+                    descriptions=[f"probability of {c}" for c in meta.classes],
+                )
+                if cfg.prob_dtype == "uint8":
+                    prob_writer.dataset.scales = [1 / 254] * n_out
+            if tmp_mask is not None:
+                mask_writer = StripWriter(
+                    tmp_mask, scene, count=1, dtype="uint8", nodata=MASK_NODATA,
+                    descriptions=["class"],
+                )
+                mask_writer.dataset.write_colormap(1, _colormap(meta))
+                mask_writer.dataset.update_tags(
+                    1, **{f"CLASS_{i}": n for i, n in enumerate(mask_names)}
+                )
+            vectorizer = (
+                StripVectorizer(
+                    scene.transform,
+                    scene.crs,
+                    mask_names,
+                    simplify=cfg.simplify,
+                    min_area_m2=cfg.min_area_m2,
+                )
+                if tmp_vec is not None
+                else None
+            )
+            stitcher = Stitcher(scene.height, scene.width, n_out, overlap)
+            reader = WindowReader(scene, bands, tile_size)
+            row_last = {t.row: i for i, t in enumerate(tiles)}  # index of each row's last tile
+            row_next = {t.row: t.row_off for t in tiles}
+            n_rows = len(row_next)
+
+            def handle_strip(strip: Strip) -> None:
+                t0 = time.perf_counter()
+                cls, score, probs = _postprocess(strip, meta, cfg.threshold)
+                counts[:] += np.bincount(cls.ravel(), minlength=256)[:256]
+                t1 = time.perf_counter()
+                if prob_writer is not None:
+                    prob_writer.write(strip.row_off, _prob_array(probs, strip.valid, cfg.prob_dtype))
+                if mask_writer is not None:
+                    mask_writer.write(strip.row_off, cls[None])
+                t2 = time.perf_counter()
+                if vectorizer is not None:
+                    vectorizer.add(strip.row_off, cls, score)
+                t3 = time.perf_counter()
+                timings["postprocess"] += t1 - t0
+                timings["write"] += t2 - t1
+                timings["vectorize"] += t3 - t2
+
+            pool = ThreadPoolExecutor(max_workers=max(1, cfg.readers), thread_name_prefix="geounet-read")
+            try:
+                pending: deque[tuple[Tile, Future[tuple[Any, Any]]]] = deque()
+                it = iter(tiles)
+                prefetch = max(2 * batch_size, 4)
+
+                def fill() -> None:
+                    while len(pending) < prefetch:
+                        t = next(it, None)
+                        if t is None:
+                            return
+                        pending.append((t, pool.submit(reader.read, t)))
+
+                fill()
+                batch_tiles: list[Tile] = []
+                batch_data: list[npt.NDArray[np.float32]] = []
+                batch_valid: list[npt.NDArray[np.bool_]] = []
+                done = 0
+                next_row = 0  # first grid row not yet flushed
+
+                def run_batch() -> None:
+                    if not batch_tiles:
+                        return
+                    t0 = time.perf_counter()
+                    logits = self.forward(np.stack(batch_data), np.stack(batch_valid))
+                    t1 = time.perf_counter()
+                    for t, lg, vd in zip(batch_tiles, logits, batch_valid, strict=True):
+                        stitcher.add(t, lg[:, : t.height, : t.width], vd[: t.height, : t.width])
+                    timings["model"] += t1 - t0
+                    timings["stitch"] += time.perf_counter() - t1
+                    batch_tiles.clear()
+                    batch_data.clear()
+                    batch_valid.clear()
+
+                def flush_rows(last_index: int) -> None:
+                    nonlocal next_row
+                    while next_row < n_rows and row_last[next_row] <= last_index:
+                        until = row_next[next_row + 1] if next_row + 1 < n_rows else scene.height
+                        t0 = time.perf_counter()
+                        strip = stitcher.flush(until)
+                        timings["stitch"] += time.perf_counter() - t0
+                        if strip is not None:
+                            handle_strip(strip)
+                        next_row += 1
+
+                for index in range(len(tiles)):
+                    tile, fut = pending.popleft()
+                    t0 = time.perf_counter()
+                    data, valid = fut.result()
+                    timings["read_wait"] += time.perf_counter() - t0
+                    fill()
+                    if valid.any():
+                        batch_tiles.append(tile)
+                        batch_data.append(data)
+                        batch_valid.append(valid)
+                    else:
+                        skipped += 1
+                    last_of_row = row_last[tile.row] == index
+                    if len(batch_tiles) >= batch_size or last_of_row:
+                        run_batch()
+                        flush_rows(index)
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(tiles))
+                run_batch()
+                flush_rows(len(tiles) - 1)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+                reader.close()
+            t0 = time.perf_counter()
+            for w in (prob_writer, mask_writer):
+                if w is not None:
+                    w.close()
+            timings["write"] += time.perf_counter() - t0
+            if vectorizer is not None and tmp_vec is not None:
+                t0 = time.perf_counter()
+                frame = vectorizer.finish()
+                timings["vectorize"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if cfg.to_crs:
+                    frame = _reproject(frame, cfg.to_crs)
+                write_vectors(frame, tmp_vec)
+                timings["write"] += time.perf_counter() - t0
+                features = len(frame)
+        return PredictResult(
+            scene=str(scene_path),
+            vectors=Path(out) if out is not None else None,
+            probabilities=Path(probabilities) if probabilities else None,
+            mask=Path(mask) if mask else None,
+            features=features,
+            tiles=len(tiles),
+            tiles_skipped=skipped,
+            seconds=time.perf_counter() - t_start,
+            timings=timings,
+            class_counts={
+                name: int(counts[i]) for i, name in enumerate(mask_names) if i > 0 and counts[i]
+            },
+        )
+
+
+def _reproject(frame: Any, to_crs: str) -> Any:
+    try:
+        return frame.to_crs(to_crs)
+    except Exception as exc:  # pyproj.CRSError and friends
+        raise GeounetError(f"cannot reproject to {to_crs!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def _postprocess(
+    strip: Strip, meta: ModelMeta, threshold: float
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Logits -> (class mask with nodata 255, probability of each pixel's class, probabilities)."""
+    logits = strip.logits
+    if meta.binary:
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        fg = probs[0] >= threshold
+        cls = fg.astype(np.uint8)
+        score = np.where(fg, probs[0], 1.0 - probs[0])
+    else:
+        shifted = logits - logits.max(axis=0, keepdims=True)
+        e = np.exp(shifted)
+        probs = e / e.sum(axis=0, keepdims=True)
+        cls = probs.argmax(axis=0).astype(np.uint8)
+        score = probs.max(axis=0)
+    cls[~strip.valid] = MASK_NODATA
+    return cls, score.astype(np.float32), probs.astype(np.float32)
+
+
+def _prob_array(
+    probs: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_], dtype: ProbDtype
+) -> npt.NDArray[Any]:
+    if dtype == "uint8":
+        out = np.rint(probs * 254).astype(np.uint8)
+        out[:, ~valid] = 255
+        return out
+    out32 = probs.copy()
+    out32[:, ~valid] = np.nan
+    return out32
+
+
+def _colormap(meta: ModelMeta) -> dict[int, tuple[int, int, int, int]]:
+    cmap: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
+    colours = meta.colours or []
+    offset = 1 if meta.binary else 0
+    for i, _name in enumerate(meta.classes):
+        value = i + offset
+        if value == 0:
+            continue
+        hexc = colours[i] if i < len(colours) else "#ff0000"
+        r, g, b = (int(hexc[k : k + 2], 16) for k in (1, 3, 5))
+        cmap[value] = (r, g, b, 255)
+    return cmap
+
+
+def predict_raster(
+    scene: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    model: str | os.PathLike[str] | tuple[UNet, ModelMeta],
+    probabilities: str | os.PathLike[str] | None = None,
+    mask: str | os.PathLike[str] | None = None,
+    config: PredictConfig | None = None,
+    progress: Progress | None = None,
+) -> PredictResult:
+    """Segment a scene and write polygons (and optionally probability and mask GeoTIFFs).
+
+    Args:
+        scene: GeoTIFF path or GDAL-readable URL.
+        out: Vector output (.geojson, .gpkg, .fgb, .shp, .parquet), in the scene's CRS unless
+            ``config.to_crs`` says otherwise.
+        model: Model file or a loaded ``(UNet, ModelMeta)``.
+        probabilities: Optional probability GeoTIFF in the scene's grid.
+        mask: Optional class-mask GeoTIFF (uint8, nodata 255).
+        config: Options.
+        progress: Called as ``progress(done, total)`` after each tile.
+
+    Returns:
+        Paths, feature count and timings.
+
+    Raises:
+        GeounetError: Any bad input or unwritable output; no output is left behind.
+    """
+    cfg = config or PredictConfig()
+    return Predictor(model, device=cfg.device).run(
+        scene, out, probabilities=probabilities, mask=mask, config=cfg, progress=progress
+    )

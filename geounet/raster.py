@@ -1,0 +1,453 @@
+"""Open and check scenes, read padded windows, and write outputs atomically.
+
+rasterio only; no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from geounet.errors import (
+    BandMismatchError,
+    MissingCRSError,
+    OutputError,
+    OutputExistsError,
+    RasterReadError,
+)
+from geounet.tiling import Tile
+
+logger = logging.getLogger(__name__)
+
+REMOTE_PREFIXES = ("/vsi", "http://", "https://", "s3://", "gs://", "az://")
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """Whether GDAL reads the path through a virtual file system rather than the local disk."""
+    return str(path).startswith(REMOTE_PREFIXES)
+
+
+def gdal_path(path: str | os.PathLike[str]) -> str:
+    """The path as GDAL wants it: ``s3://b/k`` and ``https://...`` become ``/vsis3/``, ``/vsicurl/``."""
+    p = str(path)
+    if p.startswith(("http://", "https://")):
+        return "/vsicurl/" + p
+    for scheme, vsi in (("s3://", "/vsis3/"), ("gs://", "/vsigs/"), ("az://", "/vsiaz/")):
+        if p.startswith(scheme):
+            return vsi + p[len(scheme) :]
+    return p
+
+
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """What geounet needs to know about an input raster.
+
+    Attributes:
+        path: The path or URL as given.
+        name: The file name, for messages.
+        width, height: Pixels.
+        count: All bands in the file (alpha included).
+        dtype: Data type of the first band.
+        crs: Coordinate reference system.
+        transform: Pixel-to-map affine transform (north-up).
+        nodata: Nodata value, if any.
+        alpha: 1-based index of an alpha band, used as the validity mask, not as data.
+        data_bands: 1-based indexes of the bands that are data (all but alpha).
+        has_mask: Whether pixels can be invalid (nodata, alpha or an internal mask).
+    """
+
+    path: str
+    name: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS
+    transform: Affine
+    nodata: float | None
+    alpha: int | None
+    data_bands: tuple[int, ...]
+    has_mask: bool
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size (x, y) in CRS units."""
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units."""
+        left, top = self.transform * (0, 0)
+        right, bottom = self.transform * (self.width, self.height)
+        return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+
+def open_scene(path: str | os.PathLike[str]) -> Scene:
+    """Open a raster and check that geounet can work on it.
+
+    Args:
+        path: Local path, ``/vsi...`` path or URL of a GeoTIFF (or any raster GDAL reads).
+
+    Returns:
+        The scene's facts.
+
+    Raises:
+        RasterReadError: Missing, a directory, empty, or not a readable raster.
+        MissingCRSError: No CRS, no geotransform, or a rotated geotransform.
+    """
+    name = Path(str(path)).name or str(path)
+    if not is_remote(path):
+        p = Path(path)
+        if not p.exists():
+            raise RasterReadError(f"{path}: no such file; check the path")
+        if p.is_dir():
+            raise RasterReadError(f"{path} is a directory; pass a raster file (e.g. scene.tif)")
+        if p.stat().st_size == 0:
+            raise RasterReadError(f"{path} is empty (0 bytes); re-download or re-export it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(gdal_path(path)) as src:
+                scene = _describe(src, str(path), name)
+                # Read one pixel of the last block to catch truncated files early.
+                src.read(1, window=Window(src.width - 1, src.height - 1, 1, 1))
+    except RasterioError as exc:
+        raise RasterReadError(
+            f"{path} is not a readable raster ({_short(exc)}); check that it is a complete GeoTIFF"
+        ) from exc
+    return scene
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _describe(src: Any, path: str, name: str) -> Scene:
+    transform: Affine = src.transform
+    if src.crs is None:
+        raise MissingCRSError(
+            f"{name} has no CRS; assign one with gdal_edit.py -a_srs EPSG:XXXX {name}"
+        )
+    if transform.is_identity and not src.gcps[0]:
+        raise MissingCRSError(
+            f"{name} has no geotransform; georeference it (gdal_edit.py -a_ullr or gdalwarp)"
+        )
+    if src.gcps[0] and transform.is_identity:
+        raise MissingCRSError(
+            f"{name} is georeferenced by GCPs only; warp it first: gdalwarp {name} warped.tif"
+        )
+    if transform.b != 0 or transform.d != 0:
+        raise MissingCRSError(
+            f"{name} has a rotated geotransform; make it north-up first: gdalwarp {name} north_up.tif"
+        )
+    alpha = None
+    for i, ci in enumerate(src.colorinterp, start=1):
+        if ci == ColorInterp.alpha:
+            alpha = i
+    data_bands = tuple(i for i in range(1, src.count + 1) if i != alpha)
+    has_mask = any(
+        MaskFlags.all_valid not in flags for flags in src.mask_flag_enums
+    ) or src.nodata is not None or alpha is not None
+    return Scene(
+        path=path,
+        name=name,
+        width=src.width,
+        height=src.height,
+        count=src.count,
+        dtype=src.dtypes[0],
+        crs=src.crs,
+        transform=transform,
+        nodata=src.nodata,
+        alpha=alpha,
+        data_bands=data_bands,
+        has_mask=has_mask,
+    )
+
+
+def resolve_bands(scene: Scene, bands: Sequence[int] | None, expected: int) -> tuple[int, ...]:
+    """The 1-based band indexes to feed the model.
+
+    Args:
+        scene: The scene.
+        bands: Bands chosen by the user (1-based), or None for all data bands (alpha excluded).
+        expected: Bands the model wants.
+
+    Raises:
+        BandMismatchError: A band index out of range, or a count that does not fit the model.
+    """
+    if bands:
+        bad = [b for b in bands if not 1 <= b <= scene.count]
+        if bad:
+            raise BandMismatchError(
+                f"{scene.name} has {scene.count} bands; band {bad[0]} does not exist "
+                f"(--bands takes 1-based indexes 1..{scene.count})"
+            )
+        chosen = tuple(bands)
+    else:
+        chosen = scene.data_bands
+    if len(chosen) != expected:
+        hint = (
+            f"pass --bands with {expected} of 1..{scene.count}"
+            if len(scene.data_bands) > expected
+            else "use a model trained on this band count"
+        )
+        alpha = f" (+ alpha band {scene.alpha})" if scene.alpha else ""
+        raise BandMismatchError(
+            f"model expects {expected} bands, {scene.name} has {len(chosen)}{alpha}; {hint}"
+        )
+    return chosen
+
+
+class WindowReader:
+    """Reads tiles from one scene, thread-safely (one dataset handle per thread).
+
+    Args:
+        scene: The scene.
+        bands: 1-based bands to read.
+        tile_size: Size of the returned arrays; smaller windows are zero-padded.
+    """
+
+    def __init__(self, scene: Scene, bands: Sequence[int], tile_size: int) -> None:
+        self.scene = scene
+        self.bands = list(bands)
+        self.tile_size = tile_size
+        self._local = threading.local()
+        self._handles: list[Any] = []
+        self._lock = threading.Lock()
+        self._float = np.dtype(scene.dtype).kind == "f"
+
+    def _src(self) -> Any:
+        src = getattr(self._local, "src", None)
+        if src is None:
+            src = rasterio.open(gdal_path(self.scene.path))
+            self._local.src = src
+            with self._lock:
+                self._handles.append(src)
+        return src
+
+    def read(self, tile: Tile) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Read a tile.
+
+        Returns:
+            (bands, tile_size, tile_size) float32 raw values (0 in padding and nodata) and a
+            (tile_size, tile_size) bool validity mask (False in padding and nodata).
+
+        Raises:
+            RasterReadError: When GDAL fails to read (corrupt or truncated data).
+        """
+        src = self._src()
+        ts = self.tile_size
+        data = np.zeros((len(self.bands), ts, ts), dtype=np.float32)
+        valid = np.zeros((ts, ts), dtype=bool)
+        h, w = tile.height, tile.width
+        try:
+            raw = src.read(self.bands, window=tile.window)
+            if self.scene.has_mask:
+                mask = src.dataset_mask(window=tile.window) > 0
+            else:
+                mask = np.ones((h, w), dtype=bool)
+        except RasterioError as exc:
+            raise RasterReadError(
+                f"{self.scene.name}: cannot read window at row {tile.row_off}, col {tile.col_off} "
+                f"({_short(exc)}); the file may be truncated or corrupt"
+            ) from exc
+        if self._float:
+            mask &= np.isfinite(raw).all(axis=0)
+        data[:, :h, :w] = raw
+        data[:, :h, :w] *= mask
+        np.nan_to_num(data, copy=False)
+        valid[:h, :w] = mask
+        return data, valid
+
+    def close(self) -> None:
+        """Close every handle opened by any thread."""
+        with self._lock:
+            for src in self._handles:
+                src.close()
+            self._handles.clear()
+
+
+class AtomicOutputs:
+    """Outputs that appear only when the whole run succeeds.
+
+    Each reserved output is written under a temporary folder beside its destination (so the rename
+    stays on one file system, and multi-file formats like Shapefile move with all their parts);
+    ``commit`` renames them into place, anything else deletes them.
+
+    Use as a context manager: an exception (or KeyboardInterrupt) inside removes every temporary.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []  # (temporary folder, final path)
+
+    def reserve(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Check a destination and return the temporary path to write it to.
+
+        Raises:
+            OutputExistsError: It exists and ``overwrite`` is False.
+            OutputError: Its directory is missing or not writable.
+        """
+        final = Path(path)
+        if final.exists() and not overwrite:
+            raise OutputExistsError(f"{final} exists; pass --overwrite to replace it")
+        if final.is_dir():
+            raise OutputError(f"{final} is a directory; give a file name")
+        parent = final.parent if str(final.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"cannot write {final}: directory {parent} does not exist")
+        tmp = parent / f".{final.name}.geounet-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {final}: {exc.strerror or exc}; choose a writable directory"
+            ) from exc
+        self._pending.append((tmp, final))
+        return tmp / final.name
+
+    def commit(self) -> None:
+        """Move every output into place."""
+        try:
+            for tmp, final in self._pending:
+                parts = sorted(tmp.iterdir(), key=lambda p: p.name == final.name)
+                for part in parts:  # the main file last, so it appears only when complete
+                    os.replace(part, final.parent / part.name)
+                tmp.rmdir()
+        except OSError as exc:
+            raise OutputError(f"cannot move outputs into place: {exc}") from exc
+        finally:
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        """Delete every temporary (no-op after commit)."""
+        for tmp, _ in self._pending:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._pending.clear()
+
+    def __enter__(self) -> AtomicOutputs:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.cleanup()
+
+
+class StripWriter:
+    """Writes row strips of a tiled, compressed GeoTIFF in block-aligned chunks.
+
+    Strips may have any height; rows are buffered until a whole row of blocks is complete so
+    each compressed block is written once.
+
+    Args:
+        path: Destination (normally a temporary path from :class:`AtomicOutputs`).
+        scene: The grid to write in.
+        count: Bands.
+        dtype: numpy dtype name (never float16: QGIS misrenders it).
+        nodata: Nodata value.
+        block: Block size in pixels.
+        descriptions: Optional band descriptions.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        scene: Scene,
+        *,
+        count: int,
+        dtype: str,
+        nodata: float | None,
+        block: int = 512,
+        descriptions: Sequence[str] | None = None,
+    ) -> None:
+        tiled = scene.width >= block and scene.height >= block
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": scene.width,
+            "height": scene.height,
+            "count": count,
+            "dtype": dtype,
+            "crs": scene.crs,
+            "transform": scene.transform,
+            "nodata": nodata,
+            "compress": "deflate",
+            "predictor": 3 if np.dtype(dtype).kind == "f" else 2,
+            "zlevel": 1,
+            "tiled": tiled,
+            "BIGTIFF": "IF_SAFER",
+        }
+        if tiled:
+            profile.update(blockxsize=block, blockysize=block)
+        self.block_h = block if tiled else 1
+        try:
+            self._dst = rasterio.open(path, "w", **profile)
+        except RasterioError as exc:
+            raise OutputError(f"cannot create {path.name}: {_short(exc)}") from exc
+        if descriptions:
+            for i, d in enumerate(descriptions, start=1):
+                self._dst.set_band_description(i, d)
+        self._pending: list[npt.NDArray[Any]] = []
+        self._pending_top = 0
+        self._pending_rows = 0
+        self.height = scene.height
+
+    @property
+    def dataset(self) -> Any:
+        """The open rasterio dataset (for colour tables and tags)."""
+        return self._dst
+
+    def write(self, row_off: int, array: npt.NDArray[Any]) -> None:
+        """Queue rows ``[row_off, row_off + rows)``; strips must arrive in order, without gaps."""
+        if row_off != self._pending_top + self._pending_rows:
+            raise ValueError(f"strip at row {row_off} out of order")
+        self._pending.append(array)
+        self._pending_rows += array.shape[1]
+        end = self._pending_top + self._pending_rows
+        aligned = end if end >= self.height else end // self.block_h * self.block_h
+        if aligned > self._pending_top:
+            self._write_until(aligned)
+
+    def _write_until(self, row: int) -> None:
+        data = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+        n = row - self._pending_top
+        try:
+            self._dst.write(data[:, :n], window=Window(0, self._pending_top, data.shape[2], n))
+        except RasterioError as exc:
+            raise OutputError(f"writing {self._dst.name} failed: {_short(exc)}") from exc
+        rest = data[:, n:]
+        self._pending = [rest] if rest.shape[1] else []
+        self._pending_top = row
+        self._pending_rows = rest.shape[1]
+
+    def close(self) -> None:
+        """Write what is left and close the file."""
+        try:
+            if self._pending_rows:
+                self._write_until(self._pending_top + self._pending_rows)
+            self._dst.close()
+        except RasterioError as exc:
+            raise OutputError(f"writing {self._dst.name} failed: {_short(exc)}") from exc

@@ -1,0 +1,383 @@
+"""Class masks to polygons, strip by strip, joined exactly across strip seams.
+
+Each strip of the class mask is split into 4-connected components per class
+(``scipy.ndimage.label``), and each component becomes one polygon in *pixel* coordinates
+(``rasterio.features.shapes`` on the component labels). Pixel coordinates are integers, so pieces
+of one object cut by a strip seam share exactly the same seam vertices. Components that touch
+across a seam (same class, vertically adjacent pixels) are joined with a union-find, and a group
+is unioned and emitted as soon as no member touches the bottom of the latest strip. This is the
+same 4-connectivity that a whole-mask ``shapes()`` run uses, so the polygons are the same; only
+the open groups are held in memory, never the whole mask.
+
+Finished polygons are simplified (in pixels), moved to map coordinates with the scene transform,
+given ``class``, ``class_id``, ``score`` (mean probability) and ``area_m2`` (geodesic when the
+CRS is geographic), and filtered by area. No torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import numpy.typing as npt
+import pyproj
+import shapely
+from rasterio.crs import CRS
+from rasterio.features import shapes
+from rasterio.transform import Affine
+from scipy import ndimage
+
+from geounet.errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+#: Output formats by suffix: (GDAL driver, whether the format holds mixed Polygon/MultiPolygon).
+VECTOR_FORMATS: dict[str, str] = {
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".gpkg": "GPKG",
+    ".fgb": "FlatGeobuf",
+    ".shp": "ESRI Shapefile",
+    ".parquet": "Parquet",
+}
+
+#: Mask value for nodata in class masks.
+MASK_NODATA = 255
+
+_FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+def vector_driver(path: str | os.PathLike[str]) -> str:
+    """The GDAL driver (or ``Parquet``) for an output path, from its suffix.
+
+    Raises:
+        OutputError: For an unknown suffix, listing the known ones.
+    """
+    suffix = Path(path).suffix.lower()
+    try:
+        return VECTOR_FORMATS[suffix]
+    except KeyError:
+        known = ", ".join(VECTOR_FORMATS)
+        raise OutputError(
+            f"{Path(path).name}: unknown vector format {suffix or '(no suffix)'!r}; use one of {known}"
+        ) from None
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def add(self, x: int) -> None:
+        self.parent[x] = x
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+        return ra
+
+    def drop(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self.parent.pop(i, None)
+
+
+@dataclass
+class _Group:
+    class_id: int
+    geoms: list[shapely.Geometry] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    score_sum: float = 0.0
+    pixels: int = 0
+
+
+def area_m2(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
+    """Areas in square metres: geodesic on the CRS's ellipsoid if it is geographic.
+
+    Args:
+        geoms: Polygons in ``crs`` coordinates.
+        crs: Their CRS.
+    """
+    pcrs = pyproj.CRS.from_user_input(crs.to_wkt())
+    if pcrs.is_geographic:
+        geod = pcrs.get_geod() or pyproj.Geod(ellps="WGS84")
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
+    factor = pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
+    return np.asarray(shapely.area(geoms), dtype=np.float64) * factor**2
+
+
+class StripVectorizer:
+    """Vectorizes a class mask fed in consecutive row strips.
+
+    Args:
+        transform: The scene's pixel-to-map transform.
+        crs: The scene's CRS.
+        class_names: Names by class id; id 0 is background and never vectorized.
+        simplify: Douglas-Peucker tolerance in pixels (0 = none).
+        min_area_m2: Drop polygons smaller than this (0 = keep all).
+    """
+
+    def __init__(
+        self,
+        transform: Affine,
+        crs: CRS,
+        class_names: Sequence[str],
+        *,
+        simplify: float = 0.0,
+        min_area_m2: float = 0.0,
+    ) -> None:
+        self.transform = transform
+        self.crs = crs
+        self.class_names = list(class_names)
+        self.simplify = simplify
+        self.min_area_m2 = min_area_m2
+        self._uf = _UnionFind()
+        self._pieces: dict[int, tuple[int, shapely.Geometry, float, int]] = {}
+        self._next_id = 1
+        self._row = 0
+        self._bottom: npt.NDArray[np.int64] | None = None  # global ids on the last row so far
+        self._bottom_class: npt.NDArray[np.int64] | None = None
+        self._done: list[tuple[int, shapely.Geometry, float, int]] = []
+
+    def add(
+        self, row_off: int, mask: npt.NDArray[np.integer], score: npt.NDArray[np.floating] | None
+    ) -> None:
+        """Vectorize the next strip.
+
+        Args:
+            row_off: First scene row of the strip (must follow the previous strip).
+            mask: (rows, width) class ids; 0 background, :data:`MASK_NODATA` nodata.
+            score: Optional (rows, width) probability of each pixel's class (for ``score``).
+        """
+        if row_off != self._row:
+            raise ValueError(f"strip at row {row_off}, expected {self._row}")
+        rows, width = mask.shape
+        labels = np.zeros((rows, width), dtype=np.int64)
+        label_class: list[int] = []
+        count = 0
+        for cls in np.unique(mask):
+            if cls == 0 or cls == MASK_NODATA:
+                continue
+            lab, n = ndimage.label(mask == cls, structure=_FOUR)
+            if n:
+                labels[lab > 0] = lab[lab > 0] + count
+                label_class.extend([int(cls)] * n)
+                count += n
+        if count:
+            index = np.arange(1, count + 1)
+            pixels = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+            sums = (
+                ndimage.sum_labels(score, labels, index)
+                if score is not None
+                else pixels.astype(np.float64)
+            )
+            offset = self._next_id - 1
+            # Pixel coordinates of the whole scene: integer, hence exact at the seams.
+            local = Affine.translation(0, row_off)
+            lab32 = labels.astype(np.int32)
+            for geom, value in shapes(lab32, mask=lab32 > 0, connectivity=4, transform=local):
+                i = int(value)
+                gid = i + offset
+                self._uf.add(gid)
+                self._pieces[gid] = (
+                    label_class[i - 1],
+                    shapely.geometry.shape(geom),
+                    float(sums[i - 1]),
+                    int(pixels[i - 1]),
+                )
+            self._next_id += count
+            glabels = np.where(labels > 0, labels + offset, 0)
+        else:
+            glabels = labels
+        gclass = np.where(labels > 0, mask, 0).astype(np.int64)
+
+        if self._bottom is not None and self._bottom_class is not None:
+            top = glabels[0]
+            join = (top > 0) & (self._bottom > 0) & (gclass[0] == self._bottom_class)
+            if join.any():
+                pairs = np.unique(np.stack([self._bottom[join], top[join]], axis=1), axis=0)
+                for a, b in pairs:
+                    self._uf.union(int(a), int(b))
+        self._bottom = glabels[-1].copy()
+        self._bottom_class = gclass[-1].copy()
+        self._row = row_off + rows
+        self._close_groups(open_ids=np.unique(self._bottom[self._bottom > 0]))
+
+    def _close_groups(self, open_ids: npt.NDArray[np.int64]) -> None:
+        open_roots = {self._uf.find(int(i)) for i in open_ids}
+        groups: dict[int, _Group] = {}
+        for gid, (cls, geom, ssum, npx) in self._pieces.items():
+            root = self._uf.find(gid)
+            if root in open_roots:
+                continue
+            g = groups.setdefault(root, _Group(cls))
+            g.geoms.append(geom)
+            g.ids.append(gid)
+            g.score_sum += ssum
+            g.pixels += npx
+        for g in groups.values():
+            geom = g.geoms[0] if len(g.geoms) == 1 else shapely.union_all(g.geoms)
+            self._done.append((g.class_id, geom, g.score_sum, g.pixels))
+            for gid in g.ids:
+                del self._pieces[gid]
+            self._uf.drop(g.ids)
+
+    def finish(self) -> gpd.GeoDataFrame:
+        """Close every group and return the polygons in the scene's CRS.
+
+        Returns:
+            Columns ``class`` (name), ``class_id``, ``score`` (mean probability, or 1.0 without
+            scores), ``area_m2`` and ``geometry`` (valid Polygon/MultiPolygon), sorted by
+            position (top to bottom, then left to right).
+        """
+        self._close_groups(open_ids=np.array([], dtype=np.int64))
+        self._bottom = None
+        self._bottom_class = None
+        done, self._done = self._done, []
+        return polygons_frame(
+            [d[1] for d in done],
+            class_ids=[d[0] for d in done],
+            scores=[d[2] / max(d[3], 1) for d in done],
+            transform=self.transform,
+            crs=self.crs,
+            class_names=self.class_names,
+            simplify=self.simplify,
+            min_area_m2=self.min_area_m2,
+        )
+
+
+def polygons_frame(
+    pixel_geoms: Sequence[shapely.Geometry],
+    *,
+    class_ids: Sequence[int],
+    scores: Sequence[float],
+    transform: Affine,
+    crs: CRS,
+    class_names: Sequence[str],
+    simplify: float = 0.0,
+    min_area_m2: float = 0.0,
+) -> gpd.GeoDataFrame:
+    """Polygons in pixel coordinates to a clean GeoDataFrame in map coordinates."""
+    geoms = np.asarray(pixel_geoms, dtype=object)
+    if simplify > 0 and len(geoms):
+        geoms = shapely.simplify(geoms, simplify, preserve_topology=True)
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    if len(geoms):
+        geoms = shapely.transform(
+            geoms,
+            lambda xy: np.column_stack(
+                [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
+            ),
+        )
+        geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
+    frame = gpd.GeoDataFrame(
+        {
+            "class": [
+                class_names[i] if i < len(class_names) else str(i) for i in class_ids
+            ],
+            "class_id": np.asarray(class_ids, dtype=np.int32),
+            "score": np.round(np.asarray(scores, dtype=np.float64), 4),
+            "area_m2": area_m2(geoms, crs) if len(geoms) else np.zeros(0),
+        },
+        geometry=gpd.GeoSeries(geoms, crs=crs),
+        crs=crs,
+    )
+    frame = frame[~frame.geometry.is_empty]
+    if min_area_m2 > 0:
+        frame = frame[frame["area_m2"] >= min_area_m2]
+    if len(frame):
+        b_ = frame.geometry.bounds
+        frame = frame.assign(_y=-b_["maxy"] * np.sign(transform.e or -1), _x=b_["minx"])
+        frame = frame.sort_values(["_y", "_x"], kind="stable").drop(columns=["_y", "_x"])
+    frame["area_m2"] = frame["area_m2"].round(2)
+    return frame.reset_index(drop=True)
+
+
+def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
+    """A valid Polygon or MultiPolygon (possibly empty), whatever simplification did."""
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    if geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom
+    parts = [
+        g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")
+    ]
+    if not parts:
+        return shapely.Polygon()
+    merged = shapely.union_all(parts)
+    return merged if merged.geom_type in ("Polygon", "MultiPolygon") else shapely.Polygon()
+
+
+def vectorize_mask(
+    mask: npt.NDArray[np.integer],
+    transform: Affine,
+    crs: CRS,
+    class_names: Sequence[str],
+    *,
+    score: npt.NDArray[np.floating] | None = None,
+    strip_height: int | None = None,
+    simplify: float = 0.0,
+    min_area_m2: float = 0.0,
+) -> gpd.GeoDataFrame:
+    """Vectorize an in-memory class mask (in strips of ``strip_height`` rows, or at once).
+
+    Args:
+        mask: (rows, cols) class ids; 0 background, 255 nodata.
+        transform: Pixel-to-map transform of the mask.
+        crs: CRS of the transform.
+        class_names: Names by class id.
+        score: Optional per-pixel probability for the ``score`` attribute.
+        strip_height: Rows per strip (None: the whole mask at once).
+        simplify: Tolerance in pixels.
+        min_area_m2: Minimum polygon area.
+    """
+    vec = StripVectorizer(transform, crs, class_names, simplify=simplify, min_area_m2=min_area_m2)
+    step = strip_height or mask.shape[0]
+    for r0 in range(0, mask.shape[0], step):
+        vec.add(r0, mask[r0 : r0 + step], None if score is None else score[r0 : r0 + step])
+    return vec.finish()
+
+
+def write_vectors(
+    frame: gpd.GeoDataFrame, path: str | os.PathLike[str], *, layer: str | None = None
+) -> None:
+    """Write polygons with the driver chosen by suffix, in the frame's CRS.
+
+    GeoJSON keeps the scene's CRS (GDAL writes its ``crs`` member) unless the caller reprojected.
+
+    Raises:
+        OutputError: Unknown suffix or a failed write (disk full, permissions).
+    """
+    driver = vector_driver(path)
+    path = Path(path)
+    try:
+        if driver == "Parquet":
+            frame.to_parquet(path, index=False)
+            return
+        import pyogrio
+
+        kwargs: dict[str, Any] = {}
+        if driver != "GeoJSON":
+            kwargs["promote_to_multi"] = True
+        if len(frame) == 0:
+            kwargs["geometry_type"] = "MultiPolygon" if driver != "GeoJSON" else "Polygon"
+        if driver == "GPKG":
+            kwargs["layer"] = layer or path.stem
+        pyogrio.write_dataframe(frame, path, driver=driver, **kwargs)
+    except OutputError:
+        raise
+    except Exception as exc:  # pyogrio/pyarrow raise their own types for I/O failures
+        raise OutputError(f"writing {path.name} failed: {str(exc).splitlines()[0]}") from exc

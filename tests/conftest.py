@@ -1,0 +1,110 @@
+"""Shared fixtures: small georeferenced rasters, vector labels and hand-made U-Nets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine, from_origin
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spacenet-vegas-samples"
+requires_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not found (the real SpaceNet samples live in ../shared/data)"
+)
+
+MakeRaster = Callable[..., Path]
+
+
+@pytest.fixture
+def make_raster(tmp_path: Path) -> MakeRaster:
+    """Factory: ``make(name=, width=, height=, count=, dtype=, crs=, transform=, nodata=, data=)``."""
+
+    def make(
+        name: str = "scene.tif",
+        *,
+        width: int = 64,
+        height: int = 64,
+        count: int = 3,
+        dtype: str = "uint8",
+        crs: str | None = "EPSG:32633",
+        transform: Affine | None = None,
+        nodata: float | None = None,
+        data: np.ndarray | None = None,
+        **profile: Any,
+    ) -> Path:
+        if data is None:
+            rng = np.random.default_rng(0)
+            data = rng.integers(0, 200, size=(count, height, width)).astype(dtype)
+        count, height, width = data.shape
+        path = tmp_path / name
+        with rasterio.open(
+            path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name,
+            crs=crs, transform=transform if transform is not None else from_origin(500000, 5000000, 0.5, 0.5),
+            nodata=nodata, **profile,
+        ) as dst:
+            dst.write(data)
+        return path
+
+    return make
+
+
+def threshold_unet(in_channels: int, *, width: int = 4, depth: int = 2, band: int = 0, gain: float = 4.0, bias: float = -4.0) -> Any:
+    """A real U-Net whose hand-set weights compute ``gain * relu(x[band]) + bias`` per pixel.
+
+    Only the full-resolution path carries signal (centre taps, identity BatchNorm); every deeper
+    level has zero weights. With inputs normalized to +-2, pixels above the band mean get logit
+    ``2 * gain + bias`` and the rest ``bias``: a known answer for the whole pipeline.
+    """
+    import torch
+
+    from geounet.model import UNet
+
+    net = UNet(in_channels, 1, width=width, depth=depth)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+                m.eps = 0.0
+        inc1, inc2 = net.inc[0], net.inc[3]
+        inc1.weight[0, band, 1, 1] = 1.0
+        inc2.weight[0, 0, 1, 1] = 1.0
+        last = net.ups[-1].conv
+        last[0].weight[0, 0, 1, 1] = 1.0  # channel 0 of the concatenation is the skip's channel 0
+        last[3].weight[0, 0, 1, 1] = 1.0
+        net.head.weight[0, 0, 0, 0] = gain
+        net.head.bias[0] = bias
+    return net.eval()
+
+
+def constant_unet(in_channels: int, value: float, *, classes: int = 1, width: int = 4, depth: int = 2) -> Any:
+    """A U-Net that outputs ``value`` everywhere (all weights zero, head bias ``value``)."""
+    import torch
+
+    from geounet.model import UNet
+
+    net = UNet(in_channels, classes, width=width, depth=depth)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.head.bias.fill_(value)
+    return net.eval()
+
+
+def meta_for(net: Any, *, dtype: str = "uint8", classes: list[str] | None = None, tile_size: int = 64, overlap: int = 16) -> Any:
+    """Model metadata matching a hand-made network."""
+    from geounet.checkpoint import create_model
+
+    _, meta = create_model(
+        bands=net.in_channels, classes=classes or (["building"] if net.classes == 1 else net.classes),
+        width=net.width, depth=net.depth, dtype=dtype, tile_size=tile_size, overlap=overlap,
+    )
+    return meta

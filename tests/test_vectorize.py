@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rasterio.crs import CRS
+from rasterio.features import rasterize, shapes
+from rasterio.transform import from_origin
+
+from geounet.errors import OutputError
+from geounet.vectorize import VECTOR_FORMATS, vectorize_mask, write_vectors
+
+UTM = CRS.from_epsg(32633)
+T = from_origin(500000, 5000000, 0.5, 0.5)
+NAMES = ["background", "building", "road"]
+
+
+def seam_mask() -> np.ndarray:
+    """Shapes crossing strip seams: a ring with a hole, a U, a diagonal-touching pair, stripes."""
+    m = np.zeros((120, 90), dtype=np.uint8)
+    m[5:60, 5:40] = 1
+    m[20:40, 15:30] = 0  # hole crossing the seam at row 32
+    m[30:100, 50:55] = 1  # U: two legs joined at the bottom
+    m[30:100, 70:75] = 1
+    m[95:100, 50:75] = 1
+    m[63, 10] = 1  # diagonal neighbours across a seam: separate under 4-connectivity
+    m[64, 11] = 1
+    m[70:118, 2:20] = 2  # another class touching class 1 polygons
+    m[70:118, 20:30] = 1
+    m[100:120, 80:90] = 255  # nodata
+    return m
+
+
+def reference(mask: np.ndarray) -> list[tuple[int, shapely.Geometry]]:
+    """Whole-mask rasterio.features.shapes, the independent reference."""
+    out = []
+    for geom, value in shapes(mask, mask=(mask > 0) & (mask != 255), connectivity=4, transform=T):
+        out.append((int(value), shapely.geometry.shape(geom)))
+    return out
+
+
+def same_polygons(frame: gpd.GeoDataFrame, ref: list[tuple[int, shapely.Geometry]]) -> None:
+    assert len(frame) == len(ref)
+    unmatched = list(ref)
+    for cls, geom in zip(frame["class_id"], frame.geometry):
+        hit = [i for i, (c, g) in enumerate(unmatched) if c == cls and g.equals(geom)]
+        assert hit, f"no reference polygon equals {geom.wkt[:80]}"
+        unmatched.pop(hit[0])
+    assert not unmatched
+
+
+@pytest.mark.parametrize("strip", [1, 7, 32, 33, 64, None])
+def test_strip_vectorization_equals_whole_mask(strip: int | None) -> None:
+    mask = seam_mask()
+    frame = vectorize_mask(mask, T, UTM, NAMES, strip_height=strip)
+    same_polygons(frame, reference(mask))
+    assert frame.geometry.is_valid.all()
+    assert set(frame.geom_type) <= {"Polygon", "MultiPolygon"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    strip=st.integers(1, 40),
+    density=st.floats(0.2, 0.8),
+)
+def test_strip_vectorization_property(seed: int, strip: int, density: float) -> None:
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((40, 30)) < density).astype(np.uint8) * rng.integers(1, 3, size=(40, 30)).astype(np.uint8)
+    frame = vectorize_mask(mask, T, UTM, NAMES, strip_height=strip)
+    same_polygons(frame, reference(mask))
+
+
+def test_nodata_never_becomes_a_polygon() -> None:
+    mask = np.full((50, 50), 255, dtype=np.uint8)
+    mask[10:20, 10:20] = 1
+    frame = vectorize_mask(mask, T, UTM, NAMES, strip_height=8)
+    assert len(frame) == 1
+    assert frame.geometry.iloc[0].area == pytest.approx(100 * 0.25)
+
+
+def test_attributes_score_area_and_class() -> None:
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[0:10, 0:20] = 1
+    mask[20:30, 20:30] = 2
+    score = np.where(mask == 1, 0.8, 0.6).astype(np.float32)
+    frame = vectorize_mask(mask, T, UTM, NAMES, score=score, strip_height=3)
+    by_class = frame.set_index("class")
+    assert by_class.loc["building", "area_m2"] == pytest.approx(200 * 0.25)
+    assert by_class.loc["building", "score"] == pytest.approx(0.8)
+    assert by_class.loc["road", "score"] == pytest.approx(0.6)
+    assert by_class.loc["road", "class_id"] == 2
+
+
+def test_min_area_and_simplify() -> None:
+    mask = np.zeros((60, 60), dtype=np.uint8)
+    mask[2:4, 2:4] = 1  # 4 px = 1 m2
+    yy, xx = np.mgrid[0:60, 0:60]
+    mask[((yy - 35) ** 2 + (xx - 35) ** 2) < 200] = 1  # a pixelated disc
+    full = vectorize_mask(mask, T, UTM, NAMES)
+    assert len(full) == 2
+    kept = vectorize_mask(mask, T, UTM, NAMES, min_area_m2=2.0)
+    assert len(kept) == 1
+    simple = vectorize_mask(mask, T, UTM, NAMES, simplify=1.0, min_area_m2=2.0)
+    assert shapely.get_num_coordinates(simple.geometry.iloc[0]) < shapely.get_num_coordinates(kept.geometry.iloc[0])
+    assert simple.geometry.iloc[0].is_valid
+    assert simple.area.iloc[0] == pytest.approx(kept.area.iloc[0], rel=0.05)
+
+
+def test_geodesic_area_for_geographic_crs() -> None:
+    # 100 x 100 pixels of 1e-5 deg at the equator: about 1.113 m x 1.106 m each.
+    mask = np.ones((100, 100), dtype=np.uint8)
+    frame = vectorize_mask(mask, from_origin(0.0, 0.0005, 1e-5, 1e-5), CRS.from_epsg(4326), NAMES)
+    assert frame["area_m2"].iloc[0] == pytest.approx(1.1132 * 1.1057 * 1e4, rel=0.01)
+
+
+@pytest.mark.parametrize("suffix", sorted(VECTOR_FORMATS))
+@pytest.mark.parametrize("empty", [False, True])
+def test_every_format_reopens_with_the_crs(tmp_path: Path, suffix: str, empty: bool) -> None:
+    mask = np.zeros((20, 20), dtype=np.uint8) if empty else seam_mask()
+    frame = vectorize_mask(mask, T, UTM, NAMES)
+    path = tmp_path / f"out{suffix}"
+    write_vectors(frame, path)
+    back = gpd.read_parquet(path) if suffix == ".parquet" else gpd.read_file(path)
+    assert back.crs == UTM
+    assert len(back) == len(frame)
+    if suffix != ".parquet":
+        info = pyogrio.read_info(path, force_feature_count=True)
+        assert info["features"] == len(frame)
+    if not empty:
+        assert set(back.geom_type) <= {"Polygon", "MultiPolygon"}
+        assert back.geometry.union_all().symmetric_difference(frame.geometry.union_all()).area < 1e-6
+
+
+def test_unknown_suffix(tmp_path: Path) -> None:
+    frame = vectorize_mask(np.zeros((4, 4), np.uint8), T, UTM, NAMES)
+    with pytest.raises(OutputError, match=r"unknown vector format '\.kml'; use one of"):
+        write_vectors(frame, tmp_path / "out.kml")
+
+
+def test_known_answer_boxes_in_map_coordinates() -> None:
+    boxes = [shapely.box(500010, 4999950, 500030, 4999980), shapely.box(500040.5, 4999990, 500044, 4999995.5)]
+    mask = rasterize([(b, 1) for b in boxes], out_shape=(120, 120), transform=T, dtype="uint8")
+    frame = vectorize_mask(mask, T, UTM, NAMES, strip_height=16)
+    assert len(frame) == 2
+    for box in boxes:
+        match = frame[frame.intersects(box)]
+        assert len(match) == 1
+        assert match.geometry.iloc[0].hausdorff_distance(box) <= 0.5 + 1e-9  # within one pixel
