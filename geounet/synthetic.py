@@ -164,13 +164,11 @@ class _Layer:
 
     geoms: GeomArray
     bounds: F64Array = field(init=False)
-    shapes: list[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.bounds = (
             shapely.bounds(self.geoms) if len(self.geoms) else np.zeros((0, 4), dtype=np.float64)
         )
-        self.shapes = _geojson(self.geoms)
 
     def in_band(self, y_top: float, y_bottom: float) -> IntArray:
         """Indices of the polygons whose bounds overlap ``y_bottom <= y <= y_top``."""
@@ -190,9 +188,10 @@ def _geojson(geoms: GeomArray) -> list[dict[str, Any]]:
     idx = np.flatnonzero(simple)
     rings = shapely.get_exterior_ring(geoms[idx])
     coords, owner = shapely.get_coordinates(rings, return_index=True)
-    splits = np.searchsorted(owner, np.arange(1, len(idx)))
-    for i, ring in zip(idx.tolist(), np.split(coords, splits), strict=True):
-        out[i] = {"type": "Polygon", "coordinates": [ring.tolist()]}
+    bounds = np.searchsorted(owner, np.arange(len(idx) + 1)).tolist()
+    points = coords.tolist()
+    for j, i in enumerate(idx.tolist()):
+        out[i] = {"type": "Polygon", "coordinates": [points[bounds[j] : bounds[j + 1]]]}
     for i in np.flatnonzero(~simple).tolist():
         out[i] = mapping(geoms[i])
     return out
@@ -217,6 +216,7 @@ class _Features:
     tree_centre: F64Array  # (m, 2)
     tree_radius: F64Array  # (m,)
     tree_tone: FloatArray  # (m,)
+    sun: tuple[float, float]  # unit vector pointing the way shadows fall
 
 
 @dataclass
@@ -248,10 +248,19 @@ class _NoiseGrid:
         """Noise on the grid ``down`` (rows, metres south of the top) x ``x`` (columns)."""
         iy, fy = self._weights(down, self.cell_m)
         ix, fx = self._weights(x, self.cell_m)
-        v = self.values
-        rows = v[iy] + (v[iy + 1] - v[iy]) * fy[:, None]  # (h, nx)
-        left = rows[:, ix]
-        out: FloatArray = left + (rows[:, ix + 1] - left) * fx[None, :]
+        # Interpolate along x only the few grid rows the band of rows needs, then along y.
+        r0 = int(iy.min())
+        sub = self.values[r0 : int(iy.max()) + 2]
+        left = sub[:, ix]
+        xu = sub[:, ix + 1]
+        xu -= left
+        xu *= fx[None, :]
+        xu += left
+        out: FloatArray = xu[iy - r0]
+        below = xu[iy - r0 + 1]
+        below -= out
+        below *= fy[:, None]
+        out += below
         return out
 
     def points(self, x: F64Array, down: F64Array) -> FloatArray:
@@ -532,6 +541,30 @@ def _circles(cx: F64Array, cy: F64Array, r: F64Array, n: int = 12) -> GeomArray:
     return out
 
 
+def _near_roads(
+    geoms: GeomArray,
+    candidates: BoolArray,
+    road_lines: Sequence[LineString],
+    clearance: F64Array,
+    extra: F64Array | None = None,
+) -> IntArray:
+    """Indices of candidate geometries closer to a road centreline than its clearance.
+
+    The clearance of geometry ``i`` from road ``j`` is ``clearance[j] + extra[i]``.
+    """
+    idx = np.flatnonzero(candidates)
+    if not len(road_lines) or not len(idx):
+        return np.zeros(0, dtype=np.intp)
+    pad = 0.0 if extra is None else float(extra[idx].max())
+    zones = shapely.buffer(np.array(road_lines, dtype=object), clearance + pad, cap_style="flat")
+    gi, ri = shapely.STRtree(geoms[idx]).query(zones, predicate="intersects")[::-1]
+    if extra is not None and len(gi):
+        lines = np.array(road_lines, dtype=object)
+        dist = shapely.distance(geoms[idx][gi], lines[ri])
+        gi = gi[dist < clearance[ri] + extra[idx][gi]]
+    return np.unique(idx[gi])
+
+
 def _greedy_non_overlapping(geoms: GeomArray, gap: float) -> BoolArray:
     """Keep geometries in order, dropping any within ``gap`` of one already kept."""
     keep = np.zeros(len(geoms), dtype=bool)
@@ -616,10 +649,7 @@ def _make_buildings(
     margin = 2.0
     ok = accept & (b[:, 0] > margin) & (b[:, 2] < wm - margin)
     ok &= (b[:, 1] > -hm + margin) & (b[:, 3] < -margin)
-    for line, hw in zip(road_lines, road_hw, strict=True):
-        idx = np.flatnonzero(ok)
-        near = shapely.dwithin(footprint[idx], line, hw + _ROAD_CLEARANCE_M)
-        ok[idx[near]] = False
+    ok[_near_roads(footprint, ok, road_lines, road_hw + _ROAD_CLEARANCE_M)] = False
     if collar is not None:
         idx = np.flatnonzero(ok)
         ok[idx[shapely.intersects(footprint[idx], collar.buffer(2.0))]] = False
@@ -661,9 +691,7 @@ def _make_trees(
 
     ok = (x > -r) & (x < wm + r) & (y < r) & (y > -hm - r)
     pts = shapely.points(x, y)
-    for line, hw in zip(road_lines, road_hw, strict=True):
-        idx = np.flatnonzero(ok)
-        ok[idx[shapely.dwithin(pts[idx], line, hw + 1.0 + r[idx])]] = False
+    ok[_near_roads(pts, ok, road_lines, road_hw + 1.0, extra=r)] = False
     if len(buildings):
         idx = np.flatnonzero(ok)
         tree = shapely.STRtree(buildings)
@@ -766,6 +794,7 @@ def _make_features(
         tree_centre=centres,
         tree_radius=radii,
         tree_tone=tone,
+        sun=(sdx, sdy),
     )
 
 
@@ -773,32 +802,46 @@ def _make_features(
 # Rendering
 
 
+_CHUNK_ROWS = 32  # rows per pass of the dense per-pixel arithmetic (keeps temporaries small)
+
+
+class _Workspace:
+    """Buffers reused from strip to strip (fresh large arrays cost page faults every time)."""
+
+    def __init__(self, width: int, channels: int, bands: int, dtype: np.dtype[Any]) -> None:
+        shape = (STRIP_ROWS, width)
+        self.img = np.empty((channels, *shape), dtype=np.float32)
+        self.medium = np.empty(shape, dtype=np.float32)
+        self.fine = np.empty(shape, dtype=np.float32)
+        self.grain = np.empty(shape, dtype=np.float32)
+        self.mask = np.empty(shape, dtype=np.uint8)
+        self.ids = np.empty(shape, dtype=np.int32)
+        self.out = np.empty((bands, *shape), dtype=dtype)
+
+
 def _burn(
     layer: _Layer,
     y_top: float,
     y_bottom: float,
-    shape: tuple[int, int],
     transform: Affine,
-    ids: bool,
+    out: npt.NDArray[Any],
 ) -> npt.NDArray[Any] | None:
-    """Rasterize the layer's polygons in the strip: ids (1-based, int32) or a mask."""
+    """Rasterize the layer's polygons in the strip into ``out``.
+
+    ``out`` is an int32 buffer (burns 1-based polygon ids) or a uint8 one (burns 1; the result
+    is returned as a boolean view). Returns ``None`` when no polygon touches the strip.
+    """
     idx = layer.in_band(y_top, y_bottom)
     if not len(idx):
         return None
-    if ids:
-        shapes = ((layer.shapes[i], i + 1) for i in idx.tolist())
-        out: npt.NDArray[Any] = rasterize(
-            shapes, out_shape=shape, transform=transform, fill=0, dtype="int32"
-        )
-        return out
-    mask: npt.NDArray[Any] = rasterize(
-        ((layer.shapes[i], 1) for i in idx.tolist()),
-        out_shape=shape,
-        transform=transform,
-        fill=0,
-        dtype="uint8",
-    )
-    return mask.view(bool)
+    out.fill(0)
+    geojson = _geojson(layer.geoms[idx])
+    if out.dtype == np.int32:
+        shapes: Any = zip(geojson, (idx + 1).tolist(), strict=True)
+    else:
+        shapes = ((g, 1) for g in geojson)
+    rasterize(shapes, out=out, transform=transform)
+    return out.view(bool) if out.dtype == np.uint8 else out
 
 
 def _render_strip(
@@ -807,100 +850,115 @@ def _render_strip(
     noise: _Noise,
     row0: int,
     rows: int,
-    channels: int,
     rng: np.random.Generator,
+    ws: _Workspace,
 ) -> FloatArray:
     """Render rows ``row0 .. row0 + rows`` as (channels, rows, width) float32, 0..255 scale.
 
-    Channels are red, green, blue and (when ``channels`` is 4) near-infrared.
+    Channels are red, green, blue and (when the workspace has 4) near-infrared. The result is a
+    view of the workspace, valid until the next strip.
     """
     w = frame.width
-    shape = (rows, w)
+    channels = ws.img.shape[0]
     x = (np.arange(w, dtype=np.float64) + 0.5) * frame.px_m_x
     down = (np.arange(row0, row0 + rows, dtype=np.float64) + 0.5) * frame.px_m_y
     y_top, y_bottom = -row0 * frame.px_m_y, -(row0 + rows) * frame.px_m_y
     tf = frame.strip_transform(row0)
-    img = np.empty((channels, rows, w), dtype=np.float32)
-    flat_img = img.reshape(channels, -1)
+    img = ws.img[:, :rows]
+    medium = ws.medium[:rows]
+    fine = ws.fine[:rows]
+    ground = _GROUND[:channels]
 
-    # Ground: grass / dry grass by large patches, bare-soil fields, mottled brightness.
-    medium = noise.medium.grid(x, down)
-    fine = noise.fine.grid(x, down)
-    dry = noise.landcover.grid(x, down)
-    dry += 0.25 * medium
-    dry *= 1.6
-    dry += 0.5
-    np.clip(dry, 0.0, 1.0, out=dry)
-    soil = noise.soil.grid(x, down)
-    soil -= 0.3
-    soil *= 2.5
-    np.clip(soil, 0.0, 1.0, out=soil)
-    bright = 0.07 * medium
-    bright += 0.06 * fine
-    bright += 1.0
-    # Weights of grass, dry grass and soil, premultiplied by the brightness, then one matrix
-    # product with the material colours.
-    weights = np.empty((3, rows, w), dtype=np.float32)
-    np.multiply(soil, bright, out=weights[2])
-    np.subtract(bright, weights[2], out=weights[0])
-    np.multiply(dry, weights[0], out=weights[1])
-    weights[0] -= weights[1]
-    np.matmul(_GROUND[:channels], weights.reshape(3, -1), out=flat_img)
-    del dry, soil, bright, weights
+    # Ground: grass / dry grass by large patches, bare-soil fields, mottled brightness; a few
+    # rows at a time so the temporaries stay small.
+    for a in range(0, rows, _CHUNK_ROWS):
+        b = min(a + _CHUNK_ROWS, rows)
+        d = down[a:b]
+        med = medium[a:b]
+        med[...] = noise.medium.grid(x, d)
+        fin = fine[a:b]
+        fin[...] = noise.fine.grid(x, d)
+        dry = noise.landcover.grid(x, d)
+        dry += 0.25 * med
+        dry *= 1.6
+        dry += 0.5
+        np.clip(dry, 0.0, 1.0, out=dry)
+        soil = noise.soil.grid(x, d)
+        soil -= 0.3
+        soil *= 2.5
+        np.clip(soil, 0.0, 1.0, out=soil)
+        bright = 0.07 * med
+        bright += 0.09 * fin
+        bright += 1.0
+        # Weights of grass, dry grass and soil, premultiplied by the brightness, then one
+        # matrix product with the material colours.
+        weights = np.empty((3, b - a, w), dtype=np.float32)
+        np.multiply(soil, bright, out=weights[2])
+        np.subtract(bright, weights[2], out=weights[0])
+        np.multiply(dry, weights[0], out=weights[1])
+        weights[0] -= weights[1]
+        img[:, a:b] = np.matmul(ground, weights.reshape(3, -1)).reshape(channels, b - a, w)
+
+    flat_img = img.reshape(channels, -1)
+    medium_flat = medium.reshape(-1)
+    fine_flat = fine.reshape(-1)
+    mask_buf = ws.mask[:rows]
+    ids_buf = ws.ids[:rows]
 
     # Roads and their markings.
-    road = _burn(features.road_polys, y_top, y_bottom, shape, tf, ids=False)
+    road = _burn(features.road_polys, y_top, y_bottom, tf, mask_buf)
     if road is not None:
         flat = np.flatnonzero(road)
-        rb = 1.0 + 0.025 * medium.ravel()[flat] + 0.02 * fine.ravel()[flat]
+        rb = 1.0 + 0.025 * medium_flat[flat] + 0.02 * fine_flat[flat]
         flat_img[:, flat] = _ROAD[:channels, None] * rb[None, :]
-        marks = _burn(features.road_marks, y_top, y_bottom, shape, tf, ids=False)
+        marks = _burn(features.road_marks, y_top, y_bottom, tf, mask_buf)
         if marks is not None:
             flat_img[:, np.flatnonzero(marks)] = _ROAD_MARK[:channels, None]
 
     # Shadows of buildings and trees.
-    shadow = _burn(features.shadows, y_top, y_bottom, shape, tf, ids=False)
+    shadow = _burn(features.shadows, y_top, y_bottom, tf, mask_buf)
     if shadow is not None:
         for c in range(channels):
             np.multiply(img[c], _SHADOW_FACTOR[c], out=img[c], where=shadow)
 
     # Trees: dark-green domes, brighter towards the crown centre, leafy texture.
-    tree_ids = _burn(features.trees, y_top, y_bottom, shape, tf, ids=True)
+    tree_ids = _burn(features.trees, y_top, y_bottom, tf, ids_buf)
     if tree_ids is not None:
         flat = np.flatnonzero(tree_ids)
         rr, cc = np.divmod(flat, w)
-        t = tree_ids.ravel()[flat] - 1
+        t = tree_ids.reshape(-1)[flat] - 1
         radius = features.tree_radius[t]
         dx = x[cc] - features.tree_centre[t, 0]
         dy = -down[rr] - features.tree_centre[t, 1]
         d2 = (dx * dx + dy * dy) / (radius * radius)
-        # Lit from the side opposite the shadows (north-west): brighter there.
-        lit = -(dx + dy) / (radius * 1.41)
-        shade = (0.78 + 0.34 * (1.0 - np.clip(d2, 0.0, 1.0)) + 0.12 * lit).astype(np.float32)
-        shade *= features.tree_tone[t] * (1.0 + 0.18 * fine.ravel()[flat])
+        # Lit from the side opposite the shadows: brighter there.
+        lit = (dx * features.sun[0] + dy * features.sun[1]) / radius
+        shade = (0.78 + 0.34 * (1.0 - np.clip(d2, 0.0, 1.0)) - 0.12 * lit).astype(np.float32)
+        shade *= features.tree_tone[t] * (1.0 + 0.18 * fine_flat[flat])
         flat_img[:, flat] = _TREE[:channels, None] * shade[None, :]
 
     # Buildings: roof colour, gabled halves or a gentle gradient, slight texture.
-    bld = _burn(features.buildings, y_top, y_bottom, shape, tf, ids=True)
+    bld = _burn(features.buildings, y_top, y_bottom, tf, ids_buf)
     if bld is not None:
         flat = np.flatnonzero(bld)
         rr, cc = np.divmod(flat, w)
-        b = bld.ravel()[flat] - 1
-        px = x[cc] - features.roof_centre[b, 0]
-        py = -down[rr] - features.roof_centre[b, 1]
-        s = (px * features.roof_axis[b, 0] + py * features.roof_axis[b, 1]) / np.maximum(
-            features.roof_halfwidth[b], 1.0
+        k = bld.reshape(-1)[flat] - 1
+        px = x[cc] - features.roof_centre[k, 0]
+        py = -down[rr] - features.roof_centre[k, 1]
+        s = (px * features.roof_axis[k, 0] + py * features.roof_axis[k, 1]) / np.maximum(
+            features.roof_halfwidth[k], 1.0
         )
         shade = np.where(
-            features.roof_gabled[b],
+            features.roof_gabled[k],
             np.where(s > 0, 1.06, 0.84) - 0.05 * np.abs(s),
             1.0 + 0.07 * s,
         ).astype(np.float32)
-        shade *= 1.0 + 0.025 * fine.ravel()[flat]
-        flat_img[:, flat] = features.roof_colour[b, :channels].T * shade[None, :]
+        shade *= 1.0 + 0.025 * fine_flat[flat]
+        flat_img[:, flat] = features.roof_colour[k, :channels].T * shade[None, :]
 
     # Sensor grain, shared by the bands (uniform, standard deviation about 2.9).
-    grain = rng.random(shape, dtype=np.float32)
+    grain = ws.grain[:rows]
+    rng.random(out=grain, dtype=np.float32)
     grain -= 0.5
     grain *= 10.0
     img += grain[None]
@@ -908,22 +966,26 @@ def _render_strip(
 
 
 def _to_output(
-    img: FloatArray, bands: int, dtype: np.dtype[Any], nodata: float | None, nodata_mask: Any
+    img: FloatArray,
+    bands: int,
+    nodata: float | None,
+    nodata_mask: BoolArray | None,
+    out: npt.NDArray[Any],
 ) -> npt.NDArray[Any]:
-    """Select / mix the bands, scale, round, clip and cast; fill the collar with nodata.
+    """Mix the bands, scale, round, clip and cast into ``out``; fill the collar with nodata.
 
-    ``img`` is consumed (modified in place).
+    ``img`` is consumed (modified in place). Returns ``out``.
     """
-    if bands in (3, 4):
-        out = img
+    dtype = out.dtype
+    if bands == 1:
+        src = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
+    elif bands == 2:
+        src = np.stack([0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2], img[3]])
     else:
-        grey = 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
-        out = grey[None] if bands == 1 else np.stack([grey, img[3]])
+        src = img
     if dtype == np.uint16:
-        out *= np.float32(_UINT16_MAX_VALUE / 255.0)
-        hi = 65535.0
-    else:
-        hi = 255.0
+        src *= np.float32(_UINT16_MAX_VALUE / 255.0)
+    hi = float(np.iinfo(dtype).max)
     lo = 0.0
     if nodata is not None:
         # Keep real pixels off the nodata value.
@@ -931,15 +993,15 @@ def _to_output(
             lo = nodata + 1
         elif nodata >= hi:
             hi = nodata - 1
-    out += 0.5  # round half up: the cast truncates and the values are clipped >= 0 first
-    np.clip(out, lo, hi + 0.49, out=out)
-    arr = out.astype(dtype)
+    src += 0.5  # round half up: the cast truncates, and values are clipped to >= lo first
+    np.clip(src, lo, hi + 0.49, out=src)
+    np.copyto(out, src, casting="unsafe")
     if nodata is not None:
         if lo < nodata < hi:
-            arr[arr == nodata] = nodata + 1
+            out[out == nodata] = nodata + 1
         if nodata_mask is not None:
-            arr[:, nodata_mask] = nodata
-    return arr
+            out[:, nodata_mask] = nodata
+    return out
 
 
 def _write_raster(
@@ -984,19 +1046,19 @@ def _write_raster(
         bands, ("red", "green", "blue", "nir")
     )
     cols = (np.arange(frame.width, dtype=np.float64) + 0.5) / frame.width
-    channels = 4 if bands in (2, 4) else 3
+    ws = _Workspace(frame.width, 4 if bands in (2, 4) else 3, bands, dtype)
     with rasterio.open(path, "w", **profile) as dst:
         for i, band_name in enumerate(descriptions, start=1):
             dst.set_band_description(i, band_name)
         for strip, row0 in enumerate(range(0, frame.height, STRIP_ROWS)):
             rows = min(STRIP_ROWS, frame.height - row0)
             rng = np.random.default_rng([seed, 0x5EED, strip])
-            img = _render_strip(frame, features, noise, row0, rows, channels, rng)
+            img = _render_strip(frame, features, noise, row0, rows, rng, ws)
             mask = None
             if collar_frac > 0:
                 r = (np.arange(row0, row0 + rows, dtype=np.float64) + 0.5) / frame.height
                 mask = (r[:, None] + cols[None, :]) < collar_frac
-            arr = _to_output(img, bands, dtype, nodata, mask)
+            arr = _to_output(img, bands, nodata, mask, ws.out[:, :rows])
             dst.write(arr, window=Window(0, row0, frame.width, rows))
 
 
