@@ -87,10 +87,14 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 
 def _register() -> None:
+    from geounet.cli.evaluate import evaluate
     from geounet.cli.model import model
     from geounet.cli.predict import predict
+    from geounet.cli.train import train
 
     cli.add_command(predict)
+    cli.add_command(train)
+    cli.add_command(evaluate)
     cli.add_command(model)
 
 

@@ -1,0 +1,84 @@
+"""``geounet train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progress
+
+
+@click.command()
+@click.option("--images", multiple=True, required=True, help="Image paths, globs (quote them) or folders; repeatable.")
+@click.option("--labels", required=True, type=click.Path(path_type=Path), help="Vector labels (.shp, .geojson, .gpkg, .fgb, .parquet).")
+@click.option("--val-images", multiple=True, help="Images used only for validation (instead of spatial blocks).")
+@click.option("--class-field", help="Attribute holding each feature's class (default: one foreground class).")
+@click.option("--classes", help="Comma-separated class names to use, in order (default: all values of --class-field).")
+@click.option("--line-width", "line_width_m", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True, help="Buffer lines to this width (metres).")
+@click.option("--point-radius", "point_radius_m", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="Buffer points to this radius (metres).")
+@click.option("--bands", type=BandList(), help="1-based bands to use (default: all but alpha).")
+@click.option("--tile-size", type=click.IntRange(min=16), default=256, show_default=True, help="Training window size (pixels).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine"]), default="onecycle", show_default=True)
+@click.option("--width", type=click.IntRange(min=1), default=32, show_default=True, help="U-Net first-level channels.")
+@click.option("--depth", type=click.IntRange(min=1, max=8), default=4, show_default=True, help="U-Net down/up steps.")
+@click.option("--init", type=click.Path(path_type=Path), help="Fine-tune from this model file.")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True, help="Share of spatial blocks held out for validation.")
+@click.option("--samples-per-epoch", type=click.IntRange(min=1), help="Training windows per epoch [default: from the training area].")
+@click.option("--positive-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Share of windows centred on labelled features.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_opt
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Model file to write (.safetensors).")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue from MODEL.resume.safetensors of an interrupted run.")
+@overwrite_opt
+@click.pass_context
+def train(ctx: click.Context, out: Path, **opts: object) -> None:
+    """Train a U-Net from imagery plus vector labels.
+
+    \b
+    geounet train --images 'tiles/*.tif' --labels roads.shp --line-width 6 -o roads.safetensors
+    """
+    from geounet.train import TrainConfig, train_model
+
+    classes = opts.pop("classes")
+    init, resume = opts.pop("init"), opts.pop("resume")
+    cfg = TrainConfig(
+        out=str(out),
+        classes=[c.strip() for c in str(classes).split(",") if c.strip()] if classes else None,
+        images=list(opts.pop("images")),  # type: ignore[call-overload]
+        val_images=list(opts.pop("val_images")),  # type: ignore[call-overload]
+        labels=str(opts.pop("labels")),
+        init=str(init) if init else None,
+        resume=str(resume) if resume else None,
+        **opts,  # type: ignore[arg-type]
+    )
+    quiet = bool((ctx.find_root().obj or {}).get("quiet"))
+    state = {"epoch": 0}
+    update, close = tile_progress(ctx, "epoch", unit="batch")
+
+    def on_epoch(record: dict[str, object]) -> None:
+        nonlocal update, close
+        close()
+        state["epoch"] = int(record["epoch"])  # type: ignore[call-overload]
+        if not quiet:
+            click.echo(
+                f"epoch {record['epoch']}/{cfg.epochs}: loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
+                f"val IoU {_f(record['val_iou'])}, F1 {_f(record['val_f1'])} ({record['seconds']:.0f} s)",
+                err=True,
+            )
+        update, close = tile_progress(ctx, f"epoch {state['epoch'] + 1}", unit="batch")
+
+    try:
+        result = train_model(cfg, progress=lambda d, t: update(d, t), on_epoch=on_epoch)
+    finally:
+        close()
+    click.echo(str(result.model))
+    click.echo(f"best epoch {result.best_epoch}: val IoU {_f(result.best_iou)}; metrics in {result.metrics_file}", err=True)
+
+
+def _f(v: object) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"  # type: ignore[arg-type]

@@ -1,0 +1,627 @@
+"""Train a U-Net from imagery plus vector labels.
+
+``train_model(TrainConfig(...))`` reads the labels once, reprojects them to each image's CRS,
+splits the images spatially (see :mod:`geounet.dataset`), computes per-band normalization from
+the training images, and trains with AdamW, a one-cycle or cosine schedule, BCE+Dice (binary) or
+CE+Dice (multi-class), flips and 90-degree rotations, and bf16 autocast on CUDA. After each epoch
+it validates (IoU, F1, precision, recall), appends a line to ``MODEL.metrics.jsonl``, keeps the
+best model by validation IoU in ``MODEL.safetensors`` and writes ``MODEL.resume.safetensors``
+(weights, optimizer state, epoch; safetensors + JSON, never a pickle) so ``resume`` continues
+exactly where an interrupted run stopped.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) it trains with DistributedDataParallel (NCCL on CUDA,
+gloo on CPU); each rank takes its share of every epoch's windows and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from geounet import __version__
+from geounet.checkpoint import DEFAULT_COLOURS, ModelMeta, build_model, load_model, save_model
+from geounet.dataset import (
+    IGNORE_INDEX,
+    ImageEntry,
+    SpatialSplit,
+    WindowDataset,
+    band_statistics,
+    check_labels_hit,
+    plan_epoch,
+)
+from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
+from geounet.labels import LabelSpec, read_labels
+from geounet.predict import resolve_device
+from geounet.raster import AtomicOutputs, open_scene, resolve_bands
+from geounet.tiling import check_tile_size
+
+logger = logging.getLogger(__name__)
+
+Schedule = Literal["onecycle", "cosine"]
+RESUME_KEY = "geounet_resume"
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+
+
+@dataclass
+class TrainConfig:
+    """Options of a training run (the CLI flags mirror these).
+
+    Attributes:
+        images: Raster paths, globs or folders (folders contribute their GeoTIFFs).
+        labels: Vector label file.
+        out: Model file to write (the best epoch by validation IoU).
+        val_images: Images used wholly for validation (disables block splitting).
+        class_field: Attribute naming each feature's class (None: binary task).
+        classes: Class names to use, in order (None: every value found).
+        line_width_m: Lines are buffered to this full width in metres.
+        point_radius_m: Points are buffered to this radius in metres.
+        bands: 1-based bands to use (None: all but alpha).
+        tile_size: Training window size in pixels.
+        batch_size: Windows per step.
+        epochs: Epochs to train.
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        width: U-Net first-level channels (ignored with ``init``).
+        depth: U-Net depth (ignored with ``init``).
+        init: Fine-tune from this model file.
+        val_fraction: Share of blocks used for validation.
+        seed: Seed of weights, split, sampling and augmentation.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        workers: DataLoader worker processes.
+        samples_per_epoch: Training windows per epoch (None: twice the training area in tiles,
+            between 64 and 2000).
+        positive_fraction: Share of windows centred on labelled features.
+        schedule: Learning-rate schedule.
+        resume: Resume checkpoint (``MODEL.resume.safetensors``) of an interrupted run.
+        overwrite: Replace an existing model file.
+        max_val_windows: Cap on validation windows.
+    """
+
+    images: Sequence[str]
+    labels: str
+    out: str
+    val_images: Sequence[str] = ()
+    class_field: str | None = None
+    classes: Sequence[str] | None = None
+    line_width_m: float = 4.0
+    point_radius_m: float = 2.0
+    bands: Sequence[int] | None = None
+    tile_size: int = 256
+    batch_size: int = 8
+    epochs: int = 10
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    width: int = 32
+    depth: int = 4
+    init: str | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    samples_per_epoch: int | None = None
+    positive_fraction: float = 0.5
+    schedule: Schedule = "onecycle"
+    resume: str | None = None
+    overwrite: bool = False
+    max_val_windows: int = 256
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    model: Path
+    metrics_file: Path
+    resume_file: Path
+    best_epoch: int
+    best_iou: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+#: progress(done, total) within an epoch; on_epoch(record) after each epoch.
+Progress = Callable[[int, int], None]
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def expand_images(patterns: Sequence[str]) -> list[str]:
+    """Paths from paths, globs (``**`` allowed) and folders, sorted and without duplicates.
+
+    Raises:
+        GeounetError: When a pattern matches nothing.
+    """
+    out: list[str] = []
+    for pat in patterns:
+        p = Path(pat)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in RASTER_SUFFIXES)
+        elif any(ch in pat for ch in "*?["):
+            found = sorted(glob.glob(pat, recursive=True))
+        else:
+            found = [pat]
+        if not found:
+            raise GeounetError(f"no images match {pat!r}; check the path or glob")
+        out.extend(f for f in found if f not in out)
+    return out
+
+
+def lr_at(step: int, total: int, base: float, schedule: Schedule) -> float:
+    """Learning rate at a global step (a pure function, so resuming needs no scheduler state).
+
+    ``onecycle``: linear warm-up from ``base/25`` over the first 30 % of steps, then cosine
+    down to ``base/1e4``. ``cosine``: linear warm-up over 5 %, then cosine down to ``base/100``.
+    """
+    total = max(total, 1)
+    warm_frac, start, end = (0.3, base / 25, base / 1e4) if schedule == "onecycle" else (0.05, base / 10, base / 100)
+    warm = max(1, int(total * warm_frac))
+    if step < warm:
+        return start + (base - start) * step / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return end + (base - end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, binary: bool) -> torch.Tensor:
+    """BCE+Dice (binary, one channel) or CE+Dice (multi-class), ignoring :data:`IGNORE_INDEX`."""
+    valid = target != IGNORE_INDEX
+    if not valid.any():
+        return logits.sum() * 0.0
+    logits = logits.float()
+    if binary:
+        x = logits[:, 0]
+        t = (target == 1).float()
+        v = valid.float()
+        bce = (F.binary_cross_entropy_with_logits(x, t, reduction="none") * v).sum() / v.sum()
+        p = torch.sigmoid(x) * v
+        inter = (p * t).sum()
+        dice = 1 - (2 * inter + 1) / (p.sum() + (t * v).sum() + 1)
+        return bce + dice
+    ce = F.cross_entropy(logits, target.clamp_max(logits.shape[1] - 1).masked_fill(~valid, IGNORE_INDEX), ignore_index=IGNORE_INDEX)
+    prob = logits.softmax(dim=1) * valid.unsqueeze(1)
+    onehot = F.one_hot(target.masked_fill(~valid, 0), logits.shape[1]).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid.unsqueeze(1)
+    inter = (prob * onehot).sum(dim=(0, 2, 3))
+    denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    dice = 1 - ((2 * inter + 1) / (denom + 1))[1:].mean()
+    return ce + dice
+
+
+def confusion(logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool) -> torch.Tensor:
+    """Confusion matrix (true x predicted) over valid pixels, int64 (n_classes, n_classes)."""
+    pred = (logits[:, 0] >= 0).long() if binary else logits.argmax(dim=1)
+    valid = target != IGNORE_INDEX
+    idx = target[valid] * n_classes + pred[valid]
+    return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes).cpu()
+
+
+def scores_from_confusion(cm: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """IoU, F1, precision and recall per class (class 0, background, included) from a confusion matrix."""
+    out: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(names):
+        tp = float(cm[k, k])
+        fp = float(cm[:, k].sum() - tp)
+        fn = float(cm[k, :].sum() - tp)
+        out[name] = {
+            "iou": tp / (tp + fp + fn) if tp + fp + fn else float("nan"),
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+            "precision": tp / (tp + fp) if tp + fp else float("nan"),
+            "recall": tp / (tp + fn) if tp + fn else float("nan"),
+        }
+    return out
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def _init_distributed(device: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return _Dist(rank, world, local)
+
+
+def _save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    module = getattr(model, "module", model)
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, pstate in opt["state"].items():
+        for key, value in pstate.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim/{pid}/{key}"] = t.detach().cpu().contiguous()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
+    meta = {**state, "param_groups": groups}
+    with AtomicOutputs() as outputs:
+        save_file(tensors, str(outputs.reserve(path, overwrite=True)), metadata={RESUME_KEY: json.dumps(meta)})
+
+
+def _load_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: resume checkpoint not found; it is written as MODEL.resume.safetensors after each epoch")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(RESUME_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path.name} is not a geounet resume checkpoint ({str(exc).splitlines()[0][:120]})") from exc
+    if raw is None:
+        raise CheckpointError(f"{path.name} is not a geounet resume checkpoint (no {RESUME_KEY} metadata)")
+    state = json.loads(raw)
+    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    optim: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, pid, key = k.split("/", 2)
+            optim.setdefault(pid, {})[key] = v
+    return model_state, optim, state
+
+
+def _resume_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".resume.safetensors")
+
+
+def _metrics_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".metrics.jsonl")
+
+
+def _gsd_m(entries: Sequence[ImageEntry]) -> float | None:
+    s = entries[0].scene
+    if s.crs.is_geographic:
+        return round(s.res[0] * 111_320, 4)
+    try:
+        factor = float(s.crs.linear_units_factor[1])
+    except Exception:
+        factor = 1.0
+    return round(s.res[0] * factor, 4)
+
+
+def train_model(
+    cfg: TrainConfig,
+    *,
+    progress: Progress | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train (or fine-tune, or resume) a model. See :class:`TrainConfig`.
+
+    Raises:
+        GeounetError: Bad images, labels, model files or options; nothing half-written is left.
+    """
+    t_start = time.perf_counter()
+    dist = _init_distributed(cfg.device)
+    out = Path(cfg.out)
+    resume_file = _resume_path(out)
+    metrics_file = _metrics_path(out)
+    if out.exists() and not (cfg.overwrite or cfg.resume):
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it (or --resume to continue)")
+    AtomicOutputs().reserve(out, overwrite=True)  # fail early on an unwritable directory
+    for tmp in out.parent.glob(f".{out.name}.geounet-*.tmp"):
+        if tmp.is_dir() and not any(tmp.iterdir()):
+            tmp.rmdir()
+
+    device = resolve_device(cfg.device)
+    if dist.active and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+
+    init_net = init_meta = None
+    if cfg.init:
+        init_net, init_meta = load_model(cfg.init)
+
+    spec = LabelSpec(
+        class_field=cfg.class_field,
+        classes=tuple(cfg.classes) if cfg.classes else None,
+        line_width_m=cfg.line_width_m,
+        point_radius_m=cfg.point_radius_m,
+    )
+    labels = read_labels(cfg.labels, spec)
+    class_names = list(labels.class_names)
+    binary = labels.binary
+    n_out = 1 if binary else len(class_names) + 1
+    mask_names = ["background", *class_names]
+
+    train_paths = expand_images(cfg.images)
+    val_paths = expand_images(cfg.val_images) if cfg.val_images else []
+    paths = train_paths + [p for p in val_paths if p not in train_paths]
+    expected_bands = init_meta.bands if init_meta else None
+    entries: list[ImageEntry] = []
+    dtype = None
+    for p in paths:
+        scene = open_scene(p)
+        if expected_bands is None:
+            chosen = tuple(cfg.bands) if cfg.bands else scene.data_bands
+            expected_bands = len(chosen)
+        bands = resolve_bands(scene, cfg.bands, expected_bands)
+        if dtype is None:
+            dtype = init_meta.dtype if init_meta else scene.dtype
+        if np.dtype(scene.dtype) != np.dtype(dtype):
+            raise BandMismatchError(
+                f"{scene.name} is {scene.dtype} but the other images (or --init model) are {dtype}; "
+                f"train on images of one data type"
+            )
+        rl = labels.for_raster(scene.crs, scene.transform, scene.width, scene.height, name=scene.name)
+        entries.append(ImageEntry(scene=scene, bands=bands, labels=rl, val_blocks=[]))
+    check_labels_hit(entries, labels)
+
+    depth = init_meta.depth if init_meta else cfg.depth
+    check_tile_size(cfg.tile_size, 0, multiple=2**depth)
+    val_idx = [paths.index(p) for p in val_paths]
+    split = SpatialSplit(entries, tile_size=cfg.tile_size, val_fraction=cfg.val_fraction, seed=cfg.seed, val_images=val_idx)
+    val_plan = split.val_windows(cfg.max_val_windows, cfg.seed)
+
+    if init_meta is not None:
+        if init_meta.arch_args["classes"] != n_out:
+            raise CheckpointError(
+                f"{Path(cfg.init or '').name} predicts {init_meta.arch_args['classes']} outputs but the labels "
+                f"have {len(class_names)} class(es); fine-tune with labels of the same classes"
+            )
+        mean, std = list(init_meta.mean), list(init_meta.std)
+    else:
+        train_entries = [e for e in entries if not e.all_val] or entries
+        mean, std = band_statistics(train_entries)
+
+    meta = ModelMeta(
+        architecture="unet",
+        arch_args=dict(init_meta.arch_args) if init_meta else {"in_channels": expected_bands or 1, "classes": n_out, "width": cfg.width, "depth": cfg.depth},
+        band_names=list(init_meta.band_names) if init_meta else [f"band{b}" for b in entries[0].bands],
+        dtype=str(dtype),
+        mean=mean,
+        std=std,
+        classes=class_names if binary else mask_names,
+        colours=[DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(len(class_names) if binary else len(mask_names))],
+        tile_size=max(cfg.tile_size, 256),  # fully convolutional: larger tiles mean fewer seams
+        overlap=max(32, cfg.tile_size // 8),
+        gsd=_gsd_m(entries),
+    )
+    meta.validate()
+
+    torch.manual_seed(cfg.seed)
+    net = init_net if init_net is not None else build_model(meta)
+    net = net.to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    train_area_tiles = sum(
+        (e.scene.width * e.scene.height) for e in entries if not e.all_val
+    ) / cfg.tile_size**2
+    samples = cfg.samples_per_epoch or int(min(2000, max(64, 2 * train_area_tiles)))
+    samples = math.ceil(samples / dist.world) * dist.world
+    steps_per_epoch = math.ceil(samples / dist.world / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    config_record = {"tile_size": cfg.tile_size, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs, "samples": samples, "world_size": dist.world}
+    start_epoch, step, best_iou, best_epoch = 0, 0, -1.0, 0
+    history: list[dict[str, Any]] = []
+    if cfg.resume:
+        model_state, optim_state, state = _load_resume(Path(cfg.resume))
+        for key, value in config_record.items():
+            saved = state.get("config", {}).get(key)
+            if saved != value:
+                raise CheckpointError(
+                    f"{Path(cfg.resume).name} was trained with {key}={saved}, this run has {value}; "
+                    f"resume with the same options"
+                )
+        try:
+            net.load_state_dict(model_state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{Path(cfg.resume).name}: weights do not fit this model ({str(exc).splitlines()[0][:120]})") from exc
+        opt_sd = optimizer.state_dict()
+        opt_sd["state"] = {int(pid): v for pid, v in optim_state.items()}
+        for g, saved in zip(opt_sd["param_groups"], state["param_groups"], strict=True):
+            g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
+        optimizer.load_state_dict(opt_sd)
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        best_iou, best_epoch = float(state["best_iou"]), int(state["best_epoch"])
+        history = list(state["history"])
+        meta.mean, meta.std = state["mean"], state["std"]
+
+    model: nn.Module = net
+    if dist.active:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+
+    use_amp = device.type == "cuda"
+    fg = mask_names[1:] if not binary else class_names
+    provenance_base = {
+        "images": [str(p) for p in train_paths],
+        "val_images": [str(p) for p in val_paths],
+        "labels": str(cfg.labels),
+        "class_field": cfg.class_field,
+        "crs": entries[0].scene.crs.to_string(),
+        "tile_size": cfg.tile_size,
+        "batch_size": cfg.batch_size,
+        "samples_per_epoch": samples,
+        "lr": cfg.lr,
+        "schedule": cfg.schedule,
+        "seed": cfg.seed,
+        "init": cfg.init,
+        "world_size": dist.world,
+        "geounet": __version__,
+        "trained": True,
+    }
+
+    if dist.main and not cfg.resume and metrics_file.exists():
+        metrics_file.unlink()
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        plan = plan_epoch(split, samples=samples, epoch=epoch, seed=cfg.seed, positive_fraction=cfg.positive_fraction)
+        shard = plan[dist.rank :: dist.world]
+        loader = DataLoader(
+            WindowDataset(entries, shard, tile_size=cfg.tile_size, mean=meta.mean, std=meta.std),
+            batch_size=cfg.batch_size,
+            shuffle=False,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
+        model.train()
+        loss_sum, loss_n = 0.0, 0
+        for i, (x, y) in enumerate(loader):
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(step, total_steps, cfg.lr, cfg.schedule)
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x)
+            loss = segmentation_loss(logits, y, binary)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(x)
+            loss_n += len(x)
+            if progress is not None and dist.main:
+                progress(i + 1, len(loader))
+
+        cm, val_loss_sum, val_n = _validate(model, entries, val_plan[dist.rank :: dist.world], cfg, meta, device, n_out, binary, use_amp)
+        train_loss = torch.tensor([loss_sum, loss_n], dtype=torch.float64)
+        if dist.active:
+            import torch.distributed as tdist
+
+            stats = torch.tensor([val_loss_sum, val_n], dtype=torch.float64)
+            for t in (cm, stats, train_loss):
+                tdist.all_reduce(t)
+            val_loss_sum, val_n = float(stats[0]), float(stats[1])
+        per_class = scores_from_confusion(cm.numpy(), mask_names)
+        fg_scores = [per_class[n] for n in fg]
+        iou = float(np.nanmean([s["iou"] for s in fg_scores])) if fg_scores else float("nan")
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": round(float(train_loss[0] / max(train_loss[1], 1)), 6),
+            "val_loss": round(val_loss_sum / max(val_n, 1), 6),
+            "val_iou": round(iou, 6) if not math.isnan(iou) else None,
+            "val_f1": _round(np.nanmean([s["f1"] for s in fg_scores])),
+            "val_precision": _round(np.nanmean([s["precision"] for s in fg_scores])),
+            "val_recall": _round(np.nanmean([s["recall"] for s in fg_scores])),
+            "per_class": {k: {m: _round(v) for m, v in s.items()} for k, s in per_class.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t_epoch, 2),
+        }
+        history.append(record)
+        score = -1.0 if math.isnan(iou) else iou
+        improved = score > best_iou or best_epoch == 0
+        if improved:
+            best_iou, best_epoch = score, epoch + 1
+        if dist.main:
+            if improved:
+                meta.provenance = {
+                    **provenance_base,
+                    "epochs": epoch + 1,
+                    "epochs_planned": cfg.epochs,
+                    "best_epoch": best_epoch,
+                    "metrics": {k: v for k, v in record.items() if k.startswith("val_") or k == "train_loss"},
+                    "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                }
+                with AtomicOutputs() as outputs:
+                    save_model(net, meta, outputs.reserve(out, overwrite=True))
+            with metrics_file.open("w") as f:
+                for r in history:
+                    f.write(json.dumps(r) + "\n")
+            _save_resume(
+                resume_file,
+                net,
+                optimizer,
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "best_iou": best_iou,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "mean": meta.mean,
+                    "std": meta.std,
+                    "config": config_record,
+                },
+            )
+        if on_epoch is not None and dist.main:
+            on_epoch(record)
+    if dist.active:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+    return TrainResult(
+        model=out,
+        metrics_file=metrics_file,
+        resume_file=resume_file,
+        best_epoch=best_epoch,
+        best_iou=best_iou,
+        history=history,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _round(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else round(float(v), 6)
+
+
+@torch.inference_mode()
+def _validate(
+    model: nn.Module,
+    entries: Sequence[ImageEntry],
+    plan: Sequence[Any],
+    cfg: TrainConfig,
+    meta: ModelMeta,
+    device: torch.device,
+    n_out: int,
+    binary: bool,
+    use_amp: bool,
+) -> tuple[torch.Tensor, float, float]:
+    n_classes = 2 if binary else n_out
+    cm = torch.zeros((n_classes, n_classes), dtype=torch.int64)
+    loss_sum, n = 0.0, 0.0
+    if not plan:
+        return cm, loss_sum, n
+    model.eval()
+    loader = DataLoader(
+        WindowDataset(entries, plan, tile_size=cfg.tile_size, mean=meta.mean, std=meta.std),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.workers,
+    )
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(x)
+        loss_sum += float(segmentation_loss(logits, y, binary)) * len(x)
+        n += len(x)
+        cm += confusion(logits.float(), y, n_classes, binary)
+    return cm, loss_sum, n
+
+
+def describe_config(cfg: TrainConfig) -> str:
+    """The configuration as JSON (for logs)."""
+    return json.dumps(asdict(cfg), default=str)
