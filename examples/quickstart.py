@@ -50,7 +50,7 @@ def main() -> None:
     run(
         "train", "--images", str(scene), "--labels", str(labels), "-o", str(model),
         "--tile-size", "128", "--width", "16", "--batch-size", "8", "--epochs", str(args.epochs),
-        "--samples-per-epoch", "160", "--overwrite",
+        "--samples-per-epoch", "160", "--classes", "building", "--overwrite",
     )
     predicted = out / "predicted_buildings.geojson"
     run(
@@ -59,7 +59,7 @@ def main() -> None:
         "--min-area", "10", "--simplify", "1", "--overwrite",
     )
     report = out / "evaluation.json"
-    print(run("evaluate", str(scene), "--labels", str(labels), "-m", str(model), "--json", str(report)))
+    print(run("evaluate", str(scene), "--labels", str(labels), "--classes", "building", "-m", str(model), "--json", str(report)))
 
     import json
 
@@ -67,7 +67,7 @@ def main() -> None:
 
     found = len(gpd.read_file(predicted))
     r = json.loads(report.read_text())
-    iou = r["pixel"]["foreground"]["iou"] if "foreground" in r["pixel"] else next(v["iou"] for k, v in r["pixel"].items() if k != "background")
+    iou = r["pixel"]["building"]["iou"]
     print(
         f"\nFound {found} buildings ({len(info.buildings)} labelled); pixel IoU {iou:.3f}. "
         f"Polygons: {predicted}  (open them in QGIS over {scene}); done in {time.perf_counter() - t0:.0f} s."

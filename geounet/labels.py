@@ -47,7 +47,7 @@ from rasterio.transform import Affine, array_bounds
 from rasterio.windows import Window
 
 from geounet.errors import LabelsError, LabelsOutsideRasterError
-from geounet.raster import gdal_path, is_remote
+from geounet.raster import Scene, gdal_path, is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +254,10 @@ class Labels:
         self._part_feature = part_feature  # source row of each part
         self._part_dim = part_dim  # 0 point, 1 line, 2 polygon
         self._n_features = int(np.unique(part_feature).size)
+        # A feature is an object (for object metrics) when every part of it is a polygon.
+        not_poly = np.zeros(len(feature_class), dtype=bool)
+        not_poly[part_feature[part_dim != 2]] = True
+        self._feature_polygonal = ~not_poly
         self._projected: dict[str, _Projected] = {}
         self._lock = threading.Lock()
 
@@ -317,6 +321,16 @@ class Labels:
 
     def __repr__(self) -> str:
         return f"Labels({self.name!r}, {len(self)} features, classes={self.class_names})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"], state["_projected"]  # a lock does not pickle; the cache is rebuilt
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._projected = {}
+        self._lock = threading.Lock()
 
     def bounds(self, crs: CRSInput | None = None) -> tuple[float, float, float, float] | None:
         """(left, bottom, right, top) of the labels, before buffering.
@@ -416,9 +430,10 @@ class Labels:
             name=name,
             class_names=self.class_names,
             source_ids=features[inside],
+            polygonal=self._feature_polygonal[features[inside]],
         )
 
-    def for_scene(self, scene: Any) -> RasterLabels:
+    def for_scene(self, scene: Scene) -> RasterLabels:
         """:meth:`for_raster` for a :class:`geounet.raster.Scene`."""
         return self.for_raster(
             scene.crs, scene.transform, scene.width, scene.height, name=scene.name
@@ -465,12 +480,15 @@ class RasterLabels:
         name: The raster's name, for messages.
         class_names: Foreground class names in class-id order.
         source_ids: Row of each feature in the labels file (default 0..n-1).
+        polygonal: Whether each feature was a polygon in the file (not a buffered line or
+            point); default all True.
 
     Attributes:
         geometries: GeoSeries of the features (index 0..n-1), buffered and clipped to the raster
             plus one pixel (clipping may leave self-touching rings, which rasterizing ignores).
         class_ids: int64 (n,) class id of each feature.
         source_ids: intp (n,) row of each feature in the labels file.
+        polygonal: bool (n,) whether each feature was a polygon in the file (an object).
     """
 
     def __init__(
@@ -484,6 +502,7 @@ class RasterLabels:
         name: str = "",
         class_names: Sequence[str] = (BINARY_CLASS_NAME,),
         source_ids: npt.ArrayLike | None = None,
+        polygonal: npt.ArrayLike | None = None,
     ) -> None:
         self.geometries = geometries.reset_index(drop=True)
         self.class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
@@ -496,9 +515,18 @@ class RasterLabels:
         self.source_ids = (
             np.arange(n) if source_ids is None else np.asarray(source_ids, dtype=np.intp)
         )
+        self.polygonal = (
+            np.ones(n, dtype=bool) if polygonal is None else np.asarray(polygonal, dtype=bool)
+        )
         if self.class_ids.size != n or self.source_ids.size != n:
             raise LabelsError(
-                f"{name}: {n} geometries but {self.class_ids.size} class ids; give one per geometry"
+                f"{name}: {n} geometries but {self.class_ids.size} class ids and "
+                f"{self.source_ids.size} source ids; give one of each per geometry"
+            )
+        if n and not (1 <= self.class_ids.min() and self.class_ids.max() <= MAX_CLASSES):
+            raise LabelsError(
+                f"{name}: class ids must be 1..{MAX_CLASSES} (0 is background), got "
+                f"{self.class_ids.min()}..{self.class_ids.max()}"
             )
         self._geoms: GeometryArray = np.asarray(self.geometries.array, dtype=object)
         self._tree = shapely.STRtree(self._geoms)
@@ -712,17 +740,24 @@ def _reproject(parts: GeometryArray, src: pyproj.CRS, dst: pyproj.CRS) -> Geomet
 
 
 def _local_metric_crs(parts: GeometryArray, crs: pyproj.CRS) -> pyproj.CRS:
-    """A metric CRS for buffering parts given in a geographic CRS: their UTM zone."""
-    series = gpd.GeoSeries(parts, crs=crs)
-    try:
-        utm = series.estimate_utm_crs()
-    except RuntimeError:  # beyond UTM's latitudes: an azimuthal equidistant projection instead
-        utm = None
-    if utm is not None:
-        return pyproj.CRS.from_user_input(utm)
-    c = shapely.centroid(shapely.box(*shapely.total_bounds(parts)))
+    """A metric CRS for buffering parts given in a geographic CRS: the UTM zone of their centre.
+
+    The zone comes from the centre's longitude (no pyproj database search, which takes ~0.15 s);
+    beyond UTM's latitudes (80 S, 84 N) an azimuthal equidistant projection on the centre is used.
+    """
+    x0, y0, x1, y1 = shapely.total_bounds(parts)
+    lon, lat = (x0 + x1) / 2, (y0 + y1) / 2
+    axes = crs.axis_info
+    in_degrees = bool(axes) and all(a.unit_name == "degree" for a in axes[:2])
+    if not in_degrees or (crs.prime_meridian and crs.prime_meridian.longitude != 0):
+        to_wgs84 = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        lon, lat = to_wgs84.transform(lon, lat)
+    lon = (lon + 180) % 360 - 180
+    if -80 <= lat <= 84:
+        zone = int((lon + 180) // 6) % 60 + 1
+        return pyproj.CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
     return pyproj.CRS.from_proj4(
-        f"+proj=aeqd +lat_0={c.y} +lon_0={c.x} +datum=WGS84 +units=m +no_defs"
+        f"+proj=aeqd +lat_0={lat} +lon_0={lon} +datum=WGS84 +units=m +no_defs"
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import rasterio
 import torch
 
 from geounet.blend import Stitcher, Strip
@@ -179,6 +180,22 @@ class Predictor:
         progress: Progress | None = None,
     ) -> PredictResult:
         """Predict one scene. See :func:`predict_raster`."""
+        # GDAL's block cache defaults to 5% of RAM and would grow with the scene; a strip of
+        # blocks is all the streaming order ever revisits.
+        env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256}
+        with rasterio.Env(**env):
+            return self._run(scene_path, out, probabilities=probabilities, mask=mask, config=config, progress=progress)
+
+    def _run(
+        self,
+        scene_path: str | os.PathLike[str],
+        out: str | os.PathLike[str] | None,
+        *,
+        probabilities: str | os.PathLike[str] | None,
+        mask: str | os.PathLike[str] | None,
+        config: PredictConfig | None,
+        progress: Progress | None,
+    ) -> PredictResult:
         cfg = config or PredictConfig()
         t_start = time.perf_counter()
         meta = self.meta

@@ -47,7 +47,7 @@ from geounet.dataset import (
     plan_epoch,
 )
 from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
-from geounet.labels import LabelSpec, read_labels
+from geounet.labels import LabelSpec, check_overlap, read_labels
 from geounet.predict import resolve_device
 from geounet.raster import AtomicOutputs, open_scene, resolve_bands
 from geounet.tiling import check_tile_size
@@ -375,6 +375,7 @@ def train_model(
             )
         rl = labels.for_raster(scene.crs, scene.transform, scene.width, scene.height, name=scene.name)
         entries.append(ImageEntry(scene=scene, bands=bands, labels=rl, val_blocks=[]))
+    check_overlap(labels, [(e.scene.name, e.scene.crs, e.scene.bounds) for e in entries])
     check_labels_hit(entries, labels)
 
     depth = init_meta.depth if init_meta else cfg.depth

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -331,11 +332,15 @@ def test_line_width_is_in_metres_in_a_crs_in_feet() -> None:
     assert mask[:, 50].sum() == 14
 
 
-def test_line_width_is_in_metres_in_a_geographic_crs() -> None:
-    # A 4326 raster at 45 N with ~1 m pixels; lines along and across it.
-    lat0, lon0 = 45.0, 15.0
-    dy = 1 / 111_132.0
-    dx = 1 / (111_412.0 * math.cos(math.radians(lat0)))
+@pytest.mark.parametrize(
+    ("lat0", "lon0"),
+    [(45.0, 15.0), (-33.9, 151.2), (85.0, -40.0)],  # north, south, beyond UTM (polar)
+)
+def test_line_width_is_in_metres_in_a_geographic_crs(lat0: float, lon0: float) -> None:
+    # A 4326 raster with 1 m pixels (lengths of a degree on WGS 84); lines along and across it.
+    phi = math.radians(lat0)
+    dy = 1 / (111_132.92 - 559.82 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi))
+    dx = 1 / (111_412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi))
     grid = from_origin(lon0, lat0, dx, dy)
     across = shapely.LineString([grid * (10, 50), grid * (90, 50)])
     along = shapely.LineString([grid * (50, 10), grid * (50, 90)])
@@ -344,6 +349,17 @@ def test_line_width_is_in_metres_in_a_geographic_crs() -> None:
     mask = raster.rasterize(Window(0, 0, 100, 100))
     assert mask[:, 25].sum() == 4 and mask[48:52, 25].all()
     assert mask[75, :].sum() == 4 and mask[75, 48:52].all()
+
+
+def test_labels_and_raster_labels_pickle() -> None:
+    # DataLoader workers receive them pickled.
+    labels = labels_of([px_box(10, 10, 20, 20), px_geom(shapely.Point(50, 50))])
+    labels.for_raster(UTM, GRID, 100, 100, name="a")
+    copy = pickle.loads(pickle.dumps(labels))
+    raster = copy.for_raster(UTM, GRID, 100, 100, name="a")
+    again = pickle.loads(pickle.dumps(raster))
+    assert (again.rasterize(Window(0, 0, 100, 100)) == burn(labels)).all()
+    assert again.features_in(Window(45, 45, 10, 10)) == [1]
 
 
 def test_geographic_raster_with_projected_labels() -> None:
@@ -495,6 +511,8 @@ def test_raster_labels_can_be_built_directly() -> None:
     assert raster.rasterize(Window(0, 0, 20, 20)).max() == 3
     with pytest.raises(LabelsError, match="1 geometries but 2 class ids"):
         RasterLabels(geoms, [1, 2], transform=GRID, width=100, height=100, name="s")
+    with pytest.raises(LabelsError, match=r"class ids must be 1\.\.254 \(0 is background\), got 0"):
+        RasterLabels(geoms, [0], transform=GRID, width=100, height=100, name="s")
 
 
 def test_rasterizing_a_window_of_10000_features_is_fast() -> None:
