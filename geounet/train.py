@@ -521,15 +521,15 @@ def train_model(
             val_loss_sum, val_n = float(stats[0]), float(stats[1])
         per_class = scores_from_confusion(cm.numpy(), mask_names)
         fg_scores = [per_class[n] for n in fg]
-        iou = float(np.nanmean([s["iou"] for s in fg_scores])) if fg_scores else float("nan")
+        iou = _nanmean([s["iou"] for s in fg_scores])
         record = {
             "epoch": epoch + 1,
             "train_loss": round(float(train_loss[0] / max(train_loss[1], 1)), 6),
             "val_loss": round(val_loss_sum / max(val_n, 1), 6),
             "val_iou": round(iou, 6) if not math.isnan(iou) else None,
-            "val_f1": _round(np.nanmean([s["f1"] for s in fg_scores])),
-            "val_precision": _round(np.nanmean([s["precision"] for s in fg_scores])),
-            "val_recall": _round(np.nanmean([s["recall"] for s in fg_scores])),
+            "val_f1": _round(_nanmean([s["f1"] for s in fg_scores])),
+            "val_precision": _round(_nanmean([s["precision"] for s in fg_scores])),
+            "val_recall": _round(_nanmean([s["recall"] for s in fg_scores])),
             "per_class": {k: {m: _round(v) for m, v in s.items()} for k, s in per_class.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t_epoch, 2),
@@ -584,6 +584,12 @@ def train_model(
         history=history,
         seconds=time.perf_counter() - t_start,
     )
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the defined values (NaN when none is): classes absent from validation are skipped."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 def _round(v: float) -> float | None:

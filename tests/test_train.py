@@ -1,0 +1,310 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+from safetensors.torch import load_file
+
+from conftest import SHARED_DATA, requires_shared_data
+from geounet.checkpoint import load_model, read_meta
+from geounet.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
+from geounet.errors import GeounetError, LabelsError, LabelsOutsideRasterError
+from geounet.evaluate import evaluate
+from geounet.labels import LabelSpec, read_labels
+from geounet.predict import PredictConfig, predict_raster
+from geounet.raster import open_scene
+from geounet.train import TrainConfig, lr_at, train_model
+
+ORIGIN = (500000.0, 5000000.0)
+
+
+def synthetic_scene(path: Path, labels_path: Path, *, seed: int, size: int = 384, crs: str = "EPSG:32633") -> tuple[Path, Path]:
+    """Rectangles (buildings, red) and lines (roads, blue) on a noisy green-brown ground."""
+    rng = np.random.default_rng(seed)
+    transform = from_origin(ORIGIN[0], ORIGIN[1], 1.0, 1.0)
+    feats: list[tuple[shapely.Geometry, str]] = []
+    for _ in range(3):  # roads: long straight lines, 4 m wide once buffered
+        if rng.random() < 0.5:
+            y = ORIGIN[1] - rng.uniform(20, size - 20)
+            feats.append((shapely.LineString([(ORIGIN[0], y), (ORIGIN[0] + size, y + rng.uniform(-30, 30))]), "road"))
+        else:
+            x = ORIGIN[0] + rng.uniform(20, size - 20)
+            feats.append((shapely.LineString([(x, ORIGIN[1]), (x + rng.uniform(-30, 30), ORIGIN[1] - size)]), "road"))
+    roads = shapely.union_all([g.buffer(4) for g, _ in feats])
+    placed: list[shapely.Geometry] = []
+    for _ in range(400):
+        if len(placed) >= 25:
+            break
+        w, h = rng.uniform(8, 24, size=2)
+        x0 = ORIGIN[0] + rng.uniform(2, size - w - 2)
+        y0 = ORIGIN[1] - rng.uniform(h + 2, size - 2)
+        box = shapely.box(x0, y0, x0 + w, y0 + h)
+        if box.buffer(3).intersects(roads) or any(box.buffer(3).intersects(p) for p in placed):
+            continue
+        placed.append(box)
+    feats += [(b, "building") for b in placed]
+    img = np.empty((3, size, size), dtype=np.float32)
+    base = rng.normal(0, 1, (3, size // 16 + 2, size // 16 + 2))
+    yy, xx = np.mgrid[0:size, 0:size] / 16.0
+    low = np.stack([base[c][yy.astype(int), xx.astype(int)] for c in range(3)])
+    img[:] = np.array([110, 120, 70])[:, None, None] + 12 * low + rng.normal(0, 10, (3, size, size))
+    road_mask = rasterize([(g.buffer(2), 1) for g, k in feats if k == "road"], out_shape=(size, size), transform=transform).astype(bool)
+    bld_mask = rasterize([(g, 1) for g, k in feats if k == "building"], out_shape=(size, size), transform=transform).astype(bool)
+    for c, v in enumerate((70, 80, 170)):
+        img[c][road_mask] = v + rng.normal(0, 8, road_mask.sum())
+    for c, v in enumerate((200, 60, 50)):
+        img[c][bld_mask] = v + rng.normal(0, 8, bld_mask.sum())
+    data = np.clip(img, 1, 255).astype(np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs, transform=transform, tiled=True, blockxsize=128, blockysize=128) as dst:
+        dst.write(data)
+    frame = gpd.GeoDataFrame({"kind": [k for _, k in feats]}, geometry=[g for g, _ in feats], crs=crs)
+    frame.to_file(labels_path)
+    return path, labels_path
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("train")
+    a, la = synthetic_scene(d / "a.tif", d / "a.gpkg", seed=1)
+    b, lb = synthetic_scene(d / "b.tif", d / "b.gpkg", seed=2)
+    return {"a": a, "la": la, "b": b, "lb": lb, "dir": d}
+
+
+def small_config(scenes: dict[str, Path], out: Path, **kw: object) -> TrainConfig:
+    base: dict[str, object] = dict(
+        images=[str(scenes["a"])], labels=str(scenes["la"]), out=str(out), class_field="kind",
+        classes=["building", "road"], line_width_m=4.0, tile_size=64, batch_size=8, epochs=8,
+        samples_per_epoch=96, width=8, depth=3, lr=5e-3, device="cpu", seed=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def trained(scenes: dict[str, Path]) -> tuple[Path, object]:
+    out = scenes["dir"] / "model.safetensors"
+    result = train_model(small_config(scenes, out))
+    return out, result
+
+
+def test_training_reaches_iou_and_records_everything(trained: tuple[Path, object]) -> None:
+    out, result = trained
+    assert result.best_iou > 0.8, result.history  # type: ignore[attr-defined]
+    meta = read_meta(out)
+    assert meta.classes == ["background", "building", "road"] and not meta.binary
+    assert meta.provenance["trained"] and meta.provenance["labels"].endswith("a.gpkg")
+    assert meta.provenance["metrics"]["val_iou"] == pytest.approx(result.best_iou, abs=1e-6)  # type: ignore[attr-defined]
+    assert meta.provenance["epochs"] == result.best_epoch  # type: ignore[attr-defined]
+    assert len(meta.mean) == 3 and all(s > 1 for s in meta.std)  # stats from the training pixels
+    lines = [json.loads(x) for x in result.metrics_file.read_text().splitlines()]  # type: ignore[attr-defined]
+    assert [r["epoch"] for r in lines] == list(range(1, 9))
+    assert {"train_loss", "val_loss", "val_iou", "val_f1", "per_class"} <= set(lines[0])
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+
+
+def test_evaluate_on_another_scene_agrees(trained: tuple[Path, object], scenes: dict[str, Path], tmp_path: Path) -> None:
+    out, result = trained
+    report = evaluate(scenes["b"], scenes["lb"], model=out, spec=LabelSpec(class_field="kind", classes=("building", "road"), line_width_m=4.0), config=PredictConfig(tile_size=128, overlap=32, device="cpu"))
+    ious = [report["pixel"][c]["iou"] for c in ("building", "road")]
+    assert min(ious) > 0.7 and np.mean(ious) > 0.8, report["pixel"]
+    assert abs(np.mean(ious) - result.best_iou) < 0.12  # type: ignore[attr-defined]
+    # Buildings are polygons: object metrics; roads are lines: none.
+    assert set(report["object"]) == {"building"}
+    assert report["object"]["building"]["f1"] > 0.7
+    # The same through a saved prediction (mask GeoTIFF), and through vectors.
+    mask = tmp_path / "mask.tif"
+    vec = tmp_path / "pred.gpkg"
+    predict_raster(scenes["b"], vec, model=out, mask=mask, config=PredictConfig(tile_size=128, overlap=32, device="cpu"))
+    by_mask = evaluate(scenes["b"], scenes["lb"], prediction=mask, spec=LabelSpec(class_field="kind", classes=("building", "road")))
+    assert by_mask["pixel"]["building"]["iou"] == pytest.approx(report["pixel"]["building"]["iou"], abs=1e-6)
+    by_vec = evaluate(scenes["b"], scenes["lb"], prediction=vec, spec=LabelSpec(class_field="kind", classes=("building", "road")))
+    assert by_vec["pixel"]["building"]["iou"] == pytest.approx(report["pixel"]["building"]["iou"], abs=0.02)
+
+
+def test_spatial_split_never_leaks(scenes: dict[str, Path]) -> None:
+    labels = read_labels(scenes["la"], LabelSpec(class_field="kind"))
+    scene = open_scene(scenes["a"])
+    entries = [ImageEntry(scene, (1, 2, 3), labels.for_scene(scene), [])]
+    split = SpatialSplit(entries, tile_size=64, val_fraction=0.2, seed=0)
+    val = [(int(w.row_off), int(w.col_off), int(w.height), int(w.width)) for w in entries[0].val_blocks]
+    assert val
+    for epoch in range(3):
+        plan = plan_epoch(split, samples=200, epoch=epoch, seed=0)
+        for s in plan:
+            for r0, c0, h, w in val:
+                # At least one tile (64 px) between any training window and any validation block.
+                gap_r = max(r0 - (s.row + 64), s.row - (r0 + h))
+                gap_c = max(c0 - (s.col + 64), s.col - (c0 + w))
+                assert max(gap_r, gap_c) >= 64, (s, (r0, c0, h, w))
+    assert plan_epoch(split, samples=50, epoch=1, seed=0) == plan_epoch(split, samples=50, epoch=1, seed=0)
+    assert plan_epoch(split, samples=50, epoch=1, seed=0) != plan_epoch(split, samples=50, epoch=2, seed=0)
+    for s in split.val_windows(100, 0):
+        assert any(r0 <= s.row and s.row + 64 <= r0 + h and c0 <= s.col and s.col + 64 <= c0 + w for r0, c0, h, w in val)
+
+
+def test_positive_sampling_sees_sparse_classes(scenes: dict[str, Path]) -> None:
+    labels = read_labels(scenes["la"], LabelSpec(class_field="kind"))
+    scene = open_scene(scenes["a"])
+    entries = [ImageEntry(scene, (1, 2, 3), labels.for_scene(scene), [])]
+    split = SpatialSplit(entries, tile_size=64, val_fraction=0.0, seed=0)
+    ds_pos = WindowDataset(entries, plan_epoch(split, samples=60, epoch=0, seed=0, positive_fraction=1.0, augment=False), tile_size=64, mean=[0, 0, 0], std=[1, 1, 1])
+    ds_rand = WindowDataset(entries, plan_epoch(split, samples=60, epoch=0, seed=0, positive_fraction=0.0, augment=False), tile_size=64, mean=[0, 0, 0], std=[1, 1, 1])
+    pos = np.mean([(ds_pos[i][1] == 1).float().mean().item() for i in range(60)])
+    rnd = np.mean([(ds_rand[i][1] == 1).float().mean().item() for i in range(60)])
+    assert pos > 1.5 * rnd
+
+
+def test_tiles_in_utm_with_labels_in_wgs84_land_on_the_right_pixels(tmp_path: Path) -> None:
+    # A folder of 4 chips cut from one UTM mosaic; one label file in EPSG:4326.
+    folder = tmp_path / "chips"
+    folder.mkdir()
+    size = 96
+    boxes_utm = [shapely.box(500010, 4999930, 500040, 4999950), shapely.box(500110, 4999850, 500150, 4999900)]
+    for i in range(2):
+        for j in range(2):
+            t = from_origin(ORIGIN[0] + j * size, ORIGIN[1] - i * size, 1.0, 1.0)
+            band = rasterize([(b, 200) for b in boxes_utm], out_shape=(size, size), transform=t, dtype="uint8")
+            data = np.stack([np.maximum(band, 30), np.full_like(band, 60), np.full_like(band, 90)])
+            with rasterio.open(folder / f"chip_{i}_{j}.tif", "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633", transform=t) as dst:
+                dst.write(data)
+    labels_path = tmp_path / "labels.geojson"
+    gpd.GeoDataFrame(geometry=boxes_utm, crs="EPSG:32633").to_crs(4326).to_file(labels_path)
+    labels = read_labels(labels_path)
+    for chip in sorted(folder.glob("*.tif")):
+        scene = open_scene(chip)
+        entry = ImageEntry(scene, (1, 2, 3), labels.for_scene(scene), [])
+        ds = WindowDataset([entry], [], tile_size=size, mean=[0, 0, 0], std=[1, 1, 1])
+        from geounet.dataset import Sample
+
+        _, target = ds.read(Sample(0, 0, 0))
+        with rasterio.open(chip) as src:
+            painted = src.read(1) == 200
+        # Reprojection through lon/lat moves box edges by far less than a pixel.
+        assert (target.astype(bool) != painted).sum() <= 0.02 * max(painted.sum(), 1) + 2 * size ** 0.5
+    out = tmp_path / "m.safetensors"
+    result = train_model(TrainConfig(images=[str(folder)], labels=str(labels_path), out=str(out), tile_size=32, batch_size=4, epochs=1, samples_per_epoch=8, width=4, depth=2, device="cpu"))
+    assert result.model.exists()
+    assert read_meta(out).provenance["crs"] == "EPSG:32633"
+    assert len(read_meta(out).provenance["images"]) == 4
+
+
+def test_resume_reaches_the_same_weights(scenes: dict[str, Path], tmp_path: Path) -> None:
+    kw = dict(epochs=3, samples_per_epoch=16, width=4, depth=2, tile_size=32)
+    full = tmp_path / "full.safetensors"
+    train_model(small_config(scenes, full, **kw))
+
+    part = tmp_path / "part.safetensors"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(record: dict[str, object]) -> None:
+        if record["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_model(small_config(scenes, part, **kw), on_epoch=stop_after_first)
+    resume = part.with_name("part.resume.safetensors")
+    assert resume.exists()
+    train_model(small_config(scenes, part, resume=str(resume), **kw))
+    a = load_file(str(full.with_name("full.resume.safetensors")))
+    b = load_file(str(resume))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    hist_a = [json.loads(x) for x in full.with_name("full.metrics.jsonl").read_text().splitlines()]
+    hist_b = [json.loads(x) for x in part.with_name("part.metrics.jsonl").read_text().splitlines()]
+    assert [h["val_iou"] for h in hist_a] == [h["val_iou"] for h in hist_b]
+
+
+def test_resume_with_other_options_is_refused(scenes: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    train_model(small_config(scenes, out, epochs=1, samples_per_epoch=8, width=4, depth=2, tile_size=32))
+    with pytest.raises(GeounetError, match="trained with batch_size=8, this run has 4"):
+        train_model(small_config(scenes, out, epochs=1, samples_per_epoch=8, width=4, depth=2, tile_size=32, batch_size=4, resume=str(out.with_name("m.resume.safetensors"))))
+
+
+def test_fine_tune_from_init(trained: tuple[Path, object], scenes: dict[str, Path], tmp_path: Path) -> None:
+    out, _ = trained
+    tuned = tmp_path / "tuned.safetensors"
+    result = train_model(small_config(scenes, tuned, init=str(out), epochs=1, samples_per_epoch=16, images=[str(scenes["b"])], labels=str(scenes["lb"])))
+    assert result.best_iou > 0.7
+    assert read_meta(tuned).mean == read_meta(out).mean  # the contract comes from the initial model
+
+
+def test_label_errors(scenes: dict[str, Path], tmp_path: Path) -> None:
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame(geometry=[shapely.box(10, 10, 11, 11)], crs=4326).to_file(far)
+    with pytest.raises(LabelsOutsideRasterError, match="does not overlap any image"):
+        train_model(small_config(scenes, tmp_path / "m.safetensors", labels=str(far), class_field=None, classes=None))
+    empty = tmp_path / "empty.gpkg"
+    gpd.GeoDataFrame({"kind": []}, geometry=[], crs=32633).to_file(empty)
+    with pytest.raises(LabelsError, match="no features"):
+        train_model(small_config(scenes, tmp_path / "m.safetensors", labels=str(empty)))
+    with pytest.raises(LabelsError, match="nope"):
+        train_model(small_config(scenes, tmp_path / "m.safetensors", class_field="nope"))
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_lr_schedules() -> None:
+    for kind in ("onecycle", "cosine"):
+        lrs = [lr_at(s, 100, 1e-2, kind) for s in range(100)]  # type: ignore[arg-type]
+        assert max(lrs) == pytest.approx(1e-2, rel=0.05) and lrs[-1] < 1e-3 and lrs[0] < 1e-2
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_with_gloo(scenes: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "geounet", "-q", "train",
+        "--images", str(scenes["a"]), "--labels", str(scenes["la"]), "--class-field", "kind", "--classes", "building,road",
+        "--tile-size", "32", "--batch-size", "4", "--epochs", "2", "--samples-per-epoch", "16", "--width", "4", "--depth", "2",
+        "--device", "cpu", "-o", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = read_meta(out)
+    assert meta.provenance["world_size"] == 2
+    lines = out.with_name("ddp.metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # only rank 0 wrote
+    r = predict_raster(scenes["b"], tmp_path / "p.gpkg", model=out, config=PredictConfig(tile_size=64, overlap=16, device="cpu"))
+    assert r.tiles > 0 and (tmp_path / "p.gpkg").exists()
+
+
+@requires_shared_data
+def test_real_spacenet_buildings_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "vegas.safetensors"
+    result = train_model(TrainConfig(
+        images=[str(SHARED_DATA / "buildings_pan.tif")], labels=str(SHARED_DATA / "buildings.geojson"), out=str(out),
+        classes=["building"], tile_size=128, batch_size=8, epochs=2, samples_per_epoch=32, width=8, depth=4, device="cpu",
+    ))
+    meta = read_meta(out)
+    assert meta.dtype == "uint16" and meta.bands == 1 and meta.classes == ["building"]
+    assert meta.gsd == pytest.approx(0.5, rel=0.01)
+    assert len(result.history) == 2 and result.history[-1]["val_iou"] is not None
+    report = evaluate(SHARED_DATA / "buildings_pan.tif", SHARED_DATA / "buildings.geojson", model=out, config=PredictConfig(device="cpu"))
+    assert report["pixel"]["foreground"]["tp"] + report["pixel"]["foreground"]["fn"] > 0
+
+
+@requires_shared_data
+def test_real_spacenet_roads_geographic(tmp_path: Path) -> None:
+    out = tmp_path / "roads.safetensors"
+    result = train_model(TrainConfig(
+        images=[str(SHARED_DATA / "roads_pan.tif")], labels=str(SHARED_DATA / "roads.geojson"), out=str(out),
+        classes=["road"], line_width_m=6.0, tile_size=128, batch_size=8, epochs=1, samples_per_epoch=16, width=4, depth=4, device="cpu",
+    ))
+    assert read_meta(out).provenance["crs"] == "EPSG:4326"
+    assert result.history[0]["val_loss"] > 0
