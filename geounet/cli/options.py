@@ -45,7 +45,8 @@ def tile_progress(ctx: click.Context, desc: str, unit: str = "tile") -> tuple[Ca
         if quiet:
             return
         if not bar:
-            bar.append(tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, mininterval=0.5))
+            # disable=None: no bar when stderr is not a terminal (logs, CI), as tqdm documents.
+            bar.append(tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, mininterval=0.5, disable=None))
         bar[0].update(done - bar[0].n)
 
     def close() -> None:
