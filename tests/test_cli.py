@@ -120,3 +120,42 @@ def test_debug_shows_traceback(tmp_path: Path, model_file: Path) -> None:
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"Error: {tmp_path / 'nope.tif'}: no such file; check the path"]
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [(2, 130, "Interrupted"), (15, 143, "Terminated")])
+def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int, word: str) -> None:
+    import signal
+    import time
+
+    from geounet.checkpoint import create_model
+    from geounet.synthetic import make_scene
+
+    scene = make_scene(tmp_path / "big.tif", width=1024, height=2048, seed=3).path
+    model = tmp_path / "m.safetensors"
+    net, meta = create_model(bands=3, classes=["building"], width=16, depth=4, tile_size=256, overlap=32)
+    save_model(net, meta, model)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geounet", "predict", str(scene), "-o", str(outdir / "b.gpkg"), "-m", str(model),
+         "--mask", str(outdir / "m.tif"), "--probabilities", str(outdir / "p.tif"), "--batch-size", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(outdir.glob(".m.tif.geounet-*.tmp/m.tif")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well into the tiles
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == f"{word}; no output written"
+    assert "Traceback" not in err
+    assert list(outdir.iterdir()) == []
+
+
+def test_scene_without_geotransform(make_raster: MakeRaster, model_file: Path, tmp_path: Path) -> None:
+    from rasterio.transform import Affine
+
+    scene = make_raster("nogt.tif", transform=Affine.identity())
+    r = run("predict", str(scene), "-o", str(tmp_path / "o.gpkg"), "-m", str(model_file))
+    assert r.exit_code == 1 and "has no geotransform" in r.stderr

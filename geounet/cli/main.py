@@ -87,6 +87,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 
 def _register() -> None:
+    from geounet.cli.batch import batch
     from geounet.cli.evaluate import evaluate
     from geounet.cli.model import model
     from geounet.cli.predict import predict
@@ -96,6 +97,7 @@ def _register() -> None:
     cli.add_command(train)
     cli.add_command(evaluate)
     cli.add_command(model)
+    cli.add_command(batch)
 
 
 _register()

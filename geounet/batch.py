@@ -1,0 +1,998 @@
+"""Predict many scenes into one directory: resumable, in this process or on a Dask cluster.
+
+:func:`run_batch` expands the inputs (paths, recursive globs, ``@list`` files, URLs), gives each
+scene an output name, and runs :class:`~geounet.predict.Predictor` over the scenes that are not
+done yet. Outputs go straight into the output directory as ``NAME.<format>``,
+``NAME.mask.tif`` and ``NAME.probabilities.tif``, each written atomically (a temporary beside it,
+then a rename), so nothing half-written ever carries a final name.
+
+The manifest ``DIR/manifest.jsonl`` is the record of the run: one JSON line per finished scene
+(input, output files, model hash, parameters, status, error, timings, feature count), appended by
+the coordinating process only, under an exclusive lock, flushed and fsync'd. It is read back as
+"the last record for an input wins". A scene is recorded done only after its outputs were renamed
+into place, so a killed run is resumed by running the same command again: scenes done with the
+same input (path, and size and mtime for local files), model hash and parameters whose outputs
+still exist are skipped; failed, changed, missing and never-finished scenes are (re)done.
+
+A scene that fails (corrupt file, no CRS, wrong bands, or an unexpected exception) is recorded as
+failed with a one-line error and has no outputs in the directory; the others go on.
+
+Parallelism uses Dask's distributed scheduler: ``workers=N`` starts N local worker processes,
+``scheduler=ADDRESS`` submits to a running cluster. Each worker loads the model once and keeps it.
+Workers write the outputs directly (a file system shared with the coordinating process is
+assumed); the coordinating process writes the manifest as results come in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, Literal, get_args
+from urllib.parse import urlsplit
+
+import rasterio
+
+from geounet.checkpoint import file_hash, load_model, read_meta
+from geounet.errors import GeounetError, OutputError, OutputExistsError
+from geounet.predict import PredictConfig, Predictor
+from geounet.raster import is_remote
+from geounet.tiling import check_tile_size
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the manifest is still written by one process
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+VectorFormat = Literal["gpkg", "geojson", "fgb", "parquet"]
+Status = Literal["done", "failed"]
+OutputKind = Literal["vectors", "probabilities", "mask"]
+
+#: The manifest's file name inside the output directory.
+MANIFEST_NAME = "manifest.jsonl"
+
+#: GDAL options for rasters read over the network, applied unless set in the environment: no
+#: directory listing on open (one request instead of many), merged range requests, and retries.
+REMOTE_GDAL_OPTIONS: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+}
+
+_GLOB_CHARS = re.compile(r"[*?[]")
+_VSI_PREFIX = re.compile(r"^(/vsi[a-z0-9_]+(?=/))+/*")
+_UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f/\\:*?"<>|]')
+# Temporaries of geounet.raster.AtomicOutputs: ".{final name}.geounet-{hex}.tmp".
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.geounet-[0-9a-f]+\.tmp$")
+
+
+@dataclass(frozen=True, slots=True)
+class SceneRecord:
+    """One manifest line: what became of one scene.
+
+    Attributes:
+        input: The scene as expanded (absolute path for local files, URL or ``/vsi`` path).
+        name: The output name stem (outputs are ``NAME.<format>``, ``NAME.mask.tif``...).
+        status: ``done`` or ``failed``.
+        outputs: File names inside the output directory, by kind (``vectors``,
+            ``probabilities``, ``mask``).
+        model: The model file.
+        model_hash: SHA-256 of the model file.
+        params: The parameters that shape the outputs (format, outputs, tiling, threshold...).
+        input_size: Bytes of a local input when it was processed (None for remote inputs).
+        input_mtime_ns: Modification time of a local input (None for remote inputs).
+        error: One-line error of a failed scene.
+        features: Polygons written (done scenes).
+        tiles: Tiles predicted (done scenes).
+        seconds: Wall time of the scene on its worker.
+        timings: Seconds per pipeline stage (read_wait, model, stitch, write, vectorize...).
+        device: Where the model ran (``cpu``, ``cuda:0``...).
+        worker: ``host:pid`` of the process that ran the scene.
+        finished: When the scene finished (ISO 8601, UTC).
+    """
+
+    input: str
+    name: str
+    status: Status
+    outputs: dict[str, str] = field(default_factory=dict)
+    model: str = ""
+    model_hash: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    input_size: int | None = None
+    input_mtime_ns: int | None = None
+    error: str | None = None
+    features: int | None = None
+    tiles: int | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str | None = None
+    worker: str = ""
+    finished: str = ""
+
+    def to_json(self) -> str:
+        """The record as one line of JSON (no newline)."""
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> SceneRecord | None:
+        """Parse a manifest line; None for a line that is not a record (e.g. cut off by a kill)."""
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        if not isinstance(data.get("input"), str) or data.get("status") not in get_args(Status):
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """What a batch did.
+
+    Attributes:
+        done: Records of the scenes predicted in this run.
+        skipped: Earlier records of the scenes skipped because they were already done.
+        failed: Records of the scenes that failed in this run.
+        manifest: The manifest file.
+    """
+
+    done: list[SceneRecord]
+    skipped: list[SceneRecord]
+    failed: list[SceneRecord]
+    manifest: Path
+
+    def describe(self) -> str:
+        """One line, e.g. ``12 done, 3 skipped (already done), 1 failed; see out/manifest.jsonl``."""
+        return (
+            f"{len(self.done)} done, {len(self.skipped)} skipped (already done), "
+            f"{len(self.failed)} failed; see {self.manifest}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """A progress report passed to the ``progress`` callback of :func:`run_batch`.
+
+    Sent once at the start (``scene`` None; ``scenes_done`` counts the skipped scenes), after
+    every tile of the running scene in single-process runs (``tiles_done``/``tiles_total``), and
+    when a scene finishes (``record`` set).
+
+    Attributes:
+        scenes_done: Scenes finished so far, skipped ones included.
+        scenes_total: Scenes in the batch.
+        scene: The input the report is about, if any.
+        tiles_done: Tiles of ``scene`` done (single-process runs only, else 0).
+        tiles_total: Tiles of ``scene`` (single-process runs only, else 0).
+        record: The manifest record of the scene that just finished.
+    """
+
+    scenes_done: int
+    scenes_total: int
+    scene: str | None = None
+    tiles_done: int = 0
+    tiles_total: int = 0
+    record: SceneRecord | None = None
+
+
+BatchProgressCallback = Callable[[BatchProgress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SceneTask:
+    """Everything a worker needs to predict one scene (picklable, sent to Dask workers).
+
+    Attributes:
+        input: The scene (absolute local path, URL or ``/vsi`` path).
+        name: Output name stem.
+        out_dir: Absolute output directory.
+        outputs: Output file names inside ``out_dir``, by kind.
+        model: Absolute model path (workers must see it).
+        model_hash: SHA-256 the model file must have.
+        config: Prediction options.
+        params: The parameters recorded in the manifest.
+        input_size: Bytes of a local input (None for remote).
+        input_mtime_ns: Modification time of a local input (None for remote).
+    """
+
+    input: str
+    name: str
+    out_dir: str
+    outputs: dict[str, str]
+    model: str
+    model_hash: str
+    config: PredictConfig
+    params: dict[str, Any]
+    input_size: int | None
+    input_mtime_ns: int | None
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and names
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Expand paths, globs, ``@list`` files and URLs into a list of scenes.
+
+    - ``path/scene.tif``: a local file; it must exist.
+    - ``archive/**/*.tif``: a glob (``**`` recurses); it must match at least one file.
+    - ``@scenes.txt``: a text file with one path, glob or URL per line; blank lines and lines
+      starting with ``#`` are ignored, relative paths are relative to the list file's folder.
+      Listed paths are not checked here: a missing one fails as a scene.
+    - ``https://``, ``s3://``, ``/vsicurl/...``: rasters GDAL reads over the network, kept as
+      they are (read window by window, never downloaded whole).
+
+    Local paths come back absolute; duplicates are dropped, the first occurrence keeps its place.
+
+    Args:
+        inputs: What the user gave.
+
+    Returns:
+        The scenes, in order.
+
+    Raises:
+        GeounetError: A missing path or list file, a directory, a glob that matches nothing, or
+            no scenes at all.
+    """
+    scenes: list[str] = []
+    for item in inputs:
+        text = str(item)
+        if text.startswith("@"):
+            scenes.extend(_read_list(Path(text[1:]).expanduser()))
+        else:
+            scenes.extend(_expand_one(text, base=None, source=None))
+    unique = list(dict.fromkeys(scenes))
+    if not unique:
+        raise GeounetError("no input scenes given; pass paths, globs such as 'archive/**/*.tif', URLs or @list.txt")
+    return unique
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise GeounetError(
+            f"@{path}: no such list file; @FILE takes a text file with one path or URL per line"
+        )
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeounetError(f"@{path}: cannot read the list file ({exc})") from exc
+    scenes: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        scenes.extend(_expand_one(line, base=path.parent, source=f"{path}:{number}"))
+    if not scenes:
+        raise GeounetError(f"@{path} lists no scenes; write one path or URL per line")
+    return scenes
+
+
+def _expand_one(text: str, *, base: Path | None, source: str | None) -> list[str]:
+    if is_remote(text):
+        return [text]
+    path = os.path.expanduser(text)
+    if base is not None and not os.path.isabs(path):
+        path = os.path.join(base, path)
+    where = f" ({source})" if source else ""
+    if _GLOB_CHARS.search(path) and not os.path.exists(path):
+        matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise GeounetError(
+                f"{text}{where} matches no files; check the pattern (quote it so that the shell "
+                f"leaves it alone, and use ** to search subfolders)"
+            )
+        return [os.path.abspath(p) for p in matches]
+    if source is None:  # given on the command line: a typo should stop the batch
+        if not os.path.exists(path):
+            raise GeounetError(f"{text}: no such file; check the path")
+        if os.path.isdir(path):
+            raise GeounetError(
+                f"{text} is a directory; pass a glob such as '{text.rstrip('/')}/**/*.tif'"
+            )
+    return [os.path.abspath(path)]
+
+
+def scene_stem(scene: str) -> str:
+    """The file name of a scene without its suffix, safe as a file name (``a/b/x.tif`` -> ``x``).
+
+    URLs lose their query string; ``/vsi`` prefixes are looked through.
+    """
+    text = scene
+    if is_remote(text):
+        text = _VSI_PREFIX.sub("", text)  # /vsicurl/https://h/x.tif, /vsizip//vsis3/b/a.zip/x.tif
+        if "://" in text:
+            text = urlsplit(text).path
+    stem = PurePosixPath(text.replace("\\", "/")).stem
+    stem = _UNSAFE_NAME_CHARS.sub("_", stem).lstrip(".").strip()
+    return stem or "scene"
+
+
+def _short_hash(text: str, length: int = 8) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:length]
+
+
+def assign_names(scenes: Sequence[str], previous: Mapping[str, SceneRecord] | None = None) -> dict[str, str]:
+    """A unique output name per scene: its stem, plus a short hash of the input when stems clash.
+
+    Names are compared case-insensitively (case-insensitive file systems). A scene keeps the
+    name an earlier run gave it (from the manifest), and names the manifest gives to other
+    inputs are not reused, so adding inputs never renames or overwrites earlier outputs.
+
+    Args:
+        scenes: Expanded inputs.
+        previous: Last manifest record per input.
+
+    Returns:
+        Name stem by input.
+    """
+    previous = previous or {}
+    claimed = {rec.name.casefold(): inp for inp, rec in previous.items() if rec.name}
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for scene in scenes:
+        rec = previous.get(scene)
+        if rec is not None and rec.name and rec.name.casefold() not in used:
+            names[scene] = rec.name
+            used.add(rec.name.casefold())
+    stems = {s: scene_stem(s) for s in scenes if s not in names}
+    counts = Counter(stem.casefold() for stem in stems.values())
+    for scene, stem in stems.items():
+        key = stem.casefold()
+        taken = key in used or claimed.get(key, scene) != scene
+        name = f"{stem}-{_short_hash(scene)}" if counts[key] > 1 or taken else stem
+        length = 8
+        while name.casefold() in used or claimed.get(name.casefold(), scene) != scene:
+            length += 4  # a clash of hashes (or a file really named like one): lengthen it
+            name = f"{stem}-{_short_hash(scene, length)}"
+        names[scene] = name
+        used.add(name.casefold())
+    return names
+
+
+def output_names(name: str, *, fmt: VectorFormat, probabilities: bool, mask: bool) -> dict[str, str]:
+    """The output file names of one scene, by kind."""
+    names = {"vectors": f"{name}.{fmt}"}
+    if probabilities:
+        names["probabilities"] = f"{name}.probabilities.tif"
+    if mask:
+        names["mask"] = f"{name}.mask.tif"
+    return names
+
+
+def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: bool, mask: bool) -> dict[str, Any]:
+    """The parameters that shape a scene's outputs (a change redoes the scene).
+
+    Device, batch size, reader threads and ``overwrite`` are left out: they change how fast, not
+    what (up to floating-point rounding).
+    """
+    params: dict[str, Any] = {
+        "format": fmt,
+        "probabilities": probabilities,
+        "mask": mask,
+        "tile_size": config.tile_size,
+        "overlap": config.overlap,
+        "threshold": config.threshold,
+        "bands": list(config.bands) if config.bands else None,
+        "min_area_m2": config.min_area_m2,
+        "simplify": config.simplify,
+        "to_crs": config.to_crs,
+    }
+    if probabilities:
+        params["prob_dtype"] = config.prob_dtype
+    # Round-trip through JSON so that values compare equal to those read from the manifest.
+    normal: dict[str, Any] = json.loads(json.dumps(params))
+    return normal
+
+
+# --------------------------------------------------------------------------------------------
+# The manifest
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, SceneRecord]:
+    """The last record per input of a manifest (an empty dict when it does not exist).
+
+    Lines that are not records (e.g. one cut off by a kill) are skipped with a warning.
+    """
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        with open(p, encoding="utf-8") as f:
+            return _parse_manifest(f, p)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OutputError(f"cannot read {p} ({exc}); move it away to start afresh") from exc
+
+
+def _parse_manifest(lines: Iterable[str], path: Path) -> dict[str, SceneRecord]:
+    records: dict[str, SceneRecord] = {}
+    bad = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        rec = SceneRecord.from_json(line)
+        if rec is None:
+            bad += 1
+            continue
+        records.pop(rec.input, None)  # keep the order of the latest records
+        records[rec.input] = rec
+    if bad:
+        logger.warning("%s: ignored %d unreadable line(s)", path, bad)
+    return records
+
+
+class _Manifest:
+    """The manifest, locked for the whole run; every append is flushed and fsync'd.
+
+    The exclusive lock also stops a second batch from writing into the same directory (it would
+    delete the first one's temporaries).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.existed = path.exists()
+        try:
+            self._file: IO[str] = open(path, "a+", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {path}: {exc.strerror or exc}; choose a writable --out-dir"
+            ) from exc
+        try:
+            if fcntl is not None:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise OutputError(
+                f"another geounet batch is writing to {path.parent} ({path.name} is locked); "
+                f"wait for it to finish or choose another --out-dir"
+            ) from None
+        except OSError as exc:  # e.g. a network file system without locks
+            logger.warning("cannot lock %s (%s); do not run two batches into one folder", path, exc)
+        try:
+            self._file.seek(0)
+            text = self._file.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            self._file.close()
+            raise OutputError(f"cannot read {path} ({exc}); move it away to start afresh") from exc
+        self.records = _parse_manifest(text.splitlines(), path)
+        if text and not text.endswith("\n"):  # a line cut off by a kill: end it first
+            self._write("\n")
+
+    def append(self, record: SceneRecord) -> None:
+        """Add one record."""
+        self._write(record.to_json() + "\n")
+        self.records.pop(record.input, None)
+        self.records[record.input] = record
+
+    def _write(self, text: str) -> None:
+        try:
+            self._file.write(text)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        """Release the lock."""
+        self._file.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Running one scene (in this process or on a worker)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _gdal_options(scene: str) -> dict[str, str]:
+    if not is_remote(scene):
+        return {}
+    return {k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ}
+
+
+def process_scene(
+    task: SceneTask,
+    predictor: Predictor | Callable[[], Predictor],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> SceneRecord:
+    """Predict one scene into its output directory; never raises for a bad scene.
+
+    Args:
+        task: The scene and its outputs.
+        predictor: A loaded predictor, or a function returning one (called here, so that a
+            model that fails to load on a worker is recorded as a failed scene).
+        progress: ``progress(done, total)`` over the scene's tiles.
+
+    Returns:
+        A ``done`` record, or a ``failed`` one with a one-line error (stale outputs of the scene
+        are then removed, so the directory only holds outputs of done scenes).
+    """
+    t0 = time.perf_counter()
+    base = {
+        "input": task.input,
+        "name": task.name,
+        "outputs": dict(task.outputs),
+        "model": task.model,
+        "model_hash": task.model_hash,
+        "params": task.params,
+        "input_size": task.input_size,
+        "input_mtime_ns": task.input_mtime_ns,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    out = Path(task.out_dir)
+    paths = {kind: out / name for kind, name in task.outputs.items()}
+    device: str | None = None
+    try:
+        pred = predictor if isinstance(predictor, Predictor) else predictor()
+        device = str(pred.device)
+        # The batch owns its outputs: a redone scene replaces the previous ones.
+        config = dataclasses.replace(task.config, overwrite=True)
+        with rasterio.Env(**_gdal_options(task.input)):
+            result = pred.run(
+                task.input,
+                paths["vectors"],
+                probabilities=paths.get("probabilities"),
+                mask=paths.get("mask"),
+                config=config,
+                progress=progress,
+            )
+    except GeounetError as exc:
+        error = _one_line(exc)
+    except Exception as exc:  # the batch goes on; the traceback goes to the debug log
+        logger.debug("scene %s failed:\n%s", task.input, traceback.format_exc())
+        error = f"internal error: {type(exc).__name__}: {_one_line(exc)}"
+    else:
+        return SceneRecord(
+            **base,
+            status="done",
+            features=result.features,
+            tiles=result.tiles,
+            seconds=round(time.perf_counter() - t0, 3),
+            timings={k: round(v, 3) for k, v in result.timings.items()},
+            device=device,
+            finished=_now(),
+        )
+    for path in paths.values():
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return SceneRecord(
+        **base,
+        status="failed",
+        error=error,
+        seconds=round(time.perf_counter() - t0, 3),
+        device=device,
+        finished=_now(),
+    )
+
+
+# One loaded model per worker process, kept between tasks: {(path, hash, device): predictor}.
+_PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def worker_predictor(model: str, model_hash: str, device: str) -> Predictor:
+    """The predictor of this worker process for a model, loaded on first use and then kept.
+
+    Only one model is kept: asking for another one releases the previous (and its GPU memory).
+
+    Raises:
+        CheckpointError: The model file does not load, or is not the one the batch started with.
+    """
+    key = (model, model_hash, device)
+    with _PREDICTORS_LOCK:
+        predictor = _PREDICTORS.get(key)
+        if predictor is None:
+            from geounet.errors import CheckpointError
+
+            if file_hash(model) != model_hash:
+                raise CheckpointError(
+                    f"{model} changed since the batch started (or differs on this worker); "
+                    f"re-run the batch"
+                )
+            _PREDICTORS.clear()
+            predictor = Predictor(model, device=_worker_device(device))
+            _PREDICTORS[key] = predictor
+        return predictor
+
+
+def _worker_device(device: str) -> str:
+    """Spread numbered Dask workers over the GPUs they can see (one per worker)."""
+    if device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    if count <= 1:
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return device
+    # LocalCluster numbers its workers 0..N-1; other clusters (dask-cuda) pin a GPU per worker
+    # through CUDA_VISIBLE_DEVICES, where the default device is the right one.
+    return f"cuda:{name % count}" if isinstance(name, int) else device
+
+
+def run_task(task: SceneTask) -> SceneRecord:
+    """The Dask task: predict one scene with this worker's cached predictor."""
+    return process_scene(
+        task, lambda: worker_predictor(task.model, task.model_hash, task.config.device)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The batch
+
+
+def run_batch(
+    inputs: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str],
+    config: PredictConfig | None = None,
+    fmt: VectorFormat = "gpkg",
+    probabilities: bool = False,
+    mask: bool = False,
+    workers: int = 0,
+    scheduler: str | None = None,
+    progress: BatchProgressCallback | None = None,
+) -> BatchSummary:
+    """Predict every scene of an archive into ``out_dir``, skipping those already done.
+
+    Args:
+        inputs: Paths, globs, ``@list`` files and URLs (see :func:`expand_inputs`).
+        out_dir: Output directory (created if missing). Per scene: ``NAME.<fmt>`` (polygons),
+            ``NAME.probabilities.tif`` and ``NAME.mask.tif`` if asked for, where ``NAME`` is the
+            scene's file name without suffix (plus ``-<hash of the input>`` when two inputs
+            share it); and ``manifest.jsonl``.
+        model: Model file; Dask workers must be able to read it at the same path.
+        config: Prediction options; ``overwrite`` allows replacing files that already sit in a
+            new output directory (one without a manifest).
+        fmt: Vector format.
+        probabilities: Also write probability GeoTIFFs.
+        mask: Also write class-mask GeoTIFFs.
+        workers: Run this many local Dask worker processes (0: one scene after another in this
+            process).
+        scheduler: Address (``tcp://host:8786``) or scheduler file of a running Dask cluster to
+            submit the scenes to.
+        progress: Called with a :class:`BatchProgress` at the start, per tile (single-process
+            runs) and per finished scene.
+
+    Returns:
+        The done, skipped and failed scenes and the manifest path. Scene failures do not raise.
+
+    Raises:
+        GeounetError: Inputs that match nothing, bad options, or no Dask when asked for.
+        CheckpointError: A bad model file (before any scene runs).
+        TilingError: A tile size or overlap that cannot work with the model.
+        OutputError: An unwritable output directory, or another batch writing into it.
+        OutputExistsError: Outputs already in a new output directory (without ``overwrite``).
+    """
+    cfg = config or PredictConfig()
+    if fmt not in get_args(VectorFormat):
+        raise OutputError(f"unknown vector format {fmt!r}; use one of {', '.join(get_args(VectorFormat))}")
+    if workers < 0:
+        raise GeounetError(f"workers must be 0 or more, got {workers}")
+    if workers and scheduler:
+        raise GeounetError("give either workers (a local cluster) or a scheduler address, not both")
+    if fmt == "parquet":
+        _require_pyarrow()
+    scenes = expand_inputs(inputs)
+
+    model_path = Path(model).expanduser().resolve()
+    meta = read_meta(model_path)
+    tile_size = cfg.tile_size or meta.tile_size
+    overlap = meta.overlap if cfg.overlap is None else cfg.overlap
+    check_tile_size(tile_size, overlap, multiple=2**meta.depth)
+    model_hash = file_hash(model_path)
+    params = batch_params(cfg, fmt=fmt, probabilities=probabilities, mask=mask)
+
+    out = _make_out_dir(Path(out_dir))
+    manifest = _Manifest(out / MANIFEST_NAME)
+    try:
+        names = assign_names(scenes, manifest.records)
+        tasks = [
+            _make_task(scene, names[scene], out, model_path, model_hash, cfg, params, fmt, probabilities, mask)
+            for scene in scenes
+        ]
+        skipped: list[SceneRecord] = []
+        todo: list[SceneTask] = []
+        for task in tasks:
+            rec = manifest.records.get(task.input)
+            if rec is not None and _is_done(rec, task, out):
+                skipped.append(rec)
+            else:
+                todo.append(task)
+        if not manifest.existed and not cfg.overwrite:
+            _refuse_foreign_outputs(todo, out)
+        _remove_temporaries(out, {name for t in tasks for name in t.outputs.values()})
+        total = len(tasks)
+        if progress is not None:
+            progress(BatchProgress(scenes_done=len(skipped), scenes_total=total))
+        logger.info("%d scenes: %d already done, %d to do", total, len(skipped), len(todo))
+        done: list[SceneRecord] = []
+        failed: list[SceneRecord] = []
+
+        def finish(record: SceneRecord) -> None:
+            manifest.append(record)
+            (done if record.status == "done" else failed).append(record)
+            if record.status == "failed":
+                logger.warning("%s failed: %s", record.input, record.error)
+            else:
+                logger.info("%s: %s features in %.1f s", record.input, record.features, record.seconds)
+            if progress is not None:
+                progress(
+                    BatchProgress(
+                        scenes_done=len(skipped) + len(done) + len(failed),
+                        scenes_total=total,
+                        scene=record.input,
+                        record=record,
+                    )
+                )
+
+        if todo:
+            if workers or scheduler:
+                load_model(model_path)  # a bad weights file stops the batch here, not per scene
+                _run_dask(todo, finish, workers=workers, scheduler=scheduler)
+            else:
+                _run_local(todo, finish, model_path, cfg.device, len(skipped), total, progress)
+    finally:
+        manifest.close()
+    return BatchSummary(done=done, skipped=skipped, failed=failed, manifest=manifest.path)
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise OutputError(
+            "--format parquet needs pyarrow: pip install 'geounet[parquet]', or use gpkg"
+        ) from None
+
+
+def _make_out_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot create output directory {out}: {exc.strerror or exc}; choose a writable --out-dir"
+        ) from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {out} is not writable; choose another --out-dir")
+    return out.resolve()
+
+
+def _make_task(
+    scene: str,
+    name: str,
+    out: Path,
+    model: Path,
+    model_hash: str,
+    config: PredictConfig,
+    params: dict[str, Any],
+    fmt: VectorFormat,
+    probabilities: bool,
+    mask: bool,
+) -> SceneTask:
+    size = mtime = None
+    if not is_remote(scene):
+        try:
+            st = os.stat(scene)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            pass  # reported by the scene itself ("no such file")
+    return SceneTask(
+        input=scene,
+        name=name,
+        out_dir=str(out),
+        outputs=output_names(name, fmt=fmt, probabilities=probabilities, mask=mask),
+        model=str(model),
+        model_hash=model_hash,
+        config=config,
+        params=params,
+        input_size=size,
+        input_mtime_ns=mtime,
+    )
+
+
+def _is_done(rec: SceneRecord, task: SceneTask, out: Path) -> bool:
+    return (
+        rec.status == "done"
+        and rec.model_hash == task.model_hash
+        and rec.params == task.params
+        and rec.outputs == task.outputs
+        and rec.input_size == task.input_size
+        and rec.input_mtime_ns == task.input_mtime_ns
+        and all((out / name).is_file() for name in rec.outputs.values())
+    )
+
+
+def _refuse_foreign_outputs(tasks: Sequence[SceneTask], out: Path) -> None:
+    """In a folder no batch wrote to yet, do not replace files someone else put there."""
+    for task in tasks:
+        for name in task.outputs.values():
+            if (out / name).exists():
+                raise OutputExistsError(
+                    f"{out / name} exists and {out} has no {MANIFEST_NAME}; pass --overwrite to "
+                    f"replace such files, or choose an empty --out-dir"
+                )
+
+
+def _remove_temporaries(out: Path, names: set[str]) -> None:
+    """Delete temporaries of these outputs left by a killed run (AtomicOutputs' folders)."""
+    try:
+        entries = list(os.scandir(out))
+    except OSError as exc:
+        raise OutputError(f"cannot list {out}: {exc.strerror or exc}") from exc
+    for entry in entries:
+        m = _TEMPORARY.match(entry.name)
+        if m and m.group("name") in names:
+            logger.info("removing %s, left by an interrupted run", entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
+
+
+def _run_local(
+    tasks: Sequence[SceneTask],
+    finish: Callable[[SceneRecord], None],
+    model: Path,
+    device: str,
+    skipped: int,
+    total: int,
+    progress: BatchProgressCallback | None,
+) -> None:
+    predictor = Predictor(model, device=device)  # CheckpointError/device errors before any scene
+    for i, task in enumerate(tasks):
+        tiles: Callable[[int, int], None] | None = None
+        if progress is not None:
+
+            def tiles(done: int, n: int, scene: str = task.input, finished: int = skipped + i) -> None:
+                progress(BatchProgress(finished, total, scene=scene, tiles_done=done, tiles_total=n))
+
+        finish(process_scene(task, predictor, progress=tiles))
+
+
+def _run_dask(
+    tasks: Sequence[SceneTask],
+    finish: Callable[[SceneRecord], None],
+    *,
+    workers: int,
+    scheduler: str | None,
+) -> None:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise GeounetError(
+            "--workers and --scheduler need Dask: pip install 'geounet[dask]' "
+            "(or 'dask[distributed]'); without them scenes run one after another"
+        ) from exc
+    cluster = None
+    if scheduler:
+        try:
+            if Path(scheduler).is_file():
+                client = Client(scheduler_file=scheduler, timeout="20s")
+            else:
+                client = Client(scheduler, timeout="20s")
+        except (OSError, ValueError) as exc:
+            raise GeounetError(
+                f"cannot reach the Dask scheduler {scheduler} ({_one_line(exc) or type(exc).__name__}); "
+                f"check the address (e.g. tcp://host:8786) and that `dask scheduler` runs"
+            ) from exc
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            # Dask pins each worker to one BLAS/OpenMP thread; share the cores out instead.
+            env={"OMP_NUM_THREADS": str(max(1, cores // workers))},
+        )
+        client = Client(cluster)
+    token = uuid.uuid4().hex[:8]
+    pending: dict[Any, SceneTask] = {}
+    try:
+        for task in tasks:
+            future = client.submit(run_task, task, key=f"geounet-{task.name}-{token}")
+            pending[future] = task
+        for future in as_completed(list(pending)):
+            task = pending.pop(future)
+            finish(_future_record(future, task))
+    finally:
+        if pending:
+            client.cancel(list(pending))
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _future_record(future: Any, task: SceneTask) -> SceneRecord:
+    """The record a finished Dask future carries, or a failed one if the task itself broke."""
+    if future.status == "finished":
+        try:
+            record = future.result()
+        except Exception as exc:  # e.g. the result could not be deserialized
+            error = f"internal error: {type(exc).__name__}: {_one_line(exc)}"
+        else:
+            if isinstance(record, SceneRecord):
+                return record
+            error = f"internal error: the worker returned {type(record).__name__}"
+    elif future.status == "error":
+        exc = future.exception()
+        # KilledWorker: the worker died (out of memory?) every time it ran this scene.
+        error = f"worker error: {type(exc).__name__}: {_one_line(exc)}"
+    else:
+        error = f"the Dask cluster gave up on the scene (status {future.status})"
+    return SceneRecord(
+        input=task.input,
+        name=task.name,
+        status="failed",
+        outputs=dict(task.outputs),
+        model=task.model,
+        model_hash=task.model_hash,
+        params=task.params,
+        input_size=task.input_size,
+        input_mtime_ns=task.input_mtime_ns,
+        error=error,
+        finished=_now(),
+    )
+
+
+__all__ = [
+    "MANIFEST_NAME",
+    "BatchProgress",
+    "BatchSummary",
+    "SceneRecord",
+    "SceneTask",
+    "VectorFormat",
+    "assign_names",
+    "batch_params",
+    "expand_inputs",
+    "output_names",
+    "process_scene",
+    "read_manifest",
+    "run_batch",
+    "run_task",
+    "scene_stem",
+    "worker_predictor",
+]

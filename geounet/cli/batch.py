@@ -1,0 +1,140 @@
+"""``geounet batch``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from geounet.cli.options import BandList, device_opt
+
+if TYPE_CHECKING:
+    from geounet.batch import BatchProgress
+
+#: geounet.batch.VectorFormat, spelled out so that ``--help`` does not import torch.
+FORMATS = ("gpkg", "geojson", "fgb", "parquet")
+#: Failed scenes listed before the summary line (the manifest has them all).
+MAX_LISTED_FAILURES = 10
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR", help="Output folder (created if missing): NAME.<format> per scene and manifest.jsonl.")
+@click.option("-m", "--model", "model_path", type=click.Path(path_type=Path), required=True, metavar="MODEL", help="Model file (.safetensors).")
+@click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="gpkg", show_default=True, help="Vector format of the polygons.")
+@click.option("--probabilities", is_flag=True, help="Also write NAME.probabilities.tif per scene.")
+@click.option("--mask", is_flag=True, help="Also write NAME.mask.tif (class mask) per scene.")
+@click.option("-w", "--workers", type=click.IntRange(min=0), default=0, help="Local worker processes (Dask) [default: one scene after another in this process].")
+@click.option("--scheduler", metavar="ADDRESS", help="Run on a Dask cluster: scheduler address (tcp://host:8786) or scheduler file. Workers need the model, inputs and --out-dir at the same paths.")
+@click.option("--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's].")
+@click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 4 CPU, 16 CUDA].")
+@device_opt
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
+@click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
+@click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
+@click.option("--min-area", "min_area_m2", type=click.FloatRange(min=0), default=0.0, help="Drop polygons smaller than this many m².")
+@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, help="Simplify polygons, tolerance in pixels.")
+@click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS].")
+@click.option("--overwrite", is_flag=True, help="Replace files with output names already in a DIR that has no manifest.jsonl (outputs of earlier batch runs are always replaced when redone).")
+@click.pass_context
+def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: Path, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+    """Segment many scenes into one folder; re-run the same command to resume.
+
+    INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one
+    path or URL per line) and URLs GDAL reads window by window (https://, s3://, /vsicurl/...).
+    Scenes already done with the same input, model and options are skipped; a scene that fails
+    is recorded in DIR/manifest.jsonl and the others go on (exit status 1).
+
+    \b
+    geounet batch 'archive/**/*.tif' -o out/ -m buildings.safetensors --mask
+    geounet batch @scenes.txt -o out/ -m buildings.safetensors --workers 4
+    geounet batch @scenes.txt -o /shared/out -m /shared/m.safetensors --scheduler tcp://head:8786
+    """
+    from geounet.batch import run_batch
+    from geounet.predict import PredictConfig
+
+    config = PredictConfig(
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
+        threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite,  # type: ignore[arg-type]
+    )
+    if workers or scheduler:
+        _quiet_dask()
+    bars = _Bars(quiet=bool((ctx.find_root().obj or {}).get("quiet")))
+    try:
+        summary = run_batch(
+            inputs, out_dir, model=model_path, config=config, fmt=fmt, probabilities=probabilities,  # type: ignore[arg-type]
+            mask=mask, workers=workers, scheduler=scheduler, progress=bars.update,
+        )
+    finally:
+        bars.close()
+    click.echo(str(summary.manifest))
+    for record in summary.failed[:MAX_LISTED_FAILURES]:
+        error = record.error or "unknown error"
+        named = Path(record.input).name in error  # most errors name the file already
+        click.echo(f"failed: {error}" if named else f"failed: {record.input}: {error}", err=True)
+    if len(summary.failed) > MAX_LISTED_FAILURES:
+        click.echo(f"... and {len(summary.failed) - MAX_LISTED_FAILURES} more failed", err=True)
+    click.echo(summary.describe(), err=True)
+    if summary.failed:
+        # sys.exit, not ctx.exit: the group runs click without standalone mode, which would turn
+        # ctx.exit(1) into a return value and exit 0.
+        sys.exit(1)
+
+
+def _quiet_dask() -> None:
+    """Keep Dask's INFO chatter (scheduler and worker start/stop) for -vv.
+
+    ``distributed`` sets its loggers to INFO when imported, so import it first, then lower them.
+    """
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return  # run_batch says how to install it
+    root = logging.getLogger().getEffectiveLevel()
+    logging.getLogger("distributed").setLevel(logging.INFO if root <= logging.DEBUG else max(root, logging.WARNING))
+
+
+class _Bars:
+    """A bar over scenes, and one over the running scene's tiles (single-process runs)."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.scenes: Any = None
+        self.tiles: Any = None
+        self.tile_scene: str | None = None
+        self._redirect: Any = None
+
+    def update(self, report: BatchProgress) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.scenes is None:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            # Log lines (a failed scene) are printed above the bars instead of through them.
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+            self.scenes = tqdm(total=report.scenes_total, initial=report.scenes_done, desc="scenes", unit="scene", dynamic_ncols=True)
+        if report.tiles_total:
+            if self.tiles is None:
+                self.tiles = tqdm(total=report.tiles_total, unit="tile", leave=False, position=1, dynamic_ncols=True, mininterval=0.5)
+            if report.scene != self.tile_scene:
+                self.tile_scene = report.scene
+                self.tiles.reset(total=report.tiles_total)
+                self.tiles.set_description(Path(report.scene or "").name, refresh=False)
+            self.tiles.update(report.tiles_done - self.tiles.n)
+        if report.record is not None or report.scenes_done > self.scenes.n:
+            self.scenes.update(report.scenes_done - self.scenes.n)
+
+    def close(self) -> None:
+        for bar in (self.tiles, self.scenes):
+            if bar is not None:
+                bar.close()
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
