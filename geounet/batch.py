@@ -453,6 +453,7 @@ class _Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.existed = path.exists()
+        self.appended = 0
         try:
             self._file: IO[str] = open(path, "a+", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
@@ -483,6 +484,7 @@ class _Manifest:
     def append(self, record: SceneRecord) -> None:
         """Add one record."""
         self._write(record.to_json() + "\n")
+        self.appended += 1
         self.records.pop(record.input, None)
         self.records[record.input] = record
 
@@ -495,7 +497,13 @@ class _Manifest:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
-        """Release the lock."""
+        """Release the lock; a manifest this run created and never wrote to is removed.
+
+        (So that a batch stopped by an error before any scene, e.g. refused outputs, leaves the
+        folder as it found it.)
+        """
+        if not self.existed and not self.appended:
+            self.path.unlink(missing_ok=True)
         self._file.close()
 
 
@@ -537,17 +545,7 @@ def process_scene(
         are then removed, so the directory only holds outputs of done scenes).
     """
     t0 = time.perf_counter()
-    base = {
-        "input": task.input,
-        "name": task.name,
-        "outputs": dict(task.outputs),
-        "model": task.model,
-        "model_hash": task.model_hash,
-        "params": task.params,
-        "input_size": task.input_size,
-        "input_mtime_ns": task.input_mtime_ns,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
-    }
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     out = Path(task.out_dir)
     paths = {kind: out / name for kind, name in task.outputs.items()}
     device: str | None = None
@@ -567,32 +565,49 @@ def process_scene(
             )
     except GeounetError as exc:
         error = _one_line(exc)
-    except Exception as exc:  # the batch goes on; the traceback goes to the debug log
+    except Exception as exc:  # noqa: BLE001 (the batch goes on; the traceback goes to the debug log)
         logger.debug("scene %s failed:\n%s", task.input, traceback.format_exc())
         error = f"internal error: {type(exc).__name__}: {_one_line(exc)}"
     else:
-        return SceneRecord(
-            **base,
-            status="done",
+        return _record(
+            task,
+            "done",
+            worker=worker,
             features=result.features,
             tiles=result.tiles,
             seconds=round(time.perf_counter() - t0, 3),
             timings={k: round(v, 3) for k, v in result.timings.items()},
             device=device,
-            finished=_now(),
         )
     for path in paths.values():
         try:
             path.unlink(missing_ok=True)
         except OSError:
             pass
-    return SceneRecord(
-        **base,
-        status="failed",
+    return _record(
+        task,
+        "failed",
+        worker=worker,
         error=error,
         seconds=round(time.perf_counter() - t0, 3),
         device=device,
+    )
+
+
+def _record(task: SceneTask, status: Status, **fields: Any) -> SceneRecord:
+    """A manifest record of a task, finished now."""
+    return SceneRecord(
+        input=task.input,
+        name=task.name,
+        status=status,
+        outputs=dict(task.outputs),
+        model=task.model,
+        model_hash=task.model_hash,
+        params=task.params,
+        input_size=task.input_size,
+        input_mtime_ns=task.input_mtime_ns,
         finished=_now(),
+        **fields,
     )
 
 
@@ -710,7 +725,8 @@ def run_batch(
         raise GeounetError("give either workers (a local cluster) or a scheduler address, not both")
     if fmt == "parquet":
         _require_pyarrow()
-    scenes = expand_inputs(inputs)
+    out_path = Path(out_dir).expanduser().resolve()
+    scenes = _drop_own_outputs(expand_inputs(inputs), out_path)
 
     model_path = Path(model).expanduser().resolve()
     meta = read_meta(model_path)
@@ -718,9 +734,11 @@ def run_batch(
     overlap = meta.overlap if cfg.overlap is None else cfg.overlap
     check_tile_size(tile_size, overlap, multiple=2**meta.depth)
     model_hash = file_hash(model_path)
-    params = batch_params(cfg, fmt=fmt, probabilities=probabilities, mask=mask)
+    # Defaults resolved, so that spelling out the model's tile size does not redo every scene.
+    resolved = dataclasses.replace(cfg, tile_size=tile_size, overlap=overlap)
+    params = batch_params(resolved, fmt=fmt, probabilities=probabilities, mask=mask)
 
-    out = _make_out_dir(Path(out_dir))
+    out = _make_out_dir(out_path)
     manifest = _Manifest(out / MANIFEST_NAME)
     try:
         names = assign_names(scenes, manifest.records)
@@ -781,6 +799,21 @@ def _require_pyarrow() -> None:
         raise OutputError(
             "--format parquet needs pyarrow: pip install 'geounet[parquet]', or use gpkg"
         ) from None
+
+
+def _drop_own_outputs(scenes: list[str], out: Path) -> list[str]:
+    """Leave out masks and probability rasters of this output folder (``archive/**/*.tif`` with
+    ``--out-dir archive/out`` would otherwise feed them back in on the next run)."""
+    kept = []
+    for scene in scenes:
+        p = Path(scene)
+        if not is_remote(scene) and p.parent == out and p.name.endswith((".mask.tif", ".probabilities.tif")):
+            logger.info("leaving out %s: an output of this batch", scene)
+            continue
+        kept.append(scene)
+    if not kept:
+        raise GeounetError(f"the inputs are all outputs of this batch in {out}; pass the scenes instead")
+    return kept
 
 
 def _make_out_dir(out: Path) -> Path:
@@ -898,19 +931,20 @@ def _run_dask(
     scheduler: str | None,
 ) -> None:
     try:
-        from distributed import Client, LocalCluster, as_completed
+        import distributed
     except ImportError as exc:
         raise GeounetError(
             "--workers and --scheduler need Dask: pip install 'geounet[dask]' "
             "(or 'dask[distributed]'); without them scenes run one after another"
         ) from exc
+    dask: Any = distributed  # untyped
     cluster = None
     if scheduler:
         try:
             if Path(scheduler).is_file():
-                client = Client(scheduler_file=scheduler, timeout="20s")
+                client = dask.Client(scheduler_file=scheduler, timeout="20s")
             else:
-                client = Client(scheduler, timeout="20s")
+                client = dask.Client(scheduler, timeout="20s")
         except (OSError, ValueError) as exc:
             raise GeounetError(
                 f"cannot reach the Dask scheduler {scheduler} ({_one_line(exc) or type(exc).__name__}); "
@@ -918,7 +952,7 @@ def _run_dask(
             ) from exc
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        cluster = LocalCluster(
+        cluster = dask.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
@@ -928,14 +962,14 @@ def _run_dask(
             # Dask pins each worker to one BLAS/OpenMP thread; share the cores out instead.
             env={"OMP_NUM_THREADS": str(max(1, cores // workers))},
         )
-        client = Client(cluster)
+        client = dask.Client(cluster)
     token = uuid.uuid4().hex[:8]
     pending: dict[Any, SceneTask] = {}
     try:
         for task in tasks:
             future = client.submit(run_task, task, key=f"geounet-{task.name}-{token}")
             pending[future] = task
-        for future in as_completed(list(pending)):
+        for future in dask.as_completed(list(pending)):
             task = pending.pop(future)
             finish(_future_record(future, task))
     finally:
@@ -951,31 +985,19 @@ def _future_record(future: Any, task: SceneTask) -> SceneRecord:
     if future.status == "finished":
         try:
             record = future.result()
-        except Exception as exc:  # e.g. the result could not be deserialized
+        except Exception as exc:  # noqa: BLE001 (e.g. the result could not be deserialized)
             error = f"internal error: {type(exc).__name__}: {_one_line(exc)}"
         else:
             if isinstance(record, SceneRecord):
                 return record
             error = f"internal error: the worker returned {type(record).__name__}"
     elif future.status == "error":
-        exc = future.exception()
+        problem = future.exception()
         # KilledWorker: the worker died (out of memory?) every time it ran this scene.
-        error = f"worker error: {type(exc).__name__}: {_one_line(exc)}"
+        error = f"worker error: {type(problem).__name__}: {_one_line(problem)}"
     else:
         error = f"the Dask cluster gave up on the scene (status {future.status})"
-    return SceneRecord(
-        input=task.input,
-        name=task.name,
-        status="failed",
-        outputs=dict(task.outputs),
-        model=task.model,
-        model_hash=task.model_hash,
-        params=task.params,
-        input_size=task.input_size,
-        input_mtime_ns=task.input_mtime_ns,
-        error=error,
-        finished=_now(),
-    )
+    return _record(task, "failed", error=error)
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Training windows: images plus rasterized vector labels, spatially split, sampled per epoch.
 
-The split is spatial. Each image is cut into square blocks of ``4 * tile_size`` pixels (an image
-smaller than that is one block); a seeded share ``val_fraction`` of all blocks is validation.
+The split is spatial. Each image is cut into square blocks of ``4 * tile_size`` pixels (halved,
+down to one tile, while there are fewer than five blocks in all); a seeded share ``val_fraction``
+of all blocks, taken as a few contiguous runs of row-major blocks (bands), is validation.
 A training window must lie at least ``gap`` pixels (default: one tile) away, in map coordinates,
 from every validation block of every image in the same CRS, so overlapping windows and adjacent
 chips of one mosaic never leak into validation. With ``val_images``, whole images are the
@@ -133,13 +134,19 @@ class SpatialSplit:
                 else:
                     e.all_train = True
         elif val_fraction > 0:
+            # Blocks of 4 tiles; halved (down to one tile) until there are a few to choose from.
             block = 4 * tile_size
-            candidates = [
-                (i, w)
-                for i, e in enumerate(entries)
-                for w in _blocks(e.scene.height, e.scene.width, block)
-                if w.width >= tile_size // 2 and w.height >= tile_size // 2
-            ]
+            while True:
+                candidates = [
+                    (i, w)
+                    for i, e in enumerate(entries)
+                    for w in _blocks(e.scene.height, e.scene.width, block)
+                    if w.width >= tile_size // 2 and w.height >= tile_size // 2
+                ]
+                if len(candidates) >= 5 or block <= tile_size:
+                    break
+                block = max(tile_size, block // 2)
+            self.block = block
             rng = np.random.default_rng([seed, 7919])
             n_val = max(1, round(val_fraction * len(candidates)))
             if len(candidates) < 2:
@@ -148,8 +155,22 @@ class SpatialSplit:
                     f"--tile-size {tile_size}; use a smaller --tile-size, more images, or --val-images"
                 )
             n_val = min(n_val, len(candidates) - 1)
-            for k in sorted(rng.choice(len(candidates), size=n_val, replace=False)):
-                i, w = candidates[int(k)]
+            # Validation blocks come in a few contiguous runs of row-major blocks (bands), not
+            # scattered: each scattered block would cost a one-tile gap all around it.
+            runs = max(1, min(4, len(candidates) // 25, n_val))
+            chosen: set[int] = set()
+            for r in range(runs):
+                size = n_val // runs + (1 if r < n_val % runs else 0)
+                start = int(rng.integers(len(candidates)))
+                k = 0
+                while size and k < len(candidates):
+                    idx = (start + k) % len(candidates)
+                    if idx not in chosen:
+                        chosen.add(idx)
+                        size -= 1
+                    k += 1
+            for k in sorted(chosen):
+                i, w = candidates[k]
                 entries[i].val_blocks.append(w)
         self._val_rects: dict[str, list[Rect]] = {}
         for e in entries:

@@ -281,6 +281,7 @@ class Predictor:
                 timings["vectorize"] += t3 - t2
 
             pool = ThreadPoolExecutor(max_workers=max(1, cfg.readers), thread_name_prefix="geounet-read")
+            writers = [w for w in (prob_writer, mask_writer) if w is not None]
             try:
                 pending: deque[tuple[Tile, Future[tuple[Any, Any]]]] = deque()
                 it = iter(tiles)
@@ -346,14 +347,17 @@ class Predictor:
                         progress(done, len(tiles))
                 run_batch()
                 flush_rows(len(tiles) - 1)
+                t0 = time.perf_counter()
+                for w in writers:
+                    w.close()
+                timings["write"] += time.perf_counter() - t0
+            except BaseException:
+                for w in writers:
+                    w.abort()
+                raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
                 reader.close()
-            t0 = time.perf_counter()
-            for w in (prob_writer, mask_writer):
-                if w is not None:
-                    w.close()
-            timings["write"] += time.perf_counter() - t0
             if vectorizer is not None and tmp_vec is not None:
                 t0 = time.perf_counter()
                 frame = vectorizer.finish()

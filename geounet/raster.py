@@ -137,6 +137,13 @@ def open_scene(path: str | os.PathLike[str]) -> Scene:
 
 
 def _short(exc: BaseException) -> str:
+    """The first line of an error, or of its cause when GDAL says "see previous exception"."""
+    seen = 0
+    while "previous exception" in str(exc) and seen < 5:
+        cause = exc.__cause__ or exc.__context__
+        if cause is None:
+            break
+        exc, seen = cause, seen + 1
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
@@ -410,6 +417,7 @@ class StripWriter:
         if descriptions:
             for i, d in enumerate(descriptions, start=1):
                 self._dst.set_band_description(i, d)
+        self.name = Path(path).name  # the destination's name (path may be a temporary)
         self._pending: list[npt.NDArray[Any]] = []
         self._pending_top = 0
         self._pending_rows = 0
@@ -437,11 +445,19 @@ class StripWriter:
         try:
             self._dst.write(data[:, :n], window=Window(0, self._pending_top, data.shape[2], n))
         except RasterioError as exc:
-            raise OutputError(f"writing {self._dst.name} failed: {_short(exc)}") from exc
+            raise _write_error(self.name, exc) from exc
         rest = data[:, n:]
         self._pending = [rest] if rest.shape[1] else []
         self._pending_top = row
         self._pending_rows = rest.shape[1]
+
+    def abort(self) -> None:
+        """Close the file after a failure, ignoring errors (its temporary is deleted anyway)."""
+        if not self._dst.closed:
+            try:
+                self._dst.close()
+            except Exception:  # noqa: BLE001 - the run already failed; keep its error
+                logger.debug("closing %s after a failure", self.name, exc_info=True)
 
     def close(self) -> None:
         """Write what is left and close the file."""
@@ -450,4 +466,10 @@ class StripWriter:
                 self._write_until(self._pending_top + self._pending_rows)
             self._dst.close()
         except RasterioError as exc:
-            raise OutputError(f"writing {self._dst.name} failed: {_short(exc)}") from exc
+            raise _write_error(self.name, exc) from exc
+
+
+def _write_error(name: str, exc: BaseException) -> OutputError:
+    return OutputError(
+        f"writing {name} failed ({_short(exc)}); the disk may be full: free space or write elsewhere"
+    )

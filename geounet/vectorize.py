@@ -380,4 +380,7 @@ def write_vectors(
     except OutputError:
         raise
     except Exception as exc:  # pyogrio/pyarrow raise their own types for I/O failures
-        raise OutputError(f"writing {path.name} failed: {str(exc).splitlines()[0]}") from exc
+        raise OutputError(
+            f"writing {path.name} failed ({str(exc).splitlines()[0]}); the disk may be full: "
+            f"free space or write elsewhere"
+        ) from exc

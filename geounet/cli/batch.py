@@ -65,11 +65,20 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     if workers or scheduler:
         _quiet_dask()
     bars = _Bars(quiet=bool((ctx.find_root().obj or {}).get("quiet")))
+    from geounet.cli.main import Terminated
+
     try:
         summary = run_batch(
             inputs, out_dir, model=model_path, config=config, fmt=fmt, probabilities=probabilities,  # type: ignore[arg-type]
             mask=mask, workers=workers, scheduler=scheduler, progress=bars.update,
         )
+    except (KeyboardInterrupt, Terminated) as exc:
+        if (ctx.find_root().obj or {}).get("debug"):
+            raise
+        bars.close()
+        word = "Interrupted" if isinstance(exc, KeyboardInterrupt) else "Terminated"
+        click.echo(f"{word}; scenes finished so far are kept in {out_dir}: run the same command to resume", err=True)
+        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 143)
     finally:
         bars.close()
     click.echo(str(summary.manifest))
@@ -138,3 +147,5 @@ class _Bars:
                 bar.close()
         if self._redirect is not None:
             self._redirect.__exit__(None, None, None)
+        self.tiles = self.scenes = self._redirect = None
+        self.enabled = False

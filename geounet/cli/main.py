@@ -8,9 +8,13 @@ error (exit 3). ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -28,11 +32,50 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
+    """Keep C libraries (GDAL, libtiff, PROJ) from printing on stderr; Python output still shows.
+
+    Their failures already reach us as exceptions, which become one clean line; their own prints
+    would add unasked lines. File descriptor 2 goes to a scratch file while ``sys.stderr`` keeps
+    writing to the real stderr. Off with -v/--debug, or when stderr is not file descriptor 2.
+    """
+    try:
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not enabled or not real:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    sink = tempfile.TemporaryFile()
+    os.dup2(sink.fileno(), 2)
+    old_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=old_stderr.encoding, errors="backslashreplace")
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr = old_stderr
+        sink.close()
+
+
 class GeounetGroup(click.Group):
     """A click group whose ``main`` maps every exception to one line and an exit status."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
-        debug = "--debug" in sys.argv[1:] if not args else "--debug" in (args[0] or [])
+        given = kwargs.get("args", args[0] if args else None)
+        argv = list(given) if given is not None else sys.argv[1:]
+        debug = "--debug" in argv
+        verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
+        with _quiet_native_stderr(not (debug or verbose)):
+            return self._main(debug, *args, **kwargs)
+
+    def _main(self, debug: bool, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("standalone_mode", True)
         try:
             signal.signal(signal.SIGTERM, _on_sigterm)
