@@ -454,6 +454,7 @@ class _Manifest:
         self.path = path
         self.existed = path.exists()
         self.appended = 0
+        self.started = False  # set once scenes run: their outputs may appear even if none finishes
         try:
             self._file: IO[str] = open(path, "a+", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
@@ -499,10 +500,10 @@ class _Manifest:
     def close(self) -> None:
         """Release the lock; a manifest this run created and never wrote to is removed.
 
-        (So that a batch stopped by an error before any scene, e.g. refused outputs, leaves the
-        folder as it found it.)
+        (So that a batch stopped by an error before any scene ran, e.g. refused outputs, leaves
+        the folder as it found it; once scenes ran, the manifest marks the folder as the batch's.)
         """
-        if not self.existed and not self.appended:
+        if not self.existed and not self.appended and not self.started:
             self.path.unlink(missing_ok=True)
         self._file.close()
 
@@ -782,11 +783,18 @@ def run_batch(
                 )
 
         if todo:
+            # Model errors (bad weights, no CUDA) stop the batch here, not once per scene.
             if workers or scheduler:
-                load_model(model_path)  # a bad weights file stops the batch here, not per scene
-                _run_dask(todo, finish, workers=workers, scheduler=scheduler)
+                load_model(model_path)
+
+                def started() -> None:
+                    manifest.started = True
+
+                _run_dask(todo, finish, started, workers=workers, scheduler=scheduler)
             else:
-                _run_local(todo, finish, model_path, cfg.device, len(skipped), total, progress)
+                predictor = Predictor(model_path, device=cfg.device)
+                manifest.started = True
+                _run_local(todo, finish, predictor, len(skipped), total, progress)
     finally:
         manifest.close()
     return BatchSummary(done=done, skipped=skipped, failed=failed, manifest=manifest.path)
@@ -906,13 +914,11 @@ def _remove_temporaries(out: Path, names: set[str]) -> None:
 def _run_local(
     tasks: Sequence[SceneTask],
     finish: Callable[[SceneRecord], None],
-    model: Path,
-    device: str,
+    predictor: Predictor,
     skipped: int,
     total: int,
     progress: BatchProgressCallback | None,
 ) -> None:
-    predictor = Predictor(model, device=device)  # CheckpointError/device errors before any scene
     for i, task in enumerate(tasks):
         tiles: Callable[[int, int], None] | None = None
         if progress is not None:
@@ -926,6 +932,7 @@ def _run_local(
 def _run_dask(
     tasks: Sequence[SceneTask],
     finish: Callable[[SceneRecord], None],
+    started: Callable[[], None],
     *,
     workers: int,
     scheduler: str | None,
@@ -962,9 +969,14 @@ def _run_dask(
             # Dask pins each worker to one BLAS/OpenMP thread; share the cores out instead.
             env={"OMP_NUM_THREADS": str(max(1, cores // workers))},
         )
-        client = dask.Client(cluster)
+        try:
+            client = dask.Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
     token = uuid.uuid4().hex[:8]
     pending: dict[Any, SceneTask] = {}
+    started()
     try:
         for task in tasks:
             future = client.submit(run_task, task, key=f"geounet-{task.name}-{token}")

@@ -35,6 +35,7 @@ from geounet.raster import (
     resolve_bands,
 )
 from geounet.tiling import Tile, check_tile_size, tile_windows
+from geounet.style import mask_qml, probability_qml, vector_qml, write_category_names, write_sidecar_qml
 from geounet.vectorize import MASK_NODATA, StripVectorizer, vector_driver, write_vectors
 
 logger = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class Predictor:
             if tmp_mask is not None:
                 mask_writer = StripWriter(
                     tmp_mask, scene, count=1, dtype="uint8", nodata=MASK_NODATA,
-                    descriptions=["class"],
+                    descriptions=["class"], overview_resampling="nearest",
                 )
                 mask_writer.dataset.write_colormap(1, _colormap(meta))
                 mask_writer.dataset.update_tags(
@@ -351,6 +352,11 @@ class Predictor:
                 for w in writers:
                     w.close()
                 timings["write"] += time.perf_counter() - t0
+                if tmp_prob is not None:
+                    write_sidecar_qml(tmp_prob, probability_qml(254 if cfg.prob_dtype == "uint8" else 1.0))
+                if tmp_mask is not None:
+                    write_sidecar_qml(tmp_mask, mask_qml(_mask_entries(meta)))
+                    write_category_names(tmp_mask, mask_names)
             except BaseException:
                 for w in writers:
                     w.abort()
@@ -365,7 +371,11 @@ class Predictor:
                 t0 = time.perf_counter()
                 if cfg.to_crs:
                     frame = _reproject(frame, cfg.to_crs)
-                write_vectors(frame, tmp_vec)
+                # A .qml beside a non-GeoPackage output is its QGIS style, unless a raster output
+                # of the same stem needs that file name.
+                shared = {Path(p).with_suffix(".qml") for p in (probabilities, mask) if p}
+                clash = vector_driver(tmp_vec) != "GPKG" and Path(out).with_suffix(".qml") in shared  # type: ignore[arg-type]
+                write_vectors(frame, tmp_vec, style=None if clash else vector_qml(mask_names[1:], _class_colours(meta)))
                 timings["write"] += time.perf_counter() - t0
                 features = len(frame)
         return PredictResult(
@@ -423,15 +433,26 @@ def _prob_array(
     return out32
 
 
-def _colormap(meta: ModelMeta) -> dict[int, tuple[int, int, int, int]]:
-    cmap: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
+def _mask_entries(meta: ModelMeta) -> list[tuple[int, str, str]]:
+    """(mask value, class name, #colour) of every foreground class."""
     colours = meta.colours or []
     offset = 1 if meta.binary else 0
-    for i, _name in enumerate(meta.classes):
+    out = []
+    for i, name in enumerate(meta.classes):
         value = i + offset
-        if value == 0:
-            continue
-        hexc = colours[i] if i < len(colours) else "#ff0000"
+        if value:
+            out.append((value, name, colours[i] if i < len(colours) else "#ff0000"))
+    return out
+
+
+def _class_colours(meta: ModelMeta) -> list[str]:
+    """Colours of the foreground classes, in mask-value order."""
+    return [colour for _, _, colour in _mask_entries(meta)]
+
+
+def _colormap(meta: ModelMeta) -> dict[int, tuple[int, int, int, int]]:
+    cmap: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
+    for value, _, hexc in _mask_entries(meta):
         r, g, b = (int(hexc[k : k + 2], 16) for k in (1, 3, 5))
         cmap[value] = (r, g, b, 255)
     return cmap

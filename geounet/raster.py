@@ -365,10 +365,12 @@ class AtomicOutputs:
 
 
 class StripWriter:
-    """Writes row strips of a tiled, compressed GeoTIFF in block-aligned chunks.
+    """Writes row strips of a tiled, compressed GeoTIFF in block-aligned chunks, then a COG.
 
     Strips may have any height; rows are buffered until a whole row of blocks is complete so
-    each compressed block is written once.
+    each compressed block is written once. On :meth:`close` the tiled file is copied into a
+    Cloud-Optimized GeoTIFF (GDAL's COG driver, with overviews) at ``path`` and removed; GDAL
+    streams both steps, so memory stays bounded.
 
     Args:
         path: Destination (normally a temporary path from :class:`AtomicOutputs`).
@@ -378,6 +380,8 @@ class StripWriter:
         nodata: Nodata value.
         block: Block size in pixels.
         descriptions: Optional band descriptions.
+        overview_resampling: How overviews are computed (``average`` for probabilities,
+            ``nearest`` for class masks).
     """
 
     def __init__(
@@ -390,7 +394,12 @@ class StripWriter:
         nodata: float | None,
         block: int = 512,
         descriptions: Sequence[str] | None = None,
+        overview_resampling: str = "average",
     ) -> None:
+        self.path = Path(path)
+        self._strips = self.path.with_name(f".{self.path.stem}.strips.tif")
+        self._resampling = overview_resampling
+        self._float = np.dtype(dtype).kind == "f"
         tiled = scene.width >= block and scene.height >= block
         profile: dict[str, Any] = {
             "driver": "GTiff",
@@ -411,7 +420,7 @@ class StripWriter:
             profile.update(blockxsize=block, blockysize=block)
         self.block_h = block if tiled else 1
         try:
-            self._dst = rasterio.open(path, "w", **profile)
+            self._dst = rasterio.open(self._strips, "w", **profile)
         except RasterioError as exc:
             raise OutputError(f"cannot create {path.name}: {_short(exc)}") from exc
         if descriptions:
@@ -458,15 +467,35 @@ class StripWriter:
                 self._dst.close()
             except Exception:  # noqa: BLE001 - the run already failed; keep its error
                 logger.debug("closing %s after a failure", self.name, exc_info=True)
+        self._remove_strips()
 
     def close(self) -> None:
-        """Write what is left and close the file."""
+        """Write what is left, close the file and turn it into a COG at ``path``."""
+        from rasterio.shutil import copy as gdal_copy
+
         try:
             if self._pending_rows:
                 self._write_until(self._pending_top + self._pending_rows)
             self._dst.close()
+            gdal_copy(
+                self._strips,
+                self.path,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                LEVEL=6,
+                PREDICTOR="FLOATING_POINT" if self._float else "STANDARD",
+                BLOCKSIZE=512,
+                OVERVIEW_RESAMPLING=self._resampling.upper(),
+                BIGTIFF="IF_SAFER",
+            )
         except RasterioError as exc:
             raise _write_error(self.name, exc) from exc
+        finally:
+            self._remove_strips()
+
+    def _remove_strips(self) -> None:
+        for p in (self._strips, Path(str(self._strips) + ".aux.xml")):
+            p.unlink(missing_ok=True)
 
 
 def _write_error(name: str, exc: BaseException) -> OutputError:

@@ -34,6 +34,7 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from geounet.errors import OutputError
+from geounet.style import write_gpkg_style, write_sidecar_qml
 
 logger = logging.getLogger(__name__)
 
@@ -352,11 +353,17 @@ def vectorize_mask(
 
 
 def write_vectors(
-    frame: gpd.GeoDataFrame, path: str | os.PathLike[str], *, layer: str | None = None
+    frame: gpd.GeoDataFrame,
+    path: str | os.PathLike[str],
+    *,
+    layer: str | None = None,
+    style: str | None = None,
 ) -> None:
     """Write polygons with the driver chosen by suffix, in the frame's CRS.
 
     GeoJSON keeps the scene's CRS (GDAL writes its ``crs`` member) unless the caller reprojected.
+    ``style`` (QGIS QML) becomes the layer's default style: a ``layer_styles`` row in a
+    GeoPackage, a ``.qml`` file beside any other format.
 
     Raises:
         OutputError: Unknown suffix or a failed write (disk full, permissions).
@@ -366,21 +373,32 @@ def write_vectors(
     try:
         if driver == "Parquet":
             frame.to_parquet(path, index=False)
-            return
-        import pyogrio
-
-        kwargs: dict[str, Any] = {}
-        if driver != "GeoJSON":
-            kwargs["promote_to_multi"] = True
-        if len(frame) == 0:
-            kwargs["geometry_type"] = "MultiPolygon" if driver != "GeoJSON" else "Polygon"
-        if driver == "GPKG":
-            kwargs["layer"] = layer or path.stem
-        pyogrio.write_dataframe(frame, path, driver=driver, **kwargs)
+        else:
+            _write_ogr(frame, path, driver, layer)
+        if style is not None:
+            if driver == "GPKG":
+                write_gpkg_style(path, layer or path.stem, style)
+            else:
+                write_sidecar_qml(path, style)
     except OutputError:
         raise
-    except Exception as exc:  # pyogrio/pyarrow raise their own types for I/O failures
+    except Exception as exc:  # pyogrio/pyarrow/sqlite raise their own types for I/O failures
         raise OutputError(
             f"writing {path.name} failed ({str(exc).splitlines()[0]}); the disk may be full: "
             f"free space or write elsewhere"
         ) from exc
+
+
+def _write_ogr(frame: gpd.GeoDataFrame, path: Path, driver: str, layer: str | None) -> None:
+    import pyogrio
+
+    kwargs: dict[str, Any] = {}
+    if driver != "GeoJSON":
+        kwargs["promote_to_multi"] = True
+    if len(frame) == 0:
+        kwargs["geometry_type"] = "MultiPolygon" if driver != "GeoJSON" else "Polygon"
+    if driver == "GPKG":
+        kwargs["layer"] = layer or path.stem
+        # GeoPackage 1.2: what older GDAL/QGIS/ArcGIS builds read without a version warning.
+        kwargs["dataset_options"] = {"VERSION": "1.2"}
+    pyogrio.write_dataframe(frame, path, driver=driver, **kwargs)

@@ -228,11 +228,16 @@ def test_errors_stop_the_batch_before_any_scene(tmp_path: Path, model_file: Path
     with pytest.raises(CheckpointError, match="is not a safetensors model file"):
         run_batch([scenes[0]], out, model=bad_model)
     assert not out.exists()
+    mismatched = tmp_path / "mismatched.safetensors"
+    save_model(threshold_unet(3, width=4), meta_for(threshold_unet(3, width=8)), mismatched)
+    with pytest.raises(CheckpointError, match="weights do not match"):
+        run_batch([scenes[0]], out, model=mismatched)
+    assert list(out.iterdir()) == []  # no manifest either
     with pytest.raises(OutputError, match="cannot create output directory"):
         run_batch([scenes[0]], scenes[0] / "out", model=model_file)
     with pytest.raises(GeounetError, match="not both"):
         run_batch([scenes[0]], out, model=model_file, workers=2, scheduler="tcp://127.0.0.1:1")
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     (out / "scene0.gpkg").write_text("someone else's file")
     with pytest.raises(OutputExistsError, match=r"has no manifest\.jsonl; pass --overwrite"):
         run_batch([scenes[0]], out, model=model_file)

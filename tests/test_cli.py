@@ -142,7 +142,7 @@ def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 60
-    while not any(outdir.glob(".m.tif.geounet-*.tmp/m.tif")) and time.monotonic() < deadline:
+    while not any(outdir.glob(".m.tif.geounet-*.tmp/*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # well into the tiles
     proc.send_signal(sig)

@@ -131,12 +131,13 @@ class _Bars:
             self._redirect.__enter__()
             self.scenes = tqdm(total=report.scenes_total, initial=report.scenes_done, desc="scenes", unit="scene", dynamic_ncols=True)
         if report.tiles_total:
+            name = Path(report.scene or "").name
             if self.tiles is None:
-                self.tiles = tqdm(total=report.tiles_total, unit="tile", leave=False, position=1, dynamic_ncols=True, mininterval=0.5)
-            if report.scene != self.tile_scene:
-                self.tile_scene = report.scene
+                self.tiles = tqdm(total=report.tiles_total, desc=name, unit="tile", leave=False, position=1, dynamic_ncols=True, mininterval=0.5)
+            elif report.scene != self.tile_scene:
+                self.tiles.set_description(name, refresh=False)
                 self.tiles.reset(total=report.tiles_total)
-                self.tiles.set_description(Path(report.scene or "").name, refresh=False)
+            self.tile_scene = report.scene
             self.tiles.update(report.tiles_done - self.tiles.n)
         if report.record is not None or report.scenes_done > self.scenes.n:
             self.scenes.update(report.scenes_done - self.scenes.n)
