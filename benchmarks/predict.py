@@ -336,7 +336,10 @@ def run_child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def best_of(kind: str, params: dict[str, Any], repeat: int, key: str) -> tuple[dict[str, Any], list[float]]:
     """Run a child ``repeat`` times; return the fastest run and every time."""
-    runs = [run_child(kind, params) for _ in range(max(1, repeat))]
+    runs = []
+    for _ in range(max(1, repeat)):
+        load = os.getloadavg()[0]
+        runs.append({**run_child(kind, params), "load_before": load})
     return min(runs, key=lambda r: r[key]), [r[key] for r in runs]
 
 
@@ -558,6 +561,7 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int,
         tm = e2e["timings"]
         other = e2e["seconds"] - sum(tm.values())
         rep = f"best of {len(walls)}: " + ", ".join(f"{w:.1f}" for w in walls) + " s" if len(walls) > 1 else "1 run"
+        rep += f"; 1-min load average {e2e['load_before']:.2f} before it"
         print(f"geounet predict_raster -> vectors.gpkg + mask.tif + probabilities.tif ({rep}):")
         gpu = f", peak GPU memory {mb(e2e['gpu_peak_mb'])}" if "gpu_peak_mb" in e2e else ""
         print(f"  wall {e2e['wall']:.2f} s (model load {load:.2f} s), {mp / e2e['wall']:.3f} MP/s, "
@@ -584,7 +588,7 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int,
             print(f"pure forward (Predictor.forward, random batches of {batch}, after "
                   f"{fwd['warmup_batches']} warm-up): {e2e['tiles'] - e2e['skipped']} tiles in "
                   f"{forward_all:.2f} s{scaled} = {per_tile * 1000:.0f} ms/tile, "
-                  f"{ts * ts / per_tile / 1e6:.3f} MP/s of tile pixels")
+                  f"{ts * ts / per_tile / 1e6:.3f} MP/s of tile pixels (load {fwd['load_before']:.2f} before)")
             print(f"pipeline efficiency = pure forward / end-to-end = {forward_all:.2f} / "
                   f"{e2e['wall']:.2f} = {eff:.3f}"
                   + (f"  [target >= 0.9 on the CPU: {verdict(eff >= 0.9)}]" if device == "cpu" else ""))
@@ -595,7 +599,7 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int,
             nv, nwalls = best_of("naive", {**common, "scene": str(scene), "out": str(out)}, args.repeat, "wall")
             nt = nv["timings"]
             print(f"naive reference (whole scene in memory, {nv['tiles']} non-overlapping tiles, "
-                  f"hard stitch, whole-mask shapes, GeoPackage): "
+                  f"hard stitch, whole-mask shapes, GeoPackage; load {nv['load_before']:.2f} before): "
                   + ", ".join(f"{k} {v:.2f} s" for k, v in nt.items()))
             rows = [
                 ("seconds", f"{e2e['wall']:.2f}", f"{nv['wall']:.2f}", e2e["wall"] / nv["wall"]),
@@ -692,7 +696,7 @@ def mode_memory(args: argparse.Namespace, work: Path, device: str, batch: int,
           f"tile {ts}, overlap {ov}, batch {batch}, {device} ==")
     print(f"start-up baseline (imports + model): {base:.0f} MB")
     print(f"{'scene':>12} {'tiles':>6} {'seconds':>8} {'peak RSS MB':>12} {'ratio':>6} "
-          f"{'above base MB':>14} {'ratio':>6} {'features':>9}")
+          f"{'above base MB':>14} {'ratio':>6} {'features':>9} {'load':>5}")
     rows = []
     first = None
     for f in factors:
@@ -704,7 +708,7 @@ def mode_memory(args: argparse.Namespace, work: Path, device: str, batch: int,
         above = r["peak_rss_mb"] - base
         ratio_above = above / max(first["peak_rss_mb"] - base, 1e-9)
         print(f"{width:>5}x{h:<6} {r['tiles']:>6} {r['wall']:>8.1f} {r['peak_rss_mb']:>12.0f} {ratio:>6.3f} "
-              f"{above:>14.0f} {ratio_above:>6.2f} {r['features']:>9}")
+              f"{above:>14.0f} {ratio_above:>6.2f} {r['features']:>9} {r['load_before']:>5.2f}")
         rows.append({"height": h, **r})
     growth = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
     print(f"{factors[-1] // factors[0]}x taller: peak RSS x{growth:.3f}  "

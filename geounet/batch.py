@@ -46,8 +46,6 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-import rasterio
-
 from geounet.checkpoint import file_hash, load_model, read_meta
 from geounet.errors import GeounetError, OutputError, OutputExistsError
 from geounet.predict import PredictConfig, Predictor
@@ -67,15 +65,6 @@ OutputKind = Literal["vectors", "probabilities", "mask"]
 
 #: The manifest's file name inside the output directory.
 MANIFEST_NAME = "manifest.jsonl"
-
-#: GDAL options for rasters read over the network, applied unless set in the environment: no
-#: directory listing on open (one request instead of many), merged range requests, and retries.
-REMOTE_GDAL_OPTIONS: dict[str, str] = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "GDAL_HTTP_MAX_RETRY": "3",
-    "GDAL_HTTP_RETRY_DELAY": "1",
-}
 
 _GLOB_CHARS = re.compile(r"[*?[]")
 _VSI_PREFIX = re.compile(r"^(/vsi[a-z0-9_]+(?=/))+/*")
@@ -521,12 +510,6 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _gdal_options(scene: str) -> dict[str, str]:
-    if not is_remote(scene):
-        return {}
-    return {k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ}
-
-
 def process_scene(
     task: SceneTask,
     predictor: Predictor | Callable[[], Predictor],
@@ -555,15 +538,14 @@ def process_scene(
         device = str(pred.device)
         # The batch owns its outputs: a redone scene replaces the previous ones.
         config = dataclasses.replace(task.config, overwrite=True)
-        with rasterio.Env(**_gdal_options(task.input)):
-            result = pred.run(
-                task.input,
-                paths["vectors"],
-                probabilities=paths.get("probabilities"),
-                mask=paths.get("mask"),
-                config=config,
-                progress=progress,
-            )
+        result = pred.run(  # remote inputs get their GDAL options in Predictor.run
+            task.input,
+            paths["vectors"],
+            probabilities=paths.get("probabilities"),
+            mask=paths.get("mask"),
+            config=config,
+            progress=progress,
+        )
     except GeounetError as exc:
         error = _one_line(exc)
     except Exception as exc:  # noqa: BLE001 (the batch goes on; the traceback goes to the debug log)
@@ -581,10 +563,11 @@ def process_scene(
             device=device,
         )
     for path in paths.values():
-        try:
-            path.unlink(missing_ok=True)
-        except OSError:
-            pass
+        for stale in (path, *_sidecars(path)):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError:
+                pass
     return _record(
         task,
         "failed",
@@ -593,6 +576,11 @@ def process_scene(
         seconds=round(time.perf_counter() - t0, 3),
         device=device,
     )
+
+
+def _sidecars(path: Path) -> tuple[Path, ...]:
+    """Files that belong to an output: its QGIS style (``X.qml``) and GDAL metadata (``X.aux.xml``)."""
+    return (path.with_suffix(".qml"), path.with_name(path.name + ".aux.xml"))
 
 
 def _record(task: SceneTask, status: Status, **fields: Any) -> SceneRecord:
@@ -814,8 +802,8 @@ def _drop_own_outputs(scenes: list[str], out: Path) -> list[str]:
     ``--out-dir archive/out`` would otherwise feed them back in on the next run)."""
     kept = []
     for scene in scenes:
-        p = Path(scene)
-        if not is_remote(scene) and p.parent == out and p.name.endswith((".mask.tif", ".probabilities.tif")):
+        own = scene.endswith((".mask.tif", ".probabilities.tif")) and not is_remote(scene)
+        if own and Path(scene).resolve().parent == out:
             logger.info("leaving out %s: an output of this batch", scene)
             continue
         kept.append(scene)

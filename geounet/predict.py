@@ -31,6 +31,7 @@ from geounet.raster import (
     Scene,
     StripWriter,
     WindowReader,
+    gdal_options,
     open_scene,
     resolve_bands,
 )
@@ -183,7 +184,8 @@ class Predictor:
         """Predict one scene. See :func:`predict_raster`."""
         # GDAL's block cache defaults to 5% of RAM and would grow with the scene; a strip of
         # blocks is all the streaming order ever revisits.
-        env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256}
+        env: dict[str, Any] = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256}
+        env.update(gdal_options(scene_path))
         with rasterio.Env(**env):
             return self._run(scene_path, out, probabilities=probabilities, mask=mask, config=config, progress=progress)
 

@@ -39,6 +39,22 @@ logger = logging.getLogger(__name__)
 
 REMOTE_PREFIXES = ("/vsi", "http://", "https://", "s3://", "gs://", "az://")
 
+#: GDAL options for rasters read over the network, applied unless set in the environment: no
+#: directory listing on open (one request instead of many), merged range requests, and retries.
+REMOTE_GDAL_OPTIONS: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+}
+
+
+def gdal_options(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """GDAL options for reading ``path``: the remote ones for network paths, none otherwise."""
+    if not is_remote(path):
+        return {}
+    return {k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ}
+
 
 def is_remote(path: str | os.PathLike[str]) -> bool:
     """Whether GDAL reads the path through a virtual file system rather than the local disk."""

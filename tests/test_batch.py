@@ -84,6 +84,11 @@ def read_mask(path: Path) -> np.ndarray:
         return src.read(1)
 
 
+def read_vectors(path: Path) -> gpd.GeoDataFrame:
+    """The polygons of a vector output (a GeoPackage also holds a layer_styles table)."""
+    return gpd.read_file(path, layer=path.stem) if path.suffix == ".gpkg" else gpd.read_file(path)
+
+
 def invoke(*args: str) -> Any:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
@@ -168,7 +173,7 @@ def test_resume_skips_done_and_redoes_changed(tmp_path: Path, model_file: Path) 
     assert any(e.tiles_total == 4 for e in events) and events[-1].scenes_done == 3
     for rec in first.done:
         assert rec.outputs == {"vectors": f"{rec.name}.gpkg", "mask": f"{rec.name}.mask.tif"}
-        assert rec.features == len(gpd.read_file(out / rec.outputs["vectors"])) > 0
+        assert rec.features == len(read_vectors(out / rec.outputs["vectors"])) > 0
     before = mtimes(out)
 
     again = run()
@@ -211,9 +216,9 @@ def test_failed_scenes_are_recorded_and_the_batch_goes_on(tmp_path: Path, model_
         assert by_name[name]["status"] == "failed" and name in by_name[name]["error"]
         assert "\n" not in by_name[name]["error"]
     assert by_name["scene0.tif"]["status"] == by_name["scene1.tif"]["status"] == "done"
-    assert sorted(p.name for p in out.iterdir()) == [
-        MANIFEST_NAME, "scene0.gpkg", "scene0.mask.tif", "scene1.gpkg", "scene1.mask.tif",
-    ]
+    names = {p.name for p in out.iterdir()}
+    assert {"scene0.gpkg", "scene0.mask.tif", "scene1.gpkg", "scene1.mask.tif"} <= names
+    assert not [n for n in names if n.startswith(("truncated", "text"))]
 
     r = invoke(*args)  # failed scenes are tried again, done ones skipped
     assert r.exit_code == 1
@@ -292,7 +297,7 @@ def test_killed_batch_resumes_without_recomputing(tmp_path: Path, model_file: Pa
     last = read_manifest(out / MANIFEST_NAME)
     assert len(last) == 6 and all(r.status == "done" for r in last.values())
     for rec in last.values():
-        assert len(gpd.read_file(out / rec.outputs["vectors"])) == rec.features
+        assert len(read_vectors(out / rec.outputs["vectors"])) == rec.features
         for kind in ("mask", "probabilities"):
             with rasterio.open(out / rec.outputs[kind]) as src:
                 assert src.read().shape[1:] == (src.height, src.width)
@@ -360,7 +365,7 @@ def test_dask_cluster_gives_the_same_outputs(tmp_path: Path, model_file: Path, d
     for scene, rec in a.items():
         other = b[scene]
         assert other.status == "done" and other.features == rec.features
-        assert len(gpd.read_file(remote / other.outputs["vectors"])) == rec.features
+        assert len(read_vectors(remote / other.outputs["vectors"])) == rec.features
         np.testing.assert_array_equal(read_mask(local / rec.outputs["mask"]), read_mask(remote / other.outputs["mask"]))
     r = invoke("batch", glob, "-o", str(remote), "-m", str(model_file), "--mask", "--format", "fgb",
                "--scheduler", dask_scheduler)

@@ -27,7 +27,7 @@ MAX_LISTED_FAILURES = 10
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="gpkg", show_default=True, help="Vector format of the polygons.")
 @click.option("--probabilities", is_flag=True, help="Also write NAME.probabilities.tif per scene.")
 @click.option("--mask", is_flag=True, help="Also write NAME.mask.tif (class mask) per scene.")
-@click.option("-w", "--workers", type=click.IntRange(min=0), default=0, help="Local worker processes (Dask) [default: one scene after another in this process].")
+@click.option("-w", "--workers", type=click.IntRange(min=0), default=0, metavar="N", help="Local worker processes (Dask) [default: one scene after another in this process].")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on a Dask cluster: scheduler address (tcp://host:8786) or scheduler file. Workers need the model, inputs and --out-dir at the same paths.")
 @click.option("--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's].")
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
@@ -45,9 +45,12 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     """Segment many scenes into one folder; re-run the same command to resume.
 
     INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one
-    path or URL per line) and URLs GDAL reads window by window (https://, s3://, /vsicurl/...).
-    Scenes already done with the same input, model and options are skipped; a scene that fails
-    is recorded in DIR/manifest.jsonl and the others go on (exit status 1).
+    path or URL per line, relative to the file) and URLs that GDAL reads window by window
+    (https://, s3://, /vsicurl/...). Each scene gives DIR/NAME.<format> (and NAME.mask.tif,
+    NAME.probabilities.tif), NAME being its file name without suffix, plus a short hash when
+    two inputs share one. DIR/manifest.jsonl records every scene. Scenes already done with the
+    same input, model and options are skipped; a scene that fails is recorded there, the others
+    go on, and the exit status is 1.
 
     \b
     geounet batch 'archive/**/*.tif' -o out/ -m buildings.safetensors --mask
@@ -55,6 +58,7 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     geounet batch @scenes.txt -o /shared/out -m /shared/m.safetensors --scheduler tcp://head:8786
     """
     from geounet.batch import run_batch
+    from geounet.cli.main import Terminated
     from geounet.predict import PredictConfig
 
     config = PredictConfig(
@@ -65,8 +69,6 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     if workers or scheduler:
         _quiet_dask()
     bars = _Bars(quiet=bool((ctx.find_root().obj or {}).get("quiet")))
-    from geounet.cli.main import Terminated
-
     try:
         summary = run_batch(
             inputs, out_dir, model=model_path, config=config, fmt=fmt, probabilities=probabilities,  # type: ignore[arg-type]

@@ -82,7 +82,10 @@ class GeounetGroup(click.Group):
         except ValueError:  # not in the main thread (e.g. some test runners)
             pass
         try:
-            return super().main(*args, **{**kwargs, "standalone_mode": False})
+            rv = super().main(*args, **{**kwargs, "standalone_mode": False})
+            if isinstance(rv, int) and rv:  # ctx.exit(n) returns n outside standalone mode
+                sys.exit(rv)
+            return rv
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
