@@ -780,7 +780,7 @@ def run_batch(
 
                 _run_dask(todo, finish, started, workers=workers, scheduler=scheduler)
             else:
-                predictor = Predictor(model_path, device=cfg.device)
+                predictor = Predictor(model_path, device=cfg.device, compile=cfg.compile)
                 manifest.started = True
                 _run_local(todo, finish, predictor, len(skipped), total, progress)
     finally:

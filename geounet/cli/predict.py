@@ -15,7 +15,8 @@ from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progre
 @click.option("-m", "--model", "model_path", type=click.Path(path_type=Path), required=True, help="Model file (.safetensors).")
 @click.option("--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's].")
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 4 CPU, 16 CUDA].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 4 on CPU, from free memory on CUDA].")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster on long GPU runs).")
 @device_opt
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
 @click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path), help="Also write class probabilities (GeoTIFF).")
@@ -27,7 +28,7 @@ from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progre
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
 @overwrite_opt
 @click.pass_context
-def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, device: str, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment SCENE and write polygons in its CRS.
 
     \b
@@ -40,7 +41,7 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, 
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
         threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite,  # type: ignore[arg-type]
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_,  # type: ignore[arg-type]
     )
     update, close = tile_progress(ctx, Path(scene).name)
     try:
