@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -627,8 +627,3 @@ def _validate(
         n += len(x)
         cm += confusion(logits.float(), y, n_classes, binary)
     return cm, loss_sum, n
-
-
-def describe_config(cfg: TrainConfig) -> str:
-    """The configuration as JSON (for logs)."""
-    return json.dumps(asdict(cfg), default=str)

@@ -124,7 +124,6 @@ def test_debug_shows_traceback(tmp_path: Path, model_file: Path) -> None:
 
 @pytest.mark.parametrize(("sig", "code", "word"), [(2, 130, "Interrupted"), (15, 143, "Terminated")])
 def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int, word: str) -> None:
-    import signal
     import time
 
     from geounet.checkpoint import create_model

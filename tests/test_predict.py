@@ -13,11 +13,9 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from conftest import MakeRaster, constant_unet, meta_for, threshold_unet
-from geounet.blend import Stitcher
 from geounet.checkpoint import create_model
 from geounet.errors import BandMismatchError, MissingCRSError, OutputExistsError, RasterReadError, TilingError
 from geounet.predict import PredictConfig, Predictor, predict_raster
-from geounet.tiling import tile_windows
 from geounet.vectorize import VECTOR_FORMATS
 
 

@@ -14,11 +14,10 @@ import shapely
 import torch
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
-from rasterio.windows import Window
 from safetensors.torch import load_file
 
 from conftest import SHARED_DATA, requires_shared_data
-from geounet.checkpoint import load_model, read_meta
+from geounet.checkpoint import read_meta
 from geounet.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
 from geounet.errors import GeounetError, LabelsError, LabelsOutsideRasterError
 from geounet.evaluate import evaluate
