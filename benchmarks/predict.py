@@ -48,6 +48,22 @@ def _setup_child(p: dict[str, Any]) -> None:
         torch.set_num_threads(int(p["threads"]))
 
 
+def _predictor(p: dict[str, Any]) -> Any:
+    from geounet.predict import Predictor
+
+    kwargs = {"compile": True} if p.get("compile") else {}
+    return Predictor(p["model"], device=p["device"], **kwargs)
+
+
+def _batch(pred: Any, p: dict[str, Any]) -> int:
+    """The batch size given, else geounet's own choice (4 on the CPU; from free memory on CUDA)."""
+    if p.get("batch"):
+        return int(p["batch"])
+    if hasattr(pred, "batch_size_for"):
+        return int(pred.batch_size_for(p["tile"]))
+    return 16 if pred.device.type == "cuda" else 4
+
+
 def _peaks(device: str) -> dict[str, Any]:
     import resource
 
@@ -62,32 +78,44 @@ def _peaks(device: str) -> dict[str, Any]:
 def child_load(p: dict[str, Any]) -> dict[str, Any]:
     """Start-up baseline: imports and a loaded Predictor, nothing run."""
     _setup_child(p)
-    from geounet.predict import Predictor
-
-    Predictor(p["model"], device=p["device"])
+    _predictor(p)
     return _peaks(p["device"])
 
 
 def child_e2e(p: dict[str, Any]) -> dict[str, Any]:
-    """One ``predict_raster`` run with vector, mask and probability outputs."""
+    """One ``predict_raster`` run with vector, mask and probability outputs.
+
+    Without a batch size on CUDA, geounet picks one from the free GPU memory; the run is then
+    ``Predictor(...).run(...)`` (what ``predict_raster`` does) so the chosen size can be reported
+    and reused by the pure-forward and naive runs.
+    """
     _setup_child(p)
+    import torch
+
     from geounet.predict import PredictConfig, predict_raster
 
     out = Path(p["out"])
     out.mkdir(parents=True, exist_ok=True)
-    cfg = PredictConfig(
-        tile_size=p["tile"], overlap=p["overlap"], batch_size=p["batch"], device=p["device"],
-        overwrite=True,
-    )
+    paths = {"mask": out / "mask.tif", "probabilities": out / "probabilities.tif"}
+    extra = {"compile": True} if p.get("compile") else {}
     t0 = time.perf_counter()
-    r = predict_raster(
-        p["scene"], out / "vectors.gpkg", model=p["model"], mask=out / "mask.tif",
-        probabilities=out / "probabilities.tif", config=cfg,
-    )
+    if p.get("batch"):
+        batch = int(p["batch"])
+        cfg = PredictConfig(tile_size=p["tile"], overlap=p["overlap"], batch_size=batch,
+                            device=p["device"], overwrite=True, **extra)
+        r = predict_raster(p["scene"], out / "vectors.gpkg", model=p["model"], config=cfg, **paths)
+    else:
+        pred = _predictor(p)
+        batch = _batch(pred, p)
+        if pred.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()  # not the batch-size probe's peak
+        cfg = PredictConfig(tile_size=p["tile"], overlap=p["overlap"], batch_size=batch,
+                            device=p["device"], overwrite=True, **extra)
+        r = pred.run(p["scene"], out / "vectors.gpkg", config=cfg, **paths)
     wall = time.perf_counter() - t0
     sizes = {f.name: f.stat().st_size / 2**20 for f in out.iterdir() if f.is_file()}
     return {
-        "wall": wall, "seconds": r.seconds, "timings": r.timings, "features": r.features,
+        "wall": wall, "seconds": r.seconds, "timings": r.timings, "features": r.features, "batch": batch,
         "tiles": r.tiles, "skipped": r.tiles_skipped, "class_counts": r.class_counts,
         "output_mb": sizes, **_peaks(p["device"]),
     }
@@ -99,16 +127,14 @@ def child_forward(p: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from geounet.predict import Predictor
-
-    pred = Predictor(p["model"], device=p["device"])
+    pred = _predictor(p)
     cuda = pred.device.type == "cuda"
-    bands, ts, bs, n = pred.meta.bands, p["tile"], p["batch"], p["tiles"]
+    bands, ts, bs, n = pred.meta.bands, p["tile"], _batch(pred, p), p["tiles"]
     top = {"uint8": 255.0, "uint16": 2047.0, "int16": 2047.0}.get(pred.meta.dtype, 1.0)
     rng = np.random.default_rng(0)
     batches = [rng.uniform(0, top, (bs, bands, ts, ts)).astype(np.float32) for _ in range(2)]
     valid = np.ones((bs, ts, ts), dtype=bool)
-    warmup = 3 if cuda else 1
+    warmup = 3 if cuda or p.get("compile") else 1
     for i in range(warmup):
         pred.forward(batches[i % 2], valid)
     if cuda:
@@ -121,7 +147,7 @@ def child_forward(p: dict[str, Any]) -> dict[str, Any]:
         done += k
         calls += 1
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "tiles": done, "calls": calls, "warmup_batches": warmup,
+    return {"seconds": seconds, "tiles": done, "calls": calls, "warmup_batches": warmup, "batch": bs,
             **_peaks(p["device"])}
 
 
@@ -529,16 +555,17 @@ def resolve(args: argparse.Namespace) -> tuple[str, int]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but PyTorch sees no CUDA GPU")
-    batch = args.batch_size or (16 if device.startswith("cuda") else 4)
+    # geounet's default: 4 on the CPU; on CUDA it probes the free GPU memory (done in the child).
+    batch = args.batch_size or (None if device.startswith("cuda") else 4)
     return device, batch
 
 
-def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int,
+def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int | None,
                  model: Path, model_info: dict[str, Any]) -> list[dict[str, Any]]:
     sizes = args.size or [(2048, 2048)]
     ts, ov = args.tile_size, args.overlap
     common = {"model": str(model), "device": device, "tile": ts, "overlap": ov, "batch": batch,
-              "threads": args.threads}
+              "threads": args.threads, "compile": args.compile}
     base = run_child("load", common)
     print(f"start-up baseline (imports + model on {device}): peak RSS {mb(base['peak_rss_mb'])}\n")
     results = []
@@ -550,13 +577,16 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int,
         tiles = n_tiles(height, width, ts, ov)
         overhead = tiles * ts * ts / pixels
         print(f"== scene {width}x{height} ({mp:.1f} MP, {km2:.2f} km² at {args.pixel_size:g} m), "
-              f"tile {ts}, overlap {ov}, batch {batch}, {device} ==")
-        print(f"tiles {tiles}; overlap overhead tiles*tile²/(H*W) = {overhead:.3f}; forward calls "
-              f"{pipeline_calls(height, width, ts, ov, batch)} in the pipeline (batches stop at "
-              f"each row of tiles) vs {math.ceil(tiles / batch)} in full batches")
-
+              f"tile {ts}, overlap {ov}, batch {batch or 'auto'}, {device}"
+              f"{', torch.compile' if args.compile else ''} ==")
         out = work / "out" / f"{width}x{height}"
         e2e, walls = best_of("e2e", {**common, "scene": str(scene), "out": str(out)}, args.repeat, "wall")
+        bs = e2e["batch"]
+        common_bs = {**common, "batch": bs}
+        calls = pipeline_calls(height, width, ts, ov, bs)
+        print(f"tiles {tiles}; overlap overhead tiles*tile²/(H*W) = {overhead:.3f}; batch {bs}"
+              f"{' (chosen by geounet)' if not batch else ''}: {calls} forward calls in the pipeline "
+              f"(batches stop at each row of tiles) vs {math.ceil(tiles / bs)} in full batches")
         load = e2e["wall"] - e2e["seconds"]
         tm = e2e["timings"]
         other = e2e["seconds"] - sum(tm.values())
@@ -572,20 +602,20 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int,
 
         res: dict[str, Any] = {
             "size": [width, height], "tiles": tiles, "overlap_overhead": overhead,
-            "pipeline_calls": pipeline_calls(height, width, ts, ov, batch), "e2e": e2e,
+            "batch": bs, "pipeline_calls": calls, "e2e": e2e,
             "e2e_walls": walls, "startup_rss_mb": base["peak_rss_mb"],
         }
         fwd_tiles = e2e["tiles"] - e2e["skipped"]
         if args.forward_tiles is not None:
             fwd_tiles = min(fwd_tiles, args.forward_tiles)
         if fwd_tiles > 0:
-            fwd, fwalls = best_of("forward", {**common, "tiles": fwd_tiles}, args.repeat, "seconds")
+            fwd, fwalls = best_of("forward", {**common_bs, "tiles": fwd_tiles}, args.repeat, "seconds")
             per_tile = fwd["seconds"] / fwd["tiles"]
             forward_all = per_tile * (e2e["tiles"] - e2e["skipped"])
             eff = forward_all / e2e["wall"]
             scaled = "" if fwd_tiles == e2e["tiles"] - e2e["skipped"] else \
                 f" (scaled from {fwd_tiles} tiles: {fwd['seconds']:.2f} s)"
-            print(f"pure forward (Predictor.forward, random batches of {batch}, after "
+            print(f"pure forward (Predictor.forward, random batches of {bs}, after "
                   f"{fwd['warmup_batches']} warm-up): {e2e['tiles'] - e2e['skipped']} tiles in "
                   f"{forward_all:.2f} s{scaled} = {per_tile * 1000:.0f} ms/tile, "
                   f"{ts * ts / per_tile / 1e6:.3f} MP/s of tile pixels (load {fwd['load_before']:.2f} before)")
@@ -596,7 +626,7 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int,
                   f"{tm['model'] / forward_all:.3f} x pure forward)")
             res.update(forward=fwd, forward_seconds_all_tiles=forward_all, efficiency=eff)
         if args.naive:
-            nv, nwalls = best_of("naive", {**common, "scene": str(scene), "out": str(out)}, args.repeat, "wall")
+            nv, nwalls = best_of("naive", {**common_bs, "scene": str(scene), "out": str(out)}, args.repeat, "wall")
             nt = nv["timings"]
             print(f"naive reference (whole scene in memory, {nv['tiles']} non-overlapping tiles, "
                   f"hard stitch, whole-mask shapes, GeoPackage; load {nv['load_before']:.2f} before): "
@@ -644,7 +674,7 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int,
     return results
 
 
-def mode_vectorize(args: argparse.Namespace, work: Path, device: str, batch: int,
+def mode_vectorize(args: argparse.Namespace, work: Path, device: str, batch: int | None,
                    model: Path, model_info: dict[str, Any]) -> dict[str, Any]:
     width, height = (args.size or [(16384, 16384)])[0]
     ts, ov = args.tile_size, args.overlap
@@ -666,14 +696,15 @@ def mode_vectorize(args: argparse.Namespace, work: Path, device: str, batch: int
               f"{v['reference_seconds']:.2f} s -> {v['reference_features']} polygons "
               f"(StripVectorizer/whole-mask = {vec_s / v['reference_seconds']:.2f})")
     tiles = n_tiles(height, width, ts, ov)
-    fwd_tiles = args.forward_tiles if args.forward_tiles else 2 * batch
+    fwd_tiles = args.forward_tiles if args.forward_tiles else 2 * (batch or 16)
     fwd, _ = best_of("forward", {"model": str(model), "device": device, "tile": ts, "batch": batch,
-                                 "tiles": fwd_tiles, "threads": args.threads}, args.repeat, "seconds")
+                                 "tiles": fwd_tiles, "threads": args.threads,
+                                 "compile": args.compile}, args.repeat, "seconds")
     per_tile = fwd["seconds"] / fwd["tiles"]
     model_s = per_tile * tiles
     ratio = (vec_s + v["write"]) / model_s
     print(f"model time for the same scene (estimated): {tiles} tiles of {ts} at overlap {ov} x "
-          f"{per_tile * 1000:.0f} ms/tile (pure forward over {fwd['tiles']} tiles, batch {batch}, "
+          f"{per_tile * 1000:.0f} ms/tile (pure forward over {fwd['tiles']} tiles, batch {fwd['batch']}, "
           f"{device}) = {model_s:,.0f} s")
     print(f"vectorize / model = {vec_s:.1f} / {model_s:,.0f} = {vec_s / model_s:.4f}; "
           f"with the GeoPackage write {ratio:.4f}  [target a small fraction: {verdict(ratio < 0.1)} (< 0.1)]")
@@ -682,18 +713,18 @@ def mode_vectorize(args: argparse.Namespace, work: Path, device: str, batch: int
             "model_seconds_estimate": model_s, "ratio": vec_s / model_s, "ratio_with_write": ratio}
 
 
-def mode_memory(args: argparse.Namespace, work: Path, device: str, batch: int,
+def mode_memory(args: argparse.Namespace, work: Path, device: str, batch: int | None,
                 model: Path, model_info: dict[str, Any]) -> dict[str, Any]:
     width, height = (args.size or [(2048, 1024)])[0]
     ts, ov = args.tile_size, args.overlap
     factors = [int(f) for f in args.factors.split(",")]
     common = {"model": str(model), "device": device, "tile": ts, "overlap": ov, "batch": batch,
-              "threads": args.threads}
+              "threads": args.threads, "compile": args.compile}
     scenes = {f: ensure_scene(work, width, height * f, args, model_info["bands"], model_info["dtype"])
               for f in factors}
     base = run_child("load", common)["peak_rss_mb"]
     print(f"== peak RSS against scene height: width {width}, heights {height} x {args.factors}, "
-          f"tile {ts}, overlap {ov}, batch {batch}, {device} ==")
+          f"tile {ts}, overlap {ov}, batch {batch or 'auto'}, {device} ==")
     print(f"start-up baseline (imports + model): {base:.0f} MB")
     print(f"{'scene':>12} {'tiles':>6} {'seconds':>8} {'peak RSS MB':>12} {'ratio':>6} "
           f"{'above base MB':>14} {'ratio':>6} {'features':>9} {'load':>5}")
@@ -735,7 +766,9 @@ def main() -> None:
                     help="scene size N or WxH; repeat for several (default 2048; see the modes)")
     ap.add_argument("--tile-size", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=None, help="default: geounet's (4 CPU, 16 CUDA)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="default: geounet's (4 on the CPU; on CUDA chosen from free GPU memory)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network (PredictConfig.compile)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")
     ap.add_argument("--model", default=None, help="a real model file (default: a calibrated seeded U-Net)")

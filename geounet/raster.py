@@ -498,7 +498,7 @@ class StripWriter:
                 self.path,
                 driver="COG",
                 COMPRESS="DEFLATE",
-                LEVEL=6,
+                LEVEL=1,  # fast; the probabilities and masks compress well anyway
                 PREDICTOR="FLOATING_POINT" if self._float else "STANDARD",
                 BLOCKSIZE=512,
                 OVERVIEW_RESAMPLING=self._resampling.upper(),

@@ -15,7 +15,7 @@ from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progre
 @click.option("-m", "--model", "model_path", type=click.Path(path_type=Path), required=True, help="Model file (.safetensors).")
 @click.option("--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's].")
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 4 on CPU, from free memory on CUDA].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 1 on CPU, from free memory on CUDA].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster on long GPU runs).")
 @device_opt
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
