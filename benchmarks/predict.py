@@ -113,7 +113,8 @@ def child_e2e(p: dict[str, Any]) -> dict[str, Any]:
                             device=p["device"], overwrite=True, **extra)
         r = pred.run(p["scene"], out / "vectors.gpkg", config=cfg, **paths)
     wall = time.perf_counter() - t0
-    sizes = {f.name: f.stat().st_size / 2**20 for f in out.iterdir() if f.is_file()}
+    sizes = {f.name: f.stat().st_size / 2**20 for f in out.iterdir()
+             if f.is_file() and f.name.startswith(("vectors.", "mask.", "probabilities."))}
     return {
         "wall": wall, "seconds": r.seconds, "timings": r.timings, "features": r.features, "batch": batch,
         "tiles": r.tiles, "skipped": r.tiles_skipped, "class_counts": r.class_counts,
@@ -219,7 +220,7 @@ def child_naive(p: dict[str, Any]) -> dict[str, Any]:
     t_shapes = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    out = Path(p["out"])
+    out = Path(p["out"]) / "naive"
     out.mkdir(parents=True, exist_ok=True)
     frame = gpd.GeoDataFrame({"class": [names[v] for v in values]}, geometry=geoms, crs=crs)
     frame.to_file(out / "naive.gpkg", driver="GPKG")
@@ -547,7 +548,7 @@ def verdict(ok: bool) -> str:
 # Modes.
 
 
-def resolve(args: argparse.Namespace) -> tuple[str, int]:
+def resolve(args: argparse.Namespace) -> tuple[str, int | None]:
     import torch
 
     device = args.device
@@ -555,9 +556,9 @@ def resolve(args: argparse.Namespace) -> tuple[str, int]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but PyTorch sees no CUDA GPU")
-    # geounet's default: 4 on the CPU; on CUDA it probes the free GPU memory (done in the child).
-    batch = args.batch_size or (None if device.startswith("cuda") else 4)
-    return device, batch
+    # None: geounet's own choice, made in the child by Predictor.batch_size_for (1 on the CPU
+    # since 8c28f35, 4 before; on CUDA from a probe of the free GPU memory).
+    return device, args.batch_size
 
 
 def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int | None,
@@ -696,7 +697,7 @@ def mode_vectorize(args: argparse.Namespace, work: Path, device: str, batch: int
               f"{v['reference_seconds']:.2f} s -> {v['reference_features']} polygons "
               f"(StripVectorizer/whole-mask = {vec_s / v['reference_seconds']:.2f})")
     tiles = n_tiles(height, width, ts, ov)
-    fwd_tiles = args.forward_tiles if args.forward_tiles else 2 * (batch or 16)
+    fwd_tiles = args.forward_tiles if args.forward_tiles else 8
     fwd, _ = best_of("forward", {"model": str(model), "device": device, "tile": ts, "batch": batch,
                                  "tiles": fwd_tiles, "threads": args.threads,
                                  "compile": args.compile}, args.repeat, "seconds")
@@ -767,7 +768,8 @@ def main() -> None:
     ap.add_argument("--tile-size", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="default: geounet's (4 on the CPU; on CUDA chosen from free GPU memory)")
+                    help="default: geounet's own (Predictor.batch_size_for: 1 on the CPU, "
+                         "from free GPU memory on CUDA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network (PredictConfig.compile)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")

@@ -503,6 +503,7 @@ class StripWriter:
                 BLOCKSIZE=512,
                 OVERVIEW_RESAMPLING=self._resampling.upper(),
                 BIGTIFF="IF_SAFER",
+                NUM_THREADS="ALL_CPUS",  # compress blocks in parallel: this is a serial tail
             )
         except RasterioError as exc:
             raise _write_error(self.name, exc) from exc
