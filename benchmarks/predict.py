@@ -433,6 +433,7 @@ def calibrate_model(work: Path, path: Path, args: argparse.Namespace) -> dict[st
     import torch
 
     from geounet.checkpoint import create_model, save_model
+    from geounet.model import calibrate_batchnorm
 
     t0 = time.perf_counter()
     net, meta = create_model(bands=3, classes=["building"], width=args.model_width,
@@ -443,15 +444,8 @@ def calibrate_model(work: Path, path: Path, args: argparse.Namespace) -> dict[st
     mean = torch.tensor(meta.mean).view(-1, 1, 1)
     std = torch.tensor(meta.std).view(-1, 1, 1)
     crops = [((img[:, r : r + 512, c : c + 512] - mean) / std)[None] for r in (0, 512) for c in (0, 512)]
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    net.train()
+    calibrate_batchnorm(net, crops)
     with torch.no_grad():
-        for x in crops:
-            net(x)
-        net.eval()
         logits = torch.cat([net(x) for x in crops]).numpy()
         q90 = float(np.quantile(logits, 0.9))
         net.head.bias -= q90

@@ -103,6 +103,23 @@ class UNet(nn.Module):
 ARCHITECTURES: dict[str, type[UNet]] = {"unet": UNet}
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Recompute BatchNorm running statistics as the plain average over ``batches``; eval mode.
+
+    Gives an untrained (seeded) network realistic activations, so its logits have structure: used
+    by tests and benchmarks that need a model whose output is not a constant.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average
+            m.reset_running_stats()
+    model.train()
+    for x in batches:
+        model(x)
+    return model.eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

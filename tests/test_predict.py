@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from conftest import MakeRaster, constant_unet, meta_for, threshold_unet
 from geounet.checkpoint import create_model
+from geounet.model import calibrate_batchnorm
 from geounet.errors import BandMismatchError, MissingCRSError, OutputExistsError, RasterReadError, TilingError
 from geounet.predict import PredictConfig, Predictor, predict_raster
 from geounet.vectorize import VECTOR_FORMATS
@@ -78,16 +79,8 @@ def test_to_crs_reprojects_vectors(make_raster: MakeRaster, tmp_path: Path) -> N
 def calibrated_random_unet(img: np.ndarray, seed: int = 0):
     """A random U-Net whose BatchNorm statistics come from the image, so its logits have structure."""
     net, meta = create_model(bands=img.shape[0], classes=1, width=8, depth=4, seed=seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    net.train()
-    with torch.no_grad():
-        x = (torch.from_numpy(img[None]) - 127.5) / 63.75
-        net(x[..., :512, :512])
-        net(x[..., 512:, 512:])
-    return net.eval(), meta
+    x = (torch.from_numpy(img[None]) - 127.5) / 63.75
+    return calibrate_batchnorm(net, [x[..., :512, :512], x[..., 512:, 512:]]), meta
 
 
 def test_tiled_prediction_matches_whole_scene_forward(make_raster: MakeRaster, tmp_path: Path) -> None:
