@@ -329,10 +329,10 @@ def train_model(
     metrics_file = _metrics_path(out)
     if out.exists() and not (cfg.overwrite or cfg.resume):
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it (or --resume to continue)")
-    AtomicOutputs().reserve(out, overwrite=True)  # fail early on an unwritable directory
-    for tmp in out.parent.glob(f".{out.name}.geounet-*.tmp"):
-        if tmp.is_dir() and not any(tmp.iterdir()):
-            tmp.rmdir()
+    if dist.main:  # fail early on an unwritable directory (only the writing rank checks)
+        probe = AtomicOutputs()
+        probe.reserve(out, overwrite=True)
+        probe.cleanup()
 
     device = resolve_device(cfg.device)
     if dist.active and device.type == "cuda":
