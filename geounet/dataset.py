@@ -211,17 +211,6 @@ class SpatialSplit:
             out = [out[int(k)] for k in keep]
         return out
 
-    @property
-    def has_train_area(self) -> bool:
-        """Whether any image has room for a training window (checked on a coarse grid)."""
-        step = max(1, self.tile_size // 4)
-        for i, e in enumerate(self.entries):
-            for r in range(0, max(1, e.scene.height - self.tile_size + 1), step):
-                for c in range(0, max(1, e.scene.width - self.tile_size + 1), step):
-                    if self.is_train(i, r, c):
-                        return True
-        return False
-
 
 def _starts(length: int, tile: int) -> list[int]:
     if length <= tile:
