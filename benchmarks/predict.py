@@ -33,7 +33,10 @@ from pathlib import Path
 from typing import Any
 
 RESULT = "@@BENCH-RESULT "
-STEPS = ("read_wait", "model", "stitch", "postprocess", "write", "vectorize")
+#: Main-thread steps of PredictResult.timings (they add up to the run, with "other").
+STEPS = ("read_wait", "model", "stitch", "strips_wait", "tail")
+#: Busy seconds of the strip worker and the tail's threads, overlapping the main thread.
+BACKGROUND = ("postprocess", "write", "vectorize")
 HERE = Path(__file__).resolve()
 
 
@@ -584,7 +587,7 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int |
               f"(batches stop at each row of tiles) vs {math.ceil(tiles / bs)} in full batches")
         load = e2e["wall"] - e2e["seconds"]
         tm = e2e["timings"]
-        other = e2e["seconds"] - sum(tm.values())
+        other = e2e["seconds"] - sum(tm.get(k, 0.0) for k in STEPS)
         rep = f"best of {len(walls)}: " + ", ".join(f"{w:.1f}" for w in walls) + " s" if len(walls) > 1 else "1 run"
         rep += f"; 1-min load average {e2e['load_before']:.2f} before it"
         print(f"geounet predict_raster -> vectors.gpkg + mask.tif + probabilities.tif ({rep}):")
@@ -592,8 +595,10 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int |
         print(f"  wall {e2e['wall']:.2f} s (model load {load:.2f} s), {mp / e2e['wall']:.3f} MP/s, "
               f"{km2 / e2e['wall'] * 3600:,.0f} km²/h; peak RSS {mb(e2e['peak_rss_mb'])}{gpu}; "
               f"{e2e['features']} features ({e2e['features'] / km2:,.0f}/km²)")
-        split = ", ".join(f"{k} {tm[k]:.2f} s ({tm[k] / e2e['seconds']:.1%})" for k in STEPS)
-        print(f"  split: {split}, other {other:.2f} s ({other / e2e['seconds']:.1%})")
+        split = ", ".join(f"{k} {tm.get(k, 0.0):.2f} s ({tm.get(k, 0.0) / e2e['seconds']:.1%})" for k in STEPS)
+        print(f"  main thread: {split}, other {other:.2f} s ({other / e2e['seconds']:.1%})")
+        busy = ", ".join(f"{k} {tm.get(k, 0.0):.2f} s" for k in BACKGROUND)
+        print(f"  background (overlapping the model; the tail's share included): {busy}")
 
         res: dict[str, Any] = {
             "size": [width, height], "tiles": tiles, "overlap_overhead": overhead,

@@ -47,7 +47,7 @@ from rasterio.transform import Affine, array_bounds
 from rasterio.windows import Window
 
 from geounet.errors import LabelsError, LabelsOutsideRasterError
-from geounet.raster import Scene, gdal_path, is_remote
+from geounet.raster import Scene, gdal_path, is_remote, short_error
 
 logger = logging.getLogger(__name__)
 
@@ -156,14 +156,9 @@ def read_labels(path: str | os.PathLike[str], spec: LabelSpec | None = None) -> 
     return Labels.from_frame(frame, spec, path=text)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return text or type(exc).__name__
-
-
 def _unreadable(name: str, exc: BaseException) -> LabelsError:
     return LabelsError(
-        f"{name} is not a readable vector file ({_short(exc)}); check that it is complete and in "
+        f"{name} is not a readable vector file ({short_error(exc)}); check that it is complete and in "
         "a format GDAL reads (.gpkg, .geojson, .shp, .fgb) or GeoParquet (.parquet)"
     )
 
@@ -691,7 +686,7 @@ def _as_crs(crs: CRSInput) -> pyproj.CRS:
     try:
         return pyproj.CRS.from_user_input(crs)
     except pyproj.exceptions.CRSError as exc:
-        raise LabelsError(f"unknown CRS {crs!r} ({_short(exc)}); give e.g. EPSG:32633") from exc
+        raise LabelsError(f"unknown CRS {crs!r} ({short_error(exc)}); give e.g. EPSG:32633") from exc
 
 
 def _crs_label(crs: pyproj.CRS) -> str:

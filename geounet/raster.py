@@ -147,12 +147,12 @@ def open_scene(path: str | os.PathLike[str]) -> Scene:
                 src.read(1, window=Window(src.width - 1, src.height - 1, 1, 1))
     except RasterioError as exc:
         raise RasterReadError(
-            f"{path} is not a readable raster ({_short(exc)}); check that it is a complete GeoTIFF"
+            f"{path} is not a readable raster ({short_error(exc)}); check that it is a complete GeoTIFF"
         ) from exc
     return scene
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     """The first line of an error, or of its cause when GDAL says "see previous exception"."""
     seen = 0
     while "previous exception" in str(exc) and seen < 5:
@@ -290,7 +290,7 @@ class WindowReader:
         except RasterioError as exc:
             raise RasterReadError(
                 f"{self.scene.name}: cannot read window at row {tile.row_off}, col {tile.col_off} "
-                f"({_short(exc)}); the file may be truncated or corrupt"
+                f"({short_error(exc)}); the file may be truncated or corrupt"
             ) from exc
         if self._float:
             mask &= np.isfinite(raw).all(axis=0)
@@ -378,144 +378,3 @@ class AtomicOutputs:
             self.commit()
         else:
             self.cleanup()
-
-
-class StripWriter:
-    """Writes row strips of a tiled, compressed GeoTIFF in block-aligned chunks, then a COG.
-
-    Strips may have any height; rows are buffered until a whole row of blocks is complete so
-    each compressed block is written once. On :meth:`close` the tiled file is copied into a
-    Cloud-Optimized GeoTIFF (GDAL's COG driver, with overviews) at ``path`` and removed; GDAL
-    streams both steps, so memory stays bounded.
-
-    Args:
-        path: Destination (normally a temporary path from :class:`AtomicOutputs`).
-        scene: The grid to write in.
-        count: Bands.
-        dtype: numpy dtype name (never float16: QGIS misrenders it).
-        nodata: Nodata value.
-        block: Block size in pixels.
-        descriptions: Optional band descriptions.
-        overview_resampling: How overviews are computed (``average`` for probabilities,
-            ``nearest`` for class masks).
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        scene: Scene,
-        *,
-        count: int,
-        dtype: str,
-        nodata: float | None,
-        block: int = 512,
-        descriptions: Sequence[str] | None = None,
-        overview_resampling: str = "average",
-    ) -> None:
-        self.path = Path(path)
-        self._strips = self.path.with_name(f".{self.path.stem}.strips.tif")
-        self._resampling = overview_resampling
-        self._float = np.dtype(dtype).kind == "f"
-        tiled = scene.width >= block and scene.height >= block
-        profile: dict[str, Any] = {
-            "driver": "GTiff",
-            "width": scene.width,
-            "height": scene.height,
-            "count": count,
-            "dtype": dtype,
-            "crs": scene.crs,
-            "transform": scene.transform,
-            "nodata": nodata,
-            "compress": "deflate",
-            "predictor": 3 if np.dtype(dtype).kind == "f" else 2,
-            "zlevel": 1,
-            "tiled": tiled,
-            "BIGTIFF": "IF_SAFER",
-        }
-        if tiled:
-            profile.update(blockxsize=block, blockysize=block)
-        self.block_h = block if tiled else 1
-        try:
-            self._dst = rasterio.open(self._strips, "w", **profile)
-        except RasterioError as exc:
-            raise OutputError(f"cannot create {path.name}: {_short(exc)}") from exc
-        if descriptions:
-            for i, d in enumerate(descriptions, start=1):
-                self._dst.set_band_description(i, d)
-        self.name = Path(path).name  # the destination's name (path may be a temporary)
-        self._pending: list[npt.NDArray[Any]] = []
-        self._pending_top = 0
-        self._pending_rows = 0
-        self.height = scene.height
-
-    @property
-    def dataset(self) -> Any:
-        """The open rasterio dataset (for colour tables and tags)."""
-        return self._dst
-
-    def write(self, row_off: int, array: npt.NDArray[Any]) -> None:
-        """Queue rows ``[row_off, row_off + rows)``; strips must arrive in order, without gaps."""
-        if row_off != self._pending_top + self._pending_rows:
-            raise ValueError(f"strip at row {row_off} out of order")
-        self._pending.append(array)
-        self._pending_rows += array.shape[1]
-        end = self._pending_top + self._pending_rows
-        aligned = end if end >= self.height else end // self.block_h * self.block_h
-        if aligned > self._pending_top:
-            self._write_until(aligned)
-
-    def _write_until(self, row: int) -> None:
-        data = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
-        n = row - self._pending_top
-        try:
-            self._dst.write(data[:, :n], window=Window(0, self._pending_top, data.shape[2], n))
-        except RasterioError as exc:
-            raise _write_error(self.name, exc) from exc
-        rest = data[:, n:]
-        self._pending = [rest] if rest.shape[1] else []
-        self._pending_top = row
-        self._pending_rows = rest.shape[1]
-
-    def abort(self) -> None:
-        """Close the file after a failure, ignoring errors (its temporary is deleted anyway)."""
-        if not self._dst.closed:
-            try:
-                self._dst.close()
-            except Exception:  # noqa: BLE001 - the run already failed; keep its error
-                logger.debug("closing %s after a failure", self.name, exc_info=True)
-        self._remove_strips()
-
-    def close(self) -> None:
-        """Write what is left, close the file and turn it into a COG at ``path``."""
-        from rasterio.shutil import copy as gdal_copy
-
-        try:
-            if self._pending_rows:
-                self._write_until(self._pending_top + self._pending_rows)
-            self._dst.close()
-            gdal_copy(
-                self._strips,
-                self.path,
-                driver="COG",
-                COMPRESS="DEFLATE",
-                LEVEL=1,  # fast; the probabilities and masks compress well anyway
-                PREDICTOR="FLOATING_POINT" if self._float else "STANDARD",
-                BLOCKSIZE=512,
-                OVERVIEW_RESAMPLING=self._resampling.upper(),
-                BIGTIFF="IF_SAFER",
-                NUM_THREADS="ALL_CPUS",  # compress blocks in parallel: this is a serial tail
-            )
-        except RasterioError as exc:
-            raise _write_error(self.name, exc) from exc
-        finally:
-            self._remove_strips()
-
-    def _remove_strips(self) -> None:
-        for p in (self._strips, Path(str(self._strips) + ".aux.xml")):
-            p.unlink(missing_ok=True)
-
-
-def _write_error(name: str, exc: BaseException) -> OutputError:
-    return OutputError(
-        f"writing {name} failed ({_short(exc)}); the disk may be full: free space or write elsewhere"
-    )

@@ -120,6 +120,51 @@ def area_m2(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
     return np.asarray(shapely.area(geoms), dtype=np.float64) * factor**2
 
 
+def _components(mask: npt.NDArray[np.integer]) -> tuple[npt.NDArray[np.int32], list[int]]:
+    """4-connected components of each foreground class: int32 labels (0 = none) and the class
+    of each label (label ``i`` is ``classes[i - 1]``)."""
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)) if mask.dtype == np.uint8 \
+        else np.unique(mask)
+    classes = [int(c) for c in present if c != 0 and c != MASK_NODATA]
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    label_class: list[int] = []
+    if len(classes) == 1:
+        n = ndimage.label(mask == classes[0], structure=_FOUR, output=labels)
+        return labels, [classes[0]] * int(n)
+    lab = np.empty(mask.shape, dtype=np.int32)
+    for cls in classes:
+        n = int(ndimage.label(mask == cls, structure=_FOUR, output=lab))
+        if n:
+            lab[lab > 0] += len(label_class)
+            labels += lab  # classes are disjoint: the other classes' pixels are 0 here
+            label_class.extend([cls] * n)
+    return labels, label_class
+
+
+def _polygons(
+    labels: npt.NDArray[np.int32], transform: Affine
+) -> tuple[list[int], npt.NDArray[Any]]:
+    """One polygon (with holes) per label: the labels and the shapely polygons, built in bulk."""
+    values: list[int] = []
+    coords: list[tuple[float, float]] = []
+    ring_ends: list[int] = [0]
+    geom_ends: list[int] = [0]
+    for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
+        values.append(int(value))
+        for ring in geom["coordinates"]:
+            coords.extend(ring)
+            ring_ends.append(len(coords))
+        geom_ends.append(len(ring_ends) - 1)
+    if not values:
+        return values, np.empty(0, dtype=object)
+    polygons = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON,
+        np.asarray(coords, dtype=np.float64),
+        (np.asarray(ring_ends, dtype=np.int64), np.asarray(geom_ends, dtype=np.int64)),
+    )
+    return values, polygons
+
+
 class StripVectorizer:
     """Vectorizes a class mask fed in consecutive row strips.
 
@@ -166,44 +211,30 @@ class StripVectorizer:
         if row_off != self._row:
             raise ValueError(f"strip at row {row_off}, expected {self._row}")
         rows, width = mask.shape
-        labels = np.zeros((rows, width), dtype=np.int64)
-        label_class: list[int] = []
-        count = 0
-        for cls in np.unique(mask):
-            if cls == 0 or cls == MASK_NODATA:
-                continue
-            lab, n = ndimage.label(mask == cls, structure=_FOUR)
-            if n:
-                labels[lab > 0] = lab[lab > 0] + count
-                label_class.extend([int(cls)] * n)
-                count += n
+        labels, label_class = _components(mask)
+        count = len(label_class)
+        offset = self._next_id - 1
         if count:
-            index = np.arange(1, count + 1)
-            pixels = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+            flat = labels.ravel()
+            pixels = np.bincount(flat, minlength=count + 1)[1:]
             sums = (
-                ndimage.sum_labels(score, labels, index)
+                np.bincount(flat, weights=score.ravel(), minlength=count + 1)[1:]
                 if score is not None
                 else pixels.astype(np.float64)
             )
-            offset = self._next_id - 1
             # Pixel coordinates of the whole scene: integer, hence exact at the seams.
-            local = Affine.translation(0, row_off)
-            lab32 = labels.astype(np.int32)
-            for geom, value in shapes(lab32, mask=lab32 > 0, connectivity=4, transform=local):
-                i = int(value)
+            values, geoms = _polygons(labels, Affine.translation(0, row_off))
+            for i, geom in zip(values, geoms, strict=True):
                 gid = i + offset
                 self._uf.add(gid)
                 self._pieces[gid] = (
-                    label_class[i - 1],
-                    shapely.geometry.shape(geom),
-                    float(sums[i - 1]),
-                    int(pixels[i - 1]),
+                    label_class[i - 1], geom, float(sums[i - 1]), int(pixels[i - 1])
                 )
             self._next_id += count
-            glabels = np.where(labels > 0, labels + offset, 0)
-        else:
-            glabels = labels
-        gclass = np.where(labels > 0, mask, 0).astype(np.int64)
+        # Only the first and last rows matter for joining across seams.
+        edge = labels[[0, -1]]
+        glabels = np.where(edge > 0, edge.astype(np.int64) + offset, 0)
+        gclass = np.where(edge > 0, mask[[0, -1]], 0).astype(np.int64)
 
         if self._bottom is not None and self._bottom_class is not None:
             top = glabels[0]
