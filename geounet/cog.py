@@ -32,8 +32,11 @@ from geounet.raster import Scene, short_error
 
 logger = logging.getLogger(__name__)
 
-#: Compression of the final COGs: DEFLATE reads everywhere (every GDAL, QGIS, ArcGIS, browsers).
-COMPRESS = "DEFLATE"
+#: Compression of the final COGs by kind of data. Integers (masks, uint8 probabilities): DEFLATE,
+#: which every TIFF reader knows. Floating-point probabilities: ZSTD, twice as fast as DEFLATE on
+#: them at the same size (they hardly compress: their low mantissa bits are noise), read by GDAL
+#: >= 2.3 and so by every QGIS of the last years (8192² float32: 1.4 s against 2.5 s).
+COMPRESS = {"float": "ZSTD", "int": "DEFLATE"}
 
 
 def overview_factors(width: int, height: int, block: int) -> list[int]:
@@ -163,7 +166,8 @@ class StripWriter:
 
     The full-resolution intermediate is uncompressed for floating-point data (probabilities do
     not compress, and it is read once) and DEFLATE level 1 for integers (masks shrink ~40x); the
-    COG is DEFLATE level 1 with the matching predictor, blocks compressed on every core.
+    COG is compressed as :data:`COMPRESS` says, level 1, with the matching predictor, its blocks
+    compressed on every core.
     """
 
     def __init__(
@@ -184,7 +188,11 @@ class StripWriter:
         self._float = np.dtype(dtype).kind == "f"
         self._nodata = nodata
         self._temps: list[Path] = []
+        self._block = block
         tiled = scene.width >= block and scene.height >= block
+        # Floating-point rows go out as they come, uncompressed and in row strips, so nothing
+        # waits for a whole row of blocks; integer rows are compressed in tiles (see _BlockRows).
+        full_tiled = tiled and not self._float
         profile: dict[str, Any] = {
             "driver": "GTiff",
             "width": scene.width,
@@ -201,7 +209,12 @@ class StripWriter:
             profile.update(compress="deflate", predictor=2, zlevel=1)
         if tiled:
             profile.update(blockxsize=block, blockysize=block)
-        self._full = _BlockRows(self._temp("full.tif"), profile, self.name)
+        full = dict(profile)
+        if not full_tiled:
+            full.update(tiled=False)
+            full.pop("blockxsize", None)
+            full.pop("blockysize", None)
+        self._full = _BlockRows(self._temp("full.tif"), full, self.name)
         if descriptions:
             for i, d in enumerate(descriptions, start=1):
                 self._full.dataset.set_band_description(i, d)
@@ -277,10 +290,10 @@ class StripWriter:
                 source,
                 self.path,
                 driver="COG",
-                COMPRESS=COMPRESS,
+                COMPRESS=COMPRESS["float" if self._float else "int"],
                 LEVEL=1,  # fast; masks compress well anyway and probabilities hardly at all
                 PREDICTOR="FLOATING_POINT" if self._float else "STANDARD",
-                BLOCKSIZE=self._full.block_h if self._full.block_h > 1 else 512,
+                BLOCKSIZE=self._block,
                 OVERVIEWS="FORCE_USE_EXISTING" if self._levels else "NONE",
                 OVERVIEW_RESAMPLING=self._resampling.upper(),
                 BIGTIFF="IF_SAFER",
