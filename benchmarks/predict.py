@@ -34,8 +34,8 @@ from typing import Any
 
 RESULT = "@@BENCH-RESULT "
 #: Main-thread steps of PredictResult.timings (they add up to the run, with "other").
-STEPS = ("read_wait", "model", "stitch", "strips_wait", "tail")
-#: Busy seconds of the strip worker and the tail's threads, overlapping the main thread.
+STEPS = ("read_wait", "model", "stitch", "strips", "strips_wait", "tail")
+#: Where strip handling and the tail spent their time (inline, or on the strip worker thread).
 BACKGROUND = ("postprocess", "write", "vectorize")
 HERE = Path(__file__).resolve()
 
@@ -598,7 +598,7 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int |
         split = ", ".join(f"{k} {tm.get(k, 0.0):.2f} s ({tm.get(k, 0.0) / e2e['seconds']:.1%})" for k in STEPS)
         print(f"  main thread: {split}, other {other:.2f} s ({other / e2e['seconds']:.1%})")
         busy = ", ".join(f"{k} {tm.get(k, 0.0):.2f} s" for k in BACKGROUND)
-        print(f"  background (overlapping the model; the tail's share included): {busy}")
+        print(f"  strip handling and tail, by kind of work: {busy}")
 
         res: dict[str, Any] = {
             "size": [width, height], "tiles": tiles, "overlap_overhead": overhead,
@@ -624,6 +624,11 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int |
                   + (f"  [target >= 0.9 on the CPU: {verdict(eff >= 0.9)}]" if device == "cpu" else ""))
             print(f"  (model time inside the pipeline {tm['model']:.2f} s = "
                   f"{tm['model'] / forward_all:.3f} x pure forward)")
+            share = tm["model"] / e2e["wall"]
+            print(f"model share of the end-to-end wall, same run = {tm['model']:.2f} / {e2e['wall']:.2f} = "
+                  f"{share:.3f} (the same ratio measured inside one process: unaffected by the machine "
+                  f"getting faster or slower between the two runs above)")
+            res.update(model_share=share)
             res.update(forward=fwd, forward_seconds_all_tiles=forward_all, efficiency=eff)
         if args.naive:
             nv, nwalls = best_of("naive", {**common_bs, "scene": str(scene), "out": str(out)}, args.repeat, "wall")

@@ -46,12 +46,15 @@ ProbDtype = Literal["float32", "uint8"]
 Device = Literal["auto", "cpu", "cuda"]
 #: Finished strips that may wait for the strip worker before the model waits for it.
 STRIPS_IN_FLIGHT = 2
-#: Keys of ``PredictResult.timings``. On the main thread: ``read_wait`` (waiting for the reader
-#: threads), ``model``, ``stitch``, ``strips_wait`` (waiting for the strip worker) and ``tail``
-#: (after the last tile: the last strips, COG copies, vector finish and write). Busy seconds on
-#: the strip worker and the tail's threads, overlapping the above: ``postprocess``, ``write``,
-#: ``vectorize``.
-TIMINGS = ("read_wait", "model", "stitch", "strips_wait", "tail", "postprocess", "write", "vectorize")
+#: Keys of ``PredictResult.timings``. On the main thread (they add up to the run, with opening
+#: and tiling): ``read_wait`` (waiting for the reader threads), ``model``, ``stitch``,
+#: ``strips`` (handling finished strips inline), ``strips_wait`` (waiting for the strip worker
+#: thread when it runs) and ``tail`` (after the last tile: the last strips, COG copies, vector
+#: finish and write). What strip handling and the tail spent, wherever they ran:
+#: ``postprocess``, ``write``, ``vectorize``.
+TIMINGS = (
+    "read_wait", "model", "stitch", "strips", "strips_wait", "tail", "postprocess", "write", "vectorize"
+)
 #: progress(done, total): tiles done so far out of total.
 Progress = Callable[[int, int], None]
 
@@ -355,7 +358,9 @@ class Predictor:
                     in_flight.popleft().result()  # re-raises a failure of the strip worker
                 timings["strips_wait"] += time.perf_counter() - t0
                 if not background:
+                    t0 = time.perf_counter()
                     handle_strip(strip)
+                    timings["strips"] += time.perf_counter() - t0
                     return
                 in_flight.append(post.submit(handle_strip, strip))
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from geounet.checkpoint import FORMAT_VERSION, META_KEY, create_model, load_model, read_meta, save_model
 from geounet.errors import CheckpointError
-from geounet.model import UNet, count_parameters
+from geounet.model import UNet, calibrate_batchnorm, count_parameters, fuse_batchnorm
 
 
 def test_seed_architecture_parameter_count() -> None:
@@ -121,3 +121,21 @@ def test_missing_and_corrupt(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="not a safetensors model file"):
         read_meta(bad)
+
+
+def test_fused_batchnorm_gives_the_same_logits() -> None:
+    torch.manual_seed(0)
+    net = UNet(3, 2, width=8, depth=3)
+    x = torch.randn(2, 3, 64, 64) * 2 + 1
+    calibrate_batchnorm(net, [x])  # non-trivial running statistics
+    with torch.no_grad():
+        for m in net.modules():  # and non-trivial affine parameters
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        want = net(x)
+        fused = fuse_batchnorm(net)
+        got = fused(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert count_parameters(fused) < count_parameters(UNet(3, 2, width=8, depth=3))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -242,3 +242,30 @@ def test_multiclass_mask_and_probabilities(make_raster: MakeRaster, tmp_path: Pa
         assert src.tags(1)["CLASS_1"] == "building"
     frame = gpd.read_file(tmp_path / "v.gpkg")
     assert list(frame["class"]) == ["building"]
+
+
+def test_strip_thread_gives_the_same_outputs_and_leaves_the_model_alone(make_raster: MakeRaster, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    img = ndimage.gaussian_filter(rng.normal(size=(3, 700, 900)), (0, 5, 5))
+    img = ((img - img.min()) / (img.max() - img.min()) * 255).astype(np.float32)
+    scene = make_raster("t.tif", data=img.round().astype(np.uint8))
+    net, meta = calibrated_random_unet(img[:, :512, :512].repeat(2, axis=1).repeat(2, axis=2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    outputs = {}
+    for threaded in (False, True):
+        d = tmp_path / str(threaded)
+        d.mkdir()
+        cfg = PredictConfig(tile_size=128, overlap=32, strip_thread=threaded)
+        r = predict_raster(scene, d / "v.gpkg", model=(net, meta), mask=d / "m.tif", probabilities=d / "p.tif", config=cfg)
+        with rasterio.open(d / "m.tif") as m, rasterio.open(d / "p.tif") as p:
+            outputs[threaded] = (m.read(), p.read(), r.features, gpd.read_file(d / "v.gpkg", layer="v"))
+        assert r.timings["tail"] > 0 and r.timings["vectorize"] > 0
+    (m0, p0, n0, v0), (m1, p1, n1, v1) = outputs[False], outputs[True]
+    assert 0.01 < (m0 == 1).mean() < 0.99
+    np.testing.assert_array_equal(m0, m1)
+    np.testing.assert_array_equal(p0, p1)
+    assert n0 == n1 > 3
+    assert v0.geometry.geom_equals(v1.geometry).all()
+    for k, v in net.state_dict().items():  # Predictor folded BatchNorm into a copy, not the caller's
+        assert torch.equal(v, before[k]), k
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
