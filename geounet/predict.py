@@ -433,6 +433,8 @@ class Predictor:
                 t_vec_write = 0.0
                 while in_flight:
                     in_flight.popleft().result()
+                del stitcher  # the strip buffer and the network's freed activations go back to
+                release_free_memory()  # the OS before the tail allocates its own
                 # The serial tail: the COG copies run beside the vector finish and write.
                 closing = [post.submit(_timed, w.close, timings, "write") for w in writers]
                 if vectorizer is not None and tmp_vec is not None:
@@ -481,6 +483,20 @@ class Predictor:
                 name: int(counts[i]) for i, name in enumerate(mask_names) if i > 0 and counts[i]
             },
         )
+
+
+def release_free_memory() -> None:
+    """Hand memory the C allocator holds but no longer uses back to the OS (glibc; else no-op).
+
+    glibc keeps freed blocks of large arrays in its heap for reuse; between the tile loop and the
+    tail (COG copies, vector writing) that is dead weight in the peak.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def spare_cores() -> bool:
