@@ -408,6 +408,7 @@ class Predictor:
                             submit_strip(strip)
                         next_row += 1
 
+                first_pending = 0  # index of the first tile waiting in the batch
                 for index in range(len(tiles)):
                     tile, fut = pending.popleft()
                     t0 = time.perf_counter()
@@ -415,15 +416,19 @@ class Predictor:
                     timings["read_wait"] += time.perf_counter() - t0
                     fill()
                     if valid.any():
+                        if not batch_tiles:
+                            first_pending = index
                         batch_tiles.append(tile)
                         batch_data.append(data)
                         batch_valid.append(valid)
                     else:
                         skipped += 1
-                    last_of_row = row_last[tile.row] == index
-                    if len(batch_tiles) >= batch_size or last_of_row:
+                    if len(batch_tiles) >= batch_size:
                         run_batch()
-                        flush_rows(index)
+                    # Batches run across rows of tiles (full batches on a GPU); a row of tiles is
+                    # flushed once all its tiles are blended, so the strip buffer holds the rows
+                    # one batch spans, at most.
+                    flush_rows(first_pending - 1 if batch_tiles else index)
                     done += 1
                     if progress is not None:
                         progress(done, len(tiles))
