@@ -1,7 +1,8 @@
 """geounet: segment large geospatial rasters with a U-Net.
 
 Importing the package stays light (no torch); the stages live in their own modules:
-:mod:`geounet.tiling`, :mod:`geounet.blend`, :mod:`geounet.raster`, :mod:`geounet.vectorize`,
+:mod:`geounet.tiling`, :mod:`geounet.blend`, :mod:`geounet.raster`, :mod:`geounet.cog`,
+:mod:`geounet.vectorize`,
 :mod:`geounet.model`, :mod:`geounet.checkpoint`, :mod:`geounet.predict`.
 """
 
