@@ -2,8 +2,7 @@
 
 Importing the package stays light (no torch); the stages live in their own modules:
 :mod:`geounet.tiling`, :mod:`geounet.blend`, :mod:`geounet.raster`, :mod:`geounet.cog`,
-:mod:`geounet.vectorize`,
-:mod:`geounet.model`, :mod:`geounet.checkpoint`, :mod:`geounet.predict`.
+:mod:`geounet.vectorize`, :mod:`geounet.model`, :mod:`geounet.checkpoint`, :mod:`geounet.predict`.
 """
 
 from geounet.errors import (
