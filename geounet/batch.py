@@ -26,7 +26,6 @@ assumed); the coordinating process writes the manifest as results come in.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -49,7 +48,7 @@ from urllib.parse import urlsplit
 from geounet.checkpoint import file_hash, load_model, read_meta
 from geounet.errors import GeounetError, OutputError, OutputExistsError
 from geounet.predict import PredictConfig, Predictor
-from geounet.raster import is_remote
+from geounet.raster import expand_rasters, is_remote
 from geounet.tiling import check_tile_size
 
 try:
@@ -66,7 +65,6 @@ OutputKind = Literal["vectors", "probabilities", "mask"]
 #: The manifest's file name inside the output directory.
 MANIFEST_NAME = "manifest.jsonl"
 
-_GLOB_CHARS = re.compile(r"[*?[]")
 _VSI_PREFIX = re.compile(r"^(/vsi[a-z0-9_]+(?=/))+/*")
 _UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f/\\:*?"<>|]')
 # Temporaries of geounet.raster.AtomicOutputs: ".{final name}.geounet-{hex}.tmp".
@@ -221,87 +219,6 @@ class SceneTask:
 
 # --------------------------------------------------------------------------------------------
 # Inputs and names
-
-
-def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Expand paths, globs, ``@list`` files and URLs into a list of scenes.
-
-    - ``path/scene.tif``: a local file; it must exist.
-    - ``archive/**/*.tif``: a glob (``**`` recurses); it must match at least one file.
-    - ``@scenes.txt``: a text file with one path, glob or URL per line; blank lines and lines
-      starting with ``#`` are ignored, relative paths are relative to the list file's folder.
-      Listed paths are not checked here: a missing one fails as a scene.
-    - ``https://``, ``s3://``, ``/vsicurl/...``: rasters GDAL reads over the network, kept as
-      they are (read window by window, never downloaded whole).
-
-    Local paths come back absolute; duplicates are dropped, the first occurrence keeps its place.
-
-    Args:
-        inputs: What the user gave.
-
-    Returns:
-        The scenes, in order.
-
-    Raises:
-        GeounetError: A missing path or list file, a directory, a glob that matches nothing, or
-            no scenes at all.
-    """
-    scenes: list[str] = []
-    for item in inputs:
-        text = str(item)
-        if text.startswith("@"):
-            scenes.extend(_read_list(Path(text[1:]).expanduser()))
-        else:
-            scenes.extend(_expand_one(text, base=None, source=None))
-    unique = list(dict.fromkeys(scenes))
-    if not unique:
-        raise GeounetError("no input scenes given; pass paths, globs such as 'archive/**/*.tif', URLs or @list.txt")
-    return unique
-
-
-def _read_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise GeounetError(
-            f"@{path}: no such list file; @FILE takes a text file with one path or URL per line"
-        )
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GeounetError(f"@{path}: cannot read the list file ({exc})") from exc
-    scenes: list[str] = []
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        scenes.extend(_expand_one(line, base=path.parent, source=f"{path}:{number}"))
-    if not scenes:
-        raise GeounetError(f"@{path} lists no scenes; write one path or URL per line")
-    return scenes
-
-
-def _expand_one(text: str, *, base: Path | None, source: str | None) -> list[str]:
-    if is_remote(text):
-        return [text]
-    path = os.path.expanduser(text)
-    if base is not None and not os.path.isabs(path):
-        path = os.path.join(base, path)
-    where = f" ({source})" if source else ""
-    if _GLOB_CHARS.search(path) and not os.path.exists(path):
-        matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
-        if not matches:
-            raise GeounetError(
-                f"{text}{where} matches no files; check the pattern (quote it so that the shell "
-                f"leaves it alone, and use ** to search subfolders)"
-            )
-        return [os.path.abspath(p) for p in matches]
-    if source is None:  # given on the command line: a typo should stop the batch
-        if not os.path.exists(path):
-            raise GeounetError(f"{text}: no such file; check the path")
-        if os.path.isdir(path):
-            raise GeounetError(
-                f"{text} is a directory; pass a glob such as '{text.rstrip('/')}/**/*.tif'"
-            )
-    return [os.path.abspath(path)]
 
 
 def scene_stem(scene: str) -> str:
@@ -677,7 +594,7 @@ def run_batch(
     """Predict every scene of an archive into ``out_dir``, skipping those already done.
 
     Args:
-        inputs: Paths, globs, ``@list`` files and URLs (see :func:`expand_inputs`).
+        inputs: Paths, globs, ``@list`` files and URLs (see :func:`~geounet.raster.expand_rasters`).
         out_dir: Output directory (created if missing). Per scene: ``NAME.<fmt>`` (polygons),
             ``NAME.probabilities.tif`` and ``NAME.mask.tif`` if asked for, where ``NAME`` is the
             scene's file name without suffix (plus ``-<hash of the input>`` when two inputs
@@ -715,7 +632,7 @@ def run_batch(
     if fmt == "parquet":
         _require_pyarrow()
     out_path = Path(out_dir).expanduser().resolve()
-    scenes = _drop_own_outputs(expand_inputs(inputs), out_path)
+    scenes = _drop_own_outputs(expand_rasters(inputs), out_path)
 
     model_path = Path(model).expanduser().resolve()
     meta = read_meta(model_path)
@@ -1009,7 +926,6 @@ __all__ = [
     "VectorFormat",
     "assign_names",
     "batch_params",
-    "expand_inputs",
     "output_names",
     "process_scene",
     "read_manifest",

@@ -5,13 +5,15 @@ rasterio only; no torch.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
 import shutil
 import threading
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +30,7 @@ from rasterio.windows import Window
 
 from geounet.errors import (
     BandMismatchError,
+    GeounetError,
     MissingCRSError,
     OutputError,
     OutputExistsError,
@@ -54,6 +57,103 @@ def gdal_options(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not is_remote(path):
         return {}
     return {k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ}
+
+
+#: File suffixes taken as rasters when a folder is expanded.
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+
+_GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def expand_rasters(inputs: Iterable[str | os.PathLike[str]], *, folders: bool = False) -> list[str]:
+    """Expand paths, globs, ``@list`` files and URLs into a list of scenes.
+
+    - ``path/scene.tif``: a local file; it must exist.
+    - ``archive/**/*.tif``: a glob (``**`` recurses); it must match at least one file.
+    - ``@scenes.txt``: a text file with one path, glob or URL per line; blank lines and lines
+      starting with ``#`` are ignored, relative paths are relative to the list file's folder.
+      Listed paths are not checked here: a missing one fails as a scene.
+    - ``https://``, ``s3://``, ``/vsicurl/...``: rasters GDAL reads over the network, kept as
+      they are (read window by window, never downloaded whole).
+    - ``images/``: a folder, with ``folders=True``: every raster below it
+      (:data:`RASTER_SUFFIXES`), sorted; without, an error that suggests a glob.
+
+    Local paths come back absolute; duplicates are dropped, the first occurrence keeps its place.
+
+    Args:
+        inputs: What the user gave.
+        folders: Expand folders (``train``) instead of refusing them (``batch``).
+
+    Returns:
+        The scenes, in order.
+
+    Raises:
+        GeounetError: A missing path or list file, a directory, a glob that matches nothing, or
+            no scenes at all.
+    """
+    scenes: list[str] = []
+    for item in inputs:
+        text = str(item)
+        if text.startswith("@"):
+            scenes.extend(_read_list(Path(text[1:]).expanduser(), folders))
+        else:
+            scenes.extend(_expand_one(text, base=None, source=None, folders=folders))
+    unique = list(dict.fromkeys(scenes))
+    if not unique:
+        raise GeounetError("no input scenes given; pass paths, globs such as 'archive/**/*.tif', URLs or @list.txt")
+    return unique
+
+
+def _read_list(path: Path, folders: bool) -> list[str]:
+    if not path.is_file():
+        raise GeounetError(
+            f"@{path}: no such list file; @FILE takes a text file with one path or URL per line"
+        )
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeounetError(f"@{path}: cannot read the list file ({exc})") from exc
+    scenes: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        scenes.extend(_expand_one(line, base=path.parent, source=f"{path}:{number}", folders=folders))
+    if not scenes:
+        raise GeounetError(f"@{path} lists no scenes; write one path or URL per line")
+    return scenes
+
+
+def _expand_one(text: str, *, base: Path | None, source: str | None, folders: bool) -> list[str]:
+    if is_remote(text):
+        return [text]
+    path = os.path.expanduser(text)
+    if base is not None and not os.path.isabs(path):
+        path = os.path.join(base, path)
+    where = f" ({source})" if source else ""
+    if _GLOB_CHARS.search(path) and not os.path.exists(path):
+        matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise GeounetError(
+                f"{text}{where} matches no files; check the pattern (quote it so that the shell "
+                f"leaves it alone, and use ** to search subfolders)"
+            )
+        return [os.path.abspath(p) for p in matches]
+    if folders and os.path.isdir(path):
+        found = sorted(
+            str(p) for p in Path(path).rglob("*") if p.suffix.lower() in RASTER_SUFFIXES and p.is_file()
+        )
+        if not found:
+            raise GeounetError(f"{text}{where}: no rasters ({', '.join(RASTER_SUFFIXES)}) in this folder")
+        return [os.path.abspath(p) for p in found]
+    if source is None:  # given on the command line: a typo should stop the batch
+        if not os.path.exists(path):
+            raise GeounetError(f"{text}: no such file; check the path")
+        if os.path.isdir(path):
+            raise GeounetError(
+                f"{text} is a directory; pass a glob such as '{text.rstrip('/')}/**/*.tif'"
+            )
+    return [os.path.abspath(path)]
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:

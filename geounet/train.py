@@ -16,7 +16,6 @@ gloo on CPU); each rank takes its share of every epoch's windows and only rank 0
 from __future__ import annotations
 
 import datetime as _dt
-import glob
 import json
 import logging
 import math
@@ -46,17 +45,16 @@ from geounet.dataset import (
     check_labels_hit,
     plan_epoch,
 )
-from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
+from geounet.errors import BandMismatchError, CheckpointError, OutputExistsError
 from geounet.labels import LabelSpec, check_overlap, read_labels
 from geounet.predict import resolve_device
-from geounet.raster import AtomicOutputs, open_scene, resolve_bands
+from geounet.raster import AtomicOutputs, expand_rasters, open_scene, resolve_bands
 from geounet.tiling import check_tile_size
 
 logger = logging.getLogger(__name__)
 
 Schedule = Literal["onecycle", "cosine"]
 RESUME_KEY = "geounet_resume"
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
 
 @dataclass
@@ -139,27 +137,6 @@ class TrainResult:
 #: progress(done, total) within an epoch; on_epoch(record) after each epoch.
 Progress = Callable[[int, int], None]
 EpochCallback = Callable[[dict[str, Any]], None]
-
-
-def expand_images(patterns: Sequence[str]) -> list[str]:
-    """Paths from paths, globs (``**`` allowed) and folders, sorted and without duplicates.
-
-    Raises:
-        GeounetError: When a pattern matches nothing.
-    """
-    out: list[str] = []
-    for pat in patterns:
-        p = Path(pat)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in RASTER_SUFFIXES)
-        elif any(ch in pat for ch in "*?["):
-            found = sorted(glob.glob(pat, recursive=True))
-        else:
-            found = [pat]
-        if not found:
-            raise GeounetError(f"no images match {pat!r}; check the path or glob")
-        out.extend(f for f in found if f not in out)
-    return out
 
 
 def lr_at(step: int, total: int, base: float, schedule: Schedule) -> float:
@@ -354,8 +331,8 @@ def train_model(
     n_out = 1 if binary else len(class_names) + 1
     mask_names = ["background", *class_names]
 
-    train_paths = expand_images(cfg.images)
-    val_paths = expand_images(cfg.val_images) if cfg.val_images else []
+    train_paths = expand_rasters(cfg.images, folders=True)
+    val_paths = expand_rasters(cfg.val_images, folders=True) if cfg.val_images else []
     paths = train_paths + [p for p in val_paths if p not in train_paths]
     expected_bands = init_meta.bands if init_meta else None
     entries: list[ImageEntry] = []

@@ -28,7 +28,6 @@ from geounet.batch import (
     SceneRecord,
     VectorFormat,
     assign_names,
-    expand_inputs,
     read_manifest,
     run_batch,
     scene_stem,
@@ -37,6 +36,7 @@ from geounet.checkpoint import save_model
 from geounet.cli.batch import FORMATS
 from geounet.cli.main import cli
 from geounet.errors import CheckpointError, GeounetError, OutputError, OutputExistsError
+from geounet.raster import expand_rasters
 from geounet.predict import PredictConfig
 from geounet.synthetic import make_scene
 
@@ -107,7 +107,7 @@ def test_expand_inputs_paths_globs_lists_and_urls(tmp_path: Path) -> None:
         "# archive\n\n../b/three.tif\n  https://example.com/cog.tif?sig=1  \n"
         f"{tmp_path}/a/one.tif\n../a/**/*.tif\n"
     )
-    got = expand_inputs([str(tmp_path / "a/**/*.tif"), f"@{listing}", "/vsicurl/http://h/x.tif"])
+    got = expand_rasters([str(tmp_path / "a/**/*.tif"), f"@{listing}", "/vsicurl/http://h/x.tif"])
     assert got == [
         str(tmp_path / "a/deep/two.tif"),
         str(tmp_path / "a/one.tif"),
@@ -115,6 +115,13 @@ def test_expand_inputs_paths_globs_lists_and_urls(tmp_path: Path) -> None:
         "https://example.com/cog.tif?sig=1",
         "/vsicurl/http://h/x.tif",
     ]
+    # Folders (as train takes them): every raster below, sorted; other files ignored.
+    assert expand_rasters([tmp_path / "a", tmp_path / "b/three.tif"], folders=True) == [
+        str(tmp_path / "a/deep/two.tif"), str(tmp_path / "a/one.tif"), str(tmp_path / "b/three.tif"),
+    ]
+    (tmp_path / "c").mkdir()
+    with pytest.raises(GeounetError, match="no rasters"):
+        expand_rasters([tmp_path / "c"], folders=True)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +137,7 @@ def test_expand_inputs_paths_globs_lists_and_urls(tmp_path: Path) -> None:
 def test_expand_inputs_errors(tmp_path: Path, arg: str, message: str) -> None:
     (tmp_path / "empty.txt").write_text("# nothing here\n\n")
     with pytest.raises(GeounetError, match=re.escape(message)):
-        expand_inputs([arg.format(tmp=tmp_path)])
+        expand_rasters([arg.format(tmp=tmp_path)])
 
 
 def test_names_are_unique_and_stable() -> None:
