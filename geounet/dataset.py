@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from geounet.errors import GeounetError, LabelsOutsideRasterError
 from geounet.labels import Labels, RasterLabels
-from geounet.raster import Scene, gdal_path
+from geounet.raster import Scene, gdal_path, read_window
 
 logger = logging.getLogger(__name__)
 
@@ -357,17 +357,11 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         h = min(ts, e.scene.height - s.row)
         w = min(ts, e.scene.width - s.col)
         window = Window(s.col, s.row, w, h)
-        src = self._src(s.image)
-        raw = src.read(list(e.bands), window=window).astype(np.float32)
-        valid = (
-            src.dataset_mask(window=window) > 0 if e.scene.has_mask else np.ones((h, w), bool)
-        )
-        valid &= np.isfinite(raw).all(axis=0)
+        raw, valid = read_window(self._src(s.image), e.scene, e.bands, window)
         target_small = e.labels.rasterize(window)
         img = np.zeros((len(e.bands), ts, ts), dtype=np.float32)
         target = np.full((ts, ts), IGNORE_INDEX, dtype=np.uint8)
-        norm = (np.nan_to_num(raw) - self.mean) / self.std
-        img[:, :h, :w] = norm * valid
+        img[:, :h, :w] = (raw - self.mean) / self.std * valid
         target[:h, :w] = np.where(valid, target_small, IGNORE_INDEX)
         return img, target
 

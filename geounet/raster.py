@@ -339,6 +339,35 @@ def resolve_bands(scene: Scene, bands: Sequence[int] | None, expected: int) -> t
     return chosen
 
 
+def read_window(
+    src: Any, scene: Scene, bands: Sequence[int], window: Window
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Read a window of an open scene: float32 values and where they are valid.
+
+    Valid = the dataset mask (nodata, alpha band or internal mask) and, for float data, finite
+    in every band. Invalid pixels are 0 in the values.
+
+    Raises:
+        RasterReadError: When GDAL fails to read (corrupt or truncated data).
+    """
+    try:
+        raw = src.read(list(bands), window=window, out_dtype=np.float32)
+        if scene.has_mask:
+            valid = src.dataset_mask(window=window) > 0
+        else:
+            valid = np.ones(raw.shape[1:], dtype=bool)
+    except RasterioError as exc:
+        raise RasterReadError(
+            f"{scene.name}: cannot read window at row {int(window.row_off)}, col "
+            f"{int(window.col_off)} ({short_error(exc)}); the file may be truncated or corrupt"
+        ) from exc
+    if np.dtype(scene.dtype).kind == "f":
+        valid &= np.isfinite(raw).all(axis=0)
+        np.nan_to_num(raw, copy=False)
+    raw *= valid
+    return raw, valid
+
+
 class WindowReader:
     """Reads tiles from one scene, thread-safely (one dataset handle per thread).
 
@@ -355,7 +384,6 @@ class WindowReader:
         self._local = threading.local()
         self._handles: list[Any] = []
         self._lock = threading.Lock()
-        self._float = np.dtype(scene.dtype).kind == "f"
 
     def _src(self) -> Any:
         src = getattr(self._local, "src", None)
@@ -376,28 +404,12 @@ class WindowReader:
         Raises:
             RasterReadError: When GDAL fails to read (corrupt or truncated data).
         """
-        src = self._src()
         ts = self.tile_size
+        raw, mask = read_window(self._src(), self.scene, self.bands, tile.window)
         data = np.zeros((len(self.bands), ts, ts), dtype=np.float32)
         valid = np.zeros((ts, ts), dtype=bool)
-        h, w = tile.height, tile.width
-        try:
-            raw = src.read(self.bands, window=tile.window)
-            if self.scene.has_mask:
-                mask = src.dataset_mask(window=tile.window) > 0
-            else:
-                mask = np.ones((h, w), dtype=bool)
-        except RasterioError as exc:
-            raise RasterReadError(
-                f"{self.scene.name}: cannot read window at row {tile.row_off}, col {tile.col_off} "
-                f"({short_error(exc)}); the file may be truncated or corrupt"
-            ) from exc
-        if self._float:
-            mask &= np.isfinite(raw).all(axis=0)
-        data[:, :h, :w] = raw
-        data[:, :h, :w] *= mask
-        np.nan_to_num(data, copy=False)
-        valid[:h, :w] = mask
+        data[:, : tile.height, : tile.width] = raw
+        valid[: tile.height, : tile.width] = mask
         return data, valid
 
     def close(self) -> None:
