@@ -622,6 +622,12 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int |
                   + (f"  [target >= 0.9 on the CPU: {verdict(eff >= 0.9)}]" if device == "cpu" else ""))
             print(f"  (model time inside the pipeline {tm['model']:.2f} s = "
                   f"{tm['model'] / forward_all:.3f} x pure forward)")
+            imports = tm.get("imports", 0.0)
+            if imports > 0:
+                eff_scene = forward_all / (e2e["wall"] - imports)
+                print(f"  per scene of a batch (pandas/pyogrio, {imports:.2f} s, load once per process): "
+                      f"{forward_all:.2f} / {e2e['wall'] - imports:.2f} = {eff_scene:.3f}")
+                res.update(efficiency_per_batch_scene=eff_scene)
             share = tm["model"] / e2e["wall"]
             print(f"model share of the end-to-end wall, same run = {tm['model']:.2f} / {e2e['wall']:.2f} = "
                   f"{share:.3f} (the same ratio measured inside one process: unaffected by the machine "

@@ -141,14 +141,21 @@ class Stitcher:
         if tile.row_off < self.top:
             raise ValueError(f"tile at row {tile.row_off} is above flushed row {self.top}")
         w = self._weight(tile)
-        if valid is not None:
+        if valid is not None and not valid.all():
             w = w * valid
         r0 = tile.row_off - self.top
         r1 = r0 + tile.height
         self._reserve(r1)
         cols = slice(tile.col_off, tile.col_end)
-        self._acc[:, r0:r1, cols] += logits * w
+        acc = self._acc[:, r0:r1, cols]
+        for c in range(self.channels):  # one temporary of one channel, not of all
+            acc[c] += logits[c] * w
         self._wsum[r0:r1, cols] += w
+
+    def release(self) -> None:
+        """Free the buffer (after the last flush); adding again starts from an empty one."""
+        self._acc = np.zeros((self.channels, 0, self.width), dtype=np.float32)
+        self._wsum = np.zeros((0, self.width), dtype=np.float32)
 
     def flush(self, until_row: int) -> Strip | None:
         """Finish and release rows ``[top, until_row)``: no later tile may touch them.

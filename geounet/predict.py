@@ -38,7 +38,13 @@ from geounet.raster import (
 )
 from geounet.tiling import Tile, check_tile_size, tile_windows
 from geounet.style import mask_qml, probability_qml, vector_qml, write_category_names, write_sidecar_qml
-from geounet.vectorize import MASK_NODATA, StripVectorizer, vector_driver, write_vectors
+from geounet.vectorize import (
+    MASK_NODATA,
+    StripVectorizer,
+    import_vector_libraries,
+    vector_driver,
+    write_vectors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +56,12 @@ STRIPS_IN_FLIGHT = 2
 #: and tiling): ``read_wait`` (waiting for the reader threads), ``model``, ``stitch``,
 #: ``strips`` (handling finished strips inline), ``strips_wait`` (waiting for the strip worker
 #: thread when it runs) and ``tail`` (after the last tile: the last strips, COG copies, vector
-#: finish and write). What strip handling and the tail spent, wherever they ran:
-#: ``postprocess``, ``write``, ``vectorize``.
+#: finish and write; of which ``imports``: loading pandas/pyogrio for the vector file, once per
+#: process). What strip handling and the tail spent, wherever they ran: ``postprocess``,
+#: ``write``, ``vectorize``.
 TIMINGS = (
-    "read_wait", "model", "stitch", "strips", "strips_wait", "tail", "postprocess", "write", "vectorize"
+    "read_wait", "model", "stitch", "strips", "strips_wait", "tail", "imports", "postprocess",
+    "write", "vectorize",
 )
 #: progress(done, total): tiles done so far out of total.
 Progress = Callable[[int, int], None]
@@ -438,11 +446,12 @@ class Predictor:
                 t_vec_write = 0.0
                 while in_flight:
                     in_flight.popleft().result()
-                del stitcher  # the strip buffer and the network's freed activations go back to
-                release_free_memory()  # the OS before the tail allocates its own
+                stitcher.release()  # the strip buffer and the network's freed activations go
+                release_free_memory()  # back to the OS before the tail allocates its own
                 # The serial tail: the COG copies run beside the vector finish and write.
                 closing = [post.submit(_timed, w.close, timings, "write") for w in writers]
                 if vectorizer is not None and tmp_vec is not None:
+                    timings["imports"] = import_vector_libraries()
                     t0 = time.perf_counter()
                     frame = vectorizer.finish()
                     timings["vectorize"] += time.perf_counter() - t0
