@@ -190,9 +190,6 @@ class StripWriter:
         self._temps: list[Path] = []
         self._block = block
         tiled = scene.width >= block and scene.height >= block
-        # Floating-point rows go out as they come, uncompressed and in row strips, so nothing
-        # waits for a whole row of blocks; integer rows are compressed in tiles (see _BlockRows).
-        full_tiled = tiled and not self._float
         profile: dict[str, Any] = {
             "driver": "GTiff",
             "width": scene.width,
@@ -202,18 +199,13 @@ class StripWriter:
             "crs": scene.crs,
             "transform": scene.transform,
             "nodata": nodata,
-            "tiled": tiled,
             "BIGTIFF": "IF_SAFER",
         }
         if not self._float:
             profile.update(compress="deflate", predictor=2, zlevel=1)
-        if tiled:
-            profile.update(blockxsize=block, blockysize=block)
-        full = dict(profile)
-        if not full_tiled:
-            full.update(tiled=False)
-            full.pop("blockxsize", None)
-            full.pop("blockysize", None)
+        # Floating-point rows go out as they come, uncompressed and in row strips, so nothing
+        # waits for a whole row of blocks; integer rows are compressed in tiles (see _BlockRows).
+        full = _layout(profile, tiled=tiled and not self._float, block=block)
         self._full = _BlockRows(self._temp("full.tif"), full, self.name)
         if descriptions:
             for i, d in enumerate(descriptions, start=1):
@@ -222,15 +214,12 @@ class StripWriter:
         try:
             for factor in overview_factors(scene.width, scene.height, block) if tiled else []:
                 w, h = -(-scene.width // factor), -(-scene.height // factor)
-                level_profile = dict(
+                level = dict(
                     profile, width=w, height=h,
                     transform=scene.transform * Affine.scale(scene.width / w, scene.height / h),
-                    tiled=min(w, h) >= block,
                 )
-                if not level_profile["tiled"]:
-                    level_profile.pop("blockxsize", None)
-                    level_profile.pop("blockysize", None)
-                self._levels.append(_BlockRows(self._temp(f"ovr{factor}.tif"), level_profile, self.name))
+                level = _layout(level, tiled=min(w, h) >= block, block=block)
+                self._levels.append(_BlockRows(self._temp(f"ovr{factor}.tif"), level, self.name))
         except BaseException:
             self.abort()
             raise
@@ -308,6 +297,14 @@ class StripWriter:
         for p in self._temps:
             p.unlink(missing_ok=True)
             Path(f"{p}.aux.xml").unlink(missing_ok=True)
+
+
+def _layout(profile: dict[str, Any], *, tiled: bool, block: int) -> dict[str, Any]:
+    """The profile laid out in ``block`` x ``block`` tiles, or in row strips."""
+    out = dict(profile, tiled=tiled)
+    if tiled:
+        out.update(blockxsize=block, blockysize=block)
+    return out
 
 
 def _add_overviews(vrt: Path, levels: Sequence[Path]) -> None:
