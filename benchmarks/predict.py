@@ -100,7 +100,9 @@ def child_e2e(p: dict[str, Any]) -> dict[str, Any]:
     out = Path(p["out"])
     out.mkdir(parents=True, exist_ok=True)
     paths = {"mask": out / "mask.tif", "probabilities": out / "probabilities.tif"}
-    extra = {"compile": True} if p.get("compile") else {}
+    extra: dict[str, Any] = {"compile": True} if p.get("compile") else {}
+    if p.get("strip_thread") is not None:
+        extra["strip_thread"] = p["strip_thread"]
     t0 = time.perf_counter()
     if p.get("batch"):
         batch = int(p["batch"])
@@ -561,7 +563,7 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int |
     sizes = args.size or [(2048, 2048)]
     ts, ov = args.tile_size, args.overlap
     common = {"model": str(model), "device": device, "tile": ts, "overlap": ov, "batch": batch,
-              "threads": args.threads, "compile": args.compile}
+              "threads": args.threads, "compile": args.compile, "strip_thread": args.strip_thread}
     base = run_child("load", common)
     print(f"start-up baseline (imports + model on {device}): peak RSS {mb(base['peak_rss_mb'])}\n")
     results = []
@@ -779,6 +781,8 @@ def main() -> None:
                     help="default: geounet's own (Predictor.batch_size_for: 1 on the CPU, "
                          "from free GPU memory on CUDA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network (PredictConfig.compile)")
+    ap.add_argument("--strip-thread", dest="strip_thread", action=argparse.BooleanOptionalAction, default=None,
+                    help="strips on the worker thread or inline (PredictConfig.strip_thread; default: geounet's choice)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")
     ap.add_argument("--model", default=None, help="a real model file (default: a calibrated seeded U-Net)")

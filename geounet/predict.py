@@ -351,8 +351,8 @@ class Predictor:
             # Finished strips are post-processed, written and vectorized on one background thread
             # (in order) while the model runs, when there is a core for it: on CUDA, or when
             # PyTorch leaves a core free. On a CPU whose cores all run the network the thread
-            # would only slow it (measured on 2 cores: each forward 2-3.7x slower while the
-            # thread works), so strips are handled inline. At most STRIPS_IN_FLIGHT wait.
+            # would only slow it (benchmarks/contention.py, 2 cores: each forward 4-7x slower
+            # while the thread works), so strips are handled inline. At most STRIPS_IN_FLIGHT wait.
             post = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-strips")
             background = cfg.strip_thread
             if background is None:
