@@ -292,7 +292,8 @@ def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: boo
     """The parameters that shape a scene's outputs (a change redoes the scene).
 
     Device, batch size, reader threads and ``overwrite`` are left out: they change how fast, not
-    what (up to floating-point rounding).
+    what (up to floating-point rounding). ``tta`` is recorded only when on, so that manifests
+    written before it existed still match runs without it; turning it on or off redoes a scene.
     """
     params: dict[str, Any] = {
         "format": fmt,
@@ -308,6 +309,8 @@ def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: boo
     }
     if probabilities:
         params["prob_dtype"] = config.prob_dtype
+    if config.tta:
+        params["tta"] = True
     # Round-trip through JSON so that values compare equal to those read from the manifest.
     normal: dict[str, Any] = json.loads(json.dumps(params))
     return normal

@@ -204,6 +204,28 @@ def test_resume_skips_done_and_redoes_changed(tmp_path: Path, model_file: Path) 
     assert {r.params["threshold"] for r in last.values()} == {0.7}
 
 
+def test_tta_is_a_parameter_turning_it_on_or_off_redoes_scenes(tmp_path: Path, model_file: Path) -> None:
+    make_scenes(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = ("batch", str(tmp_path / "in" / "*.tif"), "-o", str(out), "-m", str(model_file), "--mask", "--tile-size", "96")
+
+    r = invoke(*args)
+    assert r.exit_code == 0, r.stderr
+    assert all("tta" not in rec["params"] for rec in records(out))  # manifests from before --tta still match
+    plain = {name: read_mask(out / f"{name}.mask.tif") for name in ("scene0", "scene1")}
+    r = invoke(*args, "--tta")
+    assert r.exit_code == 0, r.stderr
+    assert "2 done, 0 skipped" in r.stderr
+    last = read_manifest(out / MANIFEST_NAME)
+    assert [rec.params["tta"] for rec in last.values()] == [True, True]
+    for name, mask in plain.items():  # the roof model is D4-equivariant: TTA gives the same masks
+        np.testing.assert_array_equal(read_mask(out / f"{name}.mask.tif"), mask)
+        assert (mask == 1).any()
+    assert "0 done, 2 skipped" in invoke(*args, "--tta").stderr
+    assert "2 done, 0 skipped" in invoke(*args).stderr  # and off again
+    assert all("tta" not in rec.params for rec in read_manifest(out / MANIFEST_NAME).values())
+
+
 def test_failed_scenes_are_recorded_and_the_batch_goes_on(tmp_path: Path, model_file: Path) -> None:
     good = make_scenes(tmp_path / "in", 2)
     truncated = tmp_path / "in" / "truncated.tif"

@@ -17,6 +17,14 @@ device_opt = click.option(
 )
 
 
+tta_opt = click.option(
+    "--tta",
+    is_flag=True,
+    help="Test-time augmentation: average the logits over the 8 rotations and mirrors of each "
+    "tile (8x the network time).",
+)
+
+
 class BandList(click.ParamType):
     """A comma-separated list of 1-based band indexes, e.g. ``4,3,2``."""
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progress
+from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progress, tta_opt
 
 
 @click.command()
@@ -18,6 +18,7 @@ from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progre
 @click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 1 on CPU, from free memory on CUDA].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster on long GPU runs).")
 @device_opt
+@tta_opt
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
 @click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path), help="Also write class probabilities (GeoTIFF).")
 @click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
@@ -28,7 +29,7 @@ from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progre
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
 @overwrite_opt
 @click.pass_context
-def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, device: str, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, device: str, tta: bool, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment SCENE and write polygons in its CRS.
 
     \b
@@ -41,7 +42,7 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, 
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
         threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_,  # type: ignore[arg-type]
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, tta=tta,  # type: ignore[arg-type]
     )
     update, close = tile_progress(ctx, Path(scene).name)
     try:
