@@ -20,7 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from geounet.errors import CheckpointError
+from geounet import normalize
+from geounet.errors import CheckpointError, GeounetError
 from geounet.model import ARCHITECTURES, UNet
 
 #: Version of the metadata layout; files from a newer version are refused.
@@ -50,6 +51,8 @@ class ModelMeta:
         overlap: Default overlap in pixels.
         gsd: Ground sample distance in metres the model was trained at (None if unknown).
         provenance: Free-form training record (data, epochs, metrics, time).
+        normalization: How raw values are stretched before ``mean``/``std`` (see
+            :mod:`geounet.normalize`); empty: ``mean``/``std`` are in raw units.
         format_version: Layout version of this metadata.
     """
 
@@ -65,6 +68,7 @@ class ModelMeta:
     overlap: int = 64
     gsd: float | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    normalization: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -135,6 +139,10 @@ class ModelMeta:
         n_out = args.get("classes", 0)
         if (n_out == 1 and len(self.classes) != 1) or (n_out > 1 and len(self.classes) != n_out):
             raise CheckpointError(f"{source}: {len(self.classes)} class names for {n_out} outputs")
+        try:
+            normalize.check(self.normalization, self.bands, source)
+        except GeounetError as exc:
+            raise CheckpointError(str(exc)) from exc
 
 
 def default_normalization(dtype: str, bands: int) -> tuple[list[float], list[float]]:

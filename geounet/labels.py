@@ -19,19 +19,33 @@ The pipeline, for training a segmentation model:
 5. :meth:`RasterLabels.rasterize` burns the features near one window (found with an STRtree) into
    a uint8 class-id array.
 
-geopandas/shapely/pyproj/rasterio.features only; no torch.
+Labels may also be mask rasters (:class:`MaskLabels`): one band of class ids, 0 background,
+1..N classes, the nodata value (and :data:`IGNORE_VALUE`, 255) meaning "ignore". An image's mask
+is the one named like it (``masks/x.tif`` for ``images/x.tif``), else the first that overlaps it;
+:class:`RasterMaskLabels` reads it window by window in the image's grid (reprojected with nearest
+resampling when the grids differ), with the same interface as :class:`RasterLabels`. Pixels that
+no mask reaches are ignored, not background.
+
+:func:`read_label_sources` takes any mix of vector files, masks, globs and folders and gives a
+:class:`LabelSet`, whose :meth:`LabelSet.for_scene` unites the vector files' features and burns
+them over the image's mask, if any.
+
+geopandas/shapely/pyproj/rasterio/scipy.ndimage only; no torch.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
+import re
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import geopandas as gpd
 import numpy as np
@@ -39,15 +53,20 @@ import numpy.typing as npt
 import pandas as pd
 import pyogrio
 import pyproj
+import rasterio
 import rasterio.windows
 import shapely
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.features import rasterize as _burn
 from rasterio.transform import Affine, array_bounds
+from rasterio.warp import reproject
 from rasterio.windows import Window
+from scipy import ndimage
 
 from geounet.errors import LabelsError, LabelsOutsideRasterError
-from geounet.raster import Scene, gdal_path, is_remote, short_error
+from geounet.raster import RASTER_SUFFIXES, Scene, gdal_path, is_remote, short_error
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +84,30 @@ BINARY_CLASS_NAME = "foreground"
 
 #: Suffixes read with ``geopandas.read_parquet`` instead of GDAL.
 PARQUET_SUFFIXES = (".parquet", ".geoparquet")
+
+#: Mask value of pixels excluded from training (mask nodata, outside every mask); equals
+#: ``geounet.dataset.IGNORE_INDEX``.
+IGNORE_VALUE = 255
+
+#: Suffixes taken as vector label files by :func:`expand_label_sources`.
+VECTOR_SUFFIXES = (
+    ".gpkg",
+    ".geojson",
+    ".json",
+    ".shp",
+    ".fgb",
+    *PARQUET_SUFFIXES,
+    ".kml",
+    ".gml",
+    ".sqlite",
+)
+
+#: Suffixes taken as mask rasters by :func:`expand_label_sources`.
+MASK_SUFFIXES = (*RASTER_SUFFIXES, ".png")
+
+_KNOWN_SUFFIXES = (*VECTOR_SUFFIXES, *MASK_SUFFIXES)
+_FOLDER_SUFFIXES = tuple(s for s in _KNOWN_SUFFIXES if s != ".json")  # .json: often not labels
+_LABEL_GLOB_CHARS = re.compile(r"[*?[]")
 
 _MULTI_TYPE_IDS = (4, 5, 6, 7)  # MultiPoint, MultiLineString, MultiPolygon, GeometryCollection
 _QUAD_SEGS = 8  # segments per quarter circle of the buffers: 0.5 % area error, 4x fewer vertices
@@ -584,6 +627,15 @@ class RasterLabels:
         out = np.zeros((rows, cols), dtype=np.uint8)
         if self.empty or rows <= 0 or cols <= 0:
             return out
+        self._burn_features(out, window)
+        self._fill_outside(out, window, 0)  # pixels whose centre lies outside the raster: padding
+        return out
+
+    def _burn_features(self, out: npt.NDArray[np.uint8], window: Window) -> None:
+        """Burn the features near ``window`` into ``out`` (its grid starts at the window)."""
+        if len(self._geoms) == 0:
+            return
+        rows, cols = out.shape
         win_transform = rasterio.windows.transform(window, self.transform)
         west, south, east, north = array_bounds(rows, cols, win_transform)
         hits = self._tree.query(shapely.box(west, south, east, north))
@@ -598,12 +650,14 @@ class RasterLabels:
             if keep.any():
                 pairs = zip(geoms[keep], self.class_ids[hits][keep].tolist(), strict=True)
                 _burn(pairs, out=out, transform=win_transform, all_touched=False)
-        # Pixels whose centre lies outside the raster are padding.
+
+    def _fill_outside(self, out: npt.NDArray[np.uint8], window: Window, value: int) -> None:
+        """Set the pixels of ``out`` whose centre lies outside the raster to ``value``."""
+        rows, cols = out.shape
         r = window.row_off + np.arange(rows) + 0.5
         c = window.col_off + np.arange(cols) + 0.5
-        out[(r < 0) | (r > self.height), :] = 0
-        out[:, (c < 0) | (c > self.width)] = 0
-        return out
+        out[(r < 0) | (r > self.height), :] = value
+        out[:, (c < 0) | (c > self.width)] = value
 
     def centroids_px(self) -> npt.NDArray[np.float64]:
         """Pixel coordinates of a point inside each feature, for sampling windows on labels.
@@ -677,6 +731,951 @@ def check_overlap(
         f"{labels.name} does not overlap any image: {where}; {first_name} covers "
         f"{_fmt_bounds(first_bounds)}{more}; check that the labels belong to these images"
     )
+
+
+# --- mask rasters ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MaskFile:
+    """One mask raster: a single band of class ids, and its grid.
+
+    Attributes:
+        path: The path as found (absolute for local files).
+        name: The file name, for messages.
+        crs: The mask's CRS; None when it is not georeferenced (it can then only be matched by
+            file name to an image of the same size, whose grid it takes).
+        transform: Pixel-to-map transform (identity when not georeferenced).
+        width: Columns.
+        height: Rows.
+        nodata: The nodata value (ignored pixels), if any.
+        dtype: Data type of the band.
+    """
+
+    path: str
+    name: str
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    nodata: float | None
+    dtype: str
+
+    @property
+    def stem(self) -> str:
+        """The file name without its suffix, matched against image names (``x.tif`` -> ``x``)."""
+        return Path(self.name).stem
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the mask's CRS units."""
+        return _grid_bounds(self.transform, self.width, self.height)
+
+
+def open_mask(path: str | os.PathLike[str]) -> MaskFile:
+    """Describe a mask raster (reads no pixels).
+
+    Args:
+        path: A raster GDAL reads with one band of class ids (GeoTIFF, VRT, PNG, ...).
+
+    Returns:
+        The mask's facts.
+
+    Raises:
+        LabelsError: Missing, unreadable, not one band, complex-valued or rotated.
+    """
+    text = os.fspath(path)
+    name = Path(text).name or text
+    if not is_remote(text) and not Path(text).is_file():
+        raise LabelsError(f"{text}: no such mask file; check the labels path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(gdal_path(text)) as src:
+                count, dtype = src.count, src.dtypes[0]
+                crs, transform, nodata = src.crs, src.transform, src.nodata
+                width, height = src.width, src.height
+    except RasterioError as exc:
+        raise LabelsError(
+            f"{name} is not a readable raster ({short_error(exc)}); check that the mask is complete"
+        ) from exc
+    if count != 1:
+        raise LabelsError(
+            f"{name} has {count} bands but a mask raster has one band of class ids; is it an "
+            "image? give the masks' folder or files as labels, not the images'"
+        )
+    if np.dtype(dtype).kind not in "uif":
+        raise LabelsError(f"{name} is {dtype}; a mask holds integer class ids (e.g. uint8)")
+    georeferenced = crs is not None and not transform.is_identity
+    if georeferenced and (transform.b != 0 or transform.d != 0):
+        raise LabelsError(
+            f"{name} has a rotated geotransform; make it north-up first: "
+            f"gdalwarp -r near {name} north_up.tif"
+        )
+    return MaskFile(
+        path=text,
+        name=name,
+        crs=crs if georeferenced else None,
+        transform=transform if georeferenced else Affine.identity(),
+        width=width,
+        height=height,
+        nodata=nodata,
+        dtype=dtype,
+    )
+
+
+class MaskLabels:
+    """Labels given as mask rasters whose pixel values are class ids.
+
+    A mask holds 0 for background, 1..N for the classes, and an ignore value (its nodata value,
+    and :data:`IGNORE_VALUE` or the ``ignore_value`` given) for pixels excluded from training.
+    Masks are matched to images by :meth:`match`; :meth:`for_scene` gives an image's labels,
+    read window by window in the image's grid (reprojected with nearest resampling when the
+    grids differ). Thread-safe.
+
+    Args:
+        paths: Mask rasters (see :func:`open_mask`), in priority order.
+        spec: Only ``spec.classes`` is used: the names of values 1..N.
+        ignore_value: Mask value meaning "ignore" besides the nodata value.
+        class_names: Names to use when ``spec.classes`` is not given (e.g. those of vector
+            labels trained together with the masks); values above their count are an error.
+        names_from: Where ``class_names`` come from, for messages.
+
+    Attributes:
+        files: The masks.
+        class_names: Names of values 1..N: ``spec.classes``, else ``class_names``, else the
+            binary default for a 0/1 mask, else ``class1..classN`` for the largest value N found
+            in a decimated read of every mask.
+        ignore_value: As given.
+
+    Raises:
+        LabelsError: No masks, an unreadable mask, a negative, fractional or too large class id,
+            or an ignore value that is also a class id.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        spec: LabelSpec | None = None,
+        *,
+        ignore_value: int = IGNORE_VALUE,
+        class_names: Sequence[str] | None = None,
+        names_from: str = "",
+    ) -> None:
+        spec = spec if spec is not None else LabelSpec()
+        if not paths:
+            raise LabelsError("no mask rasters given; give mask files, a folder or a glob")
+        if isinstance(ignore_value, bool) or not isinstance(ignore_value, int | np.integer):
+            raise LabelsError(f"ignore_value must be an integer, got {ignore_value!r}")
+        self.spec = spec
+        self.ignore_value = int(ignore_value)
+        self.files = [open_mask(p) for p in dict.fromkeys(os.fspath(p) for p in paths)]
+        self._by_stem: dict[str, list[int]] = {}
+        for i, f in enumerate(self.files):
+            self._by_stem.setdefault(f.stem, []).append(i)
+        if spec.classes is not None:
+            names, source = list(spec.classes), "LabelSpec.classes"
+        elif class_names:
+            names, source = list(class_names), names_from or "the other labels"
+        else:
+            names, source = [], ""
+        top, top_file = 0, self.files[0]
+        for f in self.files:
+            values = _scan_mask_values(f, self.ignore_value)
+            if values.size and int(values[-1]) > top:
+                top, top_file = int(values[-1]), f
+        if top > MAX_CLASSES:
+            raise LabelsError(
+                f"{top_file.name} holds class id {top}; at most {MAX_CLASSES} classes fit a uint8 "
+                "mask (0 is background, 255 is ignore)"
+            )
+        if not names:
+            names = [BINARY_CLASS_NAME] if top <= 1 else [f"class{i}" for i in range(1, top + 1)]
+        elif top > len(names):
+            raise LabelsError(
+                f"{top_file.name} holds class id {top}, but {source} names {len(names)} "
+                f"class(es) ({', '.join(names[:_MAX_LISTED])}); a mask holds 0 (background), "
+                f"1..{len(names)} and {self.ignore_value} (ignore): list every class "
+                "(LabelSpec.classes, --classes) or fix the mask"
+            )
+        if 0 <= self.ignore_value <= len(names):
+            raise LabelsError(
+                f"ignore value {self.ignore_value} is also a class id (0 background, "
+                f"1..{len(names)} classes); pick another, e.g. {IGNORE_VALUE}"
+            )
+        self.class_names = names
+        self._boxes: dict[str, npt.NDArray[np.float64]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def binary(self) -> bool:
+        """Whether there is one foreground class."""
+        return len(self.class_names) == 1
+
+    @property
+    def paths(self) -> list[str]:
+        """The masks' paths, in priority order."""
+        return [f.path for f in self.files]
+
+    def __len__(self) -> int:
+        """Number of masks."""
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return f"MaskLabels({len(self)} masks, classes={self.class_names})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def boxes(self, crs: CRSInput) -> npt.NDArray[np.float64]:
+        """Bounds of every mask in another CRS (cached per CRS).
+
+        Args:
+            crs: The target CRS.
+
+        Returns:
+            float64 (n, 4) left, bottom, right, top; NaN for a mask that is not georeferenced or
+            cannot be reprojected to ``crs``.
+        """
+        dst = _as_crs(crs)
+        key = dst.to_wkt()
+        with self._lock:
+            hit = self._boxes.get(key)
+            if hit is None:
+                hit = np.full((len(self.files), 4), np.nan)
+                for i, f in enumerate(self.files):
+                    if f.crs is not None:
+                        hit[i] = _reproject_bounds(f.bounds, _as_crs(f.crs), dst)
+                self._boxes[key] = hit
+            return hit
+
+    def match(self, scene: Scene) -> MaskFile | None:
+        """The mask of one image.
+
+        The first mask whose file stem equals the image's (``masks/x.tif`` for ``images/x.tif``)
+        and that overlaps it, or, when it is not georeferenced, has the image's size (it then
+        takes the image's grid); else the first georeferenced mask that overlaps the image by
+        at least half a pixel each way.
+
+        Args:
+            scene: The image.
+
+        Returns:
+            The mask, or None when no mask belongs to the image.
+
+        Raises:
+            LabelsError: A mask matched by name that is not georeferenced and has another size.
+        """
+        boxes = self.boxes(scene.crs)
+        left, bottom, right, top = scene.bounds
+        px, py = scene.res
+        w = np.minimum(boxes[:, 2], right) - np.maximum(boxes[:, 0], left)
+        h = np.minimum(boxes[:, 3], top) - np.maximum(boxes[:, 1], bottom)
+        overlaps = (w > px / 2) & (h > py / 2)  # NaN compares False
+        itself = _same_file(scene.path)
+        for i in self._by_stem.get(Path(scene.name).stem, []):
+            f = self.files[i]
+            if _same_file(f.path) == itself:
+                continue
+            if f.crs is None:
+                if (f.width, f.height) != (scene.width, scene.height):
+                    raise LabelsError(
+                        f"{f.name} is not georeferenced and is {f.width}x{f.height} px but "
+                        f"{scene.name} is {scene.width}x{scene.height}; a mask without a CRS "
+                        "must have its image's size (or georeference it)"
+                    )
+                return f
+            if overlaps[i]:
+                return f
+            logger.warning(
+                "%s has the name of %s but does not overlap it; looking for a mask that does",
+                f.name,
+                scene.name,
+            )
+        hits = np.flatnonzero(overlaps)
+        return self.files[int(hits[0])] if hits.size else None
+
+    def for_scene(self, scene: Scene, *, overlay: RasterLabels | None = None) -> RasterMaskLabels:
+        """The labels of one image: its mask (see :meth:`match`), in the image's grid.
+
+        Args:
+            scene: The image.
+            overlay: Vector features of the image, burnt over the mask.
+
+        Returns:
+            The image's labels; ``.empty`` when no mask belongs to it (and ``overlay`` is empty).
+        """
+        return RasterMaskLabels(
+            self.match(scene),
+            crs=scene.crs,
+            transform=scene.transform,
+            width=scene.width,
+            height=scene.height,
+            name=scene.name,
+            class_names=self.class_names,
+            ignore_value=self.ignore_value,
+            overlay=overlay,
+        )
+
+
+class RasterMaskLabels(RasterLabels):
+    """The labels of one raster from a mask, read window by window in the raster's grid.
+
+    A pixel is the mask's class id (0 background, 1..N), or :data:`IGNORE_VALUE` where the mask
+    is nodata, holds the ignore value, or does not reach. Vector features (``overlay``) are
+    burnt over the mask: a feature's pixels take its class id wherever the mask says otherwise.
+
+    When the mask's grid is the raster's (same CRS and pixel size, whole-pixel offset) windows
+    are read directly; otherwise they are reprojected with nearest resampling, one window at a
+    time (the mask is never read whole). The file is opened per read, so the object pickles
+    and works in DataLoader worker processes.
+
+    Args:
+        mask: The raster's mask; None for no mask (every pixel ignored, but the overlay's).
+        crs: The raster's CRS.
+        transform: The raster's pixel-to-map transform.
+        width: Raster columns.
+        height: Raster rows.
+        name: The raster's name, for messages.
+        class_names: Foreground class names in class-id order.
+        ignore_value: Mask value meaning "ignore" besides the mask's nodata value.
+        overlay: Vector features of the raster, burnt over the mask.
+
+    Attributes:
+        mask: As given.
+    """
+
+    #: Largest decimated read (pixels) for finding labelled components.
+    max_scan_pixels = 1024 * 1024
+    #: Largest number of points :meth:`centroids_px` returns for the mask.
+    max_centroids = 10_000
+
+    def __init__(
+        self,
+        mask: MaskFile | None,
+        *,
+        crs: CRSInput,
+        transform: Affine,
+        width: int,
+        height: int,
+        name: str = "",
+        class_names: Sequence[str] = (BINARY_CLASS_NAME,),
+        ignore_value: int = IGNORE_VALUE,
+        overlay: RasterLabels | None = None,
+    ) -> None:
+        if overlay is None:
+            super().__init__(
+                gpd.GeoSeries([], crs=_as_crs(crs)),
+                np.zeros(0, dtype=np.int64),
+                transform=transform,
+                width=width,
+                height=height,
+                name=name,
+                class_names=class_names,
+            )
+        else:
+            super().__init__(
+                overlay.geometries,
+                overlay.class_ids,
+                transform=transform,
+                width=width,
+                height=height,
+                name=name,
+                class_names=class_names,
+                source_ids=overlay.source_ids,
+                polygonal=overlay.polygonal,
+            )
+        self.mask = mask
+        self.ignore_value = ignore_value
+        self._raster_crs = _as_crs(crs)
+        # A mask without a CRS was matched by name and size: it is in the raster's grid.
+        self._mask_crs = _as_crs(mask.crs) if mask is not None and mask.crs is not None else None
+        self._mask_centroids: npt.NDArray[np.float64] | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Whether no mask overlaps the raster and no feature touches it."""
+        return self.mask is None and len(self._geoms) == 0
+
+    def __len__(self) -> int:
+        """Labelled connected components of the mask (from a decimated read) plus features."""
+        return len(self._mask_points()) + len(self._geoms)
+
+    def __repr__(self) -> str:
+        mask = self.mask.name if self.mask is not None else None
+        return f"RasterMaskLabels({self.name!r}, mask={mask!r}, {len(self._geoms)} features)"
+
+    def rasterize(
+        self, window: Window, *, out_shape: tuple[int, int] | None = None
+    ) -> npt.NDArray[np.uint8]:
+        """The class ids of a window: the mask's, with the overlay's features burnt over them.
+
+        Args:
+            window: Pixel window of the raster, at whole-pixel offsets; it may overhang.
+            out_shape: (rows, cols) of the result; default the window's size (a larger shape
+                continues the window's grid, like :meth:`RasterLabels.rasterize`).
+
+        Returns:
+            uint8 (rows, cols): 0 background, 1..N classes, :data:`IGNORE_VALUE` where the mask
+            is nodata or the ignore value, where no mask reaches, and outside the raster.
+
+        Raises:
+            LabelsError: A mask value that is not 0, a class id or an ignore value.
+        """
+        rows, cols = (
+            out_shape if out_shape is not None else (round(window.height), round(window.width))
+        )
+        out = np.full((max(rows, 0), max(cols, 0)), IGNORE_VALUE, dtype=np.uint8)
+        if rows <= 0 or cols <= 0:
+            return out
+        row_off, col_off = round(window.row_off), round(window.col_off)
+        r0, r1 = max(0, -row_off), min(rows, self.height - row_off)
+        c0, c1 = max(0, -col_off), min(cols, self.width - col_off)
+        if self.mask is not None and r1 > r0 and c1 > c0:
+            part = self.transform * Affine.translation(col_off + c0, row_off + r0)
+            out[r0:r1, c0:c1] = self._read_mask(part, r1 - r0, c1 - c0)
+        if len(self._geoms):
+            self._burn_features(out, Window(col_off, row_off, cols, rows))
+            self._fill_outside(out, Window(col_off, row_off, cols, rows), IGNORE_VALUE)
+        return out
+
+    def centroids_px(self) -> npt.NDArray[np.float64]:
+        """Points inside labelled parts, for sampling windows on labels.
+
+        For the mask, one point per connected component of each class (8-connected) in a
+        decimated read of at most :attr:`max_scan_pixels`, the component's most interior pixel,
+        at most :attr:`max_centroids` of them (evenly thinned); then one per overlay feature.
+
+        Returns:
+            float64 (n, 2): row, col (fractional pixel coordinates, row 0.5 = centre of row 0).
+        """
+        return np.concatenate([self._mask_points(), super().centroids_px()]).reshape(-1, 2)
+
+    def _mask_points(self) -> npt.NDArray[np.float64]:
+        if self._mask_centroids is None:
+            self._mask_centroids = np.zeros((0, 2))
+            if self.mask is not None:
+                self._mask_centroids = self._scan_components()
+        return self._mask_centroids.copy()
+
+    def _scan_components(self) -> npt.NDArray[np.float64]:
+        k = max(1, math.ceil(math.sqrt(self.width * self.height / self.max_scan_pixels)))
+        rows, cols = math.ceil(self.height / k), math.ceil(self.width / k)
+        sy, sx = self.height / rows, self.width / cols
+        small = self._read_mask(self.transform * Affine.scale(sx, sy), rows, cols)
+        points = []
+        for value in np.unique(small):
+            if value == 0 or value == IGNORE_VALUE:
+                continue
+            inside = small == value
+            comps, n = ndimage.label(inside, structure=np.ones((3, 3), dtype=bool))
+            depth = ndimage.distance_transform_cdt(np.pad(inside, 1))[1:-1, 1:-1]
+            at = ndimage.maximum_position(depth, comps, np.arange(1, n + 1))
+            points.append(np.asarray(at, dtype=np.float64).reshape(-1, 2))
+        if not points:
+            return np.zeros((0, 2))
+        rc = np.concatenate(points)
+        if len(rc) > self.max_centroids:
+            rc = rc[np.linspace(0, len(rc) - 1, self.max_centroids).round().astype(int)]
+        return np.column_stack([(rc[:, 0] + 0.5) * sy, (rc[:, 1] + 0.5) * sx])
+
+    def _read_mask(self, transform: Affine, rows: int, cols: int) -> npt.NDArray[np.uint8]:
+        """The mask's class ids on a grid of the raster's CRS (ignore where it does not reach)."""
+        mask = self.mask
+        if mask is None:
+            return np.full((rows, cols), IGNORE_VALUE, dtype=np.uint8)
+        mask_crs = self._mask_crs or self._raster_crs
+        mask_transform = mask.transform if self._mask_crs is not None else self.transform
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(gdal_path(mask.path)) as src:
+                    offset = _grid_offset(mask_crs, mask_transform, self._raster_crs, transform)
+                    if offset is not None:
+                        return self._read_aligned(src, mask, offset, rows, cols)
+                    dst = np.full((rows, cols), np.nan)
+                    reproject(
+                        rasterio.band(src, 1),
+                        dst,
+                        src_transform=mask_transform,
+                        src_crs=CRS.from_wkt(mask_crs.to_wkt()),
+                        src_nodata=mask.nodata,
+                        dst_transform=transform,
+                        dst_crs=CRS.from_wkt(self._raster_crs.to_wkt()),
+                        dst_nodata=np.nan,
+                        resampling=Resampling.nearest,
+                        init_dest_nodata=True,
+                    )
+        except RasterioError as exc:
+            raise LabelsError(
+                f"cannot read mask {mask.name} for {self.name} ({short_error(exc)}); "
+                "check that the mask is complete"
+            ) from exc
+        return _mask_classes(dst, mask, self.ignore_value, self.class_names)
+
+    def _read_aligned(
+        self, src: Any, mask: MaskFile, offset: tuple[int, int], rows: int, cols: int
+    ) -> npt.NDArray[np.uint8]:
+        out = np.full((rows, cols), IGNORE_VALUE, dtype=np.uint8)
+        r_off, c_off = offset
+        r0, r1 = max(r_off, 0), min(r_off + rows, mask.height)
+        c0, c1 = max(c_off, 0), min(c_off + cols, mask.width)
+        if r1 > r0 and c1 > c0:
+            raw = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+            out[r0 - r_off : r1 - r_off, c0 - c_off : c1 - c_off] = _mask_classes(
+                raw, mask, self.ignore_value, self.class_names
+            )
+        return out
+
+
+def _same_file(path: str) -> str:
+    return path if is_remote(path) else os.path.realpath(path)
+
+
+def _grid_offset(
+    src_crs: pyproj.CRS, src: Affine, dst_crs: pyproj.CRS, dst: Affine
+) -> tuple[int, int] | None:
+    """(row, col) of the destination grid's pixel (0, 0) in the source grid, when the grids share
+    the CRS and pixel size and are offset by whole pixels; else None (reproject)."""
+    if src.b or src.d or dst.b or dst.d or not src_crs.equals(dst_crs, ignore_axis_order=True):
+        return None
+    if not (math.isclose(src.a, dst.a, rel_tol=1e-9) and math.isclose(src.e, dst.e, rel_tol=1e-9)):
+        return None
+    col = (dst.c - src.c) / src.a
+    row = (dst.f - src.f) / src.e
+    if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
+        return None
+    return round(row), round(col)
+
+
+def _mask_valid(
+    raw: npt.NDArray[Any], nodata: float | None, ignore_value: int
+) -> npt.NDArray[np.bool_]:
+    """Pixels that hold a class id: not NaN, not nodata, not the ignore value."""
+    valid: npt.NDArray[np.bool_] = np.asarray(raw != ignore_value, dtype=bool)
+    if raw.dtype.kind == "f":
+        valid &= ~np.isnan(raw)
+    if nodata is not None and not math.isnan(nodata):
+        valid &= raw != nodata
+    return valid
+
+
+def _bad_mask_value(name: str, value: float, n: int, ignore_value: int) -> LabelsError:
+    shown = int(value) if float(value).is_integer() else value
+    return LabelsError(
+        f"{name} holds value {shown}, which is not a class id: a mask holds 0 (background), "
+        f"1..{n} (the {n} class(es)) and {ignore_value} or its nodata value (ignore); list every "
+        "class (LabelSpec.classes, --classes) or fix the mask"
+    )
+
+
+def _mask_classes(
+    raw: npt.NDArray[Any], mask: MaskFile, ignore_value: int, class_names: Sequence[str]
+) -> npt.NDArray[np.uint8]:
+    """Raw mask values -> uint8 class ids, :data:`IGNORE_VALUE` where ignored."""
+    valid = _mask_valid(raw, mask.nodata, ignore_value)
+    values = raw[valid]
+    out = np.full(raw.shape, IGNORE_VALUE, dtype=np.uint8)
+    if values.size:
+        n = len(class_names)
+        bad = (values < 0) | (values > n)
+        if raw.dtype.kind == "f":
+            bad |= values != np.floor(values)
+        if bad.any():
+            raise _bad_mask_value(mask.name, float(values[bad][0]), n, ignore_value)
+        out[valid] = values.astype(np.uint8)
+    return out
+
+
+def _scan_mask_values(mask: MaskFile, ignore_value: int) -> npt.NDArray[np.int64]:
+    """The distinct class ids of a decimated read (at most 512 x 512 pixels), ascending."""
+    k = max(1, math.ceil(math.sqrt(mask.width * mask.height / (512 * 512))))
+    shape = (max(1, mask.height // k), max(1, mask.width // k))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(gdal_path(mask.path)) as src:
+                raw = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    except RasterioError as exc:
+        raise LabelsError(
+            f"cannot read mask {mask.name} ({short_error(exc)}); check that it is complete"
+        ) from exc
+    values = np.unique(raw[_mask_valid(raw, mask.nodata, ignore_value)])
+    bad = (values < 0) | (values != np.floor(values))
+    if bad.any():
+        raise _bad_mask_value(mask.name, float(values[bad][0]), MAX_CLASSES, ignore_value)
+    return values.astype(np.int64)
+
+
+def _reproject_bounds(
+    bounds: tuple[float, float, float, float], src: pyproj.CRS, dst: pyproj.CRS
+) -> tuple[float, float, float, float]:
+    """Bounds in another CRS (densified edges); NaNs when they cannot be reprojected."""
+    if src.equals(dst, ignore_axis_order=True):
+        return bounds
+    try:
+        transformer = pyproj.Transformer.from_crs(src, dst, always_xy=True)
+        out = transformer.transform_bounds(*bounds, densify_pts=21)
+    except pyproj.exceptions.ProjError:
+        return (math.nan, math.nan, math.nan, math.nan)
+    if not np.isfinite(out).all():
+        return (math.nan, math.nan, math.nan, math.nan)
+    return (float(out[0]), float(out[1]), float(out[2]), float(out[3]))
+
+
+# --- several label sources ------------------------------------------------------------------
+
+
+def _label_kind(path: str) -> Literal["vector", "mask"]:
+    """Whether a file holds vector labels or a mask raster: by suffix, else by opening it."""
+    suffix = Path(path).suffix.lower()
+    if suffix in VECTOR_SUFFIXES:
+        return "vector"
+    if suffix in MASK_SUFFIXES:
+        return "mask"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if len(pyogrio.list_layers(gdal_path(path))):
+                return "vector"
+        except (RuntimeError, OSError, ValueError):  # pyogrio's errors are RuntimeErrors
+            pass
+        try:
+            with rasterio.open(gdal_path(path)):
+                return "mask"
+        except RasterioError:
+            pass
+    name = Path(path).name or path
+    raise LabelsError(
+        f"{name} is neither a vector file nor a raster GDAL reads; give vector labels "
+        "(.gpkg, .geojson, .shp, .fgb, .parquet) or mask rasters (.tif)"
+    )
+
+
+def expand_label_sources(
+    sources: Sequence[str | os.PathLike[str]],
+) -> tuple[list[str], list[str]]:
+    """Expand label sources into vector files and mask rasters.
+
+    - ``buildings.gpkg``, ``masks/x.tif``: a file (or URL); a suffix in :data:`VECTOR_SUFFIXES`
+      makes it vector labels, one in :data:`MASK_SUFFIXES` a mask, any other is opened to tell.
+    - ``labels/*.geojson``, ``masks/**/*.tif``: a glob (``**`` recurses); it must match at least
+      one file with one of those suffixes.
+    - ``masks/``: a folder: every vector file (``.json`` excepted) and raster below it, sorted.
+
+    Local paths come back absolute; duplicates are dropped, the first keeps its place.
+
+    Args:
+        sources: What the user gave.
+
+    Returns:
+        (vector files, mask rasters), each in the given order.
+
+    Raises:
+        LabelsError: A missing path, a glob or folder without label files, or a file that is
+            neither vector nor raster.
+    """
+    vectors: list[str] = []
+    masks: list[str] = []
+    for item in sources:
+        text = os.fspath(item)
+        if is_remote(text):
+            found = [text]
+        else:
+            path = os.path.expanduser(text)
+            if _LABEL_GLOB_CHARS.search(path) and not os.path.exists(path):
+                found = [
+                    os.path.abspath(p)
+                    for p in sorted(glob.glob(path, recursive=True))
+                    if os.path.isfile(p) and Path(p).suffix.lower() in _KNOWN_SUFFIXES
+                ]
+                if not found:
+                    raise LabelsError(
+                        f"{text} matches no label files ({', '.join(_KNOWN_SUFFIXES)}); check "
+                        "the pattern (quote it, and use ** to search subfolders)"
+                    )
+            elif os.path.isdir(path):
+                found = sorted(
+                    os.path.abspath(p)
+                    for p in Path(path).rglob("*")
+                    if p.suffix.lower() in _FOLDER_SUFFIXES and p.is_file()
+                )
+                if not found:
+                    raise LabelsError(
+                        f"{text}: no vector files or rasters ({', '.join(_FOLDER_SUFFIXES)}) "
+                        "in this folder"
+                    )
+            elif os.path.exists(path):
+                found = [os.path.abspath(path)]
+            else:
+                raise LabelsError(f"{text}: no such file or folder; check the labels path")
+        for p in found:
+            (vectors if _label_kind(p) == "vector" else masks).append(p)
+    return list(dict.fromkeys(vectors)), list(dict.fromkeys(masks))
+
+
+def read_label_sources(
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    spec: LabelSpec | None = None,
+    *,
+    ignore_value: int = IGNORE_VALUE,
+) -> LabelSet:
+    """Read labels from any mix of vector files, mask rasters, globs and folders.
+
+    Each vector file is read with :func:`read_labels` (in its own CRS); masks are described
+    with :class:`MaskLabels`. See :func:`expand_label_sources` for what a source may be.
+
+    Args:
+        sources: One source or several.
+        spec: Class field, class names and buffer sizes; default a binary task.
+        ignore_value: Mask value meaning "ignore" besides each mask's nodata value.
+
+    Returns:
+        The labels, ready for :meth:`LabelSet.for_scene`.
+
+    Raises:
+        LabelsError: No sources, a bad source (see :func:`read_labels`, :class:`MaskLabels`),
+            or sources whose classes differ (the message names the file).
+    """
+    spec = spec if spec is not None else LabelSpec()
+    items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    if not items:
+        raise LabelsError("no labels given; pass vector files, mask rasters, globs or folders")
+    vector_paths, mask_paths = expand_label_sources(items)
+    vectors = [read_labels(p, spec) for p in vector_paths]
+    for v in vectors[1:]:
+        if v.class_names != vectors[0].class_names:
+            raise LabelsError(
+                f"{v.name} has classes {v.class_names} but {vectors[0].name} has "
+                f"{vectors[0].class_names}; list the classes (LabelSpec.classes, --classes) so "
+                "that every label file uses the same"
+            )
+    masks = None
+    if mask_paths:
+        masks = MaskLabels(
+            mask_paths,
+            spec,
+            ignore_value=ignore_value,
+            class_names=vectors[0].class_names if vectors else None,
+            names_from=vectors[0].name if vectors else "",
+        )
+    return LabelSet(vectors, masks, sources=[os.fspath(s) for s in items])
+
+
+class LabelSet:
+    """Labels from several sources: vector files and mask rasters, for many images.
+
+    Per image (:meth:`for_scene`): with vector files only, the union of their features (the
+    rest is background, as with one file). When a mask belongs to the image (see
+    :meth:`MaskLabels.match`), the mask is the base (ignore where it is nodata or does not
+    reach) and the vector features are burnt over it, since drawn features are usually the more
+    deliberate labels. An image without a mask gets the vector semantics (background around the
+    features) when there are vector files, and is all ignored when there are only masks.
+
+    Build with :func:`read_label_sources`.
+
+    Args:
+        vectors: Vector labels, each in its own CRS, with the same class names.
+        masks: Mask labels with the same class names, or None.
+        sources: The sources as given, for provenance and messages.
+
+    Attributes:
+        vectors: As given.
+        masks: As given.
+        sources: As given.
+        class_names: Foreground class names in class-id order (id 1 first).
+
+    Raises:
+        LabelsError: No vectors and no masks, or class names that differ.
+    """
+
+    def __init__(
+        self,
+        vectors: Sequence[Labels],
+        masks: MaskLabels | None = None,
+        *,
+        sources: Sequence[str] = (),
+    ) -> None:
+        self.vectors = list(vectors)
+        self.masks = masks
+        self.sources = list(sources) or self.paths
+        if self.vectors:
+            self.class_names = list(self.vectors[0].class_names)
+        elif masks is not None:
+            self.class_names = list(masks.class_names)
+        else:
+            raise LabelsError("no labels given; pass vector files, mask rasters, globs or folders")
+        for v in self.vectors:
+            if v.class_names != self.class_names:
+                raise LabelsError(
+                    f"{v.name} has classes {v.class_names} but the other labels have "
+                    f"{self.class_names}; give every source the same classes"
+                )
+        if masks is not None and masks.class_names != self.class_names:
+            raise LabelsError(
+                f"the masks ({masks.files[0].name}, ...) have classes {masks.class_names} but the "
+                f"vector labels have {self.class_names}; give every source the same classes"
+            )
+
+    @property
+    def binary(self) -> bool:
+        """Whether there is one foreground class (a one-channel, sigmoid model)."""
+        return len(self.class_names) == 1
+
+    @property
+    def paths(self) -> list[str]:
+        """Every label file: the vector files, then the masks."""
+        return [v.path for v in self.vectors] + (self.masks.paths if self.masks else [])
+
+    @property
+    def path(self) -> str:
+        """The sources as one string, for messages."""
+        shown = ", ".join(self.sources[:3])
+        return shown + (f" (+{len(self.sources) - 3} more)" if len(self.sources) > 3 else "")
+
+    def describe(self) -> str:
+        """One short line for logs, e.g. ``3 vector files (965 features), 56 masks``."""
+        parts = []
+        if self.vectors:
+            n = sum(len(v) for v in self.vectors)
+            files = "file" if len(self.vectors) == 1 else "files"
+            parts.append(f"{len(self.vectors)} vector {files} ({n} features)")
+        if self.masks is not None:
+            parts.append(f"{len(self.masks)} mask{'s' if len(self.masks) != 1 else ''}")
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"LabelSet({self.describe()}, classes={self.class_names})"
+
+    def for_scene(self, scene: Scene) -> RasterLabels:
+        """The labels of one image, with the interface of :class:`RasterLabels`.
+
+        Args:
+            scene: The image.
+
+        Returns:
+            A :class:`RasterLabels` (vector files only, or no mask for this image) or a
+            :class:`RasterMaskLabels`; ``.empty`` when no source touches the image.
+        """
+        overlay = self._vectors_for(scene)
+        mask = self.masks.match(scene) if self.masks is not None else None
+        if overlay is not None and mask is None:
+            return overlay
+        return RasterMaskLabels(
+            mask,
+            crs=scene.crs,
+            transform=scene.transform,
+            width=scene.width,
+            height=scene.height,
+            name=scene.name,
+            class_names=self.class_names,
+            ignore_value=self.masks.ignore_value if self.masks is not None else IGNORE_VALUE,
+            overlay=overlay,
+        )
+
+    def _vectors_for(self, scene: Scene) -> RasterLabels | None:
+        """The union of the vector files' features for one image (None without vector files)."""
+        if not self.vectors:
+            return None
+        per_file = [v.for_scene(scene) for v in self.vectors]
+        if len(per_file) == 1:
+            return per_file[0]
+        offsets = np.cumsum([0] + [len(v._feature_class) for v in self.vectors[:-1]])
+        geoms = [np.asarray(r.geometries.array, dtype=object) for r in per_file]
+        return RasterLabels(
+            gpd.GeoSeries(np.concatenate(geoms), crs=_as_crs(scene.crs)),
+            np.concatenate([r.class_ids for r in per_file]),
+            transform=scene.transform,
+            width=scene.width,
+            height=scene.height,
+            name=scene.name,
+            class_names=self.class_names,
+            source_ids=np.concatenate(
+                [r.source_ids + off for r, off in zip(per_file, offsets, strict=True)]
+            ),
+            polygonal=np.concatenate([r.polygonal for r in per_file]),
+        )
+
+    def check(self, scenes: Sequence[Scene]) -> list[str]:
+        """Check that some source overlaps at least one image.
+
+        Args:
+            scenes: The images.
+
+        Returns:
+            The names of the images that some source overlaps (vector features after
+            buffering, or a matched mask), in the given order.
+
+        Raises:
+            LabelsOutsideRasterError: No source overlaps any image; the message gives where the
+                labels are (in the first image's CRS) and where that image is.
+            LabelsError: ``scenes`` is empty.
+        """
+        if not scenes:
+            raise LabelsError(f"no images to check {self.path} against; give at least one image")
+        rasters = [(s.name, s.crs, s.bounds) for s in scenes]
+        found: set[str] = set()
+        errors: list[LabelsOutsideRasterError] = []
+        for v in self.vectors:
+            try:
+                found.update(check_overlap(v, rasters))
+            except LabelsOutsideRasterError as exc:
+                errors.append(exc)
+        if self.masks is not None:
+            found.update(s.name for s in scenes if self.masks.match(s) is not None)
+        if not found:
+            if len(self.vectors) == 1 and self.masks is None:
+                raise errors[0]
+            raise self._outside_error(scenes)
+        names = [s.name for s in scenes if s.name in found]
+        if not self.vectors and len(names) < len(scenes):
+            missing = [s.name for s in scenes if s.name not in found]
+            logger.warning(
+                "%d of %d images have no mask, so none of their pixels is trained on: %s%s",
+                len(missing),
+                len(scenes),
+                ", ".join(missing[:5]),
+                " ..." if len(missing) > 5 else "",
+            )
+        return names
+
+    def _outside_error(self, scenes: Sequence[Scene]) -> LabelsOutsideRasterError:
+        first = scenes[0]
+        dst = _as_crs(first.crs)
+        where = []
+        for v in self.vectors[:3]:
+            b = v._project(dst).bounds
+            where.append(
+                f"{v.name} covers {_fmt_bounds(b)}" if b else f"{v.name} cannot be reprojected"
+            )
+        if len(self.vectors) > 3:
+            where.append(f"{len(self.vectors) - 3} more vector files")
+        if self.masks is not None:
+            boxes = self.masks.boxes(dst)
+            ok = np.isfinite(boxes).all(axis=1)
+            if ok.any():
+                b = (
+                    boxes[ok, 0].min(),
+                    boxes[ok, 1].min(),
+                    boxes[ok, 2].max(),
+                    boxes[ok, 3].max(),
+                )
+                where.append(f"the masks cover {_fmt_bounds(b)}")
+            else:
+                where.append("no mask is georeferenced or named after an image")
+        more = f" ({len(scenes) - 1} more images not shown)" if len(scenes) > 1 else ""
+        return LabelsOutsideRasterError(
+            f"none of the labels ({self.describe()}) overlaps any image: {', '.join(where)} in "
+            f"{_crs_label(dst)}; {first.name} covers {_fmt_bounds(first.bounds)}{more}; check "
+            "that the labels belong to these images (masks are matched by file name, else by "
+            "location)"
+        )
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -902,10 +1901,20 @@ def _class_ids(
 
 __all__ = [
     "BINARY_CLASS_NAME",
+    "IGNORE_VALUE",
+    "MASK_SUFFIXES",
     "MAX_CLASSES",
+    "VECTOR_SUFFIXES",
+    "LabelSet",
     "LabelSpec",
     "Labels",
+    "MaskFile",
+    "MaskLabels",
     "RasterLabels",
+    "RasterMaskLabels",
     "check_overlap",
+    "expand_label_sources",
+    "open_mask",
+    "read_label_sources",
     "read_labels",
 ]

@@ -147,3 +147,32 @@ def fuse_batchnorm(model: UNet) -> UNet:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (AVX512-BF16 or AMX through oneDNN).
+
+    Without it PyTorch emulates bf16 and autocast is several times slower than float32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: float32).
+
+    ``auto`` is bf16 on CUDA and on CPUs with native bf16, float32 elsewhere; ``bf16`` forces
+    it, ``fp32`` turns it off.
+
+    Raises:
+        ValueError: An unknown precision.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda" or cpu_supports_bf16():
+        return torch.bfloat16
+    return None

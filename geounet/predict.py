@@ -23,6 +23,7 @@ import numpy.typing as npt
 import rasterio
 import torch
 
+from geounet import normalize
 from geounet.blend import Stitcher, Strip
 from geounet.checkpoint import ModelMeta, load_model
 from geounet.cog import StripWriter
@@ -189,12 +190,22 @@ class Predictor:
         # BatchNorm folded into the convolutions: one pass and one activation less per conv.
         # channels_last suits both cuDNN and oneDNN: on this project's CPUs it is 1.7x faster.
         self.net = fuse_batchnorm(net).to(self.device).eval().to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(self.meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(self.meta.std, dtype=torch.float32).view(1, -1, 1, 1)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if compile:
             self.net = torch.compile(self.net)  # type: ignore[assignment]
+
+    def array_scaling(
+        self, batch: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """``(offset, scale)`` for arrays without a scene: the model's fixed scaling, or the
+        stretch of the arrays' own valid pixels for a model that stretches each scene."""
+        norm = self.meta.normalization
+        if norm.get("mode") != "scene":
+            return normalize.fixed_scaling(norm, self.meta.mean, self.meta.std)
+        values = np.moveaxis(batch, 1, 0)[:, valid]
+        lo, hi = normalize.stretch_bounds(values, float(norm["low"]), float(norm["high"]))
+        return normalize.affine(lo, hi, self.meta.mean, self.meta.std)
 
     def batch_size_for(self, tile_size: int) -> int:
         """A batch size that fits: 1 on the CPU; on CUDA, from a probe of one tile's memory.
@@ -228,6 +239,7 @@ class Predictor:
         *,
         tta: bool = False,
         max_batch: int | None = None,
+        scaling: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
     ) -> npt.NDArray[np.float32]:
         """Logits for raw tiles.
 
@@ -243,11 +255,19 @@ class Predictor:
                 ``max(1, max_batch // N)``, one variant of the N tiles at a time when N is
                 already ``max_batch``. Without ``tta`` the N tiles make one pass, as given.
 
+            scaling: Per-band ``(offset, scale)`` of the scene the tiles come from (see
+                :func:`geounet.normalize.scene_scaling`; :meth:`run` passes it). None: the
+                model's fixed scaling, or for a model that stretches each scene, the stretch of
+                these tiles' own valid pixels.
+
         Returns:
             float32 (N, outputs, H, W) logits on the CPU.
         """
         x = torch.from_numpy(batch)
-        x = (x - self.mean) / self.std
+        if scaling is None:
+            scaling = self.array_scaling(batch, valid)
+        offset, scale = (torch.from_numpy(np.asarray(v, np.float32)).view(1, -1, 1, 1) for v in scaling)
+        x = (x - offset) / scale
         x = x * torch.from_numpy(valid).unsqueeze(1)
         if tta:
             return self._forward_tta(x, max_batch)
@@ -376,6 +396,9 @@ class Predictor:
             )
             stitcher = Stitcher(scene.height, scene.width, n_out, overlap)
             reader = WindowReader(scene, bands, tile_size)
+            scaling = normalize.scene_scaling(
+                meta.normalization, meta.mean, meta.std, reader.handle(), scene, bands
+            )
             row_last = {t.row: i for i, t in enumerate(tiles)}  # index of each row's last tile
             row_next = {t.row: t.row_off for t in tiles}
             n_rows = len(row_next)
@@ -446,7 +469,11 @@ class Predictor:
                         return
                     t0 = time.perf_counter()
                     logits = self.forward(
-                        np.stack(batch_data), np.stack(batch_valid), tta=cfg.tta, max_batch=batch_size
+                        np.stack(batch_data),
+                        np.stack(batch_valid),
+                        tta=cfg.tta,
+                        max_batch=batch_size,
+                        scaling=scaling,
                     )
                     t1 = time.perf_counter()
                     for t, lg, vd in zip(batch_tiles, logits, batch_valid, strict=True):

@@ -216,6 +216,29 @@ class Scene:
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
+def pixel_size_m(scene: Scene) -> float | None:
+    """The scene's ground pixel size in metres (the geometric mean of x and y).
+
+    Geographic CRSs convert degrees at the scene's centre latitude (WGS84 ellipsoid); projected
+    ones use their linear unit. None when the unit is unknown.
+    """
+    rx, ry = scene.res
+    if scene.crs.is_geographic:
+        import pyproj
+
+        left, bottom, right, top = scene.bounds
+        lon, lat = (left + right) / 2, (bottom + top) / 2
+        geod = pyproj.Geod(ellps="WGS84")
+        _, _, dx = geod.inv(lon - rx / 2, lat, lon + rx / 2, lat)
+        _, _, dy = geod.inv(lon, lat - ry / 2, lon, lat + ry / 2)
+        return float(np.sqrt(dx * dy))
+    try:
+        factor = float(scene.crs.linear_units_factor[1])
+    except Exception:
+        return None
+    return float(np.sqrt(rx * ry)) * factor
+
+
 def open_scene(path: str | os.PathLike[str]) -> Scene:
     """Open a raster and check that geounet can work on it.
 
@@ -393,6 +416,10 @@ class WindowReader:
             with self._lock:
                 self._handles.append(src)
         return src
+
+    def handle(self) -> Any:
+        """This thread's open dataset of the scene."""
+        return self._src()
 
     def read(self, tile: Tile) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """Read a tile.

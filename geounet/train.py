@@ -38,17 +38,20 @@ from geounet import __version__
 from geounet.checkpoint import DEFAULT_COLOURS, ModelMeta, build_model, load_model, save_model
 from geounet.dataset import (
     IGNORE_INDEX,
+    Augment,
     ImageEntry,
     SpatialSplit,
     WindowDataset,
-    band_statistics,
     check_labels_hit,
+    fit_normalization,
     plan_epoch,
+    set_stretch,
 )
 from geounet.errors import BandMismatchError, CheckpointError, OutputExistsError
-from geounet.labels import LabelSpec, check_overlap, read_labels
+from geounet.labels import LabelSpec, read_label_sources
+from geounet.model import autocast_dtype
 from geounet.predict import resolve_device
-from geounet.raster import AtomicOutputs, expand_rasters, open_scene, resolve_bands
+from geounet.raster import AtomicOutputs, expand_rasters, open_scene, pixel_size_m, resolve_bands
 from geounet.tiling import check_tile_size
 
 logger = logging.getLogger(__name__)
@@ -63,7 +66,8 @@ class TrainConfig:
 
     Attributes:
         images: Raster paths, globs or folders (folders contribute their GeoTIFFs).
-        labels: Vector label file.
+        labels: Label sources: vector files, mask rasters, globs or folders (one string is one
+            source); see :func:`geounet.labels.read_label_sources`.
         out: Model file to write (the best epoch by validation IoU).
         val_images: Images used wholly for validation (disables block splitting).
         class_field: Attribute naming each feature's class (None: binary task).
@@ -83,17 +87,25 @@ class TrainConfig:
         seed: Seed of weights, split, sampling and augmentation.
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: DataLoader worker processes.
-        samples_per_epoch: Training windows per epoch (None: twice the training area in tiles,
-            between 64 and 2000).
+        samples_per_epoch: Training windows per epoch (None: four times the training area in
+            tiles, between 512 and 2000; see :func:`default_samples`).
         positive_fraction: Share of windows centred on labelled features.
         schedule: Learning-rate schedule.
         resume: Resume checkpoint (``MODEL.resume.safetensors``) of an interrupted run.
         overwrite: Replace an existing model file.
         max_val_windows: Cap on validation windows.
+        normalization: ``scene`` (each image's own 2-98 percentile stretch) or ``dataset``
+            (the training set's); see :mod:`geounet.normalize`.
+        augment: Training augmentations (:class:`geounet.dataset.Augment`).
+        gsd: Ground pixel size (metres) the model works at; windows of other images are
+            resampled to it (None: the median of the training images').
+        precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32),
+            ``fp32`` or ``bf16``. The loss and the optimizer are float32 either way.
+        plot: Write ``MODEL.metrics.png`` (loss, IoU and F1 per epoch) after each epoch.
     """
 
     images: Sequence[str]
-    labels: str
+    labels: Sequence[str] | str
     out: str
     val_images: Sequence[str] = ()
     class_field: str | None = None
@@ -119,6 +131,11 @@ class TrainConfig:
     resume: str | None = None
     overwrite: bool = False
     max_val_windows: int = 256
+    normalization: str = "scene"
+    augment: Augment = field(default_factory=Augment)
+    gsd: float | None = None
+    precision: str = "auto"
+    plot: bool = True
 
 
 @dataclass
@@ -134,9 +151,23 @@ class TrainResult:
     seconds: float = 0.0
 
 
-#: progress(done, total) within an epoch; on_epoch(record) after each epoch.
+#: progress(done, total) within an epoch; on_epoch(record) after each epoch; on_info(line) for
+#: what the run decided (split, pixel size, precision).
 Progress = Callable[[int, int], None]
 EpochCallback = Callable[[dict[str, Any]], None]
+InfoCallback = Callable[[str], None]
+
+
+def default_samples(train_area_tiles: float, world: int = 1) -> int:
+    """Training windows per epoch: four times the training area in tiles, 512 to 2000.
+
+    A floor of 512 windows (64 steps of 8) makes an epoch of a small scene long enough to learn
+    from: with the area rule alone, one 900 x 900 scene had 8 steps an epoch, 120 in 15 epochs,
+    too few for a U-Net to fit it. Windows are drawn anew each epoch (random positions,
+    transforms and jitter), so repeated windows are not repeated samples.
+    """
+    samples = int(min(2000, max(512, 4 * train_area_tiles)))
+    return math.ceil(samples / world) * world
 
 
 def lr_at(step: int, total: int, base: float, schedule: Schedule) -> float:
@@ -277,15 +308,56 @@ def _metrics_path(out: Path) -> Path:
     return out.with_name(out.stem + ".metrics.jsonl")
 
 
-def _gsd_m(entries: Sequence[ImageEntry]) -> float | None:
-    s = entries[0].scene
-    if s.crs.is_geographic:
-        return round(s.res[0] * 111_320, 4)
+def _plot_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".metrics.png")
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: Path) -> bool:
+    """Draw the training curves (loss; validation IoU, F1, precision, recall) to a PNG.
+
+    Written atomically. Needs matplotlib (a dependency of geounet); returns False and writes
+    nothing when it cannot be imported.
+    """
     try:
-        factor = float(s.crs.linear_units_factor[1])
-    except Exception:
-        factor = 1.0
-    return round(s.res[0] * factor, 4)
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.info("matplotlib not installed: no %s", path.name)
+        return False
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
+    ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax1.legend()
+    for key, style in (("val_iou", "o-"), ("val_f1", "s-"), ("val_precision", ":"), ("val_recall", "--")):
+        ax2.plot(epochs, [np.nan if r.get(key) is None else r[key] for r in history], style, label=key[4:])
+    ax2.set(xlabel="epoch", ylim=(0, 1), title="Validation (foreground)")
+    ax2.legend(loc="lower right")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    with AtomicOutputs() as outputs:
+        fig.savefig(outputs.reserve(path, overwrite=True), format="png")
+    return True
+
+
+def _target_gsd(entries: Sequence[ImageEntry], wanted: float | None, exclude: Sequence[int] = ()) -> float | None:
+    """The model's pixel size: ``wanted``, or the median of the training images' (those not in
+    ``exclude``); sets each entry's ``scale`` (source pixels per model pixel)."""
+    sizes = [pixel_size_m(e.scene) for e in entries]
+    known = [g for i, g in enumerate(sizes) if g and i not in exclude]
+    target = wanted if wanted else (float(np.median(known)) if known else None)
+    for e, g in zip(entries, sizes, strict=True):
+        e.scale = target / g if target and g else 1.0
+        # Within 2 % of the model's pixel size: read as is (no needless resampling).
+        if abs(e.scale - 1) < 0.02:
+            e.scale = 1.0
+    return round(target, 4) if target else None
 
 
 def train_model(
@@ -293,6 +365,7 @@ def train_model(
     *,
     progress: Progress | None = None,
     on_epoch: EpochCallback | None = None,
+    on_info: InfoCallback | None = None,
 ) -> TrainResult:
     """Train (or fine-tune, or resume) a model. See :class:`TrainConfig`.
 
@@ -325,7 +398,8 @@ def train_model(
         line_width_m=cfg.line_width_m,
         point_radius_m=cfg.point_radius_m,
     )
-    labels = read_labels(cfg.labels, spec)
+    labels = read_label_sources([cfg.labels] if isinstance(cfg.labels, str) else list(cfg.labels), spec)
+    logger.info("labels: %s", labels.describe())
     class_names = list(labels.class_names)
     binary = labels.binary
     n_out = 1 if binary else len(class_names) + 1
@@ -350,16 +424,26 @@ def train_model(
                 f"{scene.name} is {scene.dtype} but the other images (or --init model) are {dtype}; "
                 f"train on images of one data type"
             )
-        rl = labels.for_raster(scene.crs, scene.transform, scene.width, scene.height, name=scene.name)
+        rl = labels.for_scene(scene)
         entries.append(ImageEntry(scene=scene, bands=bands, labels=rl, val_blocks=[]))
-    check_overlap(labels, [(e.scene.name, e.scene.crs, e.scene.bounds) for e in entries])
+    labels.check([e.scene for e in entries])
     check_labels_hit(entries, labels)
 
     depth = init_meta.depth if init_meta else cfg.depth
     check_tile_size(cfg.tile_size, 0, multiple=2**depth)
     val_idx = [paths.index(p) for p in val_paths]
+    gsd = init_meta.gsd if init_meta and init_meta.gsd else cfg.gsd
+    gsd = _target_gsd(entries, gsd, exclude=val_idx)
     split = SpatialSplit(entries, tile_size=cfg.tile_size, val_fraction=cfg.val_fraction, seed=cfg.seed, val_images=val_idx)
     val_plan = split.val_windows(cfg.max_val_windows, cfg.seed)
+    info = on_info if on_info is not None and dist.main else (lambda line: logger.info("%s", line))
+    info(split.description)
+    resampled = sorted({round(e.scale, 2) for e in entries if e.scale != 1.0})
+    if gsd:
+        info(
+            f"model pixel size {gsd:g} m"
+            + (f"; images at other sizes are resampled (x{', x'.join(f'{1 / r:.2f}' for r in resampled)})" if resampled else "")
+        )
 
     if init_meta is not None:
         if init_meta.arch_args["classes"] != n_out:
@@ -367,10 +451,15 @@ def train_model(
                 f"{Path(cfg.init or '').name} predicts {init_meta.arch_args['classes']} outputs but the labels "
                 f"have {len(class_names)} class(es); fine-tune with labels of the same classes"
             )
-        mean, std = list(init_meta.mean), list(init_meta.std)
+        mean, std, norm = list(init_meta.mean), list(init_meta.std), dict(init_meta.normalization)
+        set_stretch(entries, norm)
     else:
         train_entries = [e for e in entries if not e.all_val] or entries
-        mean, std = band_statistics(train_entries)
+        norm, mean, std = fit_normalization(train_entries, cfg.normalization, 2.0, 98.0)
+        set_stretch([e for e in entries if e.all_val], norm)
+    augment = cfg.augment
+    if not norm and augment.photometric:  # raw-unit models (older files): no stretch to jitter in
+        augment = Augment(flips=augment.flips, scale=augment.scale, colour=False, noise=False)
 
     meta = ModelMeta(
         architecture="unet",
@@ -383,7 +472,8 @@ def train_model(
         colours=[DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(len(class_names) if binary else len(mask_names))],
         tile_size=max(cfg.tile_size, 256),  # fully convolutional: larger tiles mean fewer seams
         overlap=max(32, cfg.tile_size // 8),
-        gsd=_gsd_m(entries),
+        gsd=gsd,
+        normalization=norm,
     )
     meta.validate()
 
@@ -395,10 +485,9 @@ def train_model(
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     train_area_tiles = sum(
-        (e.scene.width * e.scene.height) for e in entries if not e.all_val
+        (e.scene.width * e.scene.height) / e.scale**2 for e in entries if not e.all_val
     ) / cfg.tile_size**2
-    samples = cfg.samples_per_epoch or int(min(2000, max(64, 2 * train_area_tiles)))
-    samples = math.ceil(samples / dist.world) * dist.world
+    samples = math.ceil((cfg.samples_per_epoch or default_samples(train_area_tiles)) / dist.world) * dist.world
     steps_per_epoch = math.ceil(samples / dist.world / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
 
@@ -427,17 +516,20 @@ def train_model(
         best_iou, best_epoch = float(state["best_iou"]), int(state["best_epoch"])
         history = list(state["history"])
         meta.mean, meta.std = state["mean"], state["std"]
+        meta.normalization = state.get("normalization", meta.normalization)
 
     model: nn.Module = net
     if dist.active:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[dist.local_rank] if device.type == "cuda" else None)
 
-    use_amp = device.type == "cuda"
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    use_amp = amp_dtype is not None
+    info(f"precision: {'bf16 autocast' if use_amp else 'fp32'} on {device.type}")
     fg = mask_names[1:] if not binary else class_names
     provenance_base = {
         "images": [str(p) for p in train_paths],
         "val_images": [str(p) for p in val_paths],
-        "labels": str(cfg.labels),
+        "labels": list(labels.sources),
         "class_field": cfg.class_field,
         "crs": entries[0].scene.crs.to_string(),
         "tile_size": cfg.tile_size,
@@ -445,6 +537,11 @@ def train_model(
         "samples_per_epoch": samples,
         "lr": cfg.lr,
         "schedule": cfg.schedule,
+        "augment": augment.names,
+        "scale_jitter": augment.scale,
+        "normalization": cfg.normalization if not cfg.init else "from --init",
+        "precision": "bf16" if use_amp else "fp32",
+        "split": split.summary(),
         "seed": cfg.seed,
         "init": cfg.init,
         "world_size": dist.world,
@@ -456,10 +553,10 @@ def train_model(
         metrics_file.unlink()
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.perf_counter()
-        plan = plan_epoch(split, samples=samples, epoch=epoch, seed=cfg.seed, positive_fraction=cfg.positive_fraction)
+        plan = plan_epoch(split, samples=samples, epoch=epoch, seed=cfg.seed, positive_fraction=cfg.positive_fraction, augment=augment)
         shard = plan[dist.rank :: dist.world]
         loader = DataLoader(
-            WindowDataset(entries, shard, tile_size=cfg.tile_size, mean=meta.mean, std=meta.std),
+            WindowDataset(entries, shard, tile_size=cfg.tile_size, mean=meta.mean, std=meta.std, augment=augment),
             batch_size=cfg.batch_size,
             shuffle=False,
             num_workers=cfg.workers,
@@ -510,6 +607,7 @@ def train_model(
             "per_class": {k: {m: _round(v) for m, v in s.items()} for k, s in per_class.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t_epoch, 2),
+            "split": split.description,
         }
         history.append(record)
         score = -1.0 if math.isnan(iou) else iou
@@ -531,6 +629,8 @@ def train_model(
             with metrics_file.open("w") as f:
                 for r in history:
                     f.write(json.dumps(r) + "\n")
+            if cfg.plot:
+                plot_history(history, _plot_path(out))
             _save_resume(
                 resume_file,
                 net,
@@ -542,6 +642,7 @@ def train_model(
                     "best_epoch": best_epoch,
                     "history": history,
                     "mean": meta.mean,
+                    "normalization": meta.normalization,
                     "std": meta.std,
                     "config": config_record,
                 },

@@ -103,7 +103,7 @@ def test_training_reaches_iou_and_records_everything(trained: tuple[Path, object
     assert result.best_iou > 0.8, result.history  # type: ignore[attr-defined]
     meta = read_meta(out)
     assert meta.classes == ["background", "building", "road"] and not meta.binary
-    assert meta.provenance["trained"] and meta.provenance["labels"].endswith("a.gpkg")
+    assert meta.provenance["trained"] and meta.provenance["labels"] == [str(out.parent / "a.gpkg")]
     assert meta.provenance["metrics"]["val_iou"] == pytest.approx(result.best_iou, abs=1e-6)  # type: ignore[attr-defined]
     assert meta.provenance["epochs"] == result.best_epoch  # type: ignore[attr-defined]
     assert len(meta.mean) == 3 and all(s > 1 for s in meta.std)  # stats from the training pixels

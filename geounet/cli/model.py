@@ -53,6 +53,7 @@ def create(out: Path, bands: int, classes: str, width: int, depth: int, seed: in
 def info(path: Path, as_json: bool) -> None:
     """Print a model file's input contract."""
     from geounet.checkpoint import read_meta
+    from geounet.normalize import describe
 
     meta = read_meta(path)
     if as_json:
@@ -64,10 +65,10 @@ def info(path: Path, as_json: bool) -> None:
         f"model:      {path.name} (format {meta.format_version})",
         f"network:    {meta.architecture} width={a.get('width')} depth={a.get('depth')} outputs={a.get('classes')} {kind}",
         f"bands:      {meta.bands} ({', '.join(meta.band_names)}), {meta.dtype}",
-        f"normalize:  mean={_fmt(meta.mean)} std={_fmt(meta.std)}",
+        f"normalize:  {describe(meta.normalization)}: mean={_fmt(meta.mean)} std={_fmt(meta.std)}",
         f"classes:    {', '.join(meta.classes)}",
         f"tiles:      {meta.tile_size} px, overlap {meta.overlap} px (multiple of {2 ** meta.depth})",
-        f"gsd:        {meta.gsd if meta.gsd is not None else 'unknown'}",
+        f"pixel size: {f'{meta.gsd:g} m' if meta.gsd is not None else 'unknown'}",
         f"provenance: {json.dumps(meta.provenance, sort_keys=True)}",
     ]
     click.echo("\n".join(lines))

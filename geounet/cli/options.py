@@ -62,3 +62,31 @@ def tile_progress(ctx: click.Context, desc: str, unit: str = "tile") -> tuple[Ca
             bar[0].close()
 
     return update, close
+
+
+class ManyValues(click.Option):
+    """A repeatable option that also takes several values after one flag.
+
+    ``--images a.tif b.tif --images c.tif`` gives ``("a.tif", "b.tif", "c.tif")``, and so does
+    an unquoted shell glob (``--images tiles/*.tif``, which the shell expands), as GDAL and rio
+    tools take file lists. Values are taken up to the next argument that starts with ``-``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:  # noqa: D102
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            take_one = opt.process
+
+            def process(value: Any, state: Any, take_one: Any = take_one) -> None:
+                take_one(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    take_one(state.rargs.pop(0), state)
+
+            opt.process = process

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progress
+from geounet.cli.options import BandList, ManyValues, device_opt, overwrite_opt, tile_progress
 
 
 @click.command()
-@click.option("--images", multiple=True, required=True, help="Image paths, globs (quote them) or folders; repeatable.")
-@click.option("--labels", required=True, type=click.Path(path_type=Path), help="Vector labels (.shp, .geojson, .gpkg, .fgb, .parquet).")
-@click.option("--val-images", multiple=True, help="Images used only for validation (instead of spatial blocks).")
+@click.option("--images", cls=ManyValues, required=True, help="Images: paths, globs, @lists or folders; several after one flag, repeatable.")
+@click.option("--labels", cls=ManyValues, required=True, help="Labels: vector files (.shp, .geojson, .gpkg, .fgb, .parquet) or mask rasters (class ids), globs or folders; several, repeatable.")
+@click.option("--val-images", cls=ManyValues, help="Images used only for validation (instead of a split of --images).")
 @click.option("--class-field", help="Attribute holding each feature's class (default: one foreground class).")
 @click.option("--classes", help="Comma-separated class names to use, in order (default: all values of --class-field).")
 @click.option("--line-width", "line_width_m", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True, help="Buffer lines to this width (metres).")
@@ -29,6 +29,12 @@ from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progre
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True, help="Share of spatial blocks held out for validation.")
 @click.option("--samples-per-epoch", type=click.IntRange(min=1), help="Training windows per epoch [default: from the training area].")
 @click.option("--positive-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Share of windows centred on labelled features.")
+@click.option("--augment", default="flip,scale,colour,noise", show_default=True, help="Augmentations: any of flip, scale, colour, noise (or none).")
+@click.option("--scale-jitter", type=click.FloatRange(min=1), default=1.25, show_default=True, help="Scale augmentation: pixel size drawn within [gsd/a, gsd*a].")
+@click.option("--gsd", type=click.FloatRange(min=0, min_open=True), help="Ground pixel size (m) of the model; other images are resampled to it [default: the images' median].")
+@click.option("--normalization", type=click.Choice(["scene", "dataset"]), default="scene", show_default=True, help="scene: stretch each image by its own 2-98 percentiles; dataset: by the training set's.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="bf16 autocast (auto: on CUDA and CPUs with native bf16).")
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Write MODEL.metrics.png with the training curves.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_opt
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes.")
@@ -42,16 +48,19 @@ def train(ctx: click.Context, out: Path, **opts: object) -> None:
     \b
     geounet train --images 'tiles/*.tif' --labels roads.shp --line-width 6 -o roads.safetensors
     """
+    from geounet.dataset import Augment
     from geounet.train import TrainConfig, train_model
 
     classes = opts.pop("classes")
+    augment = Augment.parse(str(opts.pop("augment")), scale=float(opts.pop("scale_jitter")))  # type: ignore[arg-type]
     init, resume = opts.pop("init"), opts.pop("resume")
     cfg = TrainConfig(
         out=str(out),
         classes=[c.strip() for c in str(classes).split(",") if c.strip()] if classes else None,
         images=list(opts.pop("images")),  # type: ignore[call-overload]
         val_images=list(opts.pop("val_images")),  # type: ignore[call-overload]
-        labels=str(opts.pop("labels")),
+        labels=list(opts.pop("labels")),  # type: ignore[call-overload]
+        augment=augment,
         init=str(init) if init else None,
         resume=str(resume) if resume else None,
         **opts,  # type: ignore[arg-type]
@@ -72,8 +81,12 @@ def train(ctx: click.Context, out: Path, **opts: object) -> None:
             )
         update, close = tile_progress(ctx, f"epoch {state['epoch'] + 1}", unit="batch")
 
+    def on_info(line: str) -> None:
+        if not quiet:
+            click.echo(line, err=True)
+
     try:
-        result = train_model(cfg, progress=lambda d, t: update(d, t), on_epoch=on_epoch)
+        result = train_model(cfg, progress=lambda d, t: update(d, t), on_epoch=on_epoch, on_info=on_info)
     finally:
         close()
     click.echo(str(result.model))
