@@ -157,29 +157,76 @@ def build_model(meta: ModelMeta) -> UNet:
     return ARCHITECTURES[meta.architecture](**meta.arch_args)
 
 
-def save_model(model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike[str]) -> None:
+def save_model(
+    model: torch.nn.Module, meta: ModelMeta, path: str | os.PathLike[str], *, half: bool = False
+) -> None:
     """Write weights and metadata to one safetensors file (not atomically: see AtomicOutputs).
 
     Args:
         model: The network (its ``state_dict`` is saved; DDP wrappers are unwrapped).
         meta: Its contract.
         path: Destination.
+        half: Store convolution weights and biases as float16 (half the size; BatchNorm
+            statistics stay float32). Loading widens them back to float32.
     """
     meta.validate(str(path))
     module = getattr(model, "module", model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    if half:
+        bn = {name for name, m in module.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        state = {
+            k: v.half() if v.is_floating_point() and k.rsplit(".", 1)[0] not in bn else v
+            for k, v in state.items()
+        }
     save_file(state, str(path), metadata={META_KEY: meta.to_json()})
 
 
-def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
-    """Read only the metadata of a model file.
+#: Folder of the models shipped inside the package (``-m NAME``).
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+#: The model ``geounet predict`` uses when none is named.
+DEFAULT_MODEL = "buildings"
+
+
+def bundled_models() -> dict[str, Path]:
+    """Models shipped with geounet, by name (the file name without ``.safetensors``)."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.safetensors"))}
+
+
+def resolve_model(model: str | os.PathLike[str] | None) -> Path:
+    """A model file from a path, a bundled model's name, or None (the default bundled model).
+
+    An existing path always wins over a bundled name.
+
+    Raises:
+        CheckpointError: None given and no bundled default, or a name that is neither a file nor
+            a bundled model.
+    """
+    bundled = bundled_models()
+    if model is None:
+        if DEFAULT_MODEL not in bundled:
+            raise CheckpointError(f"no model given and the bundled {DEFAULT_MODEL!r} model is not installed; pass -m MODEL")
+        return bundled[DEFAULT_MODEL]
+    p = Path(model)
+    if p.exists() or str(model) not in bundled:
+        return p
+    return bundled[str(model)]
+
+
+def read_meta(path: str | os.PathLike[str] | None) -> ModelMeta:
+    """Read only the metadata of a model file (or bundled model, see :func:`resolve_model`).
 
     Raises:
         CheckpointError: Missing file, not safetensors (e.g. a pickle), or no geounet metadata.
     """
-    p = Path(path)
+    p = resolve_model(path)
+    path = p
     if not p.exists():
-        raise CheckpointError(f"{path}: model file not found; create one with `geounet model create` or `geounet train`")
+        names = ", ".join(bundled_models()) or "none installed"
+        raise CheckpointError(
+            f"{path}: model file not found (bundled models: {names}); create one with `geounet train`"
+        )
     if p.is_dir():
         raise CheckpointError(f"{path} is a directory; pass a .safetensors model file")
     try:
@@ -203,13 +250,15 @@ def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     return ModelMeta.from_dict(data, source=p.name)
 
 
-def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[UNet, ModelMeta]:
-    """Load a model file: metadata, then weights into a freshly built network (eval mode).
+def load_model(path: str | os.PathLike[str] | None, *, device: str | torch.device = "cpu") -> tuple[UNet, ModelMeta]:
+    """Load a model file (or bundled model): metadata, then weights into a freshly built network
+    (float32, eval mode; weights stored as float16 are widened).
 
     Raises:
         CheckpointError: Anything wrong with the file, including weights that do not match the
             architecture in its metadata.
     """
+    path = resolve_model(path)
     meta = read_meta(path)
     name = Path(path).name
     model = build_model(meta)
@@ -227,10 +276,10 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     return model.to(device), meta
 
 
-def file_hash(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file (model identity for manifests)."""
+def file_hash(path: str | os.PathLike[str] | None) -> str:
+    """SHA-256 of a model file (model identity for manifests)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(resolve_model(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

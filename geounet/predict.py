@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 import torch
+import torch.nn.functional as F
 
 from geounet import normalize
 from geounet.blend import Stitcher, Strip
@@ -35,6 +36,7 @@ from geounet.raster import (
     WindowReader,
     gdal_options,
     open_scene,
+    pixel_size_m,
     resolve_bands,
 )
 from geounet.tiling import Tile, check_tile_size, tile_windows
@@ -70,6 +72,21 @@ Progress = Callable[[int, int], None]
 #: dihedral group D4), 4 quarter turns each with and without a mirror.
 TTA_VARIANTS = 8
 
+#: ``resample="auto"`` acts when scene and model pixel sizes differ by more than this factor.
+RESAMPLE_RATIO = 1.5
+
+
+def resample_factor(meta: ModelMeta, scene: Scene, mode: str = "auto") -> float:
+    """Scene pixels per model pixel for prediction: 1 (no resampling) unless ``mode`` is
+    ``auto``, both pixel sizes are known, and they differ by more than :data:`RESAMPLE_RATIO`."""
+    if mode == "off" or not meta.gsd:
+        return 1.0
+    size = pixel_size_m(scene)
+    if not size:
+        return 1.0
+    factor = meta.gsd / size
+    return factor if max(factor, 1 / factor) > RESAMPLE_RATIO else 1.0
+
 
 @dataclass
 class PredictConfig:
@@ -94,6 +111,11 @@ class PredictConfig:
         tta: Test-time augmentation: run every tile under the 8 rotations and mirrors of the
             square, turn the logits back and average them (before the sigmoid/softmax and the
             blending). Costs 8 forward passes per tile: about 8 times the network's time.
+        resample: ``auto``: when the scene's pixel size differs from the model's by more than
+            :data:`RESAMPLE_RATIO` (either way), each tile is read at the scene's resolution over
+            the ground a model tile covers, resampled to the model's pixel size for the network,
+            and its logits resampled back before blending, so every output stays on the scene's
+            own grid. ``off``: the network sees the scene's pixels as they are.
     """
 
     tile_size: int | None = None
@@ -111,6 +133,7 @@ class PredictConfig:
     compile: bool = False
     strip_thread: bool | None = None
     tta: bool = False
+    resample: Literal["auto", "off"] = "auto"
 
 
 @dataclass
@@ -126,6 +149,8 @@ class PredictResult:
     tiles_skipped: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    #: Scene pixels per model pixel (1: the network saw the scene's own pixels).
+    resample_factor: float = 1.0
     class_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -240,6 +265,7 @@ class Predictor:
         tta: bool = False,
         max_batch: int | None = None,
         scaling: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
+        net_size: int | None = None,
     ) -> npt.NDArray[np.float32]:
         """Logits for raw tiles.
 
@@ -259,6 +285,8 @@ class Predictor:
                 :func:`geounet.normalize.scene_scaling`; :meth:`run` passes it). None: the
                 model's fixed scaling, or for a model that stretches each scene, the stretch of
                 these tiles' own valid pixels.
+            net_size: Resample the (square) tiles to this size for the network (bilinear,
+                antialiased when shrinking) and the logits back to the tiles' size (bilinear).
 
         Returns:
             float32 (N, outputs, H, W) logits on the CPU.
@@ -269,8 +297,18 @@ class Predictor:
         offset, scale = (torch.from_numpy(np.asarray(v, np.float32)).view(1, -1, 1, 1) for v in scaling)
         x = (x - offset) / scale
         x = x * torch.from_numpy(valid).unsqueeze(1)
+        size = x.shape[-1]
+        if net_size is not None and net_size != size:
+            x = F.interpolate(x, size=(net_size, net_size), mode="bilinear", align_corners=False, antialias=net_size < size)
+            y = self._forward_tta(x, max_batch) if tta else self._forward_plain(x)
+            back = F.interpolate(torch.from_numpy(y), size=(size, size), mode="bilinear", align_corners=False)
+            return back.contiguous().numpy()
         if tta:
             return self._forward_tta(x, max_batch)
+        return self._forward_plain(x)
+
+    def _forward_plain(self, x: torch.Tensor) -> npt.NDArray[np.float32]:
+        """Logits of normalized tiles ``x`` (N, bands, H, W), on the CPU."""
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -347,6 +385,13 @@ class Predictor:
         scene = open_scene(scene_path)
         bands = resolve_bands(scene, cfg.bands, meta.bands)
         check_dtype(scene, meta)
+        # With resampling, tiles and overlap are laid out in scene pixels over the ground that a
+        # model tile covers; the network still sees tile_size pixels.
+        factor = resample_factor(meta, scene, cfg.resample)
+        net_size = tile_size if factor != 1.0 else None
+        if factor != 1.0:
+            tile_size, overlap = max(1, round(tile_size * factor)), round(overlap * factor)
+            logger.info("scene pixels %.3g m, model %.3g m: windows resampled x%.2f", meta.gsd / factor, meta.gsd, 1 / factor)
         tiles = tile_windows(scene.height, scene.width, tile_size, overlap)
         batch_size = cfg.batch_size or self.batch_size_for(tile_size)
         n_out = meta.arch_args["classes"]
@@ -474,6 +519,7 @@ class Predictor:
                         tta=cfg.tta,
                         max_batch=batch_size,
                         scaling=scaling,
+                        net_size=net_size,
                     )
                     t1 = time.perf_counter()
                     for t, lg, vd in zip(batch_tiles, logits, batch_valid, strict=True):
@@ -572,6 +618,7 @@ class Predictor:
             tiles_skipped=skipped,
             seconds=time.perf_counter() - t_start,
             timings=timings,
+            resample_factor=factor,
             class_counts={
                 name: int(counts[i]) for i, name in enumerate(mask_names) if i > 0 and counts[i]
             },

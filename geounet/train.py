@@ -88,7 +88,7 @@ class TrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: DataLoader worker processes.
         samples_per_epoch: Training windows per epoch (None: four times the training area in
-            tiles, between 512 and 2000; see :func:`default_samples`).
+            tiles, between 256 and 2000; see :func:`default_samples`).
         positive_fraction: Share of windows centred on labelled features.
         schedule: Learning-rate schedule.
         resume: Resume checkpoint (``MODEL.resume.safetensors``) of an interrupted run.
@@ -161,12 +161,12 @@ InfoCallback = Callable[[str], None]
 def default_samples(train_area_tiles: float, world: int = 1) -> int:
     """Training windows per epoch: four times the training area in tiles, 512 to 2000.
 
-    A floor of 512 windows (64 steps of 8) makes an epoch of a small scene long enough to learn
+    A floor of 256 windows (32 steps of 8) makes an epoch of a small scene long enough to learn
     from: with the area rule alone, one 900 x 900 scene had 8 steps an epoch, 120 in 15 epochs,
     too few for a U-Net to fit it. Windows are drawn anew each epoch (random positions,
     transforms and jitter), so repeated windows are not repeated samples.
     """
-    samples = int(min(2000, max(512, 4 * train_area_tiles)))
+    samples = int(min(2000, max(256, 4 * train_area_tiles)))
     return math.ceil(samples / world) * world
 
 
@@ -298,6 +298,17 @@ def _load_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[st
             _, pid, key = k.split("/", 2)
             optim.setdefault(pid, {})[key] = v
     return model_state, optim, state
+
+
+def _adamw(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with its fused kernel (torch >= 2.4 on CPU and CUDA), else the multi-tensor one.
+
+    The per-parameter loop of the default CPU AdamW took 8 % of a width-16 training step.
+    """
+    try:
+        return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def _resume_path(out: Path) -> Path:
@@ -482,7 +493,7 @@ def train_model(
     net = net.to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _adamw(net, cfg.lr, cfg.weight_decay)
 
     train_area_tiles = sum(
         (e.scene.width * e.scene.height) / e.scale**2 for e in entries if not e.all_val

@@ -106,7 +106,9 @@ def test_training_reaches_iou_and_records_everything(trained: tuple[Path, object
     assert meta.provenance["trained"] and meta.provenance["labels"] == [str(out.parent / "a.gpkg")]
     assert meta.provenance["metrics"]["val_iou"] == pytest.approx(result.best_iou, abs=1e-6)  # type: ignore[attr-defined]
     assert meta.provenance["epochs"] == result.best_epoch  # type: ignore[attr-defined]
-    assert len(meta.mean) == 3 and all(s > 1 for s in meta.std)  # stats from the training pixels
+    # Each scene stretched by its own percentiles, then standardized by the training pixels' stats.
+    assert meta.normalization == {"mode": "scene", "low": 2.0, "high": 98.0}
+    assert len(meta.mean) == 3 and all(0.05 < s < 1 for s in meta.std)
     lines = [json.loads(x) for x in result.metrics_file.read_text().splitlines()]  # type: ignore[attr-defined]
     assert [r["epoch"] for r in lines] == list(range(1, 9))
     assert {"train_loss", "val_loss", "val_iou", "val_f1", "per_class"} <= set(lines[0])
@@ -138,15 +140,17 @@ def test_spatial_split_never_leaks(scenes: dict[str, Path]) -> None:
     entries = [ImageEntry(scene, (1, 2, 3), labels.for_scene(scene), [])]
     split = SpatialSplit(entries, tile_size=64, val_fraction=0.2, seed=0)
     val = [(int(w.row_off), int(w.col_off), int(w.height), int(w.width)) for w in entries[0].val_blocks]
-    assert val
+    assert val and split.kind == "blocks" and split.gap in (64, 16)
+    gap = split.gap
     for epoch in range(3):
         plan = plan_epoch(split, samples=200, epoch=epoch, seed=0)
         for s in plan:
             for r0, c0, h, w in val:
-                # At least one tile (64 px) between any training window and any validation block.
-                gap_r = max(r0 - (s.row + 64), s.row - (r0 + h))
-                gap_c = max(c0 - (s.col + 64), s.col - (c0 + w))
-                assert max(gap_r, gap_c) >= 64, (s, (r0, c0, h, w))
+                # At least the split's gap between any training window and any validation block.
+                size = s.size or 64
+                gap_r = max(r0 - (s.row + size), s.row - (r0 + h))
+                gap_c = max(c0 - (s.col + size), s.col - (c0 + w))
+                assert max(gap_r, gap_c) >= gap, (s, (r0, c0, h, w))
     assert plan_epoch(split, samples=50, epoch=1, seed=0) == plan_epoch(split, samples=50, epoch=1, seed=0)
     assert plan_epoch(split, samples=50, epoch=1, seed=0) != plan_epoch(split, samples=50, epoch=2, seed=0)
     for s in split.val_windows(100, 0):

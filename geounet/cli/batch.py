@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from geounet.cli.options import BandList, device_opt, tta_opt
+from geounet.cli.options import BandList, announce_model, device_opt, model_opt, tta_opt
 
 if TYPE_CHECKING:
     from geounet.batch import BatchProgress
@@ -23,7 +23,7 @@ MAX_LISTED_FAILURES = 10
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR", help="Output folder (created if missing): NAME.<format> per scene and manifest.jsonl.")
-@click.option("-m", "--model", "model_path", type=click.Path(path_type=Path), required=True, metavar="MODEL", help="Model file (.safetensors).")
+@model_opt
 @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="gpkg", show_default=True, help="Vector format of the polygons.")
 @click.option("--probabilities", is_flag=True, help="Also write NAME.probabilities.tif per scene.")
 @click.option("--mask", is_flag=True, help="Also write NAME.mask.tif (class mask) per scene.")
@@ -34,6 +34,7 @@ MAX_LISTED_FAILURES = 10
 @click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 4 CPU, 16 CUDA].")
 @device_opt
 @tta_opt
+@click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when a scene's differs by more than 1.5x.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
 @click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
 @click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
@@ -42,7 +43,7 @@ MAX_LISTED_FAILURES = 10
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS].")
 @click.option("--overwrite", is_flag=True, help="Replace files with output names already in a DIR that has no manifest.jsonl (outputs of earlier batch runs are always replaced when redone).")
 @click.pass_context
-def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: Path, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, resample: str, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment many scenes into one folder; re-run the same command to resume.
 
     INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one
@@ -65,10 +66,11 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
         threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, tta=tta,  # type: ignore[arg-type]
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, tta=tta, resample=resample,  # type: ignore[arg-type]
     )
     if workers or scheduler:
         _quiet_dask()
+    model_path = announce_model(ctx, model_path)
     bars = _Bars(quiet=bool((ctx.find_root().obj or {}).get("quiet")))
     try:
         summary = run_batch(

@@ -13,7 +13,7 @@ from geounet.cli.options import device_opt, tile_progress, tta_opt
 @click.command()
 @click.argument("scene", type=str)
 @click.option("--labels", required=True, type=click.Path(path_type=Path), help="Vector labels (any CRS).")
-@click.option("-m", "--model", "model_path", type=click.Path(path_type=Path), help="Model file to run over SCENE.")
+@click.option("-m", "--model", "model_path", help="Model file or bundled model name to run over SCENE.")
 @click.option("--prediction", type=click.Path(path_type=Path), help="Existing prediction: mask GeoTIFF or vector file.")
 @click.option("--class-field", help="Attribute holding each label's class.")
 @click.option("--classes", help="Comma-separated class names, in the model's order.")
@@ -26,7 +26,7 @@ from geounet.cli.options import device_opt, tile_progress, tta_opt
 @tta_opt
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
 @click.pass_context
-def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: Path | None, prediction: Path | None, class_field: str | None, classes: str | None, line_width_m: float, point_radius_m: float, iou_threshold: float, tile_size: int | None, overlap: int | None, device: str, tta: bool, json_path: Path | None) -> None:
+def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | None, prediction: Path | None, class_field: str | None, classes: str | None, line_width_m: float, point_radius_m: float, iou_threshold: float, tile_size: int | None, overlap: int | None, device: str, tta: bool, json_path: Path | None) -> None:
     """Pixel and object metrics of a model (or a prediction) against vector labels.
 
     \b

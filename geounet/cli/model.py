@@ -47,29 +47,69 @@ def create(out: Path, bands: int, classes: str, width: int, depth: int, seed: in
     click.echo(str(out))
 
 
+@model.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def list_(as_json: bool) -> None:
+    """List the models bundled with geounet (use them with -m NAME)."""
+    from geounet.checkpoint import DEFAULT_MODEL, bundled_models, read_meta
+
+    rows = []
+    for name, path in bundled_models().items():
+        meta = read_meta(path)
+        rows.append({
+            "name": name,
+            "default": name == DEFAULT_MODEL,
+            "bands": meta.bands,
+            "dtype": meta.dtype,
+            "gsd_m": meta.gsd,
+            "classes": meta.classes,
+            "size_mb": round(path.stat().st_size / 1e6, 1),
+            "validation": meta.provenance.get("validation", {}),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no bundled models installed")
+        return
+    for r in rows:
+        gsd = f"{r['gsd_m']:g} m" if r["gsd_m"] else "any"
+        click.echo(
+            f"{r['name']}{' (default)' if r['default'] else ''}: {', '.join(r['classes'])}; "
+            f"{r['bands']} bands {r['dtype']}, {gsd} pixels, {r['size_mb']} MB"
+        )
+        for source, v in r["validation"].items():
+            if isinstance(v, dict) and "pixel_f1" in v:
+                click.echo(
+                    f"  held-out {source:8} pixel IoU {v['pixel_iou']:.3f}  F1 {v['pixel_f1']:.3f}  "
+                    f"object F1 {v['object_f1']:.3f}  ({v.get('images', '?')} images)"
+                )
+
+
 @model.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", metavar="MODEL")
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
-def info(path: Path, as_json: bool) -> None:
-    """Print a model file's input contract."""
-    from geounet.checkpoint import read_meta
+def info(path: str, as_json: bool) -> None:
+    """Print a model's input contract and provenance (a file or a bundled model's name)."""
+    from geounet.checkpoint import read_meta, resolve_model
     from geounet.normalize import describe
 
-    meta = read_meta(path)
+    resolved = resolve_model(path)
+    meta = read_meta(resolved)
     if as_json:
         click.echo(json.dumps(json.loads(meta.to_json()), indent=2))
         return
     a = meta.arch_args
     kind = "binary (sigmoid)" if meta.binary else "multi-class (softmax)"
     lines = [
-        f"model:      {path.name} (format {meta.format_version})",
+        f"model:      {resolved.name} (format {meta.format_version})",
         f"network:    {meta.architecture} width={a.get('width')} depth={a.get('depth')} outputs={a.get('classes')} {kind}",
         f"bands:      {meta.bands} ({', '.join(meta.band_names)}), {meta.dtype}",
         f"normalize:  {describe(meta.normalization)}: mean={_fmt(meta.mean)} std={_fmt(meta.std)}",
         f"classes:    {', '.join(meta.classes)}",
         f"tiles:      {meta.tile_size} px, overlap {meta.overlap} px (multiple of {2 ** meta.depth})",
         f"pixel size: {f'{meta.gsd:g} m' if meta.gsd is not None else 'unknown'}",
-        f"provenance: {json.dumps(meta.provenance, sort_keys=True)}",
+        f"provenance: {json.dumps(meta.provenance, sort_keys=True, indent=2)}",
     ]
     click.echo("\n".join(lines))
 

@@ -25,6 +25,32 @@ tta_opt = click.option(
 )
 
 
+model_opt = click.option(
+    "-m",
+    "--model",
+    "model_path",
+    metavar="MODEL",
+    help="Model file (.safetensors) or bundled model name [default: the bundled 'buildings' model].",
+)
+
+
+def announce_model(ctx: click.Context, model: str | None) -> str:
+    """The model file to use; when none was named, say on stderr which bundled one is used."""
+    from geounet.checkpoint import DEFAULT_MODEL, read_meta, resolve_model
+
+    path = resolve_model(model)
+    quiet = bool((ctx.find_root().obj or {}).get("quiet"))
+    if model is None and not quiet:
+        meta = read_meta(path)
+        gsd = f", {meta.gsd:g} m pixels" if meta.gsd else ""
+        click.echo(
+            f"Using the bundled model '{DEFAULT_MODEL}' ({', '.join(meta.classes)}; {meta.bands}-band "
+            f"{meta.dtype}{gsd}); -m picks another",
+            err=True,
+        )
+    return str(path)
+
+
 class BandList(click.ParamType):
     """A comma-separated list of 1-based band indexes, e.g. ``4,3,2``."""
 

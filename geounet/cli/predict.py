@@ -6,19 +6,20 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progress, tta_opt
+from geounet.cli.options import BandList, announce_model, device_opt, model_opt, overwrite_opt, tile_progress, tta_opt
 
 
 @click.command()
 @click.argument("scene", type=str)
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Vector output: .geojson, .gpkg, .fgb, .shp or .parquet.")
-@click.option("-m", "--model", "model_path", type=click.Path(path_type=Path), required=True, help="Model file (.safetensors).")
+@model_opt
 @click.option("--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's].")
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 1 on CPU, from free memory on CUDA].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster on long GPU runs).")
 @device_opt
 @tta_opt
+@click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
 @click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path), help="Also write class probabilities (GeoTIFF).")
 @click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
@@ -29,11 +30,12 @@ from geounet.cli.options import BandList, device_opt, overwrite_opt, tile_progre
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
 @overwrite_opt
 @click.pass_context
-def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, device: str, tta: bool, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, device: str, tta: bool, resample: str, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment SCENE and write polygons in its CRS.
 
     \b
-    geounet predict scene.tif -o buildings.gpkg -m buildings.safetensors --mask mask.tif
+    geounet predict scene.tif -o buildings.gpkg              # the bundled building model
+    geounet predict scene.tif -o roads.gpkg -m roads.safetensors --mask mask.tif
     """
     from geounet.predict import PredictConfig, predict_raster
 
@@ -42,8 +44,9 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, 
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
         threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, tta=tta,  # type: ignore[arg-type]
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, tta=tta, resample=resample,  # type: ignore[arg-type]
     )
+    model_path = announce_model(ctx, model_path)
     update, close = tile_progress(ctx, Path(scene).name)
     try:
         result = predict_raster(scene, out, model=model_path, probabilities=probabilities, mask=mask, config=config, progress=update)
@@ -53,6 +56,12 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: Path, 
         if path is not None:
             click.echo(str(path))
     counts = ", ".join(f"{n} {k} px" for k, n in result.class_counts.items()) or "no foreground"
+    if result.resample_factor != 1.0:
+        click.echo(
+            f"Resampled windows x{1 / result.resample_factor:.2f} to the model's pixel size "
+            f"(outputs on the scene's grid; --resample off to disable)",
+            err=True,
+        )
     click.echo(
         f"{result.features} polygons from {result.tiles} tiles ({result.tiles_skipped} all-nodata skipped) "
         f"in {result.seconds:.1f} s; {counts}",
