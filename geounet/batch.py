@@ -294,7 +294,7 @@ def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: boo
     Device, batch size, reader threads and ``overwrite`` are left out: they change how fast, not
     what (up to floating-point rounding). ``tta`` is recorded only when on, so that manifests
     written before it existed still match runs without it; turning it on or off redoes a scene.
-    ``resample`` likewise, only when not ``auto``.
+    ``resample`` and ``regularize`` likewise, only when not their defaults.
     """
     params: dict[str, Any] = {
         "format": fmt,
@@ -314,6 +314,8 @@ def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: boo
         params["tta"] = True
     if config.resample != "auto":
         params["resample"] = config.resample
+    if config.regularize is not None:
+        params["regularize"] = config.regularize
     # Round-trip through JSON so that values compare equal to those read from the manifest.
     normal: dict[str, Any] = json.loads(json.dumps(params))
     return normal

@@ -53,6 +53,7 @@ class ModelMeta:
         provenance: Free-form training record (data, epochs, metrics, time).
         normalization: How raw values are stretched before ``mean``/``std`` (see
             :mod:`geounet.normalize`); empty: ``mean``/``std`` are in raw units.
+        regularize: Square polygon outlines by default when predicting (building models).
         format_version: Layout version of this metadata.
     """
 
@@ -69,6 +70,7 @@ class ModelMeta:
     gsd: float | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     normalization: dict[str, Any] = field(default_factory=dict)
+    regularize: bool = False
     format_version: int = FORMAT_VERSION
 
     @property

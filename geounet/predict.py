@@ -116,6 +116,9 @@ class PredictConfig:
             the ground a model tile covers, resampled to the model's pixel size for the network,
             and its logits resampled back before blending, so every output stays on the scene's
             own grid. ``off``: the network sees the scene's pixels as they are.
+        regularize: Square polygon outlines (right angles along each building's dominant
+            orientation, small jogs removed; :func:`geounet.vectorize.regularize_polygon`).
+            None: the model's default (on for the bundled building model).
     """
 
     tile_size: int | None = None
@@ -134,6 +137,7 @@ class PredictConfig:
     strip_thread: bool | None = None
     tta: bool = False
     resample: Literal["auto", "off"] = "auto"
+    regularize: bool | None = None
 
 
 @dataclass
@@ -435,6 +439,7 @@ class Predictor:
                     mask_names,
                     simplify=cfg.simplify,
                     min_area_m2=cfg.min_area_m2,
+                    regularize=meta.regularize if cfg.regularize is None else cfg.regularize,
                 )
                 if tmp_vec is not None
                 else None
