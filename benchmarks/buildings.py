@@ -57,54 +57,57 @@ def labels_for(data: Path, image: Path) -> Path:
     return label_files(data)[{"rio": 0, "austin": 1, "chicago": 2}[src]]
 
 
-def score(model: Path, images: list[Path], data: Path, *, tta: bool = False, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Predict each image whole and score it; sums per source and overall."""
+def score(model: Path, images: list[Path], data: Path, *, tta: bool = False, regularize: bool | None = None) -> dict[str, Any]:
+    """Predict each image whole and score it (``geounet.evaluate.evaluate`` with the model, as
+    ``geounet evaluate`` does); sums per source and overall."""
     import rasterio
 
     from geounet.errors import LabelsError
     from geounet.evaluate import evaluate
     from geounet.predict import PredictConfig, Predictor
 
-    predictor = Predictor(str(model), device="cpu")
-    cfg = PredictConfig(device="cpu", tta=tta, **(extra or {}))
+    cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize)
     per_image: dict[str, Any] = {}
     sums: dict[str, dict[str, int]] = {}
-    seconds = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        for image in images:
-            mask = Path(tmp) / f"{image.stem}.tif"
-            t0 = time.perf_counter()
-            predictor.run(image, mask=mask, config=cfg)
-            seconds += time.perf_counter() - t0
-            try:
-                rep = evaluate(image, labels_for(data, image), prediction=mask)
-                px = rep["pixel"][rep["classes"][1]]
-                ob = rep["object"].get(rep["classes"][1], {"tp": 0, "fp": 0, "fn": 0})
-                row = {k: int(px[k]) for k in ("tp", "fp", "fn")} | {f"obj_{k}": int(ob[k]) for k in ("tp", "fp", "fn")}
-            except LabelsError:  # an image without buildings: every predicted pixel is false
+    t0 = time.perf_counter()
+    for image in images:
+        try:
+            rep = evaluate(image, labels_for(data, image), model=model, config=cfg)
+            px = rep["pixel"][rep["classes"][1]]
+            ob = rep["object"].get(rep["classes"][1], {"tp": 0, "fp": 0, "fn": 0})
+            row = {k: int(px[k]) for k in ("tp", "fp", "fn")} | {f"obj_{k}": int(ob[k]) for k in ("tp", "fp", "fn")}
+        except LabelsError:  # an image without buildings: every predicted pixel is false
+            with tempfile.TemporaryDirectory() as tmp:
+                mask = Path(tmp) / "mask.tif"
+                Predictor(str(model), device="cpu").run(image, mask=mask, config=cfg)
                 with rasterio.open(mask) as src:
                     m = src.read(1)
-                row = {"tp": 0, "fp": int(((m > 0) & (m < 255)).sum()), "fn": 0, "obj_tp": 0, "obj_fp": -1, "obj_fn": 0}
-            per_image[image.stem] = row
-            for key in (source_of(image.stem), "all"):
-                acc = sums.setdefault(key, {})
-                for k, v in row.items():
-                    if v >= 0:
-                        acc[k] = acc.get(k, 0) + v
-    out: dict[str, Any] = {"per_image": per_image, "predict_seconds": round(seconds, 1)}
+            row = {"tp": 0, "fp": int(((m > 0) & (m < 255)).sum()), "fn": 0, "obj_tp": 0, "obj_fp": -1, "obj_fn": 0}
+        per_image[image.stem] = row
+        for key in (source_of(image.stem), "all"):
+            acc = sums.setdefault(key, {})
+            for k, v in row.items():
+                if v >= 0:
+                    acc[k] = acc.get(k, 0) + v
+    out: dict[str, Any] = {"per_image": per_image, "seconds": round(time.perf_counter() - t0, 1)}
     for key, acc in sums.items():
-        tp, fp, fn = acc.get("tp", 0), acc.get("fp", 0), acc.get("fn", 0)
-        otp, ofp, ofn = acc.get("obj_tp", 0), acc.get("obj_fp", 0), acc.get("obj_fn", 0)
-        out[key] = {
-            "pixel_iou": round(tp / max(1, tp + fp + fn), 4),
-            "pixel_f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4),
-            "pixel_precision": round(tp / max(1, tp + fp), 4),
-            "pixel_recall": round(tp / max(1, tp + fn), 4),
-            "object_f1": round(2 * otp / max(1, 2 * otp + ofp + ofn), 4),
-            "objects": {"tp": otp, "fp": ofp, "fn": ofn},
-            "images": sum(1 for i in per_image if key == "all" or source_of(i) == key),
-        }
+        out[key] = figures(acc, sum(1 for i in per_image if key == "all" or source_of(i) == key))
     return out
+
+
+def figures(acc: dict[str, int], images: int) -> dict[str, Any]:
+    """Pixel IoU/F1/precision/recall and object F1 from summed counts."""
+    tp, fp, fn = acc.get("tp", 0), acc.get("fp", 0), acc.get("fn", 0)
+    otp, ofp, ofn = acc.get("obj_tp", 0), acc.get("obj_fp", 0), acc.get("obj_fn", 0)
+    return {
+        "pixel_iou": round(tp / max(1, tp + fp + fn), 4),
+        "pixel_f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4),
+        "pixel_precision": round(tp / max(1, tp + fp), 4),
+        "pixel_recall": round(tp / max(1, tp + fn), 4),
+        "object_f1": round(2 * otp / max(1, 2 * otp + ofp + ofn), 4),
+        "objects": {"tp": otp, "fp": ofp, "fn": ofn},
+        "images": images,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,18 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         report["train_seconds"] = round(time.perf_counter() - t0, 1)
         report["best_epoch"] = result.best_epoch
         report["best_val_iou_windows"] = round(result.best_iou, 4)
-    report["plain"] = score(model, val, args.data)
+    report["plain"] = score(model, val, args.data, regularize=False)
+    report["regularized"] = score(model, val, args.data, regularize=True)
     if args.tta:
-        report["tta"] = score(model, val, args.data, tta=True)
+        report["tta"] = score(model, val, args.data, tta=True, regularize=False)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"{'':10} {'pixel IoU':>9} {'pixel F1':>9} {'object F1':>9}  images")
-    for variant in ("plain", "tta"):
+    print(f"{'':20} {'pixel IoU':>9} {'pixel F1':>9} {'object F1':>9}  images")
+    for variant in ("plain", "regularized", "tta"):
         if variant not in report:
             continue
         for key in ("rio", "austin", "chicago", "all"):
             r = report[variant].get(key)
             if r:
-                print(f"{variant + ' ' + key:10} {r['pixel_iou']:9.3f} {r['pixel_f1']:9.3f} {r['object_f1']:9.3f}  {r['images']}")
+                print(f"{variant + ' ' + key:20} {r['pixel_iou']:9.3f} {r['pixel_f1']:9.3f} {r['object_f1']:9.3f}  {r['images']}")
     if "train_seconds" in report:
         print(f"trained in {report['train_seconds'] / 60:.1f} min, best epoch {report['best_epoch']}")
     return 0

@@ -125,10 +125,13 @@ def evaluate(
             f"{Path(labels).name} has no feature inside {src_scene.name}; check the label file's CRS and extent"
         )
     names = ["background", *lab.class_names]
+    regularize = bool(config.regularize) if config is not None and config.regularize is not None else False
     with tempfile.TemporaryDirectory(prefix="geounet-eval-") as tmp:
         vector_pred = None
         if model is not None:
             predictor = Predictor(model, device=(config or PredictConfig()).device)
+            if config is None or config.regularize is None:
+                regularize = predictor.meta.regularize
             mapping = _class_mapping(predictor.meta.mask_classes, names, lab.binary)
             mask_path = Path(tmp) / "mask.tif"
             predictor.run(scene, mask=mask_path, config=config, progress=progress)
@@ -146,7 +149,7 @@ def evaluate(
             else:
                 mask_path = pred
                 mapping = _class_mapping(_mask_class_names(pred) or names, names, lab.binary)
-        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, names)
+        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, names, regularize=regularize)
         pred_frame = vector_pred if vector_pred is not None else vec.finish()
     pixel = scores_from_confusion(cm, names)
     for k, name in enumerate(names):
@@ -233,11 +236,17 @@ def _rasterize_vectors(frame: gpd.GeoDataFrame, scene: Any, path: Path) -> None:
 
 
 def _pixel_confusion(
-    mask_path: Path, rl: Any, scene: Any, mapping: npt.NDArray[np.int64], names: Sequence[str]
+    mask_path: Path,
+    rl: Any,
+    scene: Any,
+    mapping: npt.NDArray[np.int64],
+    names: Sequence[str],
+    *,
+    regularize: bool = False,
 ) -> tuple[npt.NDArray[np.int64], StripVectorizer]:
     n_classes = len(names)
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    vec = StripVectorizer(scene.transform, scene.crs, names)
+    vec = StripVectorizer(scene.transform, scene.crs, names, regularize=regularize)
     with rasterio.open(gdal_path(scene.path)) as src, rasterio.open(mask_path) as msk:
         if (msk.width, msk.height) != (scene.width, scene.height):
             raise GeounetError(

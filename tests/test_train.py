@@ -311,3 +311,50 @@ def test_real_spacenet_roads_geographic(tmp_path: Path) -> None:
     ))
     assert read_meta(out).provenance["crs"] == "EPSG:4326"
     assert result.history[0]["val_loss"] > 0
+
+
+def test_cli_takes_several_images_and_labels_after_one_flag(scenes: dict[str, Path], tmp_path: Path) -> None:
+    # As a shell expands `--images *.tif`: several values after one flag, masks as labels too.
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+
+    mask = tmp_path / "masks"
+    mask.mkdir()
+    with rasterio.open(scenes["b"]) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8"}
+        labels = read_labels(scenes["lb"], LabelSpec(class_field="kind"))
+        target = labels.for_scene(open_scene(scenes["b"])).rasterize(rasterio.windows.Window(0, 0, src.width, src.height))
+    with rasterio.open(mask / "b.tif", "w", **profile) as dst:
+        dst.write((target == 1).astype("uint8")[None])  # buildings only, as a 0/1 mask
+    out = tmp_path / "cli.safetensors"
+    r = CliRunner().invoke(cli, [
+        "train", "--images", str(scenes["a"]), str(scenes["b"]), "--labels", str(scenes["la"]), str(mask),
+        "--classes", "building", "--class-field", "kind", "--tile-size", "64", "--batch-size", "4", "--epochs", "1",
+        "--samples-per-epoch", "8", "--width", "4", "--depth", "2", "--device", "cpu", "-o", str(out),
+    ], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "validation:" in r.stderr and "precision: fp32" in r.stderr
+    meta = read_meta(out)
+    assert meta.provenance["images"] == [str(scenes["a"]), str(scenes["b"])]
+    assert str(mask) in meta.provenance["labels"] and meta.classes == ["building"]
+    assert meta.provenance["split"]["kind"] in {"blocks", "band"}
+    record = json.loads(out.with_name("cli.metrics.jsonl").read_text().splitlines()[0])
+    assert record["split"].startswith("validation:")
+    png = out.with_name("cli.metrics.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+@requires_shared_data
+def test_atlanta_scene_gets_a_split_and_a_stretch(tmp_path: Path) -> None:
+    from geounet.dataset import fit_normalization
+
+    labels = read_labels(SHARED_DATA / "buildings.geojson")
+    scene = open_scene(SHARED_DATA / "buildings_pan.tif")
+    entries = [ImageEntry(scene, (1,), labels.for_scene(scene), [])]
+    split = SpatialSplit(entries, tile_size=256, val_fraction=0.2, seed=0)
+    assert len(plan_epoch(split, samples=64, epoch=0, seed=0)) == 64
+    # 16-bit with nodata 0: the stretch comes from valid pixels only, within the data's range.
+    record, mean, std = fit_normalization(entries, "scene", 2.0, 98.0)
+    assert 54 <= entries[0].lo[0] < entries[0].hi[0] <= 6615
+    assert 0 < mean[0] < 1 and 0 < std[0] < 1
