@@ -1564,20 +1564,10 @@ class LabelSet:
             :class:`RasterMaskLabels`; ``.empty`` when no source touches the image.
         """
         overlay = self._vectors_for(scene)
-        mask = self.masks.match(scene) if self.masks is not None else None
-        if overlay is not None and mask is None:
+        if self.masks is None or (overlay is not None and self.masks.match(scene) is None):
+            assert overlay is not None  # a LabelSet has vector files, masks or both
             return overlay
-        return RasterMaskLabels(
-            mask,
-            crs=scene.crs,
-            transform=scene.transform,
-            width=scene.width,
-            height=scene.height,
-            name=scene.name,
-            class_names=self.class_names,
-            ignore_value=self.masks.ignore_value if self.masks is not None else IGNORE_VALUE,
-            overlay=overlay,
-        )
+        return self.masks.for_scene(scene, overlay=overlay)
 
     def _vectors_for(self, scene: Scene) -> RasterLabels | None:
         """The union of the vector files' features for one image (None without vector files)."""

@@ -502,7 +502,10 @@ def train_model(
     steps_per_epoch = math.ceil(samples / dist.world / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
 
-    config_record = {"tile_size": cfg.tile_size, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs, "samples": samples, "world_size": dist.world}
+    config_record = {
+        "tile_size": cfg.tile_size, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
+        "samples": samples, "world_size": dist.world, "augment": augment.names, "scale_jitter": augment.scale, "gsd": gsd,
+    }
     start_epoch, step, best_iou, best_epoch = 0, 0, -1.0, 0
     history: list[dict[str, Any]] = []
     if cfg.resume:

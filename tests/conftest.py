@@ -108,3 +108,14 @@ def meta_for(net: Any, *, dtype: str = "uint8", classes: list[str] | None = None
         width=net.width, depth=net.depth, dtype=dtype, tile_size=tile_size, overlap=overlap,
     )
     return meta
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    """A model file of ``threshold_unet(3)`` (centre taps only, so D4-equivariant too)."""
+    from geounet.checkpoint import save_model
+
+    net = threshold_unet(3)
+    path = tmp_path / "model.safetensors"
+    save_model(net, meta_for(net, tile_size=64, overlap=16), path)
+    return path

@@ -10,17 +10,9 @@ import geopandas as gpd
 import pytest
 from click.testing import CliRunner
 
-from conftest import MakeRaster, meta_for, threshold_unet
+from conftest import MakeRaster
 from geounet.checkpoint import save_model
 from geounet.cli.main import cli
-
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    net = threshold_unet(3)
-    path = tmp_path / "model.safetensors"
-    save_model(net, meta_for(net, tile_size=64, overlap=16), path)
-    return path
 
 
 def run(*args: str) -> object:

@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner
 from scipy import ndimage
 
-from conftest import MakeRaster, meta_for, threshold_unet
-from geounet.checkpoint import create_model, save_model
+from conftest import MakeRaster
+from geounet.checkpoint import create_model
 from geounet.cli.main import cli
 from geounet.model import UNet, calibrate_batchnorm
 from geounet.predict import TTA_VARIANTS, PredictConfig, Predictor, dihedral, predict_raster, undo_dihedral
@@ -177,15 +177,6 @@ def test_tta_off_is_the_plain_forward_bit_for_bit(make_raster: MakeRaster, tmp_p
             out[name] = src.read()
     np.testing.assert_array_equal(out["default"], out["off"])
     assert not np.array_equal(out["default"], out["on"])
-
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    """``threshold_unet``: centre taps only, so D4-equivariant: TTA gives its known answer too."""
-    net = threshold_unet(3)
-    path = tmp_path / "model.safetensors"
-    save_model(net, meta_for(net, tile_size=64, overlap=16), path)
-    return path
 
 
 def test_predict_and_evaluate_cli_tta(make_raster: MakeRaster, model_file: Path, tmp_path: Path) -> None:
