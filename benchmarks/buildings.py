@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--normalization", default="scene")
     ap.add_argument("--gsd", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, help="continue from this model (fine-tuning: a new schedule)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
 
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         kw: dict[str, Any] = {}
         if args.lr:
             kw["lr"] = args.lr
+        if args.init:
+            kw["init"] = str(args.init)
         cfg = TrainConfig(
             images=[str(p) for p in train],
             val_images=[str(p) for p in val],

@@ -54,6 +54,7 @@ class ModelMeta:
         normalization: How raw values are stretched before ``mean``/``std`` (see
             :mod:`geounet.normalize`); empty: ``mean``/``std`` are in raw units.
         regularize: Square polygon outlines by default when predicting (building models).
+        min_area_m2: Drop polygons smaller than this by default when predicting.
         format_version: Layout version of this metadata.
     """
 
@@ -71,6 +72,7 @@ class ModelMeta:
     provenance: dict[str, Any] = field(default_factory=dict)
     normalization: dict[str, Any] = field(default_factory=dict)
     regularize: bool = False
+    min_area_m2: float = 0.0
     format_version: int = FORMAT_VERSION
 
     @property

@@ -126,12 +126,15 @@ def evaluate(
         )
     names = ["background", *lab.class_names]
     regularize = bool(config.regularize) if config is not None and config.regularize is not None else False
+    min_area = config.min_area_m2 if config is not None and config.min_area_m2 is not None else 0.0
     with tempfile.TemporaryDirectory(prefix="geounet-eval-") as tmp:
         vector_pred = None
         if model is not None:
             predictor = Predictor(model, device=(config or PredictConfig()).device)
             if config is None or config.regularize is None:
                 regularize = predictor.meta.regularize
+            if config is None or config.min_area_m2 is None:
+                min_area = predictor.meta.min_area_m2
             mapping = _class_mapping(predictor.meta.mask_classes, names, lab.binary)
             mask_path = Path(tmp) / "mask.tif"
             predictor.run(scene, mask=mask_path, config=config, progress=progress)
@@ -149,7 +152,7 @@ def evaluate(
             else:
                 mask_path = pred
                 mapping = _class_mapping(_mask_class_names(pred) or names, names, lab.binary)
-        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, names, regularize=regularize)
+        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, names, regularize=regularize, min_area_m2=min_area)
         pred_frame = vector_pred if vector_pred is not None else vec.finish()
     pixel = scores_from_confusion(cm, names)
     for k, name in enumerate(names):
@@ -243,10 +246,11 @@ def _pixel_confusion(
     names: Sequence[str],
     *,
     regularize: bool = False,
+    min_area_m2: float = 0.0,
 ) -> tuple[npt.NDArray[np.int64], StripVectorizer]:
     n_classes = len(names)
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    vec = StripVectorizer(scene.transform, scene.crs, names, regularize=regularize)
+    vec = StripVectorizer(scene.transform, scene.crs, names, regularize=regularize, min_area_m2=min_area_m2)
     with rasterio.open(gdal_path(scene.path)) as src, rasterio.open(mask_path) as msk:
         if (msk.width, msk.height) != (scene.width, scene.height):
             raise GeounetError(

@@ -99,7 +99,7 @@ class PredictConfig:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         threshold: Probability at or above which a pixel is foreground (binary models).
         bands: 1-based bands to feed the model (None: every band but alpha).
-        min_area_m2: Drop polygons smaller than this.
+        min_area_m2: Drop polygons smaller than this (None: the model's default, 0 for most).
         simplify: Douglas-Peucker tolerance in pixels (0: none).
         to_crs: Reproject the vector output (e.g. ``EPSG:4326``); None keeps the scene's CRS.
         prob_dtype: ``float32`` (nodata NaN) or ``uint8`` (0..254 = 0..1, nodata 255).
@@ -127,7 +127,7 @@ class PredictConfig:
     device: Device = "auto"
     threshold: float = 0.5
     bands: Sequence[int] | None = None
-    min_area_m2: float = 0.0
+    min_area_m2: float | None = None
     simplify: float = 0.0
     to_crs: str | None = None
     prob_dtype: ProbDtype = "float32"
@@ -438,7 +438,7 @@ class Predictor:
                     scene.crs,
                     mask_names,
                     simplify=cfg.simplify,
-                    min_area_m2=cfg.min_area_m2,
+                    min_area_m2=meta.min_area_m2 if cfg.min_area_m2 is None else cfg.min_area_m2,
                     regularize=meta.regularize if cfg.regularize is None else cfg.regularize,
                 )
                 if tmp_vec is not None

@@ -426,11 +426,11 @@ def _squared(simple: shapely.Polygon, theta: float, tolerance: float) -> shapely
         return np.column_stack([c * xy[:, 0] - s * xy[:, 1], s * xy[:, 0] + c * xy[:, 1]]) + centre
 
     rings = []
-    for ring in [simple.exterior, *simple.interiors]:
+    for k, ring in enumerate([simple.exterior, *simple.interiors]):
         square = _orthogonal_ring(to_local(np.asarray(ring.coords)), tolerance)
         if square is None:
-            if ring is simple.exterior:
-                return None
+            if k == 0:
+                return None  # the outline itself cannot be squared
             continue  # a hole too small or too odd to square: dropped
         rings.append(to_map(square))
     out = shapely.Polygon(rings[0], rings[1:])

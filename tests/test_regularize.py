@@ -84,3 +84,10 @@ def test_predict_regularize_keeps_fields_and_validity(make_raster: MakeRaster, t
         assert len(poly.exterior.coords) == 5  # a rectangle, not a pixel staircase
         assert _iou(poly, truth) > 0.9
     assert sum(len(g.exterior.coords) for g in a.geometry.explode()) > 40  # the staircase
+
+
+def test_an_outline_too_small_to_square_falls_back() -> None:
+    # Three runs only (a triangle-ish blob): nothing to square, the simplified outline stays.
+    tri = shapely.Polygon([(0, 0), (6, 0), (3, 5)])
+    out = regularize_polygon(tri)
+    assert out.is_valid and not out.is_empty and _iou(out, tri) > 0.75

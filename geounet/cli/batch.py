@@ -39,12 +39,12 @@ MAX_LISTED_FAILURES = 10
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
 @click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
 @click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
-@click.option("--min-area", "min_area_m2", type=click.FloatRange(min=0), default=0.0, help="Drop polygons smaller than this many m².")
+@click.option("--min-area", "min_area_m2", type=click.FloatRange(min=0), help="Drop polygons smaller than this many m² [default: the model's; 0 for most].")
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, help="Simplify polygons, tolerance in pixels.")
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS].")
 @click.option("--overwrite", is_flag=True, help="Replace files with output names already in a DIR that has no manifest.jsonl (outputs of earlier batch runs are always replaced when redone).")
 @click.pass_context
-def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, resample: str, regularize: bool | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, resample: str, regularize: bool | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment many scenes into one folder; re-run the same command to resume.
 
     INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one

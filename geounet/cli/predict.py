@@ -26,12 +26,12 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="Also write the class mask (uint8 GeoTIFF).")
 @click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
-@click.option("--min-area", "min_area_m2", type=click.FloatRange(min=0), default=0.0, help="Drop polygons smaller than this many m².")
+@click.option("--min-area", "min_area_m2", type=click.FloatRange(min=0), help="Drop polygons smaller than this many m² [default: the model's; 0 for most].")
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, help="Simplify polygons, tolerance in pixels.")
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
 @overwrite_opt
 @click.pass_context
-def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, device: str, tta: bool, resample: str, regularize: bool | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, device: str, tta: bool, resample: str, regularize: bool | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment SCENE and write polygons in its CRS.
 
     \b
