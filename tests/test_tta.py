@@ -162,7 +162,9 @@ def test_tta_off_is_the_plain_forward_bit_for_bit(make_raster: MakeRaster, tmp_p
     batch = smooth_image((2, 3, 64, 64), 11)
     valid = np.ones((2, 64, 64), bool)
     valid[0, 50:, :] = False
-    x = (torch.from_numpy(batch) - predictor.mean) / predictor.std * torch.from_numpy(valid).unsqueeze(1)
+    mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(meta.std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = (torch.from_numpy(batch) - mean) / std * torch.from_numpy(valid).unsqueeze(1)
     with torch.inference_mode():
         direct = predictor.net(x.contiguous(memory_format=torch.channels_last)).contiguous().numpy()
     np.testing.assert_array_equal(predictor.forward(batch, valid), direct)
