@@ -141,15 +141,16 @@ def child_forward(p: dict[str, Any]) -> dict[str, Any]:
     batches = [rng.uniform(0, top, (bs, bands, ts, ts)).astype(np.float32) for _ in range(2)]
     valid = np.ones((bs, ts, ts), dtype=bool)
     warmup = 3 if cuda or p.get("compile") else 1
+    scaling = pred.array_scaling(batches[0], valid)  # once per scene, as the pipeline does
     for i in range(warmup):
-        pred.forward(batches[i % 2], valid)
+        pred.forward(batches[i % 2], valid, scaling=scaling)
     if cuda:
         torch.cuda.synchronize()
     calls = done = 0
     t0 = time.perf_counter()
     while done < n:
         k = min(bs, n - done)
-        pred.forward(batches[calls % 2][:k], valid[:k])  # returns numpy on the CPU: synchronous
+        pred.forward(batches[calls % 2][:k], valid[:k], scaling=scaling)  # numpy on the CPU: synchronous
         done += k
         calls += 1
     seconds = time.perf_counter() - t0
