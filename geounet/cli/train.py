@@ -25,7 +25,7 @@ from geounet.cli.options import BandList, ManyValues, device_opt, overwrite_opt,
 @click.option("--schedule", type=click.Choice(["onecycle", "cosine"]), default="onecycle", show_default=True)
 @click.option("--width", type=click.IntRange(min=1), default=32, show_default=True, help="U-Net first-level channels.")
 @click.option("--depth", type=click.IntRange(min=1, max=8), default=4, show_default=True, help="U-Net down/up steps.")
-@click.option("--init", type=click.Path(path_type=Path), help="Fine-tune from this model file.")
+@click.option("--init", type=click.Path(path_type=Path), help="Fine-tune from this model file or bundled model name (e.g. buildings).")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True, help="Share of spatial blocks held out for validation.")
 @click.option("--samples-per-epoch", type=click.IntRange(min=1), help="Training windows per epoch [default: from the training area].")
 @click.option("--positive-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Share of windows centred on labelled features.")
