@@ -103,11 +103,11 @@ class ImageEntry:
     lo: npt.NDArray[np.float64] | None = None
     hi: npt.NDArray[np.float64] | None = None
 
-    def window_rect(self, row: int, col: int, size: int) -> Rect:
-        """Map rectangle of a window."""
+    def window_rect(self, row: int, col: int, size: int, width: int | None = None) -> Rect:
+        """Map rectangle of a window of ``size`` rows and ``width`` (default ``size``) columns."""
         t = self.scene.transform
         x0, y0 = t * (col, row)
-        x1, y1 = t * (col + size, row + size)
+        x1, y1 = t * (col + (size if width is None else width), row + size)
         return Rect(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
     def source_size(self, tile_size: int) -> int:
@@ -359,10 +359,7 @@ class SpatialSplit:
             else:
                 e.val_blocks = list(option.blocks.get(i, []))
             for w in e.val_blocks:
-                t = e.scene.transform
-                x0, y0 = t * (w.col_off, w.row_off)
-                x1, y1 = t * (w.col_off + w.width, w.row_off + w.height)
-                rect = Rect(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+                rect = e.window_rect(int(w.row_off), int(w.col_off), int(w.height), int(w.width))
                 self._val_rects.setdefault(e.scene.crs.to_string(), []).append(rect)
 
     def coverage(self) -> float:

@@ -68,10 +68,7 @@ def _assert_no_leak(split: SpatialSplit, plan: list[Sample]) -> None:
             if other.scene.crs != e.scene.crs:
                 continue
             for w in other.val_blocks:
-                t = other.scene.transform
-                x0, y0 = t * (w.col_off, w.row_off)
-                x1, y1 = t * (w.col_off + w.width, w.row_off + w.height)
-                v = type(rect)(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+                v = other.window_rect(int(w.row_off), int(w.col_off), int(w.height), int(w.width))
                 assert not rect.intersects(v), (s, w)
 
 
