@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gsd", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", type=Path, help="continue from this model (fine-tuning: a new schedule)")
+    ap.add_argument("--separation", type=float, default=None, help="train --separation (metres; 0 = off)")
+    ap.add_argument("--contact-weight", type=float, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
 
@@ -153,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             kw["lr"] = args.lr
         if args.init:
             kw["init"] = str(args.init)
+        if args.separation is not None:
+            kw["separation_m"] = args.separation
+        if args.contact_weight is not None:
+            kw["contact_weight"] = args.contact_weight
         cfg = TrainConfig(
             images=[str(p) for p in train],
             val_images=[str(p) for p in val],

@@ -631,6 +631,37 @@ class RasterLabels:
         self._fill_outside(out, window, 0)  # pixels whose centre lies outside the raster: padding
         return out
 
+    def instances(
+        self, window: Window, *, out_shape: tuple[int, int] | None = None
+    ) -> npt.NDArray[np.int32]:
+        """Object ids of a window: ``1 +`` the index of the polygon feature holding each pixel
+        centre, 0 elsewhere. Buffered lines and points are not objects (a road network is one
+        thing, not many); where polygons overlap the later one wins.
+
+        Args:
+            window: Pixel window of the raster; it may overhang the raster.
+            out_shape: (rows, cols) of the result; default the window's size.
+        """
+        rows, cols = (
+            out_shape if out_shape is not None else (round(window.height), round(window.width))
+        )
+        out = np.zeros((max(rows, 0), max(cols, 0)), dtype=np.int32)
+        if self.empty or rows <= 0 or cols <= 0:
+            return out
+        win_transform = rasterio.windows.transform(window, self.transform)
+        west, south, east, north = array_bounds(rows, cols, win_transform)
+        hits = self._tree.query(shapely.box(west, south, east, north))
+        hits = np.sort(hits[self.polygonal[hits]])
+        if hits.size:
+            dx, dy = abs(win_transform.a), abs(win_transform.e)
+            geoms = shapely.clip_by_rect(self._geoms[hits], west - dx, south - dy, east + dx, north + dy)
+            keep = ~shapely.is_empty(geoms)
+            if keep.any():
+                pairs = zip(geoms[keep], (hits[keep] + 1).tolist(), strict=True)
+                _burn(pairs, out=out, transform=win_transform, all_touched=False)
+        self._fill_outside(out, window, 0)
+        return out
+
     def _burn_features(self, out: npt.NDArray[np.uint8], window: Window) -> None:
         """Burn the features near ``window`` into ``out`` (its grid starts at the window)."""
         if len(self._geoms) == 0:
@@ -651,7 +682,7 @@ class RasterLabels:
                 pairs = zip(geoms[keep], self.class_ids[hits][keep].tolist(), strict=True)
                 _burn(pairs, out=out, transform=win_transform, all_touched=False)
 
-    def _fill_outside(self, out: npt.NDArray[np.uint8], window: Window, value: int) -> None:
+    def _fill_outside(self, out: npt.NDArray[Any], window: Window, value: int) -> None:
         """Set the pixels of ``out`` whose centre lies outside the raster to ``value``."""
         rows, cols = out.shape
         r = window.row_off + np.arange(rows) + 0.5
@@ -1144,6 +1175,18 @@ class RasterMaskLabels(RasterLabels):
             self._burn_features(out, Window(col_off, row_off, cols, rows))
             self._fill_outside(out, Window(col_off, row_off, cols, rows), IGNORE_VALUE)
         return out
+
+    def instances(
+        self, window: Window, *, out_shape: tuple[int, int] | None = None
+    ) -> npt.NDArray[np.int32]:
+        """Object ids of a window: the 8-connected parts of its labelled pixels, numbered from 1.
+
+        A mask cannot say where two touching objects meet, so touching neighbours are one
+        object here; objects that a mask keeps apart by a gap stay apart.
+        """
+        cls = self.rasterize(window, out_shape=out_shape)
+        ids, _ = ndimage.label((cls > 0) & (cls != IGNORE_VALUE), structure=np.ones((3, 3), bool))
+        return ids.astype(np.int32, copy=False)
 
     def centroids_px(self) -> npt.NDArray[np.float64]:
         """Points inside labelled parts, for sampling windows on labels.

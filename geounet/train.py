@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from geounet import __version__
 from geounet.checkpoint import DEFAULT_COLOURS, ModelMeta, build_model, load_model, save_model
 from geounet.dataset import (
+    CONTACT_INDEX,
     IGNORE_INDEX,
     Augment,
     ImageEntry,
@@ -102,6 +103,11 @@ class TrainConfig:
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32),
             ``fp32`` or ``bf16``. The loss and the optimizer are float32 either way.
         plot: Write ``MODEL.metrics.png`` (loss, IoU and F1 per epoch) after each epoch.
+        separation_m: Background pixels within this distance (metres) of two different label
+            objects are weighed ``contact_weight`` times in the loss, so that the model keeps
+            the gaps between close buildings and they vectorize as separate polygons; 0 = off.
+            Objects are polygon features (or the separate parts of a mask).
+        contact_weight: Loss weight of those pixels.
     """
 
     images: Sequence[str]
@@ -136,6 +142,8 @@ class TrainConfig:
     gsd: float | None = None
     precision: str = "auto"
     plot: bool = True
+    separation_m: float = 1.0
+    contact_weight: float = 10.0
 
 
 @dataclass
@@ -185,22 +193,36 @@ def lr_at(step: int, total: int, base: float, schedule: Schedule) -> float:
     return end + (base - end) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, binary: bool) -> torch.Tensor:
-    """BCE+Dice (binary, one channel) or CE+Dice (multi-class), ignoring :data:`IGNORE_INDEX`."""
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, binary: bool, contact_weight: float = 1.0
+) -> torch.Tensor:
+    """BCE+Dice (binary, one channel) or CE+Dice (multi-class), ignoring :data:`IGNORE_INDEX`.
+
+    :data:`CONTACT_INDEX` pixels are background whose cross-entropy counts ``contact_weight``
+    times (the U-Net paper's separation weight, as a band rather than a decaying map).
+    """
     valid = target != IGNORE_INDEX
     if not valid.any():
         return logits.sum() * 0.0
     logits = logits.float()
+    contact = target == CONTACT_INDEX
+    weight = valid.float()
+    if contact.any():
+        target = target.masked_fill(contact, 0)
+        weight = weight + contact.float() * (contact_weight - 1.0)
     if binary:
         x = logits[:, 0]
         t = (target == 1).float()
         v = valid.float()
-        bce = (F.binary_cross_entropy_with_logits(x, t, reduction="none") * v).sum() / v.sum()
+        bce = (F.binary_cross_entropy_with_logits(x, t, reduction="none") * weight).sum() / v.sum()
         p = torch.sigmoid(x) * v
         inter = (p * t).sum()
         dice = 1 - (2 * inter + 1) / (p.sum() + (t * v).sum() + 1)
         return bce + dice
-    ce = F.cross_entropy(logits, target.clamp_max(logits.shape[1] - 1).masked_fill(~valid, IGNORE_INDEX), ignore_index=IGNORE_INDEX)
+    ce_px = F.cross_entropy(
+        logits, target.clamp_max(logits.shape[1] - 1).masked_fill(~valid, IGNORE_INDEX), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    ce = (ce_px * weight).sum() / valid.sum()
     prob = logits.softmax(dim=1) * valid.unsqueeze(1)
     onehot = F.one_hot(target.masked_fill(~valid, 0), logits.shape[1]).permute(0, 3, 1, 2).float()
     onehot = onehot * valid.unsqueeze(1)
@@ -213,6 +235,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, binary: bool) 
 def confusion(logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool) -> torch.Tensor:
     """Confusion matrix (true x predicted) over valid pixels, int64 (n_classes, n_classes)."""
     pred = (logits[:, 0] >= 0).long() if binary else logits.argmax(dim=1)
+    target = target.masked_fill(target == CONTACT_INDEX, 0)
     valid = target != IGNORE_INDEX
     idx = target[valid] * n_classes + pred[valid]
     return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes).cpu()
@@ -357,6 +380,13 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _set_contact_px(entries: Sequence[ImageEntry], separation_m: float) -> None:
+    """Each entry's separation distance in its own pixels (at least 1 when on)."""
+    for e in entries:
+        g = pixel_size_m(e.scene)
+        e.contact_px = max(1, round(separation_m / g)) if separation_m > 0 and g else 0
+
+
 def _target_gsd(entries: Sequence[ImageEntry], wanted: float | None, exclude: Sequence[int] = ()) -> float | None:
     """The model's pixel size: ``wanted``, or the median of the training images' (those not in
     ``exclude``); sets each entry's ``scale`` (source pixels per model pixel)."""
@@ -450,6 +480,7 @@ def train_model(
     info = on_info if on_info is not None and dist.main else (lambda line: logger.info("%s", line))
     info(split.description)
     resampled = sorted({round(e.scale, 2) for e in entries if e.scale != 1.0})
+    _set_contact_px(entries, cfg.separation_m)
     if gsd:
         info(
             f"model pixel size {gsd:g} m"
@@ -505,6 +536,7 @@ def train_model(
     config_record = {
         "tile_size": cfg.tile_size, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
         "samples": samples, "world_size": dist.world, "augment": augment.names, "scale_jitter": augment.scale, "gsd": gsd,
+        "separation_m": cfg.separation_m, "contact_weight": cfg.contact_weight,
     }
     start_epoch, step, best_iou, best_epoch = 0, 0, -1.0, 0
     history: list[dict[str, Any]] = []
@@ -553,6 +585,8 @@ def train_model(
         "schedule": cfg.schedule,
         "augment": augment.names,
         "scale_jitter": augment.scale,
+        "separation_m": cfg.separation_m,
+        "contact_weight": cfg.contact_weight,
         "normalization": cfg.normalization if not cfg.init else "from --init",
         "precision": "bf16" if use_amp else "fp32",
         "split": split.summary(),
@@ -588,7 +622,7 @@ def train_model(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x)
-            loss = segmentation_loss(logits, y, binary)
+            loss = segmentation_loss(logits, y, binary, cfg.contact_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -715,7 +749,7 @@ def _validate(
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(x)
-        loss_sum += float(segmentation_loss(logits, y, binary)) * len(x)
+        loss_sum += float(segmentation_loss(logits, y, binary, cfg.contact_weight)) * len(x)
         n += len(x)
         cm += confusion(logits.float(), y, n_classes, binary)
     return cm, loss_sum, n
