@@ -672,7 +672,9 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 def mark_contacts(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], radius: int) -> npt.NDArray[np.uint8]:
     """Mark the background between close objects: :data:`CONTACT_INDEX` where a background
-    pixel has two different objects within ``radius`` pixels (a disc).
+    pixel has two different objects within ``radius`` pixels (a disc), and along the edge
+    where two objects touch (the pixels of the one with the lower id that have the other
+    among their 8 neighbours: a one-pixel gap).
 
     Args:
         target: uint8 (H, W) class ids of a window.
@@ -694,6 +696,11 @@ def mark_contacts(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], rad
     lo = ndimage.minimum_filter(np.where(ids > 0, ids, big), footprint=disc, mode="constant", cval=big)
     lo = lo[r : r + h, r : r + w]
     contact = (target == 0) & (hi > 0) & (lo < big) & (lo != hi)
+    # Objects that touch (no background between them): the lower id's pixels along the
+    # shared edge become a one-pixel gap, so that the labels part them too.
+    own = ids[r : r + h, r : r + w]
+    beside = ndimage.maximum_filter(ids, size=3, mode="constant", cval=0)[r : r + h, r : r + w]
+    contact |= (own > 0) & (beside > own) & (target > 0) & (target != IGNORE_INDEX)
     if not contact.any():
         return target
     out = target.copy()

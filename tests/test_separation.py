@@ -49,6 +49,11 @@ def test_gap_between_two_objects_is_marked_and_nothing_else() -> None:
     # Farther apart than twice the radius: nothing between them is a contact.
     ids, target = _ids_and_target([(4, 0, 12, 4), (4, 10, 12, 14)], (16, 16), 2)
     assert not (mark_contacts(target, ids, 2) == CONTACT_INDEX).any()
+    # Touching objects (no background between them): a one-pixel gap on one side only.
+    ids, target = _ids_and_target([(4, 2, 12, 6), (4, 6, 12, 10)], (16, 16), 2)
+    out = mark_contacts(target, ids, 2)
+    assert (out[4:12, 5] == CONTACT_INDEX).all() and (out[4:12, 6] == 1).all()
+    assert ((out == CONTACT_INDEX) & (target == 1)).sum() == 8
     # One object alone: nothing.
     ids, target = _ids_and_target([(4, 4, 12, 12)], (16, 16), 3)
     assert mark_contacts(target, ids, 3) is target
