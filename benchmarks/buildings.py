@@ -57,7 +57,9 @@ def labels_for(data: Path, image: Path) -> Path:
     return label_files(data)[{"rio": 0, "austin": 1, "chicago": 2}[src]]
 
 
-def score(model: Path, images: list[Path], data: Path, *, tta: bool = False, regularize: bool | None = None) -> dict[str, Any]:
+def score(
+    model: Path, images: list[Path], data: Path, *, tta: bool = False, regularize: bool | None = None, split_m: float | None = None
+) -> dict[str, Any]:
     """Predict each image whole and score it (``geounet.evaluate.evaluate`` with the model, as
     ``geounet evaluate`` does); sums per source and overall."""
     import rasterio
@@ -66,7 +68,7 @@ def score(model: Path, images: list[Path], data: Path, *, tta: bool = False, reg
     from geounet.evaluate import evaluate
     from geounet.predict import PredictConfig, Predictor
 
-    cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize)
+    cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize, split_m=split_m)
     per_image: dict[str, Any] = {}
     sums: dict[str, dict[str, int]] = {}
     t0 = time.perf_counter()

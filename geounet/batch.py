@@ -294,7 +294,7 @@ def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: boo
     Device, batch size, reader threads and ``overwrite`` are left out: they change how fast, not
     what (up to floating-point rounding). ``tta`` is recorded only when on, so that manifests
     written before it existed still match runs without it; turning it on or off redoes a scene.
-    ``resample`` and ``regularize`` likewise, only when not their defaults.
+    ``resample``, ``regularize`` and ``split_m`` likewise, only when not their defaults.
     """
     params: dict[str, Any] = {
         "format": fmt,
@@ -316,6 +316,8 @@ def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: boo
         params["resample"] = config.resample
     if config.regularize is not None:
         params["regularize"] = config.regularize
+    if config.split_m is not None:
+        params["split_m"] = config.split_m
     # Round-trip through JSON so that values compare equal to those read from the manifest.
     normal: dict[str, Any] = json.loads(json.dumps(params))
     return normal

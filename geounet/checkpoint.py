@@ -55,6 +55,8 @@ class ModelMeta:
             :mod:`geounet.normalize`); empty: ``mean``/``std`` are in raw units.
         regularize: Square polygon outlines by default when predicting (building models).
         min_area_m2: Drop polygons smaller than this by default when predicting.
+        split_m: Split polygons at necks narrower than this (metres) by default when
+            predicting (touching buildings; :func:`geounet.vectorize.split_necks`); 0 = off.
         format_version: Layout version of this metadata.
     """
 
@@ -73,6 +75,7 @@ class ModelMeta:
     normalization: dict[str, Any] = field(default_factory=dict)
     regularize: bool = False
     min_area_m2: float = 0.0
+    split_m: float = 0.0
     format_version: int = FORMAT_VERSION
 
     @property

@@ -51,6 +51,14 @@ from geounet.vectorize import (
 
 logger = logging.getLogger(__name__)
 
+
+def split_px(split_m: float, scene: Scene) -> float:
+    """A neck width in metres as pixels of the scene (0 when off or the unit is unknown)."""
+    if split_m <= 0:
+        return 0.0
+    g = pixel_size_m(scene)
+    return split_m / g if g else 0.0
+
 ProbDtype = Literal["float32", "uint8"]
 Device = Literal["auto", "cpu", "cuda"]
 #: Finished strips that may wait for the strip worker before the model waits for it.
@@ -119,6 +127,9 @@ class PredictConfig:
         regularize: Square polygon outlines (right angles along each building's dominant
             orientation, small jogs removed; :func:`geounet.vectorize.regularize_polygon`).
             None: the model's default (on for the bundled building model).
+        split_m: Split polygons where parts meet through a neck narrower than this many
+            metres (touching buildings; :func:`geounet.vectorize.split_necks`); 0 = off,
+            None = the model's default.
     """
 
     tile_size: int | None = None
@@ -138,6 +149,7 @@ class PredictConfig:
     tta: bool = False
     resample: Literal["auto", "off"] = "auto"
     regularize: bool | None = None
+    split_m: float | None = None
 
 
 @dataclass
@@ -440,6 +452,7 @@ class Predictor:
                     simplify=cfg.simplify,
                     min_area_m2=meta.min_area_m2 if cfg.min_area_m2 is None else cfg.min_area_m2,
                     regularize=meta.regularize if cfg.regularize is None else cfg.regularize,
+                    split_px=split_px(meta.split_m if cfg.split_m is None else cfg.split_m, scene),
                 )
                 if tmp_vec is not None
                 else None

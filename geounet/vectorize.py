@@ -177,6 +177,8 @@ class StripVectorizer:
         simplify: Douglas-Peucker tolerance in pixels (0 = none).
         min_area_m2: Drop polygons smaller than this (0 = keep all).
         regularize: Square building outlines (see :func:`regularize_polygon`).
+        split_px: Split polygons where parts meet through a neck narrower than this many
+            pixels (touching buildings; see :func:`split_necks`); 0 = off.
     """
 
     def __init__(
@@ -188,7 +190,9 @@ class StripVectorizer:
         simplify: float = 0.0,
         min_area_m2: float = 0.0,
         regularize: bool = False,
+        split_px: float = 0.0,
     ) -> None:
+        self.split_px = split_px
         self.transform = transform
         self.crs = crs
         self.class_names = list(class_names)
@@ -295,6 +299,7 @@ class StripVectorizer:
             simplify=self.simplify,
             min_area_m2=self.min_area_m2,
             regularize=self.regularize,
+            split_px=self.split_px,
         )
 
 
@@ -324,11 +329,19 @@ def polygons_frame(
     simplify: float = 0.0,
     min_area_m2: float = 0.0,
     regularize: bool = False,
+    split_px: float = 0.0,
 ) -> gpd.GeoDataFrame:
     """Polygons in pixel coordinates to a clean GeoDataFrame in map coordinates."""
     import geopandas as gpd  # see import_vector_libraries
 
     geoms = np.asarray(pixel_geoms, dtype=object)
+    if split_px > 0 and len(geoms):
+        pieces = [split_necks(g, split_px) for g in geoms]
+        owner = np.repeat(np.arange(len(geoms)), [len(p) for p in pieces])
+        geoms = np.empty(len(owner), dtype=object)
+        geoms[:] = [g for p in pieces for g in p]
+        class_ids = np.asarray(class_ids)[owner].tolist()
+        scores = np.asarray(scores, dtype=np.float64)[owner].tolist()
     if regularize and len(geoms):
         geoms = np.array([regularize_polygon(g) for g in geoms], dtype=object)
     if simplify > 0 and len(geoms):
@@ -363,6 +376,43 @@ def polygons_frame(
         frame = frame.sort_values(["_y", "_x"], kind="stable").drop(columns=["_y", "_x"])
     frame["area_m2"] = frame["area_m2"].round(2)
     return frame.reset_index(drop=True)
+
+
+def split_necks(geom: shapely.Geometry, width: float) -> list[shapely.Geometry]:
+    """The parts of a polygon that meet only through necks narrower than ``width``.
+
+    Two roofs that touch, or that the mask joins across a gap it did not see, make one polygon
+    with a narrow waist. The polygon is eroded by ``width / 2`` (mitred, so right angles stay
+    right angles): where it falls into two or more cores of at least ``width²`` each, every
+    core is grown back by ``width / 2`` inside the polygon and overlaps go to the first core,
+    so the pieces tile the polygon except for the neck and slivers thinner than ``width``.
+    A polygon without such a neck comes back unchanged.
+
+    Args:
+        geom: Polygon or MultiPolygon (in pixel units in :class:`StripVectorizer`).
+        width: Neck width, in the geometry's units.
+
+    Returns:
+        The pieces (one element, ``geom`` itself, when nothing splits).
+    """
+    r = width / 2
+    if r <= 0 or geom.is_empty:
+        return [geom]
+    core = shapely.buffer(geom, -r, join_style="mitre")
+    cores = [c for c in shapely.get_parts(core) if c.area >= width * width]
+    if len(cores) < 2:
+        return [geom]
+    grown = shapely.intersection(shapely.buffer(np.asarray(cores, dtype=object), r, join_style="mitre"), geom)
+    out: list[shapely.Geometry] = []
+    taken: shapely.Geometry | None = None
+    for g in grown:
+        piece = g if taken is None else shapely.difference(g, taken)
+        piece = _polygonal(piece)
+        if piece.is_empty or piece.area <= 0:
+            continue
+        out.append(piece)
+        taken = piece if taken is None else shapely.union(taken, piece)
+    return out or [geom]
 
 
 def regularize_polygon(geom: shapely.Geometry, tolerance: float = 1.5, min_iou: float = 0.75) -> shapely.Geometry:

@@ -17,6 +17,14 @@ device_opt = click.option(
 )
 
 
+split_opt = click.option(
+    "--split-touching",
+    "split_m",
+    type=click.FloatRange(min=0),
+    help="Split polygons where parts meet through a neck narrower than this many metres "
+    "(touching buildings); 0 = off [default: the model's].",
+)
+
 tta_opt = click.option(
     "--tta",
     is_flag=True,

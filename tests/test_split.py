@@ -1,0 +1,112 @@
+"""Touching buildings come apart when vectorizing: polygons split at narrow necks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from conftest import MakeRaster, meta_for, threshold_unet
+from geounet.evaluate import evaluate
+from geounet.predict import PredictConfig, predict_raster
+from geounet.vectorize import StripVectorizer, split_necks
+
+DUMBBELL = shapely.union_all([shapely.box(0, 0, 20, 20), shapely.box(20, 9, 23, 10), shapely.box(23, 0, 40, 18)])
+
+
+def test_two_roofs_joined_by_a_neck_come_apart() -> None:
+    pieces = split_necks(DUMBBELL, 3)
+    assert len(pieces) == 2
+    left, right = sorted(pieces, key=lambda g: g.bounds[0])
+    assert all(p.is_valid for p in pieces) and left.intersection(right).area == 0
+    # Each piece is its roof, right angles and all: only the neck is lost.
+    assert left.symmetric_difference(shapely.box(0, 0, 20, 20)).area <= 3
+    assert right.symmetric_difference(shapely.box(23, 0, 40, 18)).area <= 3
+    assert DUMBBELL.area - left.area - right.area <= 3
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        shapely.box(0, 0, 30, 12),
+        shapely.Polygon([(0, 0), (40, 0), (40, 15), (15, 15), (15, 30), (0, 30)]),  # an L
+        shapely.box(0, 0, 40, 40).difference(shapely.box(10, 10, 30, 30)),  # a courtyard
+        shapely.box(0, 0, 4, 30),  # a narrow shed: one core only, or none
+    ],
+)
+def test_shapes_without_a_neck_are_left_alone(shape: shapely.Polygon) -> None:
+    assert split_necks(shape, 3) == [shape]
+
+
+def test_a_wider_neck_needs_a_wider_split() -> None:
+    assert len(split_necks(DUMBBELL, 0.5)) == 1  # the 1-unit neck is wider than 0.5
+    assert len(split_necks(DUMBBELL, 0)) == 1
+
+
+def test_strip_vectorizer_splits_across_a_strip_seam() -> None:
+    mask = np.zeros((40, 50), np.uint8)
+    mask[2:18, 5:25] = 1
+    mask[18:20, 14:15] = 1  # a one-pixel neck that crosses the seam at row 20
+    mask[20:36, 5:30] = 1
+    score = np.where(mask > 0, 0.8, 0.0).astype(np.float32)
+    t = from_origin(500000, 5000000, 0.5, 0.5)
+    frames = []
+    for split_px in (0.0, 3.0):
+        vec = StripVectorizer(t, CRS.from_epsg(32633), ["background", "building"], split_px=split_px)
+        vec.add(0, mask[:20], score[:20])
+        vec.add(20, mask[20:], score[20:])
+        frames.append(vec.finish())
+    plain, split = frames
+    assert len(plain) == 1 and len(split) == 2
+    assert list(split.columns) == list(plain.columns)
+    assert (split["class"] == "building").all() and np.allclose(split["score"], 0.8)
+    assert split.is_valid.all() and abs(split.area.sum() - plain.area.sum()) <= 2 * 0.25
+
+
+def _twin_houses(make_raster: MakeRaster, tmp_path: Path) -> tuple[Path, Path, list[shapely.Polygon]]:
+    t = from_origin(500000, 5000000, 0.5, 0.5)
+    band = np.full((80, 80), 30, np.uint8)
+    band[10:40, 10:30] = 230
+    band[10:40, 31:55] = 230
+    band[24:26, 30] = 230  # the roofs touch through a 2-pixel bridge (1 m)
+    scene = make_raster("twins.tif", width=80, height=80, data=np.stack([band, np.full_like(band, 40), np.full_like(band, 90)]), transform=t)
+    truth = []
+    for c0, c1 in ((10, 30), (31, 55)):
+        x0, y0 = t * (c0, 10)
+        x1, y1 = t * (c1, 40)
+        truth.append(shapely.box(x0, y1, x1, y0))
+    labels = tmp_path / "twins.geojson"
+    gpd.GeoDataFrame(geometry=truth, crs="EPSG:32633").to_file(labels)
+    return scene, labels, truth
+
+
+def test_predict_and_evaluate_split_touching_houses(make_raster: MakeRaster, tmp_path: Path) -> None:
+    scene, labels, truth = _twin_houses(make_raster, tmp_path)
+    net = threshold_unet(3)
+    meta = meta_for(net)
+    plain = predict_raster(scene, tmp_path / "p.gpkg", model=(net, meta), config=PredictConfig(device="cpu"))
+    split = predict_raster(scene, tmp_path / "s.gpkg", model=(net, meta), config=PredictConfig(device="cpu", split_m=1.5))
+    assert plain.features == 1 and split.features == 2
+    got = sorted(gpd.read_file(tmp_path / "s.gpkg", layer="s").geometry, key=lambda g: g.bounds[0])
+    for g, want in zip(got, truth, strict=True):
+        assert g.intersection(want).area / g.union(want).area > 0.9
+    # The model's default applies unless the config says otherwise; evaluate follows it too.
+    meta.split_m = 1.5
+    by_default = predict_raster(scene, tmp_path / "d.gpkg", model=(net, meta), config=PredictConfig(device="cpu"))
+    off = predict_raster(scene, tmp_path / "o.gpkg", model=(net, meta), config=PredictConfig(device="cpu", split_m=0))
+    assert by_default.features == 2 and off.features == 1
+    from geounet.checkpoint import save_model
+
+    path = tmp_path / "m.safetensors"
+    save_model(net, meta, path)
+    rep = evaluate(scene, labels, model=path, config=PredictConfig(device="cpu"))
+    rep_off = evaluate(scene, labels, model=path, config=PredictConfig(device="cpu", split_m=0))
+    on, plain_obj = rep["object"]["foreground"], rep_off["object"]["foreground"]
+    assert (on["tp"], on["fp"], on["fn"]) == (2, 0, 0)
+    assert (plain_obj["tp"], plain_obj["fn"]) == (1, 1)  # the joined outline matches the larger house only
+    assert rep["pixel"] == rep_off["pixel"]  # pixel figures come from the mask
