@@ -203,6 +203,7 @@ class StripVectorizer:
         self._pieces: dict[int, tuple[int, shapely.Geometry, float, int]] = {}
         self._next_id = 1
         self._row = 0
+        self._width = 0
         self._bottom: npt.NDArray[np.int64] | None = None  # global ids on the last row so far
         self._bottom_class: npt.NDArray[np.int64] | None = None
         self._done: list[tuple[int, shapely.Geometry, float, int]] = []
@@ -220,6 +221,7 @@ class StripVectorizer:
         if row_off != self._row:
             raise ValueError(f"strip at row {row_off}, expected {self._row}")
         rows, width = mask.shape
+        self._width = width
         labels, label_class = _components(mask)
         count = len(label_class)
         offset = self._next_id - 1
@@ -300,6 +302,7 @@ class StripVectorizer:
             min_area_m2=self.min_area_m2,
             regularize=self.regularize,
             split_px=self.split_px,
+            extent_px=(self._width, self._row),
         )
 
 
@@ -330,8 +333,13 @@ def polygons_frame(
     min_area_m2: float = 0.0,
     regularize: bool = False,
     split_px: float = 0.0,
+    extent_px: tuple[int, int] | None = None,
 ) -> gpd.GeoDataFrame:
-    """Polygons in pixel coordinates to a clean GeoDataFrame in map coordinates."""
+    """Polygons in pixel coordinates to a clean GeoDataFrame in map coordinates.
+
+    ``extent_px`` (columns, rows): the raster's size; squared outlines are clipped to it, so a
+    building cut by the scene's edge does not reach beyond it.
+    """
     import geopandas as gpd  # see import_vector_libraries
 
     geoms = np.asarray(pixel_geoms, dtype=object)
@@ -344,6 +352,8 @@ def polygons_frame(
         scores = np.asarray(scores, dtype=np.float64)[owner].tolist()
     if regularize and len(geoms):
         geoms = np.array([regularize_polygon(g) for g in geoms], dtype=object)
+        if extent_px is not None:
+            geoms = shapely.clip_by_rect(geoms, 0, 0, extent_px[0], extent_px[1])
     if simplify > 0 and len(geoms):
         geoms = shapely.simplify(geoms, simplify, preserve_topology=True)
     a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
