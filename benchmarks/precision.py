@@ -6,7 +6,7 @@ the final training loss and the seconds per epoch. bf16 is only faster where the
 bf16 (AVX512-BF16 or AMX; ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``) or on CUDA; elsewhere
 PyTorch emulates it and it is slower, which is why ``--precision auto`` then picks float32.
 
-    python benchmarks/precision.py [--epochs 8] [--width 8]
+    python benchmarks/precision.py [--epochs 8] [--width 8] [--seeds 0 1 2]
     python benchmarks/precision.py --step        # one width-16 step on 8 x 256 px, fp32 vs bf16
 """
 
@@ -27,6 +27,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--samples", type=int, default=96)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and precision")
     ap.add_argument("--step", action="store_true", help="only time training steps, fp32 against bf16")
     args = ap.parse_args()
     if args.step:
@@ -41,16 +42,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         scene, labels = synthetic_scene(d / "a.tif", d / "a.gpkg", seed=1)
-        for precision in ("fp32", "bf16"):
+        for seed, precision in [(s, p) for s in args.seeds for p in ("fp32", "bf16")]:
             t0 = time.perf_counter()
             r = train_model(TrainConfig(
                 images=[str(scene)], labels=str(labels), out=str(d / f"{precision}.safetensors"), class_field="kind",
                 classes=["building", "road"], tile_size=64, batch_size=8, epochs=args.epochs,
-                samples_per_epoch=args.samples, width=args.width, depth=3, lr=5e-3, device="cpu", seed=0,
+                samples_per_epoch=args.samples, width=args.width, depth=3, lr=5e-3, device="cpu", seed=seed,
                 precision=precision, plot=False,
             ))
             secs = time.perf_counter() - t0
-            print(f"{precision}: best val IoU {r.best_iou:.3f} (epoch {r.best_epoch}), final train loss "
+            print(f"seed {seed} {precision}: best val IoU {r.best_iou:.3f} (epoch {r.best_epoch}), final train loss "
                   f"{r.history[-1]['train_loss']:.4f}, {secs / args.epochs:.1f} s/epoch")
     return 0
 

@@ -91,3 +91,21 @@ def test_an_outline_too_small_to_square_falls_back() -> None:
     tri = shapely.Polygon([(0, 0), (6, 0), (3, 5)])
     out = regularize_polygon(tri)
     assert out.is_valid and not out.is_empty and _iou(out, tri) > 0.75
+
+
+def test_squared_outlines_stay_inside_the_scene() -> None:
+    # A rotated roof cut by the scene's left edge: squaring it along its own axes would reach
+    # past the edge; the outline is clipped to the scene.
+    from rasterio.crs import CRS
+
+    from geounet.vectorize import StripVectorizer
+
+    t = from_origin(500000, 5000000, 0.5, 0.5)
+    roof = shapely.affinity.rotate(shapely.box(-8, 10, 20, 26), 30)
+    mask = rasterize([(roof, 1)], out_shape=(48, 48), dtype="uint8")
+    vec = StripVectorizer(t, CRS.from_epsg(32633), ["background", "building"], regularize=True)
+    vec.add(0, mask, None)
+    frame = vec.finish()
+    assert len(frame) == 1 and frame.is_valid.all()
+    minx, miny, maxx, maxy = frame.total_bounds
+    assert minx >= 500000 and maxy <= 5000000 and maxx <= 500000 + 24 and miny >= 5000000 - 24
