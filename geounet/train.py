@@ -106,7 +106,9 @@ class TrainConfig:
         separation_m: Background pixels within this distance (metres) of two different label
             objects are weighed ``contact_weight`` times in the loss, so that the model keeps
             the gaps between close buildings and they vectorize as separate polygons; 0 = off.
-            Objects are polygon features (or the separate parts of a mask).
+            Objects are polygon features (or the separate parts of a mask). None: 1 m for one
+            foreground class (buildings), 0 for several (land cover tiles the ground: no
+            background seam belongs between its polygons).
         contact_weight: Loss weight of those pixels.
     """
 
@@ -142,7 +144,7 @@ class TrainConfig:
     gsd: float | None = None
     precision: str = "auto"
     plot: bool = True
-    separation_m: float = 1.0
+    separation_m: float | None = None
     contact_weight: float = 10.0
 
 
@@ -480,7 +482,8 @@ def train_model(
     info = on_info if on_info is not None and dist.main else (lambda line: logger.info("%s", line))
     info(split.description)
     resampled = sorted({round(e.scale, 2) for e in entries if e.scale != 1.0})
-    _set_contact_px(entries, cfg.separation_m)
+    separation_m = cfg.separation_m if cfg.separation_m is not None else (1.0 if binary else 0.0)
+    _set_contact_px(entries, separation_m)
     if gsd:
         info(
             f"model pixel size {gsd:g} m"
@@ -536,7 +539,7 @@ def train_model(
     config_record = {
         "tile_size": cfg.tile_size, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
         "samples": samples, "world_size": dist.world, "augment": augment.names, "scale_jitter": augment.scale, "gsd": gsd,
-        "separation_m": cfg.separation_m, "contact_weight": cfg.contact_weight,
+        "separation_m": separation_m, "contact_weight": cfg.contact_weight,
     }
     start_epoch, step, best_iou, best_epoch = 0, 0, -1.0, 0
     history: list[dict[str, Any]] = []
@@ -585,7 +588,7 @@ def train_model(
         "schedule": cfg.schedule,
         "augment": augment.names,
         "scale_jitter": augment.scale,
-        "separation_m": cfg.separation_m,
+        "separation_m": separation_m,
         "contact_weight": cfg.contact_weight,
         "normalization": cfg.normalization if not cfg.init else "from --init",
         "precision": "bf16" if use_amp else "fp32",

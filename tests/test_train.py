@@ -106,6 +106,7 @@ def test_training_reaches_iou_and_records_everything(trained: tuple[Path, object
     assert meta.provenance["trained"] and meta.provenance["labels"] == [str(out.parent / "a.gpkg")]
     assert meta.provenance["metrics"]["val_iou"] == pytest.approx(result.best_iou, abs=1e-6)  # type: ignore[attr-defined]
     assert meta.provenance["epochs"] == result.best_epoch  # type: ignore[attr-defined]
+    assert meta.provenance["separation_m"] == 0  # several classes: no background seams by default
     # Each scene stretched by its own percentiles, then standardized by the training pixels' stats.
     assert meta.normalization == {"mode": "scene", "low": 2.0, "high": 98.0}
     assert len(meta.mean) == 3 and all(0.05 < s < 1 for s in meta.std)
@@ -297,6 +298,7 @@ def test_real_spacenet_buildings_end_to_end(tmp_path: Path) -> None:
     meta = read_meta(out)
     assert meta.dtype == "uint16" and meta.bands == 1 and meta.classes == ["building"]
     assert meta.gsd == pytest.approx(0.5, rel=0.01)
+    assert meta.provenance["separation_m"] == 1.0  # one class (buildings): separation on
     assert len(result.history) == 2 and result.history[-1]["val_iou"] is not None
     report = evaluate(SHARED_DATA / "buildings_pan.tif", SHARED_DATA / "buildings.geojson", model=out, config=PredictConfig(device="cpu"))
     assert report["pixel"]["foreground"]["tp"] + report["pixel"]["foreground"]["fn"] > 0

@@ -33,7 +33,7 @@ from geounet.cli.options import BandList, ManyValues, device_opt, overwrite_opt,
 @click.option("--scale-jitter", type=click.FloatRange(min=1), default=1.25, show_default=True, help="Scale augmentation: pixel size drawn within [gsd/a, gsd*a].")
 @click.option("--gsd", type=click.FloatRange(min=0, min_open=True), help="Ground pixel size (m) of the model; other images are resampled to it [default: the images' median].")
 @click.option("--normalization", type=click.Choice(["scene", "dataset"]), default="scene", show_default=True, help="scene: stretch each image by its own 2-98 percentiles; dataset: by the training set's.")
-@click.option("--separation", "separation_m", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weigh the background within this many metres of two label objects (e.g. the gap between touching buildings) more, so that they come out apart; 0 = off.")
+@click.option("--separation", "separation_m", type=click.FloatRange(min=0), help="Weigh the background within this many metres of two label objects (e.g. the gap between touching buildings) more, so that they come out apart; 0 = off [default: 1 for one class, 0 for several].")
 @click.option("--contact-weight", type=click.FloatRange(min=1), default=10.0, show_default=True, help="Loss weight of those background pixels.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="bf16 autocast (auto: on CUDA and CPUs with native bf16).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write MODEL.metrics.png with the training curves.")
