@@ -447,6 +447,27 @@ class WindowReader:
             self._handles.clear()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once (reading it means setting it, which is not thread-safe).
+_UMASK = _umask()
+
+
+def _default_mode(path: Path) -> None:
+    """Give a file that a writer made private (mode 0600, as temporary-file helpers do) the mode
+    a plain ``open`` would have given it, so outputs are readable as the user's umask allows."""
+    try:
+        mode = path.stat().st_mode
+        if path.is_file() and not mode & 0o077:
+            path.chmod(0o666 & ~_UMASK)
+    except OSError:
+        pass
+
+
 class AtomicOutputs:
     """Outputs that appear only when the whole run succeeds.
 
@@ -491,6 +512,7 @@ class AtomicOutputs:
             for tmp, final in self._pending:
                 parts = sorted(tmp.iterdir(), key=lambda p: p.name == final.name)
                 for part in parts:  # the main file last, so it appears only when complete
+                    _default_mode(part)
                     os.replace(part, final.parent / part.name)
                 tmp.rmdir()
         except OSError as exc:

@@ -139,3 +139,17 @@ def test_fused_batchnorm_gives_the_same_logits() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert count_parameters(fused) < count_parameters(UNet(3, 2, width=8, depth=3))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_model_files_get_the_umasks_mode_not_a_private_one(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from geounet.raster import AtomicOutputs
+
+    net, meta = create_model(bands=3, classes=["building"], width=4, depth=2)
+    with AtomicOutputs() as outputs:
+        save_model(net, meta, outputs.reserve(tmp_path / "m.safetensors"))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o666 & ~mask
