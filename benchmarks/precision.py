@@ -45,7 +45,7 @@ def main() -> int:
         for seed, precision in [(s, p) for s in args.seeds for p in ("fp32", "bf16")]:
             t0 = time.perf_counter()
             r = train_model(TrainConfig(
-                images=[str(scene)], labels=str(labels), out=str(d / f"{precision}.safetensors"), class_field="kind",
+                images=[str(scene)], labels=str(labels), out=str(d / f"{precision}-{seed}.safetensors"), class_field="kind",
                 classes=["building", "road"], tile_size=64, batch_size=8, epochs=args.epochs,
                 samples_per_epoch=args.samples, width=args.width, depth=3, lr=5e-3, device="cpu", seed=seed,
                 precision=precision, plot=False,
