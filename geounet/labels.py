@@ -42,7 +42,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -648,30 +648,40 @@ class RasterLabels:
         out = np.zeros((max(rows, 0), max(cols, 0)), dtype=np.int32)
         if self.empty or rows <= 0 or cols <= 0:
             return out
-        win_transform = rasterio.windows.transform(window, self.transform)
-        west, south, east, north = array_bounds(rows, cols, win_transform)
-        hits = self._tree.query(shapely.box(west, south, east, north))
-        hits = np.sort(hits[self.polygonal[hits]])
-        if hits.size:
-            dx, dy = abs(win_transform.a), abs(win_transform.e)
-            geoms = shapely.clip_by_rect(self._geoms[hits], west - dx, south - dy, east + dx, north + dy)
-            keep = ~shapely.is_empty(geoms)
-            if keep.any():
-                pairs = zip(geoms[keep], (hits[keep] + 1).tolist(), strict=True)
-                _burn(pairs, out=out, transform=win_transform, all_touched=False)
+
+        def polygons(hits: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+            hits = np.sort(hits[self.polygonal[hits]])
+            return hits, hits + 1
+
+        self._burn_into(out, window, polygons)
         self._fill_outside(out, window, 0)
         return out
 
     def _burn_features(self, out: npt.NDArray[np.uint8], window: Window) -> None:
-        """Burn the features near ``window`` into ``out`` (its grid starts at the window)."""
+        """Burn the class ids of the features near ``window`` into ``out`` (its grid starts at
+        the window), in ascending class id."""
+
+        def by_class(hits: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+            hits = hits[np.argsort(self.class_ids[hits], kind="stable")]
+            return hits, self.class_ids[hits]
+
+        self._burn_into(out, window, by_class)
+
+    def _burn_into(
+        self,
+        out: npt.NDArray[Any],
+        window: Window,
+        pick: Callable[[npt.NDArray[np.intp]], tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]],
+    ) -> None:
+        """Burn features near ``window`` into ``out``: ``pick(hits)`` gives the features to
+        burn, in burning order, and the value of each."""
         if len(self._geoms) == 0:
             return
         rows, cols = out.shape
         win_transform = rasterio.windows.transform(window, self.transform)
         west, south, east, north = array_bounds(rows, cols, win_transform)
-        hits = self._tree.query(shapely.box(west, south, east, north))
+        hits, values = pick(self._tree.query(shapely.box(west, south, east, north)))
         if hits.size:
-            hits = hits[np.argsort(self.class_ids[hits], kind="stable")]
             dx, dy = abs(win_transform.a), abs(win_transform.e)
             # Clip big features to the window so that only its vertices cross into GDAL.
             geoms = shapely.clip_by_rect(
@@ -679,7 +689,7 @@ class RasterLabels:
             )
             keep = ~shapely.is_empty(geoms)
             if keep.any():
-                pairs = zip(geoms[keep], self.class_ids[hits][keep].tolist(), strict=True)
+                pairs = zip(geoms[keep], values[keep].tolist(), strict=True)
                 _burn(pairs, out=out, transform=win_transform, all_touched=False)
 
     def _fill_outside(self, out: npt.NDArray[Any], window: Window, value: int) -> None:

@@ -110,8 +110,7 @@ def info(path: str, as_json: bool) -> None:
         f"tiles:      {meta.tile_size} px, overlap {meta.overlap} px (multiple of {2 ** meta.depth})",
         f"pixel size: {f'{meta.gsd:g} m' if meta.gsd is not None else 'unknown'}",
         f"polygons:   min area {meta.min_area_m2:g} m², regularize {'on' if meta.regularize else 'off'}, "
-        f"split at necks under {meta.split_m:g} m" if meta.split_m else
-        f"polygons:   min area {meta.min_area_m2:g} m², regularize {'on' if meta.regularize else 'off'}, no neck split",
+        + (f"split at necks under {meta.split_m:g} m" if meta.split_m else "no neck split"),
         f"provenance: {json.dumps(meta.provenance, sort_keys=True, indent=2)}",
     ]
     click.echo("\n".join(lines))
