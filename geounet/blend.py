@@ -15,6 +15,7 @@ Only numpy: no torch and no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,3 +184,41 @@ class Stitcher:
         strip = Strip(self.top, logits, valid)
         self.top = until_row
         return strip
+
+
+class StripAssembler:
+    """Blends tiles, given in grid order, into strips that are finished as their rows are.
+
+    A row of tiles is finished once every tile of it, and of the rows above, is blended; its
+    scene rows down to where the next row of tiles starts can then no longer change. With
+    tiles blended in batches, :meth:`finished` is told the last tile index that is blended, and
+    returns the strips that it completes, so the buffer holds the rows one batch spans at most.
+
+    Args:
+        tiles: Every tile of the scene, in grid order (rows of tiles top to bottom).
+        height, width, channels, overlap: As for :class:`Stitcher`.
+    """
+
+    def __init__(self, tiles: Sequence[Tile], height: int, width: int, channels: int, overlap: int) -> None:
+        self.stitcher = Stitcher(height, width, channels, overlap)
+        self._height = height
+        self._last = {t.row: i for i, t in enumerate(tiles)}  # index of each row's last tile
+        self._start = {t.row: t.row_off for t in tiles}
+        self._rows = len(self._start)
+        self._next_row = 0  # first grid row not yet flushed
+
+    def add(self, tile: Tile, logits: npt.NDArray[np.floating], valid: npt.NDArray[np.bool_] | None = None) -> None:
+        """Blend one tile (see :meth:`Stitcher.add`)."""
+        self.stitcher.add(tile, logits, valid)
+
+    def finished(self, last_index: int) -> list[Strip]:
+        """The strips that tiles ``0..last_index`` being blended complete (oldest first)."""
+        out = []
+        while self._next_row < self._rows and self._last[self._next_row] <= last_index:
+            row = self._next_row + 1
+            until = self._start[row] if row < self._rows else self._height
+            strip = self.stitcher.flush(until)
+            if strip is not None:
+                out.append(strip)
+            self._next_row += 1
+        return out

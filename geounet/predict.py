@@ -8,6 +8,7 @@ the probability/mask GeoTIFFs and the strip vectorizer. The scene is never held 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import time
@@ -25,13 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from geounet import normalize
-from geounet.blend import Stitcher, Strip
+from geounet.blend import Strip, StripAssembler
 from geounet.checkpoint import ModelMeta, load_model
 from geounet.cog import StripWriter
 from geounet.errors import BandMismatchError, GeounetError, OutputError
 from geounet.model import UNet, fuse_batchnorm
 from geounet.raster import (
     AtomicOutputs,
+    ReadAhead,
     Scene,
     WindowReader,
     gdal_options,
@@ -389,15 +391,102 @@ class Predictor:
     ) -> PredictResult:
         cfg = config or PredictConfig()
         t_start = time.perf_counter()
-        meta = self.meta
         if out is None and probabilities is None and mask is None:
             raise OutputError("nothing to write: give a vector output, --probabilities or --mask")
         if out is not None:
             vector_driver(out)
+        plan = self.plan(scene_path, cfg)
+        scene, tiles = plan.scene, plan.tiles
+        timings = dict.fromkeys(TIMINGS, 0.0)
+        with AtomicOutputs() as outputs:
+            sinks = StripSinks(
+                self.meta,
+                cfg,
+                scene,
+                vectors=outputs.reserve(out, overwrite=cfg.overwrite) if out is not None else None,
+                probabilities=outputs.reserve(probabilities, overwrite=cfg.overwrite) if probabilities else None,
+                mask=outputs.reserve(mask, overwrite=cfg.overwrite) if mask else None,
+                timings=timings,
+                vector_style=not _style_clash(out, probabilities, mask),
+            )
+            reader = WindowReader(scene, plan.bands, plan.tile_size)
+            scaling = normalize.scene_scaling(
+                self.meta.normalization, self.meta.mean, self.meta.std, reader.handle(), scene, plan.bands
+            )
+            assembler = StripAssembler(tiles, scene.height, scene.width, self.meta.arch_args["classes"], plan.overlap)
+            batcher = TileBatcher(plan.batch_size)
+            reads = ReadAhead(reader, tiles, threads=cfg.readers, ahead=max(2 * plan.batch_size, 4))
+            worker = StripWorker(sinks.handle, background=self._strip_thread(cfg), timings=timings)
+
+            def blend(batch: TileBatch) -> None:
+                t0 = time.perf_counter()
+                logits = self.forward(
+                    batch.data, batch.valid, tta=cfg.tta, max_batch=plan.batch_size, scaling=scaling, net_size=plan.net_size
+                )
+                t1 = time.perf_counter()
+                for t, lg, vd in zip(batch.tiles, logits, batch.valid, strict=True):
+                    assembler.add(t, lg[:, : t.height, : t.width], vd[: t.height, : t.width])
+                timings["model"] += t1 - t0
+                timings["stitch"] += time.perf_counter() - t1
+
+            def finish_through(index: int) -> None:
+                t0 = time.perf_counter()
+                strips = assembler.finished(index)
+                timings["stitch"] += time.perf_counter() - t0
+                for strip in strips:
+                    worker.submit(strip)
+
+            try:
+                for index, (tile, data, valid) in enumerate(reads):
+                    if batcher.add(index, tile, data, valid):
+                        blend(batcher.take())
+                    # Batches run across rows of tiles (full batches on a GPU); a row of tiles
+                    # is finished once all its tiles are blended.
+                    finish_through(batcher.waiting_from - 1)
+                    if progress is not None:
+                        progress(index + 1, len(tiles))
+                if batcher.tiles:
+                    blend(batcher.take())
+                finish_through(len(tiles) - 1)
+                t_tail = time.perf_counter()
+                worker.drain()
+                assembler.stitcher.release()  # the strip buffer and the network's freed activations
+                release_free_memory()  # go back to the OS before the tail allocates its own
+                sinks.close(worker)
+                timings["tail"] = time.perf_counter() - t_tail
+            except BaseException:
+                worker.shutdown()  # nothing may touch the writers now
+                sinks.abort()
+                raise
+            finally:
+                worker.shutdown()
+                reads.close()
+                timings["read_wait"] = reads.wait
+                reader.close()
+        return PredictResult(
+            scene=str(scene_path),
+            vectors=Path(out) if out is not None else None,
+            probabilities=Path(probabilities) if probabilities else None,
+            mask=Path(mask) if mask else None,
+            features=sinks.features,
+            tiles=len(tiles),
+            tiles_skipped=batcher.skipped,
+            seconds=time.perf_counter() - t_start,
+            timings=timings,
+            resample_factor=plan.factor,
+            class_counts=sinks.class_counts(),
+        )
+
+    def plan(self, scene_path: str | os.PathLike[str], cfg: PredictConfig) -> RunPlan:
+        """Open a scene, check it against the model, and lay out its tiles.
+
+        Raises:
+            GeounetError: A scene the model cannot read (bands, dtype, tile size).
+        """
+        meta = self.meta
         tile_size = cfg.tile_size or meta.tile_size
         overlap = meta.overlap if cfg.overlap is None else cfg.overlap
         check_tile_size(tile_size, overlap, multiple=2**meta.depth)
-
         scene = open_scene(scene_path)
         bands = resolve_bands(scene, cfg.bands, meta.bands)
         check_dtype(scene, meta)
@@ -408,239 +497,272 @@ class Predictor:
         if factor != 1.0:
             tile_size, overlap = max(1, round(tile_size * factor)), round(overlap * factor)
             logger.info("scene pixels %.3g m, model %.3g m: windows resampled x%.2f", meta.gsd / factor, meta.gsd, 1 / factor)
-        tiles = tile_windows(scene.height, scene.width, tile_size, overlap)
-        batch_size = cfg.batch_size or self.batch_size_for(tile_size)
-        n_out = meta.arch_args["classes"]
-        mask_names = meta.mask_classes
-
-        timings = dict.fromkeys(TIMINGS, 0.0)
-        counts = np.zeros(256, dtype=np.int64)
-        features = 0
-        skipped = 0
-        with AtomicOutputs() as outputs:
-            tmp_vec = outputs.reserve(out, overwrite=cfg.overwrite) if out is not None else None
-            tmp_prob = (
-                outputs.reserve(probabilities, overwrite=cfg.overwrite) if probabilities else None
-            )
-            tmp_mask = outputs.reserve(mask, overwrite=cfg.overwrite) if mask else None
-            prob_writer = mask_writer = None
-            if tmp_prob is not None:
-                prob_writer = StripWriter(
-                    tmp_prob,
-                    scene,
-                    count=n_out,
-                    dtype=cfg.prob_dtype,
-                    nodata=float("nan") if cfg.prob_dtype == "float32" else 255,
-                    descriptions=[f"probability of {c}" for c in meta.classes],
-                )
-                if cfg.prob_dtype == "uint8":
-                    prob_writer.dataset.scales = [1 / 254] * n_out
-            if tmp_mask is not None:
-                mask_writer = StripWriter(
-                    tmp_mask, scene, count=1, dtype="uint8", nodata=MASK_NODATA,
-                    descriptions=["class"], overview_resampling="nearest",
-                )
-                mask_writer.dataset.write_colormap(1, _colormap(meta))
-                mask_writer.dataset.update_tags(
-                    1, **{f"CLASS_{i}": n for i, n in enumerate(mask_names)}
-                )
-            vectorizer = (
-                StripVectorizer(
-                    scene.transform,
-                    scene.crs,
-                    mask_names,
-                    simplify=cfg.simplify,
-                    min_area_m2=meta.min_area_m2 if cfg.min_area_m2 is None else cfg.min_area_m2,
-                    regularize=meta.regularize if cfg.regularize is None else cfg.regularize,
-                    split_px=split_px(meta.split_m if cfg.split_m is None else cfg.split_m, scene),
-                )
-                if tmp_vec is not None
-                else None
-            )
-            stitcher = Stitcher(scene.height, scene.width, n_out, overlap)
-            reader = WindowReader(scene, bands, tile_size)
-            scaling = normalize.scene_scaling(
-                meta.normalization, meta.mean, meta.std, reader.handle(), scene, bands
-            )
-            row_last = {t.row: i for i, t in enumerate(tiles)}  # index of each row's last tile
-            row_next = {t.row: t.row_off for t in tiles}
-            n_rows = len(row_next)
-
-            def handle_strip(strip: Strip) -> None:
-                t0 = time.perf_counter()
-                cls, score, probs = _postprocess(strip, meta, cfg.threshold)
-                counts[:] += np.bincount(cls.ravel(), minlength=256)[:256]
-                t1 = time.perf_counter()
-                if prob_writer is not None:
-                    prob_writer.write(strip.row_off, _prob_array(probs, strip.valid, cfg.prob_dtype))
-                if mask_writer is not None:
-                    mask_writer.write(strip.row_off, cls[None])
-                t2 = time.perf_counter()
-                if vectorizer is not None:
-                    vectorizer.add(strip.row_off, cls, score)
-                t3 = time.perf_counter()
-                timings["postprocess"] += t1 - t0
-                timings["write"] += t2 - t1
-                timings["vectorize"] += t3 - t2
-
-            pool = ThreadPoolExecutor(max_workers=max(1, cfg.readers), thread_name_prefix="geounet-read")
-            # Finished strips are post-processed, written and vectorized on one background thread
-            # (in order) while the model runs, when there is a core for it: on CUDA, or when
-            # PyTorch leaves a core free. On a CPU whose cores all run the network the thread
-            # would only slow it (benchmarks/contention.py, 2 cores: each forward 4-7x slower
-            # while the thread works), so strips are handled inline. At most STRIPS_IN_FLIGHT wait.
-            post = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-strips")
-            background = cfg.strip_thread
-            if background is None:
-                background = self.device.type == "cuda" or spare_cores()
-            in_flight: deque[Future[None]] = deque()
-            writers = [w for w in (prob_writer, mask_writer) if w is not None]
-
-            def submit_strip(strip: Strip) -> None:
-                t0 = time.perf_counter()
-                while in_flight and (in_flight[0].done() or len(in_flight) >= STRIPS_IN_FLIGHT):
-                    in_flight.popleft().result()  # re-raises a failure of the strip worker
-                timings["strips_wait"] += time.perf_counter() - t0
-                if not background:
-                    t0 = time.perf_counter()
-                    handle_strip(strip)
-                    timings["strips"] += time.perf_counter() - t0
-                    return
-                in_flight.append(post.submit(handle_strip, strip))
-
-            try:
-                pending: deque[tuple[Tile, Future[tuple[Any, Any]]]] = deque()
-                it = iter(tiles)
-                prefetch = max(2 * batch_size, 4)
-
-                def fill() -> None:
-                    while len(pending) < prefetch:
-                        t = next(it, None)
-                        if t is None:
-                            return
-                        pending.append((t, pool.submit(reader.read, t)))
-
-                fill()
-                batch_tiles: list[Tile] = []
-                batch_data: list[npt.NDArray[np.float32]] = []
-                batch_valid: list[npt.NDArray[np.bool_]] = []
-                done = 0
-                next_row = 0  # first grid row not yet flushed
-
-                def run_batch() -> None:
-                    if not batch_tiles:
-                        return
-                    t0 = time.perf_counter()
-                    logits = self.forward(
-                        np.stack(batch_data),
-                        np.stack(batch_valid),
-                        tta=cfg.tta,
-                        max_batch=batch_size,
-                        scaling=scaling,
-                        net_size=net_size,
-                    )
-                    t1 = time.perf_counter()
-                    for t, lg, vd in zip(batch_tiles, logits, batch_valid, strict=True):
-                        stitcher.add(t, lg[:, : t.height, : t.width], vd[: t.height, : t.width])
-                    timings["model"] += t1 - t0
-                    timings["stitch"] += time.perf_counter() - t1
-                    batch_tiles.clear()
-                    batch_data.clear()
-                    batch_valid.clear()
-
-                def flush_rows(last_index: int) -> None:
-                    nonlocal next_row
-                    while next_row < n_rows and row_last[next_row] <= last_index:
-                        until = row_next[next_row + 1] if next_row + 1 < n_rows else scene.height
-                        t0 = time.perf_counter()
-                        strip = stitcher.flush(until)
-                        timings["stitch"] += time.perf_counter() - t0
-                        if strip is not None:
-                            submit_strip(strip)
-                        next_row += 1
-
-                first_pending = 0  # index of the first tile waiting in the batch
-                for index in range(len(tiles)):
-                    tile, fut = pending.popleft()
-                    t0 = time.perf_counter()
-                    data, valid = fut.result()
-                    timings["read_wait"] += time.perf_counter() - t0
-                    fill()
-                    if valid.any():
-                        if not batch_tiles:
-                            first_pending = index
-                        batch_tiles.append(tile)
-                        batch_data.append(data)
-                        batch_valid.append(valid)
-                    else:
-                        skipped += 1
-                    if len(batch_tiles) >= batch_size:
-                        run_batch()
-                    # Batches run across rows of tiles (full batches on a GPU); a row of tiles is
-                    # flushed once all its tiles are blended, so the strip buffer holds the rows
-                    # one batch spans, at most.
-                    flush_rows(first_pending - 1 if batch_tiles else index)
-                    done += 1
-                    if progress is not None:
-                        progress(done, len(tiles))
-                run_batch()
-                flush_rows(len(tiles) - 1)
-                t_tail = time.perf_counter()
-                t_vec_write = 0.0
-                while in_flight:
-                    in_flight.popleft().result()
-                stitcher.release()  # the strip buffer and the network's freed activations go
-                release_free_memory()  # back to the OS before the tail allocates its own
-                # The serial tail: the COG copies run beside the vector finish and write.
-                closing = [post.submit(_timed, w.close, timings, "write") for w in writers]
-                if vectorizer is not None and tmp_vec is not None:
-                    timings["imports"] = import_vector_libraries()
-                    t0 = time.perf_counter()
-                    frame = vectorizer.finish()
-                    timings["vectorize"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    if cfg.to_crs:
-                        frame = _reproject(frame, cfg.to_crs)
-                    # A .qml beside a non-GeoPackage output is its QGIS style, unless a raster
-                    # output of the same stem needs that file name.
-                    shared = {Path(p).with_suffix(".qml") for p in (probabilities, mask) if p}
-                    clash = vector_driver(tmp_vec) != "GPKG" and Path(out).with_suffix(".qml") in shared  # type: ignore[arg-type]
-                    write_vectors(frame, tmp_vec, style=None if clash else vector_qml(mask_names[1:], _class_colours(meta)))
-                    t_vec_write = time.perf_counter() - t0
-                    features = len(frame)
-                for fut in closing:
-                    fut.result()
-                timings["write"] += t_vec_write
-                if tmp_prob is not None:
-                    write_sidecar_qml(tmp_prob, probability_qml(254 if cfg.prob_dtype == "uint8" else 1.0))
-                if tmp_mask is not None:
-                    write_sidecar_qml(tmp_mask, mask_qml(_mask_entries(meta)))
-                    write_category_names(tmp_mask, mask_names)
-                timings["tail"] = time.perf_counter() - t_tail
-            except BaseException:
-                post.shutdown(wait=True, cancel_futures=True)  # nothing may touch the writers now
-                for w in writers:
-                    w.abort()
-                raise
-            finally:
-                post.shutdown(wait=True, cancel_futures=True)
-                pool.shutdown(wait=True, cancel_futures=True)
-                reader.close()
-        return PredictResult(
-            scene=str(scene_path),
-            vectors=Path(out) if out is not None else None,
-            probabilities=Path(probabilities) if probabilities else None,
-            mask=Path(mask) if mask else None,
-            features=features,
-            tiles=len(tiles),
-            tiles_skipped=skipped,
-            seconds=time.perf_counter() - t_start,
-            timings=timings,
-            resample_factor=factor,
-            class_counts={
-                name: int(counts[i]) for i, name in enumerate(mask_names) if i > 0 and counts[i]
-            },
+        return RunPlan(
+            scene=scene,
+            bands=list(bands),
+            tiles=tile_windows(scene.height, scene.width, tile_size, overlap),
+            tile_size=tile_size,
+            overlap=overlap,
+            net_size=net_size,
+            factor=factor,
+            batch_size=cfg.batch_size or self.batch_size_for(tile_size),
         )
+
+    def _strip_thread(self, cfg: PredictConfig) -> bool:
+        """Whether finished strips go to a background thread (see :class:`StripWorker`).
+
+        On a CPU whose cores all run the network the thread would only slow it
+        (benchmarks/contention.py, 2 cores: each forward 4-7x slower while the thread works).
+        """
+        if cfg.strip_thread is not None:
+            return cfg.strip_thread
+        return self.device.type == "cuda" or spare_cores()
+
+
+@dataclass
+class RunPlan:
+    """A scene checked against the model, and how it is cut up (:meth:`Predictor.plan`).
+
+    ``tile_size`` and ``overlap`` are in scene pixels; ``net_size`` is the size the network sees
+    when windows are resampled (None when not), ``factor`` scene pixels per model pixel.
+    """
+
+    scene: Scene
+    bands: list[int]
+    tiles: list[Tile]
+    tile_size: int
+    overlap: int
+    net_size: int | None
+    factor: float
+    batch_size: int
+
+
+@dataclass
+class TileBatch:
+    """Tiles that go through the network together, with their raw pixels and validity."""
+
+    tiles: list[Tile]
+    data: npt.NDArray[np.float32]
+    valid: npt.NDArray[np.bool_]
+
+
+class TileBatcher:
+    """The batching stage: groups tiles that have valid pixels into batches of ``size``.
+
+    Tiles without a valid pixel (all nodata) are counted in :attr:`skipped` and never batched.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.tiles: list[Tile] = []
+        self._data: list[npt.NDArray[np.float32]] = []
+        self._valid: list[npt.NDArray[np.bool_]] = []
+        self._first = 0
+        self._seen = 0
+        self.skipped = 0
+
+    def add(self, index: int, tile: Tile, data: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]) -> bool:
+        """Add tile number ``index`` (consecutive from 0); True when the batch is full."""
+        self._seen = index + 1
+        if not valid.any():
+            self.skipped += 1
+        else:
+            if not self.tiles:
+                self._first = index
+            self.tiles.append(tile)
+            self._data.append(data)
+            self._valid.append(valid)
+        return len(self.tiles) >= self.size
+
+    @property
+    def waiting_from(self) -> int:
+        """Index of the first tile not yet handed out in a batch (every earlier one was)."""
+        return self._first if self.tiles else self._seen
+
+    def take(self) -> TileBatch:
+        """The batch so far (the batcher starts a new one)."""
+        batch = TileBatch(list(self.tiles), np.stack(self._data), np.stack(self._valid))
+        self.tiles.clear()
+        self._data.clear()
+        self._valid.clear()
+        return batch
+
+
+class StripWorker:
+    """The policy for finished strips: handled inline, or in order on one background thread.
+
+    In the background, at most :data:`STRIPS_IN_FLIGHT` strips wait before :meth:`submit`
+    waits for the oldest; a failure of the thread is raised by the next :meth:`submit` or
+    :meth:`drain`. :meth:`call` runs other work (closing the writers) on the same thread.
+
+    Args:
+        handle: What to do with a strip.
+        background: Use the thread (True) or handle strips in the caller's thread.
+        timings: ``strips`` (inline handling) and ``strips_wait`` (waiting for the thread) add up here.
+    """
+
+    def __init__(self, handle: Callable[[Strip], None], *, background: bool, timings: dict[str, float]) -> None:
+        self._handle = handle
+        self.background = background
+        self._timings = timings
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-strips")
+        self._in_flight: deque[Future[None]] = deque()
+
+    def submit(self, strip: Strip) -> None:
+        """Handle a strip (strips must come in scene order)."""
+        t0 = time.perf_counter()
+        while self._in_flight and (self._in_flight[0].done() or len(self._in_flight) >= STRIPS_IN_FLIGHT):
+            self._in_flight.popleft().result()  # re-raises a failure of the strip thread
+        self._timings["strips_wait"] += time.perf_counter() - t0
+        if not self.background:
+            t0 = time.perf_counter()
+            self._handle(strip)
+            self._timings["strips"] += time.perf_counter() - t0
+            return
+        self._in_flight.append(self._pool.submit(self._handle, strip))
+
+    def drain(self) -> None:
+        """Wait until every submitted strip is handled."""
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def call(self, fn: Callable[[], None]) -> Future[None]:
+        """Run ``fn`` on the strip thread (after the strips submitted before)."""
+        return self._pool.submit(fn)
+
+    def shutdown(self) -> None:
+        """Drop strips not started and wait for the one in progress."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StripSinks:
+    """The output stage: each finished strip to probabilities, class mask and polygons.
+
+    :meth:`handle` turns a strip's logits into probabilities and classes and passes them to
+    the probability and mask GeoTIFF writers and to the strip vectorizer (whichever were
+    asked for). :meth:`close` finishes them: the COG copies run on the strip thread beside the
+    vector file's writing; :meth:`abort` drops them after a failure.
+
+    Args:
+        meta: The model's contract (classes, colours, defaults of the polygon options).
+        cfg: The run's options.
+        scene: The scene (grid, CRS).
+        vectors, probabilities, mask: Temporary paths of the outputs asked for, or None.
+        timings: ``postprocess``, ``write``, ``vectorize`` and ``imports`` add up here.
+        vector_style: Write the vector layer's QGIS style (see :func:`_style_clash`).
+    """
+
+    def __init__(
+        self,
+        meta: ModelMeta,
+        cfg: PredictConfig,
+        scene: Scene,
+        *,
+        vectors: Path | None,
+        probabilities: Path | None,
+        mask: Path | None,
+        timings: dict[str, float],
+        vector_style: bool = True,
+    ) -> None:
+        self.meta = meta
+        self.vector_style = vector_style
+        self.cfg = cfg
+        self.timings = timings
+        self.names = meta.mask_classes
+        self.counts = np.zeros(256, dtype=np.int64)
+        self.features = 0
+        self._vectors_path, self._prob_path, self._mask_path = vectors, probabilities, mask
+        n_out = meta.arch_args["classes"]
+        self.probabilities: StripWriter | None = None
+        self.mask: StripWriter | None = None
+        self.vectorizer: StripVectorizer | None = None
+        if probabilities is not None:
+            self.probabilities = StripWriter(
+                probabilities,
+                scene,
+                count=n_out,
+                dtype=cfg.prob_dtype,
+                nodata=float("nan") if cfg.prob_dtype == "float32" else 255,
+                descriptions=[f"probability of {c}" for c in meta.classes],
+            )
+            if cfg.prob_dtype == "uint8":
+                self.probabilities.dataset.scales = [1 / 254] * n_out
+        if mask is not None:
+            self.mask = StripWriter(
+                mask, scene, count=1, dtype="uint8", nodata=MASK_NODATA,
+                descriptions=["class"], overview_resampling="nearest",
+            )
+            self.mask.dataset.write_colormap(1, _colormap(meta))
+            self.mask.dataset.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(self.names)})
+        if vectors is not None:
+            self.vectorizer = StripVectorizer(
+                scene.transform,
+                scene.crs,
+                self.names,
+                simplify=cfg.simplify,
+                min_area_m2=meta.min_area_m2 if cfg.min_area_m2 is None else cfg.min_area_m2,
+                regularize=meta.regularize if cfg.regularize is None else cfg.regularize,
+                split_px=split_px(meta.split_m if cfg.split_m is None else cfg.split_m, scene),
+            )
+
+    @property
+    def writers(self) -> list[StripWriter]:
+        """The raster writers in use."""
+        return [w for w in (self.probabilities, self.mask) if w is not None]
+
+    def handle(self, strip: Strip) -> None:
+        """Post-process one strip and hand it to every output."""
+        t0 = time.perf_counter()
+        cls, score, probs = _postprocess(strip, self.meta, self.cfg.threshold)
+        self.counts += np.bincount(cls.ravel(), minlength=256)[:256]
+        t1 = time.perf_counter()
+        if self.probabilities is not None:
+            self.probabilities.write(strip.row_off, _prob_array(probs, strip.valid, self.cfg.prob_dtype))
+        if self.mask is not None:
+            self.mask.write(strip.row_off, cls[None])
+        t2 = time.perf_counter()
+        if self.vectorizer is not None:
+            self.vectorizer.add(strip.row_off, cls, score)
+        t3 = time.perf_counter()
+        self.timings["postprocess"] += t1 - t0
+        self.timings["write"] += t2 - t1
+        self.timings["vectorize"] += t3 - t2
+
+    def close(self, worker: StripWorker) -> None:
+        """Finish every output (after the last strip): COG copies on ``worker``'s thread beside
+        the vector file, then the QGIS styles."""
+        timings = self.timings
+        closing = [worker.call(functools.partial(_timed, w.close, timings, "write")) for w in self.writers]
+        t_vec_write = 0.0
+        if self.vectorizer is not None and self._vectors_path is not None:
+            timings["imports"] = import_vector_libraries()
+            t0 = time.perf_counter()
+            frame = self.vectorizer.finish()
+            timings["vectorize"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if self.cfg.to_crs:
+                frame = _reproject(frame, self.cfg.to_crs)
+            style = vector_qml(self.names[1:], _class_colours(self.meta)) if self.vector_style else None
+            write_vectors(frame, self._vectors_path, style=style)
+            t_vec_write = time.perf_counter() - t0
+            self.features = len(frame)
+        for fut in closing:
+            fut.result()
+        timings["write"] += t_vec_write
+        if self._prob_path is not None:
+            write_sidecar_qml(self._prob_path, probability_qml(254 if self.cfg.prob_dtype == "uint8" else 1.0))
+        if self._mask_path is not None:
+            write_sidecar_qml(self._mask_path, mask_qml(_mask_entries(self.meta)))
+            write_category_names(self._mask_path, self.names)
+
+    def abort(self) -> None:
+        """Drop the raster writers after a failure (the temporary files go with AtomicOutputs)."""
+        for w in self.writers:
+            w.abort()
+
+    def class_counts(self) -> dict[str, int]:
+        """Pixels of each foreground class so far, by name."""
+        return {name: int(self.counts[i]) for i, name in enumerate(self.names) if i > 0 and self.counts[i]}
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -683,6 +805,14 @@ def spare_cores() -> bool:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return cores > torch.get_num_threads()
+
+
+def _style_clash(out: str | os.PathLike[str] | None, *rasters: str | os.PathLike[str] | None) -> bool:
+    """Whether a non-GeoPackage vector output's style file (its ``.qml`` beside it) is the name
+    that a raster output of the same stem needs for its own style."""
+    if out is None or vector_driver(out) == "GPKG":
+        return False
+    return Path(out).with_suffix(".qml") in {Path(p).with_suffix(".qml") for p in rasters if p}
 
 
 def _timed(fn: Callable[[], None], timings: dict[str, float], key: str) -> None:

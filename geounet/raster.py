@@ -11,9 +11,12 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -445,6 +448,51 @@ class WindowReader:
             for src in self._handles:
                 src.close()
             self._handles.clear()
+
+
+class ReadAhead:
+    """Tiles read in background threads, handed out in order: the reader stage of prediction.
+
+    Iterating yields ``(tile, data, valid)`` as :meth:`WindowReader.read` returns them, with up
+    to ``ahead`` reads queued on ``threads`` threads, so reading overlaps the network.
+    :attr:`wait` is the time the consumer spent waiting for a read. :meth:`close` (or the
+    ``with`` block) cancels queued reads and waits for running ones.
+    """
+
+    def __init__(self, reader: WindowReader, tiles: Iterable[Tile], *, threads: int, ahead: int) -> None:
+        self._read = reader.read
+        self._tiles = iter(tiles)
+        self._ahead = max(1, ahead)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="geounet-read")
+        self._pending: deque[tuple[Tile, Future[tuple[Any, Any]]]] = deque()
+        self.wait = 0.0
+
+    def _fill(self) -> None:
+        while len(self._pending) < self._ahead:
+            tile = next(self._tiles, None)
+            if tile is None:
+                return
+            self._pending.append((tile, self._pool.submit(self._read, tile)))
+
+    def __iter__(self) -> Iterator[tuple[Tile, npt.NDArray[np.float32], npt.NDArray[np.bool_]]]:
+        self._fill()
+        while self._pending:
+            tile, fut = self._pending.popleft()
+            t0 = time.perf_counter()
+            data, valid = fut.result()
+            self.wait += time.perf_counter() - t0
+            self._fill()
+            yield tile, data, valid
+
+    def close(self) -> None:
+        """Cancel what is queued and wait for the reads in progress."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _umask() -> int:
