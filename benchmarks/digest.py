@@ -4,7 +4,8 @@ Runs ``geounet.predict.predict_raster`` on a scene and prints one SHA-256 per ou
 of the probability and mask GeoTIFFs (plus their georeferencing and nodata), and the vector
 features (class, class_id, score, area_m2 and geometry as WKB) in file order, and again sorted
 by WKB with each geometry normalized (``shapely.normalize``: the same polygons whatever their
-order and ring start). Run it before and after a change; equal lines are equal outputs:
+order and ring start), and with each outline canonical (also no vertex in the middle of a
+straight edge: the same polygons whatever vertex list describes them). Run it before and after a change; equal lines are equal outputs:
 
     python benchmarks/digest.py SCENE MODEL [--format gpkg] [--tile-size 512 --overlap 64]
 
@@ -30,7 +31,7 @@ def raster_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def vector_digests(path: Path) -> tuple[str, str, int]:
+def vector_digests(path: Path) -> tuple[str, str, str, int]:
     import geopandas as gpd
     import shapely
 
@@ -44,7 +45,13 @@ def vector_digests(path: Path) -> tuple[str, str, int]:
         repr((c, int(i), float(s), float(a))).encode() + shapely.to_wkb(shapely.normalize(g))
         for c, i, s, a, g in zip(frame["class"], frame["class_id"], frame["score"], frame["area_m2"], frame.geometry, strict=True)
     )
-    return ordered, hashlib.sha256(b"".join(norm)).hexdigest()[:16], len(frame)
+    # Canonical: also without vertices in the middle of straight edges (simplify with tolerance
+    # 0), so that two outlines of the same polygon with different vertex lists agree.
+    canon = sorted(
+        repr((c, int(i), float(s), float(a))).encode() + shapely.to_wkb(shapely.normalize(shapely.simplify(g, 0)))
+        for c, i, s, a, g in zip(frame["class"], frame["class_id"], frame["score"], frame["area_m2"], frame.geometry, strict=True)
+    )
+    return ordered, hashlib.sha256(b"".join(norm)).hexdigest()[:16], hashlib.sha256(b"".join(canon)).hexdigest()[:16], len(frame)
 
 
 def main() -> None:
@@ -67,11 +74,12 @@ def main() -> None:
         t0 = time.perf_counter()
         res = predict_raster(args.scene, vec, model=args.model, probabilities=prob, mask=mask, config=cfg)
         seconds = time.perf_counter() - t0
-        ordered, normalized, n = vector_digests(vec)
+        ordered, normalized, canonical, n = vector_digests(vec)
         print(f"probabilities {raster_digest(prob)}")
         print(f"mask          {raster_digest(mask)}")
         print(f"vectors       {ordered} (file order)")
         print(f"vectors       {normalized} (normalized, sorted)")
+        print(f"vectors       {canonical} (canonical outlines, sorted)")
         print(f"features      {n} (result says {res.features})")
         print(f"# {seconds:.1f} s")
 
