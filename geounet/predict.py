@@ -41,14 +41,21 @@ from geounet.raster import (
     pixel_size_m,
     resolve_bands,
 )
+from geounet.style import (
+    mask_qml,
+    probability_qml,
+    vector_qml,
+    write_category_names,
+    write_sidecar_qml,
+)
 from geounet.tiling import Tile, check_tile_size, tile_windows
-from geounet.style import mask_qml, probability_qml, vector_qml, write_category_names, write_sidecar_qml
 from geounet.vectorize import (
     MASK_NODATA,
+    WRITE_BATCH,
     StripVectorizer,
+    VectorWriter,
     import_vector_libraries,
     vector_driver,
-    write_vectors,
 )
 
 logger = logging.getLogger(__name__)
@@ -676,6 +683,7 @@ class StripSinks:
         self.probabilities: StripWriter | None = None
         self.mask: StripWriter | None = None
         self.vectorizer: StripVectorizer | None = None
+        self.vector_writer: VectorWriter | None = None
         if probabilities is not None:
             self.probabilities = StripWriter(
                 probabilities,
@@ -704,6 +712,8 @@ class StripSinks:
                 regularize=meta.regularize if cfg.regularize is None else cfg.regularize,
                 split_px=split_px(meta.split_m if cfg.split_m is None else cfg.split_m, scene),
             )
+            style = vector_qml(self.names[1:], _class_colours(meta)) if vector_style else None
+            self.vector_writer = VectorWriter(vectors, style=style)
 
     @property
     def writers(self) -> list[StripWriter]:
@@ -727,28 +737,40 @@ class StripSinks:
         self.timings["postprocess"] += t1 - t0
         self.timings["write"] += t2 - t1
         self.timings["vectorize"] += t3 - t2
+        if self.vectorizer is not None and self.vectorizer.ready >= WRITE_BATCH:
+            self._write_polygons()
+
+    def _write_polygons(self, *, final: bool = False) -> None:
+        """Finished polygons to the vector file, in batches of :data:`WRITE_BATCH` (all of them
+        with ``final``, after the last strip)."""
+        assert self.vectorizer is not None and self.vector_writer is not None
+        self.timings["imports"] += import_vector_libraries()
+        while True:
+            t0 = time.perf_counter()
+            frame = self.vectorizer.take(WRITE_BATCH, final=final)
+            t1 = time.perf_counter()
+            self.timings["vectorize"] += t1 - t0
+            if frame is None:
+                if final and self.vector_writer.features == 0:  # an empty file, with its columns
+                    self.vector_writer.write(self.vectorizer.finish())
+                return
+            if self.cfg.to_crs:
+                frame = _reproject(frame, self.cfg.to_crs)
+            self.vector_writer.write(frame)
+            self.timings["write"] += time.perf_counter() - t1
 
     def close(self, worker: StripWorker) -> None:
         """Finish every output (after the last strip): COG copies on ``worker``'s thread beside
         the vector file, then the QGIS styles."""
         timings = self.timings
         closing = [worker.call(functools.partial(_timed, w.close, timings, "write")) for w in self.writers]
-        t_vec_write = 0.0
-        if self.vectorizer is not None and self._vectors_path is not None:
-            timings["imports"] = import_vector_libraries()
+        if self.vector_writer is not None:
+            self._write_polygons(final=True)
             t0 = time.perf_counter()
-            frame = self.vectorizer.finish()
-            timings["vectorize"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            if self.cfg.to_crs:
-                frame = _reproject(frame, self.cfg.to_crs)
-            style = vector_qml(self.names[1:], _class_colours(self.meta)) if self.vector_style else None
-            write_vectors(frame, self._vectors_path, style=style)
-            t_vec_write = time.perf_counter() - t0
-            self.features = len(frame)
+            self.features = self.vector_writer.close()
+            timings["write"] += time.perf_counter() - t0
         for fut in closing:
             fut.result()
-        timings["write"] += t_vec_write
         if self._prob_path is not None:
             write_sidecar_qml(self._prob_path, probability_qml(254 if self.cfg.prob_dtype == "uint8" else 1.0))
         if self._mask_path is not None:
@@ -756,9 +778,11 @@ class StripSinks:
             write_category_names(self._mask_path, self.names)
 
     def abort(self) -> None:
-        """Drop the raster writers after a failure (the temporary files go with AtomicOutputs)."""
+        """Drop the writers after a failure (the temporary files go with AtomicOutputs)."""
         for w in self.writers:
             w.abort()
+        if self.vector_writer is not None:
+            self.vector_writer.abort()
 
     def class_counts(self) -> dict[str, int]:
         """Pixels of each foreground class so far, by name."""

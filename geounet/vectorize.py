@@ -16,6 +16,7 @@ CRS is geographic), and filtered by area. No torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -286,12 +287,13 @@ class StripVectorizer:
                 else:
                     i = gid - offset
                     lines = tuple(float(v) for v, on in ((s, gid in joined), (e, gid in touching)) if on)
-                    whole, cut = _piece_paths(ragged, index[gid], lines)
+                    holes, cut = _piece_paths(ragged, index[gid], lines)
                     paths.extend(cut)
-                    part = _OpenGroup(label_class[i - 1], rings=whole, score_sum=float(sums[i]), pixels=int(pixels[i]))
+                    part = _OpenGroup(label_class[i - 1], holes=[holes] if holes else [], score_sum=float(sums[i]), pixels=int(pixels[i]))
                 if group is None:
                     group = _OpenGroup(part.class_id)
                 group.rings.extend(part.rings)
+                group.holes.extend(part.holes)
                 group.score_sum += part.score_sum
                 group.pixels += part.pixels
             assert group is not None
@@ -312,7 +314,7 @@ class StripVectorizer:
         self._row = e
 
     def _close(self, group: _OpenGroup) -> None:
-        self._done.append((group.class_id, _polygon_from_rings(group.rings), group.score_sum, group.pixels))
+        self._done.append((group.class_id, _polygon_from_rings(group.rings, group.holes), group.score_sum, group.pixels))
 
     def _close_all(self) -> None:
         """Close the groups at the bottom edge (the scene's last row)."""
@@ -365,23 +367,19 @@ class StripVectorizer:
         )
 
 
-def _piece_paths(ragged: Any, k: int, lines: tuple[float, ...]) -> tuple[list[_Path], list[_Path]]:
-    """The rings of polygon ``k`` of a :func:`_polygons` batch, oriented (exterior positive,
-    holes negative) and cut at ``lines``: (rings off the lines, paths between the lines)."""
+def _piece_paths(ragged: Any, k: int, lines: tuple[float, ...]) -> tuple[_Holes | None, list[_Path]]:
+    """Polygon ``k`` of a :func:`_polygons` batch, for joining: its holes as they are (a hole
+    lies inside its strip, so it never reaches a seam) and its exterior, oriented with the
+    polygon on its left, cut at ``lines``."""
     coords, ring_ends, geom_ends = ragged
-    rings: list[_Path] = []
-    out: list[_Path] = []
-    for r in range(geom_ends[k], geom_ends[k + 1]):
-        xy = coords[ring_ends[r] : ring_ends[r + 1]]
-        area2 = float((xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1]).sum())
-        if (area2 > 0) != (r == geom_ends[k]):  # exterior first, then holes
-            xy = xy[::-1]
-        cut = _cut_ring(np.ascontiguousarray(xy), lines)
-        if len(cut) == 1 and cut[0].start == cut[0].end and cut[0].start[1] not in lines:
-            rings.extend(cut)
-        else:
-            out.extend(cut)
-    return rings, out
+    first, last = int(geom_ends[k]), int(geom_ends[k + 1])
+    xy = coords[ring_ends[first] : ring_ends[first + 1]]
+    if _area2(xy) < 0:
+        xy = xy[::-1]
+    holes = None
+    if last > first + 1:
+        holes = _Holes(coords[ring_ends[first + 1] : ring_ends[last]], np.diff(ring_ends[first + 1 : last + 1]))
+    return holes, _cut_ring(np.ascontiguousarray(xy), lines)
 
 
 def import_vector_libraries() -> float:
@@ -448,7 +446,11 @@ def polygons_frame(
                 [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
             ),
         )
-        geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
+        # Polygons straight from the mask are valid as built (shapes, and the seam joins): the
+        # check, costly for a polygon with many holes, is for outlines that were reshaped, or
+        # turned by a rotated grid.
+        if split_px > 0 or regularize or simplify > 0 or b or d:
+            geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
     frame = gpd.GeoDataFrame(
         {
             "class": [
@@ -710,25 +712,193 @@ def write_vectors(
     except OutputError:
         raise
     except Exception as exc:  # pyogrio/pyarrow/sqlite raise their own types for I/O failures
-        raise OutputError(
-            f"writing {path.name} failed ({str(exc).splitlines()[0]}); the disk may be full: "
-            f"free space or write elsewhere"
-        ) from exc
+        raise _write_error(path, exc) from exc
 
 
-def _write_ogr(frame: gpd.GeoDataFrame, path: Path, driver: str, layer: str | None) -> None:
+def _write_ogr(
+    frame: gpd.GeoDataFrame,
+    path: Path,
+    driver: str,
+    layer: str | None,
+    *,
+    append: bool = False,
+    promote: bool | None = None,
+) -> None:
     import pyogrio
 
     kwargs: dict[str, Any] = {}
-    if driver != "GeoJSON":
+    if promote is None:
+        promote = driver != "GeoJSON"
+    if promote:
         kwargs["promote_to_multi"] = True
+    elif driver != "GeoJSON":
+        kwargs["geometry_type"] = "Unknown"  # Polygon and MultiPolygon in one layer
     if len(frame) == 0:
-        kwargs["geometry_type"] = "MultiPolygon" if driver != "GeoJSON" else "Polygon"
+        kwargs["geometry_type"] = "MultiPolygon" if promote else "Polygon"
     if driver == "GPKG":
         kwargs["layer"] = layer or path.stem
-        # GeoPackage 1.2: what older GDAL/QGIS/ArcGIS builds read without a version warning.
-        kwargs["dataset_options"] = {"VERSION": "1.2"}
-    pyogrio.write_dataframe(frame, path, driver=driver, **kwargs)
+        if not append:
+            # GeoPackage 1.2: what older GDAL/QGIS/ArcGIS builds read without a version warning.
+            kwargs["dataset_options"] = {"VERSION": "1.2"}
+    pyogrio.write_dataframe(frame, path, driver=driver, append=append, **kwargs)
+
+
+#: Polygons held before they are written while strips are still coming (a batch of the file).
+WRITE_BATCH = 10_000
+
+
+class VectorWriter:
+    """Polygons written to a vector file in batches, as they are finished, and complete only
+    after :meth:`close`.
+
+    GeoPackage and Shapefile take each batch by appending to the file. GeoJSON and
+    FlatGeobuf, whose GDAL drivers cannot append, are written at :meth:`close` from a
+    GeoPackage scratch file beside the output that took the batches, through GDAL's Arrow
+    streams (a batch at a time: the features never come back into Python). GeoParquet is
+    written a row group per batch with pyarrow, its ``geo`` metadata (GeoParquet 1.0.0:
+    WKB, CRS as PROJJSON, geometry types, bounding box) added at the end. Without any
+    polygon the file is still made, empty, with its columns and CRS.
+
+    Args:
+        path: Output path (its suffix picks the format; under :class:`~geounet.raster.AtomicOutputs`
+            a temporary path, so a failed run leaves nothing).
+        style: QGIS QML: the layer's default style (a ``layer_styles`` row in a GeoPackage, a
+            ``.qml`` file beside any other format).
+        layer: GeoPackage layer name (default: the file's stem).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, style: str | None = None, layer: str | None = None) -> None:
+        self.path = Path(path)
+        self.driver = vector_driver(path)
+        self.style = style
+        self.layer = layer
+        self.features = 0
+        self._empty: gpd.GeoDataFrame | None = None  # the schema, while nothing is written
+        self._scratch = (
+            self.path.with_name(self.path.name + ".batches.gpkg") if self.driver in ("GeoJSON", "FlatGeobuf") else None
+        )
+        self._parquet: Any = None
+        self._types: set[str] = set()
+        self._bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
+
+    def write(self, frame: gpd.GeoDataFrame) -> None:
+        """Append a batch of polygons (columns and CRS as in the first batch)."""
+        if self._empty is None:
+            self._empty = frame.iloc[:0]
+        if not len(frame):
+            return
+        try:
+            if self.driver == "Parquet":
+                self._write_parquet(frame)
+            elif self._scratch is not None:
+                _write_ogr(frame, self._scratch, "GPKG", "batches", append=self.features > 0, promote=self.driver != "GeoJSON")
+            else:
+                _write_ogr(frame, self.path, self.driver, self.layer, append=self.features > 0)
+        except Exception as exc:
+            raise _write_error(self.path, exc) from exc
+        self.features += len(frame)
+
+    def close(self) -> int:
+        """Finish the file (and its style); returns the number of features."""
+        try:
+            if self.features == 0:
+                self._parquet = None
+                if self._empty is not None:
+                    write_vectors(self._empty, self.path, layer=self.layer, style=self.style)
+                    return 0
+                raise ValueError("no batch was written, not even an empty one")
+            if self.driver == "Parquet":
+                self._close_parquet()
+            elif self._scratch is not None:
+                self._convert_scratch()
+            if self.style is not None:
+                if self.driver == "GPKG":
+                    write_gpkg_style(self.path, self.layer or self.path.stem, self.style)
+                else:
+                    write_sidecar_qml(self.path, self.style)
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise _write_error(self.path, exc) from exc
+        finally:
+            self.abort()
+        return self.features
+
+    def abort(self) -> None:
+        """Drop the scratch file and any open writer (the output itself is the caller's)."""
+        if self._parquet is not None:
+            with contextlib.suppress(Exception):  # the run failed already; the file goes anyway
+                self._parquet.close()
+            self._parquet = None
+        if self._scratch is not None:
+            for part in self._scratch.parent.glob(self._scratch.name + "*"):
+                part.unlink(missing_ok=True)
+
+    def _convert_scratch(self) -> None:
+        import pyogrio
+
+        assert self._scratch is not None
+        with pyogrio.raw.open_arrow(self._scratch, use_pyarrow=True, batch_size=WRITE_BATCH) as (meta, reader):
+            pyogrio.raw.write_arrow(
+                reader,
+                self.path,
+                driver=self.driver,
+                geometry_name=meta["geometry_name"] or "wkb_geometry",
+                geometry_type="MultiPolygon" if self.driver != "GeoJSON" else "Unknown",
+                crs=meta["crs"],
+                encoding="UTF-8" if self.driver != "GeoJSON" else None,
+            )
+
+    def _write_parquet(self, frame: gpd.GeoDataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        geoms = frame.geometry.values
+        table = pa.Table.from_pandas(pd_frame(frame), preserve_index=False)
+        table = table.append_column("geometry", pa.array(shapely.to_wkb(np.asarray(geoms)), pa.binary()))
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self.path, table.schema)
+            self._crs = frame.crs
+        self._parquet.write_table(table)
+        self._types.update(shapely.get_type_id(np.asarray(geoms)).tolist())
+        b = frame.total_bounds
+        self._bounds = np.concatenate([np.minimum(self._bounds[:2], b[:2]), np.maximum(self._bounds[2:], b[2:])])
+
+    def _close_parquet(self) -> None:
+        import json
+
+        from geounet import __version__
+
+        names = {3: "Polygon", 6: "MultiPolygon"}
+        column: dict[str, Any] = {
+            "encoding": "WKB",
+            "geometry_types": sorted(names.get(t, "Unknown") for t in self._types),
+            "bbox": [float(v) for v in self._bounds],
+        }
+        if self._crs is not None:
+            column["crs"] = self._crs.to_json_dict()
+        geo = {
+            "version": "1.0.0",
+            "primary_column": "geometry",
+            "columns": {"geometry": column},
+            "creator": {"library": "geounet", "version": __version__},
+        }
+        self._parquet.add_key_value_metadata({"geo": json.dumps(geo)})
+        self._parquet.close()
+        self._parquet = None
+
+
+def pd_frame(frame: gpd.GeoDataFrame) -> Any:
+    """The attribute columns of a GeoDataFrame, as a plain pandas DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(frame.drop(columns=frame.geometry.name))
+
+
+def _write_error(path: Path, exc: Exception) -> OutputError:
+    return OutputError(
+        f"writing {path.name} failed ({str(exc).splitlines()[0]}); the disk may be full: free space or write elsewhere"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -919,27 +1089,39 @@ def _area2(ring: npt.NDArray[np.float64]) -> float:
     return float((ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1]).sum())
 
 
-def _polygon_from_rings(rings: list[_Path]) -> shapely.Geometry:
-    """The polygon of a closed group's rings (one exterior of positive area, holes negative).
+def _polygon_from_rings(rings: list[_Path], holes: list[_Holes]) -> shapely.Geometry:
+    """The polygon of a closed group: its linked rings (one exterior of positive area, holes
+    negative) and the holes of its pieces as they were.
 
-    A ring that touches itself at a point is split there: into the exterior and a hole
+    A linked ring that touches itself at a point is split there: into the exterior and a hole
     touching it, or into two holes, as OGC validity wants.
     """
     loops = [lp for r in rings for lp in _loops(_drop_collinear(r.coords()))]
     areas = [_area2(lp) for lp in loops]
     shells = [lp for lp, a in zip(loops, areas, strict=True) if a > 0]
-    holes = [lp for lp, a in zip(loops, areas, strict=True) if a < 0]
+    inner = [lp for lp, a in zip(loops, areas, strict=True) if a < 0]
     if len(shells) == 1:
-        parts = [shells[0], *holes]
-        ends = np.cumsum([0] + [len(p) for p in parts])
+        parts = [shells[0], *inner, *(h.coords for h in holes)]
+        lengths = [len(shells[0]), *(len(h) for h in inner), *(n for h in holes for n in h.lengths.tolist())]
+        ends = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         return shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, np.concatenate(parts),
-            (ends.astype(np.int64), np.array([0, len(parts)], dtype=np.int64)),
+            shapely.GeometryType.POLYGON, np.concatenate(parts), (ends, np.array([0, len(ends) - 1], dtype=np.int64))
         )[0]
     # Not expected for a 4-connected group; repaired rather than lost.
     logger.debug("joined group with %d exterior rings", len(shells))
     geom = shapely.union_all([shapely.Polygon(c) for c in shells]) if shells else shapely.Polygon()
-    return shapely.difference(geom, shapely.union_all([shapely.Polygon(h) for h in holes])) if holes else geom
+    cut = [shapely.Polygon(h) for h in inner] + [
+        shapely.Polygon(r) for h in holes for r in np.split(h.coords, np.cumsum(h.lengths)[:-1])
+    ]
+    return shapely.difference(geom, shapely.union_all(cut)) if cut else geom
+
+
+@dataclass
+class _Holes:
+    """Holes of one piece as shapes gave them: their coordinates, one ring after the other."""
+
+    coords: npt.NDArray[np.float64]
+    lengths: npt.NDArray[np.int64]
 
 
 @dataclass
@@ -948,6 +1130,7 @@ class _OpenGroup:
 
     class_id: int
     paths: list[_Path] = field(default_factory=list)  # both ends on the open edge
-    rings: list[_Path] = field(default_factory=list)  # finished rings (holes, mostly)
+    rings: list[_Path] = field(default_factory=list)  # linked rings, finished
+    holes: list[_Holes] = field(default_factory=list)  # holes of its pieces
     score_sum: float = 0.0
     pixels: int = 0

@@ -269,3 +269,48 @@ def test_strip_thread_gives_the_same_outputs_and_leaves_the_model_alone(make_ras
     for k, v in net.state_dict().items():  # Predictor folded BatchNorm into a copy, not the caller's
         assert torch.equal(v, before[k]), k
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".parquet"])
+def test_polygons_stream_to_the_file_and_a_failure_leaves_nothing(make_raster: MakeRaster, tmp_path: Path, monkeypatch, suffix: str) -> None:
+    import geounet.predict as predict_module
+    from geounet.vectorize import VectorWriter
+
+    rng = np.random.default_rng(0)
+    band = ((rng.random((256, 200)) < 0.3) * 255).astype(np.uint8)  # speckle: many small polygons
+    scene = make_raster("speckle.tif", data=np.stack([band, band, band]), width=200, height=256)
+    net = threshold_unet(3)
+    model = (net, meta_for(net, tile_size=64, overlap=16))
+    whole = tmp_path / f"whole{suffix}"
+    predict_raster(scene, whole, model=model)
+    expected = gpd.read_parquet(whole) if suffix == ".parquet" else gpd.read_file(whole)
+    assert len(expected) > 500
+
+    monkeypatch.setattr(predict_module, "WRITE_BATCH", 50)
+    sizes: list[int] = []
+    write = VectorWriter.write
+
+    def spy(self, frame):
+        sizes.append(len(frame))
+        write(self, frame)
+
+    monkeypatch.setattr(VectorWriter, "write", spy)
+    out = tmp_path / f"streamed{suffix}"
+    res = predict_raster(scene, out, model=model)
+    assert res.features == len(expected) and len(sizes) > 5 and max(sizes) <= 50
+    got = gpd.read_parquet(out) if suffix == ".parquet" else gpd.read_file(out)
+    assert sorted(got["area_m2"]) == sorted(expected["area_m2"])
+    assert got.geometry.union_all().symmetric_difference(expected.geometry.union_all()).area < 1e-6
+
+    # Interrupted after batches were written: no output, no temporary, no scratch file.
+    sizes.clear()
+
+    def stop(done: int, total: int) -> None:
+        if done > total * 3 // 4:
+            raise KeyboardInterrupt
+
+    late = tmp_path / f"late{suffix}"
+    with pytest.raises(KeyboardInterrupt):
+        predict_raster(scene, late, model=model, progress=stop)
+    assert sizes and not late.exists()
+    assert [p.name for p in tmp_path.iterdir() if "geounet" in p.name or "batches" in p.name] == []

@@ -206,3 +206,63 @@ def test_a_polygon_across_many_strips_keeps_its_holes() -> None:
     assert len(geom.interiors) == 40 and geom.is_valid
     assert geom.area == pytest.approx(float(mask.sum()) * 0.25)
     same_polygons(frame, reference(mask))
+
+
+@pytest.mark.parametrize("suffix", sorted(VECTOR_FORMATS))
+def test_streamed_batches_give_the_file_written_at_once(tmp_path: Path, suffix: str) -> None:
+    from geounet.vectorize import StripVectorizer, VectorWriter
+
+    rng = np.random.default_rng(3)
+    mask = ((rng.random((64, 50)) < 0.5) * rng.integers(1, 3, size=(64, 50))).astype(np.uint8)
+    mask[:, 20] = 1  # one polygon runs the whole height: open until the end
+    whole = vectorize_mask(mask, T, UTM, NAMES)
+    vec = StripVectorizer(T, UTM, NAMES)
+    writer = VectorWriter(tmp_path / f"s{suffix}", style="<qgis/>")
+    batches = 0
+    for r0 in range(0, 64, 8):
+        vec.add(r0, mask[r0 : r0 + 8], None)
+        while (frame := vec.take(37)) is not None:  # small batches: many appends
+            writer.write(frame)
+            batches += 1
+    while (frame := vec.take(37, final=True)) is not None:
+        writer.write(frame)
+        batches += 1
+    assert writer.close() == len(whole) and batches > 5
+    assert not list(tmp_path.glob("*.batches.gpkg*"))  # the scratch file is gone
+    back = gpd.read_parquet(writer.path) if suffix == ".parquet" else gpd.read_file(writer.path)
+    assert back.crs == UTM and len(back) == len(whole)
+    assert list(back.columns) == list(whole.columns)
+    assert back.geometry.is_valid.all()
+    assert sorted(back["area_m2"]) == sorted(whole["area_m2"])
+    assert back.geometry.union_all().symmetric_difference(whole.geometry.union_all()).area < 1e-6
+    if suffix == ".gpkg":
+        import sqlite3
+
+        with sqlite3.connect(writer.path) as db:
+            assert db.execute("select count(*) from layer_styles").fetchone() == (1,)
+    else:
+        assert writer.path.with_suffix(".qml").read_text() == "<qgis/>"
+    if suffix == ".parquet":
+        import json
+
+        import pyarrow.parquet as pq
+
+        geo = json.loads(pq.ParquetFile(writer.path).metadata.metadata[b"geo"])  # file key-value metadata
+        assert geo["columns"]["geometry"]["encoding"] == "WKB"
+        assert set(geo["columns"]["geometry"]["geometry_types"]) <= {"Polygon", "MultiPolygon"}
+        assert np.allclose(geo["columns"]["geometry"]["bbox"], whole.total_bounds)
+    elif VECTOR_FORMATS[suffix] in ("GPKG", "FlatGeobuf"):  # (a Shapefile says Polygon for both)
+        layer = "s" if suffix == ".gpkg" else None
+        assert pyogrio.read_info(writer.path, layer=layer)["geometry_type"] == "MultiPolygon"
+
+
+def test_a_writer_with_only_empty_batches_makes_an_empty_file(tmp_path: Path) -> None:
+    from geounet.vectorize import VectorWriter
+
+    empty = vectorize_mask(np.zeros((4, 4), np.uint8), T, UTM, NAMES)
+    for suffix in (".fgb", ".parquet", ".gpkg"):
+        w = VectorWriter(tmp_path / f"e{suffix}")
+        w.write(empty)
+        assert w.close() == 0
+        back = gpd.read_parquet(w.path) if suffix == ".parquet" else gpd.read_file(w.path)
+        assert len(back) == 0 and back.crs == UTM
