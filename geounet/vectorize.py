@@ -56,6 +56,10 @@ MASK_NODATA = 255
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
+#: Pixels polygonized in one call at most: strips wider than this over their height are
+#: vectorized in bands of fewer rows (about 5 s of GDAL for the worst case, speckle).
+CHUNK_PIXELS = 4_000_000
+
 
 def vector_driver(path: str | os.PathLike[str]) -> str:
     """The GDAL driver (or ``Parquet``) for an output path, from its suffix.
@@ -202,6 +206,16 @@ class StripVectorizer:
         """
         if row_off != self._row:
             raise ValueError(f"strip at row {row_off}, expected {self._row}")
+        rows, width = mask.shape
+        # Polygonizing is one native call per piece of strip: kept to a few seconds (so that
+        # Ctrl-C and SIGTERM act), whatever the scene's width.
+        step = max(1, min(rows, CHUNK_PIXELS // max(width, 1)))
+        for r0 in range(0, rows, step):
+            self._add(row_off + r0, mask[r0 : r0 + step], None if score is None else score[r0 : r0 + step])
+
+    def _add(
+        self, row_off: int, mask: npt.NDArray[np.integer], score: npt.NDArray[np.floating] | None
+    ) -> None:
         rows, width = mask.shape
         self._width = width
         s, e = row_off, row_off + rows

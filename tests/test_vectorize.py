@@ -266,3 +266,12 @@ def test_a_writer_with_only_empty_batches_makes_an_empty_file(tmp_path: Path) ->
         assert w.close() == 0
         back = gpd.read_parquet(w.path) if suffix == ".parquet" else gpd.read_file(w.path)
         assert len(back) == 0 and back.crs == UTM
+
+
+def test_wide_strips_are_polygonized_in_bands_with_the_same_result(monkeypatch) -> None:
+    import geounet.vectorize as vectorize
+
+    monkeypatch.setattr(vectorize, "CHUNK_PIXELS", 300)  # 3 rows of 90 columns per call
+    mask = seam_mask()
+    frame = vectorize_mask(mask, T, UTM, NAMES)  # one strip of 120 rows, in 40 bands
+    same_polygons(frame, reference(mask))
