@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -852,16 +852,39 @@ class VectorWriter:
         import pyogrio
 
         assert self._scratch is not None
+        import pyarrow as pa
+
+        stopped: list[BaseException] = []
         with pyogrio.raw.open_arrow(self._scratch, use_pyarrow=True, batch_size=WRITE_BATCH) as (meta, reader):
-            pyogrio.raw.write_arrow(
-                reader,
-                self.path,
-                driver=self.driver,
-                geometry_name=meta["geometry_name"] or "wkb_geometry",
-                geometry_type="MultiPolygon" if self.driver != "GeoJSON" else "Unknown",
-                crs=meta["crs"],
-                encoding="UTF-8" if self.driver != "GeoJSON" else None,
-            )
+
+            def batches() -> Iterator[Any]:
+                # GDAL pulls each batch through Python: a Ctrl-C or SIGTERM that arrives while it
+                # writes is acted on at the next batch, not after the whole file.
+                try:
+                    yield from reader
+                except BaseException as exc:
+                    stopped.append(exc)
+                    raise
+
+            try:
+                self._write_arrow(pa.RecordBatchReader.from_batches(reader.schema, batches()), meta)
+            except Exception:
+                if stopped:
+                    raise stopped[0] from None
+                raise
+
+    def _write_arrow(self, stream: Any, meta: dict[str, Any]) -> None:
+        import pyogrio
+
+        pyogrio.raw.write_arrow(
+            stream,
+            self.path,
+            driver=self.driver,
+            geometry_name=meta["geometry_name"] or "wkb_geometry",
+            geometry_type="MultiPolygon" if self.driver != "GeoJSON" else "Unknown",
+            crs=meta["crs"],
+            encoding="UTF-8" if self.driver != "GeoJSON" else None,
+        )
 
     def _write_parquet(self, frame: gpd.GeoDataFrame) -> None:
         import pyarrow as pa

@@ -275,3 +275,37 @@ def test_wide_strips_are_polygonized_in_bands_with_the_same_result(monkeypatch) 
     mask = seam_mask()
     frame = vectorize_mask(mask, T, UTM, NAMES)  # one strip of 120 rows, in 40 bands
     same_polygons(frame, reference(mask))
+
+
+def test_an_interrupt_during_the_final_conversion_stops_it_as_an_interrupt(tmp_path: Path, monkeypatch) -> None:
+    import contextlib
+
+    import pyogrio.raw
+
+    from geounet.vectorize import VectorWriter
+
+    frame = vectorize_mask(seam_mask(), T, UTM, NAMES)
+    writer = VectorWriter(tmp_path / "i.fgb")
+    writer.write(frame)
+    real = pyogrio.raw.open_arrow
+    pulled: list[int] = []
+
+    @contextlib.contextmanager
+    def interrupted(*args, **kwargs):
+        with real(*args, **kwargs) as (meta, reader):
+
+            class Reader:
+                schema = reader.schema
+
+                def __iter__(self):
+                    for batch in reader:
+                        pulled.append(len(batch))
+                        yield batch
+                    raise KeyboardInterrupt  # as if Ctrl-C came while GDAL wrote
+
+            yield meta, Reader()
+
+    monkeypatch.setattr(pyogrio.raw, "open_arrow", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.close()
+    assert pulled and not list(tmp_path.glob("*.batches.gpkg*"))
