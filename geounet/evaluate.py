@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from geounet.errors import GeounetError, LabelsError
 from geounet.labels import LabelSpec, read_labels
-from geounet.predict import PredictConfig, Predictor, Progress, split_px
+from geounet.predict import PolygonOptions, PredictConfig, Predictor, Progress
 from geounet.raster import gdal_path, open_scene
 from geounet.train import scores_from_confusion
 from geounet.vectorize import MASK_NODATA, StripVectorizer, VECTOR_FORMATS
@@ -125,19 +125,12 @@ def evaluate(
             f"{Path(labels).name} has no feature inside {src_scene.name}; check the label file's CRS and extent"
         )
     names = ["background", *lab.class_names]
-    regularize = bool(config.regularize) if config is not None and config.regularize is not None else False
-    split_m = config.split_m if config is not None and config.split_m is not None else 0.0
-    min_area = config.min_area_m2 if config is not None and config.min_area_m2 is not None else 0.0
+    polygons = PolygonOptions.resolve(config, None)
     with tempfile.TemporaryDirectory(prefix="geounet-eval-") as tmp:
         vector_pred = None
         if model is not None:
             predictor = Predictor(model, device=(config or PredictConfig()).device)
-            if config is None or config.regularize is None:
-                regularize = predictor.meta.regularize
-            if config is None or config.min_area_m2 is None:
-                min_area = predictor.meta.min_area_m2
-            if config is None or config.split_m is None:
-                split_m = predictor.meta.split_m
+            polygons = PolygonOptions.resolve(config, predictor.meta)
             mapping = _class_mapping(predictor.meta.mask_classes, names, lab.binary)
             mask_path = Path(tmp) / "mask.tif"
             predictor.run(scene, mask=mask_path, config=config, progress=progress)
@@ -155,7 +148,7 @@ def evaluate(
             else:
                 mask_path = pred
                 mapping = _class_mapping(_mask_class_names(pred) or names, names, lab.binary)
-        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, names, regularize=regularize, min_area_m2=min_area, split_px=split_px(split_m, src_scene))
+        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, polygons.vectorizer(src_scene, names))
         pred_frame = vector_pred if vector_pred is not None else vec.finish()
     pixel = scores_from_confusion(cm, names)
     for k, name in enumerate(names):
@@ -246,15 +239,10 @@ def _pixel_confusion(
     rl: Any,
     scene: Any,
     mapping: npt.NDArray[np.int64],
-    names: Sequence[str],
-    *,
-    regularize: bool = False,
-    min_area_m2: float = 0.0,
-    split_px: float = 0.0,
+    vec: StripVectorizer,
 ) -> tuple[npt.NDArray[np.int64], StripVectorizer]:
-    n_classes = len(names)
+    n_classes = len(vec.class_names)
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    vec = StripVectorizer(scene.transform, scene.crs, names, regularize=regularize, min_area_m2=min_area_m2, split_px=split_px)
     with rasterio.open(gdal_path(scene.path)) as src, rasterio.open(mask_path) as msk:
         if (msk.width, msk.height) != (scene.width, scene.height):
             raise GeounetError(

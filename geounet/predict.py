@@ -161,6 +161,40 @@ class PredictConfig:
     split_m: float | None = None
 
 
+@dataclass(frozen=True)
+class PolygonOptions:
+    """How a class mask becomes polygons: the run's options where given, else the model's
+    defaults (see :class:`PredictConfig`; without a model, everything off)."""
+
+    min_area_m2: float = 0.0
+    regularize: bool = False
+    split_m: float = 0.0
+    simplify: float = 0.0
+
+    @classmethod
+    def resolve(cls, cfg: PredictConfig | None, meta: ModelMeta | None) -> PolygonOptions:
+        """The options of a run with ``cfg`` (None: all defaults) and a model ``meta``."""
+        cfg = cfg or PredictConfig()
+        return cls(
+            min_area_m2=cfg.min_area_m2 if cfg.min_area_m2 is not None else meta.min_area_m2 if meta else 0.0,
+            regularize=cfg.regularize if cfg.regularize is not None else bool(meta and meta.regularize),
+            split_m=cfg.split_m if cfg.split_m is not None else meta.split_m if meta else 0.0,
+            simplify=cfg.simplify,
+        )
+
+    def vectorizer(self, scene: Scene, class_names: Sequence[str]) -> StripVectorizer:
+        """A :class:`StripVectorizer` for ``scene`` with these options."""
+        return StripVectorizer(
+            scene.transform,
+            scene.crs,
+            class_names,
+            simplify=self.simplify,
+            min_area_m2=self.min_area_m2,
+            regularize=bool(self.regularize),
+            split_px=split_px(self.split_m, scene),
+        )
+
+
 @dataclass
 class PredictResult:
     """What a run produced."""
@@ -703,15 +737,7 @@ class StripSinks:
             self.mask.dataset.write_colormap(1, _colormap(meta))
             self.mask.dataset.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(self.names)})
         if vectors is not None:
-            self.vectorizer = StripVectorizer(
-                scene.transform,
-                scene.crs,
-                self.names,
-                simplify=cfg.simplify,
-                min_area_m2=meta.min_area_m2 if cfg.min_area_m2 is None else cfg.min_area_m2,
-                regularize=meta.regularize if cfg.regularize is None else cfg.regularize,
-                split_px=split_px(meta.split_m if cfg.split_m is None else cfg.split_m, scene),
-            )
+            self.vectorizer = PolygonOptions.resolve(cfg, meta).vectorizer(scene, self.names)
             style = vector_qml(self.names[1:], _class_colours(meta)) if vector_style else None
             self.vector_writer = VectorWriter(vectors, style=style)
 
