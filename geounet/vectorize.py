@@ -737,10 +737,13 @@ def _write_ogr(
     *,
     append: bool = False,
     promote: bool | None = None,
+    scratch: bool = False,
 ) -> None:
     import pyogrio
 
     kwargs: dict[str, Any] = {}
+    if scratch:  # read once, in order: no spatial index to build
+        kwargs["layer_options"] = {"SPATIAL_INDEX": "NO"}
     if promote is None:
         promote = driver != "GeoJSON"
     if promote:
@@ -805,7 +808,10 @@ class VectorWriter:
             if self.driver == "Parquet":
                 self._write_parquet(frame)
             elif self._scratch is not None:
-                _write_ogr(frame, self._scratch, "GPKG", "batches", append=self.features > 0, promote=self.driver != "GeoJSON")
+                _write_ogr(
+                    frame, self._scratch, "GPKG", "batches", append=self.features > 0,
+                    promote=self.driver != "GeoJSON", scratch=True,
+                )
             else:
                 _write_ogr(frame, self.path, self.driver, self.layer, append=self.features > 0)
         except Exception as exc:
