@@ -10,7 +10,8 @@ Scenes are uniform RGB noise, 2048 px wide (``--scaling``) or 100,000 px wide an
 create --bands 3 --classes 1 --width 4 --depth 4 --seed 0``): on noise it marks about half the
 pixels, a speckle of small polygons and one polygon with holes that spans the scene. Every run is
 the real command line, ``geounet predict SCENE -o OUT -m MODEL --tile-size 512 --overlap 64``, in
-a child process whose peak RSS comes from ``os.wait4``. ``--wide`` then runs it again and sends
+a child process whose peak RSS comes from ``os.wait4``. To measure an older checkout, put it
+first on ``PYTHONPATH``. ``--wide`` then runs it again and sends
 SIGTERM at 90% of the first run's time (in the vectorizing and writing), and reports how long
 the process took to exit and whether anything was left behind.
 """
@@ -59,7 +60,7 @@ def stress_model(work: Path) -> Path:
         subprocess.run(
             [sys.executable, "-m", "geounet", "model", "create", "--bands", "3", "--classes", "1",
              "--width", "4", "--depth", "4", "--seed", "0", "-o", str(path)],
-            check=True, capture_output=True,
+            check=True, capture_output=True, cwd=work,
         )
     return path
 
@@ -71,7 +72,9 @@ def predict(scene: Path, out: Path, model: Path, *, term_after: float | None = N
     for p in out.parent.glob(out.stem + ".*"):
         p.unlink()
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Run from the scene's folder: `python -m` puts the working directory first on sys.path,
+    # which would shadow PYTHONPATH (how an older checkout is measured) from the repository root.
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=scene.parent)
     t_term = None
     if term_after is not None:
         time.sleep(term_after)
@@ -107,13 +110,16 @@ def main() -> None:
     ap.add_argument("--wide", action="store_true", help="the 100,000 x 2,048 scene: RSS, time, SIGTERM")
     ap.add_argument("--model", type=Path, action="append", default=None,
                     help="--wide: model(s) to run (default: the stress model)")
+    ap.add_argument("--sigterm", action=argparse.BooleanOptionalAction, default=True,
+                    help="--wide: also the run stopped by SIGTERM")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--width", type=int, default=100_000, help="--wide: scene width")
     ap.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "geounet-streaming")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
-    work = args.work_dir
+    work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    args.model = [m.resolve() for m in args.model] if args.model else None
     results: dict[str, Any] = {}
     if args.scaling:
         model = stress_model(work)
@@ -136,10 +142,12 @@ def main() -> None:
             print(f"wide {model.name}: {full['seconds']} s, peak {full['peak_rss_mb']} MB, "
                   f"{full.get('features')} features, exit {full['exit']} "
                   f"({'ok' if full['peak_rss_mb'] < 2048 else 'OVER'} < 2 GB)", flush=True)
-            term = predict(scene, out, model, term_after=0.9 * full["seconds"])
-            print(f"  SIGTERM at {0.9 * full['seconds']:.0f} s: exit {term['exit']} after "
-                  f"{term['exit_after_sigterm_s']} s; left behind: {term['left'] or 'nothing'}", flush=True)
-            results[f"wide_{model.stem}"] = {"run": full, "sigterm": term}
+            results[f"wide_{model.stem}"] = {"run": full}
+            if args.sigterm:
+                term = predict(scene, out, model, term_after=0.9 * full["seconds"])
+                print(f"  SIGTERM at {0.9 * full['seconds']:.0f} s: exit {term['exit']} after "
+                      f"{term['exit_after_sigterm_s']} s; left behind: {term['left'] or 'nothing'}", flush=True)
+                results[f"wide_{model.stem}"]["sigterm"] = term
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -54,6 +54,7 @@ from geounet.vectorize import (
     WRITE_BATCH,
     StripVectorizer,
     VectorWriter,
+    band_rows,
     import_vector_libraries,
     vector_driver,
 )
@@ -757,14 +758,18 @@ class StripSinks:
         if self.mask is not None:
             self.mask.write(strip.row_off, cls[None])
         t2 = time.perf_counter()
-        if self.vectorizer is not None:
-            self.vectorizer.add(strip.row_off, cls, score)
-        t3 = time.perf_counter()
         self.timings["postprocess"] += t1 - t0
         self.timings["write"] += t2 - t1
-        self.timings["vectorize"] += t3 - t2
-        if self.vectorizer is not None and self.vectorizer.ready >= WRITE_BATCH:
-            self._write_polygons()
+        if self.vectorizer is not None:
+            # Band by band, writing finished polygons between bands: what waits for the file
+            # stays near one batch, even when a wide strip holds hundreds of thousands.
+            step = band_rows(strip.logits.shape[-1])
+            for r0 in range(0, strip.height, step):
+                t0 = time.perf_counter()
+                self.vectorizer.add(strip.row_off + r0, cls[r0 : r0 + step], score[r0 : r0 + step])
+                self.timings["vectorize"] += time.perf_counter() - t0
+                if self.vectorizer.ready >= WRITE_BATCH:
+                    self._write_polygons()
 
     def _write_polygons(self, *, final: bool = False) -> None:
         """Finished polygons to the vector file, in batches of :data:`WRITE_BATCH` (all of them
@@ -883,7 +888,10 @@ def _reproject(frame: Any, to_crs: str) -> Any:
 def _postprocess(
     strip: Strip, meta: ModelMeta, threshold: float
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Logits -> (class mask with nodata 255, probability of each pixel's class, probabilities).
+    """Logits -> (class mask with nodata 255, score, probabilities).
+
+    The score is the probability of each pixel's class; for a binary model, the foreground
+    probability everywhere (the probabilities' own band: only foreground pixels are scored).
 
     Works in place on the strip's logits (they become the probabilities), a few strip-sized
     arrays in all.
@@ -896,8 +904,9 @@ def _postprocess(
             probs += 1.0
             np.reciprocal(probs, out=probs)
             fg = probs[0] >= threshold
-            score = np.subtract(1.0, probs[0], dtype=np.float32)
-            np.copyto(score, probs[0], where=fg)
+            # Only foreground is vectorized, so the foreground probability is the score that
+            # matters (no strip-sized copy with 1 - p in the background).
+            score = probs[0]
             cls = fg.view(np.uint8)
         else:
             probs = np.subtract(logits, logits.max(axis=0, keepdims=True), out=logits)

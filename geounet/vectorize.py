@@ -61,6 +61,11 @@ _FOUR = ndimage.generate_binary_structure(2, 1)
 CHUNK_PIXELS = 4_000_000
 
 
+def band_rows(width: int) -> int:
+    """Rows of a ``width``-pixel strip that are polygonized in one call (see :data:`CHUNK_PIXELS`)."""
+    return max(1, CHUNK_PIXELS // max(width, 1))
+
+
 def vector_driver(path: str | os.PathLike[str]) -> str:
     """The GDAL driver (or ``Parquet``) for an output path, from its suffix.
 
@@ -209,7 +214,7 @@ class StripVectorizer:
         rows, width = mask.shape
         # Polygonizing is one native call per piece of strip: kept to a few seconds (so that
         # Ctrl-C and SIGTERM act), whatever the scene's width.
-        step = max(1, min(rows, CHUNK_PIXELS // max(width, 1)))
+        step = min(rows, band_rows(width))
         for r0 in range(0, rows, step):
             self._add(row_off + r0, mask[r0 : r0 + step], None if score is None else score[r0 : r0 + step])
 
