@@ -119,3 +119,11 @@ def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "model.safetensors"
     save_model(net, meta_for(net, tile_size=64, overlap=16), path)
     return path
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that must take Ctrl-C: a job started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then installs no handler for it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

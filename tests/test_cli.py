@@ -10,7 +10,7 @@ import geopandas as gpd
 import pytest
 from click.testing import CliRunner
 
-from conftest import MakeRaster
+from conftest import MakeRaster, default_sigint
 from geounet.checkpoint import save_model
 from geounet.cli.main import cli
 
@@ -130,7 +130,7 @@ def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int,
     proc = subprocess.Popen(
         [sys.executable, "-m", "geounet", "predict", str(scene), "-o", str(outdir / "b.gpkg"), "-m", str(model),
          "--mask", str(outdir / "m.tif"), "--probabilities", str(outdir / "p.tif"), "--batch-size", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
     while not any(outdir.glob(".m.tif.geounet-*.tmp/*")) and time.monotonic() < deadline:

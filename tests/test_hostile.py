@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from rasterio.transform import Affine, from_origin
 from safetensors.torch import save_file
 
-from conftest import MakeRaster, meta_for, threshold_unet
+from conftest import MakeRaster, default_sigint, meta_for, threshold_unet
 from geounet.checkpoint import FORMAT_VERSION, META_KEY, create_model, save_model
 from geounet.cli.main import cli
 
@@ -419,7 +419,7 @@ def test_interrupted_training_leaves_no_partial_output_and_resumes(tmp_path: Pat
         "-o", str(out), "--tile-size", "64", "--batch-size", "2", "--epochs", "4", "--samples-per-epoch", "24",
         "--width", "8", "--depth", "3", "--device", "cpu", "--val-fraction", "0.25",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     resume = tmp_path / "m.resume.safetensors"
     deadline = time.monotonic() + 120
     while not resume.exists() and time.monotonic() < deadline:
