@@ -397,7 +397,8 @@ def _piece_paths(ragged: Any, k: int, lines: tuple[float, ...]) -> tuple[_Holes 
         xy = xy[::-1]
     holes = None
     if last > first + 1:
-        holes = _Holes(coords[ring_ends[first + 1] : ring_ends[last]], np.diff(ring_ends[first + 1 : last + 1]))
+        # A copy: a view would keep the whole band's coordinates alive while the group is open.
+        holes = _Holes(coords[ring_ends[first + 1] : ring_ends[last]].copy(), np.diff(ring_ends[first + 1 : last + 1]))
     return holes, _cut_ring(np.ascontiguousarray(xy), lines)
 
 
