@@ -707,13 +707,12 @@ class StripSinks:
         vector_style: bool = True,
     ) -> None:
         self.meta = meta
-        self.vector_style = vector_style
         self.cfg = cfg
         self.timings = timings
         self.names = meta.mask_classes
         self.counts = np.zeros(256, dtype=np.int64)
         self.features = 0
-        self._vectors_path, self._prob_path, self._mask_path = vectors, probabilities, mask
+        self._prob_path, self._mask_path = probabilities, mask
         n_out = meta.arch_args["classes"]
         self.probabilities: StripWriter | None = None
         self.mask: StripWriter | None = None

@@ -801,7 +801,8 @@ class VectorWriter:
             self.path.with_name(self.path.name + ".batches.gpkg") if self.driver in ("GeoJSON", "FlatGeobuf") else None
         )
         self._parquet: Any = None
-        self._types: set[str] = set()
+        self._crs: Any = None  # of the GeoParquet batches
+        self._types: set[int] = set()  # shapely geometry type ids
         self._bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
 
     def write(self, frame: gpd.GeoDataFrame) -> None:
