@@ -1,7 +1,7 @@
 """Predict many scenes into one directory: resumable, in this process or on a Dask cluster.
 
-:func:`run_batch` expands the inputs (paths, recursive globs, ``@list`` files, URLs), gives each
-scene an output name, and runs :class:`~geounet.predict.Predictor` over the scenes that are not
+:func:`run_batch` expands the inputs (paths, recursive globs, ``@list`` files, URLs, and STAC
+catalogs, collections and items through :mod:`geounet.stac`), gives each scene an output name, and runs :class:`~geounet.predict.Predictor` over the scenes that are not
 done yet. Outputs go straight into the output directory as ``NAME.<format>``,
 ``NAME.mask.tif`` and ``NAME.probabilities.tif``, each written atomically (a temporary beside it,
 then a rename), so nothing half-written ever carries a final name.
@@ -13,6 +13,8 @@ the coordinating process only, under an exclusive lock, flushed and fsync'd. It 
 into place, so a killed run is resumed by running the same command again: scenes done with the
 same input (path, and size and mtime for local files), model hash and parameters whose outputs
 still exist are skipped; failed, changed, missing and never-finished scenes are (re)done.
+A scene from a STAC item is keyed on its asset's href and also records the item id; it is named
+after the item.
 
 A scene that fails (corrupt file, no CRS, wrong bands, or an unexpected exception) is recorded as
 failed with a one-line error and has no outputs in the directory; the others go on.
@@ -49,6 +51,14 @@ from geounet.checkpoint import file_hash, load_model, read_meta
 from geounet.errors import GeounetError, OutputError, OutputExistsError
 from geounet.predict import PredictConfig, Predictor
 from geounet.raster import expand_rasters, is_remote
+from geounet.stac import (
+    ResultItem,
+    StacScene,
+    check_catalog_dest,
+    is_stac_source,
+    read_stac_scenes,
+    write_results_catalog,
+)
 from geounet.tiling import check_tile_size
 
 try:
@@ -76,9 +86,12 @@ class SceneRecord:
     """One manifest line: what became of one scene.
 
     Attributes:
-        input: The scene as expanded (absolute path for local files, URL or ``/vsi`` path).
+        input: The scene as expanded (absolute path for local files, URL or ``/vsi`` path); for
+            a STAC item without a usable asset, the item's JSON.
         name: The output name stem (outputs are ``NAME.<format>``, ``NAME.mask.tif``...).
         status: ``done`` or ``failed``.
+        item_id: The STAC item the scene came from (left out of the line for other scenes).
+        asset_href: The STAC asset's href as resolved (the raster read; left out likewise).
         outputs: File names inside the output directory, by kind (``vectors``,
             ``probabilities``, ``mask``).
         model: The model file.
@@ -99,6 +112,8 @@ class SceneRecord:
     input: str
     name: str
     status: Status
+    item_id: str | None = None
+    asset_href: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     model: str = ""
     model_hash: str = ""
@@ -116,7 +131,11 @@ class SceneRecord:
 
     def to_json(self) -> str:
         """The record as one line of JSON (no newline)."""
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"))
+        data = dataclasses.asdict(self)
+        for key in ("item_id", "asset_href"):  # only scenes from STAC have them
+            if data[key] is None:
+                del data[key]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> SceneRecord | None:
@@ -145,12 +164,14 @@ class BatchSummary:
         skipped: Earlier records of the scenes skipped because they were already done.
         failed: Records of the scenes that failed in this run.
         manifest: The manifest file.
+        catalog: The results catalog's ``catalog.json``, if one was asked for.
     """
 
     done: list[SceneRecord]
     skipped: list[SceneRecord]
     failed: list[SceneRecord]
     manifest: Path
+    catalog: Path | None = None
 
     def describe(self) -> str:
         """One line, e.g. ``12 done, 3 skipped (already done), 1 failed; see out/manifest.jsonl``."""
@@ -203,6 +224,8 @@ class SceneTask:
         params: The parameters recorded in the manifest.
         input_size: Bytes of a local input (None for remote).
         input_mtime_ns: Modification time of a local input (None for remote).
+        item_id: The STAC item of the scene, if any.
+        asset_href: The STAC asset's href (the same as ``input``), if any.
     """
 
     input: str
@@ -215,6 +238,8 @@ class SceneTask:
     params: dict[str, Any]
     input_size: int | None
     input_mtime_ns: int | None
+    item_id: str | None = None
+    asset_href: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,8 +256,12 @@ def scene_stem(scene: str) -> str:
         text = _VSI_PREFIX.sub("", text)  # /vsicurl/https://h/x.tif, /vsizip//vsis3/b/a.zip/x.tif
         if "://" in text:
             text = urlsplit(text).path
-    stem = PurePosixPath(text.replace("\\", "/")).stem
-    stem = _UNSAFE_NAME_CHARS.sub("_", stem).lstrip(".").strip()
+    return safe_name(PurePosixPath(text.replace("\\", "/")).stem)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file name stem: no path separators, control or reserved characters."""
+    stem = _UNSAFE_NAME_CHARS.sub("_", text).lstrip(".").strip()
     return stem or "scene"
 
 
@@ -240,7 +269,12 @@ def _short_hash(text: str, length: int = 8) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:length]
 
 
-def assign_names(scenes: Sequence[str], previous: Mapping[str, SceneRecord] | None = None) -> dict[str, str]:
+def assign_names(
+    scenes: Sequence[str],
+    previous: Mapping[str, SceneRecord] | None = None,
+    *,
+    stems: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """A unique output name per scene: its stem, plus a short hash of the input when stems clash.
 
     Names are compared case-insensitively (case-insensitive file systems). A scene keeps the
@@ -250,6 +284,7 @@ def assign_names(scenes: Sequence[str], previous: Mapping[str, SceneRecord] | No
     Args:
         scenes: Expanded inputs.
         previous: Last manifest record per input.
+        stems: Stems to use instead of the file names (STAC item ids), by input.
 
     Returns:
         Name stem by input.
@@ -263,9 +298,10 @@ def assign_names(scenes: Sequence[str], previous: Mapping[str, SceneRecord] | No
         if rec is not None and rec.name and rec.name.casefold() not in used:
             names[scene] = rec.name
             used.add(rec.name.casefold())
-    stems = {s: scene_stem(s) for s in scenes if s not in names}
-    counts = Counter(stem.casefold() for stem in stems.values())
-    for scene, stem in stems.items():
+    given = stems or {}
+    wanted = {s: safe_name(given[s]) if s in given else scene_stem(s) for s in scenes if s not in names}
+    counts = Counter(stem.casefold() for stem in wanted.values())
+    for scene, stem in wanted.items():
         key = stem.casefold()
         taken = key in used or claimed.get(key, scene) != scene
         name = f"{stem}-{_short_hash(scene)}" if counts[key] > 1 or taken else stem
@@ -516,6 +552,8 @@ def _record(task: SceneTask, status: Status, **fields: Any) -> SceneRecord:
         input=task.input,
         name=task.name,
         status=status,
+        item_id=task.item_id,
+        asset_href=task.asset_href,
         outputs=dict(task.outputs),
         model=task.model,
         model_hash=task.model_hash,
@@ -600,11 +638,15 @@ def run_batch(
     workers: int = 0,
     scheduler: str | None = None,
     progress: BatchProgressCallback | None = None,
+    asset: str | None = None,
+    stac_out: str | os.PathLike[str] | None = None,
 ) -> BatchSummary:
     """Predict every scene of an archive into ``out_dir``, skipping those already done.
 
     Args:
-        inputs: Paths, globs, ``@list`` files and URLs (see :func:`~geounet.raster.expand_rasters`).
+        inputs: Paths, globs, ``@list`` files and URLs (see :func:`~geounet.raster.expand_rasters`),
+            and STAC JSON files or http(s) URLs (``.json``: an Item, ItemCollection, Catalog or
+            Collection, one scene per item, see :func:`~geounet.stac.read_stac_scenes`).
         out_dir: Output directory (created if missing). Per scene: ``NAME.<fmt>`` (polygons),
             ``NAME.probabilities.tif`` and ``NAME.mask.tif`` if asked for, where ``NAME`` is the
             scene's file name without suffix (plus ``-<hash of the input>`` when two inputs
@@ -621,12 +663,18 @@ def run_batch(
             submit the scenes to.
         progress: Called with a :class:`BatchProgress` at the start, per tile (single-process
             runs) and per finished scene.
+        asset: The asset key of STAC items to segment (default: each item's first GeoTIFF asset
+            with role ``data`` or ``visual``). An item without it is recorded as failed.
+        stac_out: Also write a static STAC catalog of the done scenes into this folder (see
+            :func:`~geounet.stac.write_results_catalog`), after the scenes ran.
 
     Returns:
-        The done, skipped and failed scenes and the manifest path. Scene failures do not raise.
+        The done, skipped and failed scenes, the manifest path and the catalog path. Scene
+        failures do not raise; nor do broken STAC items (recorded as failed scenes).
 
     Raises:
-        GeounetError: Inputs that match nothing, bad options, or no Dask when asked for.
+        GeounetError: Inputs that match nothing, an unreadable STAC input, bad options, or no
+            Dask (pystac) when asked for.
         CheckpointError: A bad model file (before any scene runs).
         TilingError: A tile size or overlap that cannot work with the model.
         OutputError: An unwritable output directory, or another batch writing into it.
@@ -642,7 +690,9 @@ def run_batch(
     if fmt == "parquet":
         _require_pyarrow()
     out_path = Path(out_dir).expanduser().resolve()
-    scenes = _drop_own_outputs(expand_rasters(inputs), out_path)
+    expanded, sources = _expand_inputs(inputs, asset=asset)
+    scenes = _drop_own_outputs(expanded, out_path)
+    stac_dest = check_catalog_dest(stac_out, outputs=out_path) if stac_out is not None else None
 
     model_path = Path(model).expanduser().resolve()
     meta = read_meta(model_path)
@@ -657,14 +707,23 @@ def run_batch(
     out = _make_out_dir(out_path)
     manifest = _Manifest(out / MANIFEST_NAME)
     try:
-        names = assign_names(scenes, manifest.records)
+        stems = {scene: source.item_id for scene, source in sources.items()}
+        names = assign_names(scenes, manifest.records, stems=stems)
         tasks = [
-            _make_task(scene, names[scene], out, model_path, model_hash, cfg, params, fmt, probabilities, mask)
+            _make_task(
+                scene, names[scene], out, model_path, model_hash, cfg, params, fmt, probabilities, mask,
+                sources.get(scene),
+            )
             for scene in scenes
         ]
         skipped: list[SceneRecord] = []
         todo: list[SceneTask] = []
+        broken: list[tuple[SceneTask, str]] = []  # STAC items without a usable asset
         for task in tasks:
+            source = sources.get(task.input)
+            if source is not None and source.error is not None:
+                broken.append((task, source.error))
+                continue
             rec = manifest.records.get(task.input)
             if rec is not None and _is_done(rec, task, out):
                 skipped.append(rec)
@@ -697,6 +756,8 @@ def run_batch(
                     )
                 )
 
+        for task, error in broken:
+            finish(_record(task, "failed", error=error))
         if todo:
             # Model errors (bad weights, no CUDA) stop the batch here, not once per scene.
             if workers or scheduler:
@@ -710,9 +771,75 @@ def run_batch(
                 predictor = Predictor(model_path, device=cfg.device, compile=cfg.compile)
                 manifest.started = True
                 _run_local(todo, finish, predictor, len(skipped), total, progress)
+        catalog = None
+        if stac_dest is not None:
+            catalog = _write_catalog(stac_dest, tasks, [*skipped, *done], sources, out, model_path, model_hash)
     finally:
         manifest.close()
-    return BatchSummary(done=done, skipped=skipped, failed=failed, manifest=manifest.path)
+    return BatchSummary(done=done, skipped=skipped, failed=failed, manifest=manifest.path, catalog=catalog)
+
+
+def _expand_inputs(
+    inputs: Iterable[str | os.PathLike[str]], *, asset: str | None
+) -> tuple[list[str], dict[str, StacScene]]:
+    """The scenes of the inputs, and the STAC item of each scene that came from one.
+
+    A scene reached twice (a path also listed as a STAC asset, one asset in two items) is kept
+    once, where it first appears.
+    """
+    scenes: list[str] = []
+    sources: dict[str, StacScene] = {}
+    seen: set[str] = set()
+    stac_given = False
+    for entry in expand_rasters(inputs):
+        if not is_stac_source(entry):
+            if entry not in seen:
+                seen.add(entry)
+                scenes.append(entry)
+            continue
+        stac_given = True
+        for item in read_stac_scenes(entry, asset=asset):
+            if item.input in seen:
+                logger.warning("%s (item %s) is already an input; segmenting it once", item.input, item.item_id)
+                continue
+            seen.add(item.input)
+            sources[item.input] = item
+            scenes.append(item.input)
+    if asset is not None and not stac_given:
+        raise GeounetError(
+            f"--asset {asset} picks an asset of STAC items, but no input is a STAC JSON (.json "
+            f"catalog, collection or item); leave it out"
+        )
+    return scenes, sources
+
+
+def _write_catalog(
+    dest: Path,
+    tasks: Sequence[SceneTask],
+    records: Sequence[SceneRecord],
+    sources: Mapping[str, StacScene],
+    out: Path,
+    model: Path,
+    model_hash: str,
+) -> Path:
+    """The results catalog of this batch's done scenes (done now or before), in input order."""
+    by_input = {rec.input: rec for rec in records}
+    items = [
+        ResultItem(
+            id=rec.name,
+            scene=rec.input,
+            assets={kind: out / name for kind, name in rec.outputs.items()},
+            created=rec.finished,
+            features=rec.features,
+            params=rec.params,
+            source=sources.get(rec.input),
+        )
+        for task in tasks
+        if (rec := by_input.get(task.input)) is not None
+    ]
+    catalog = write_results_catalog(dest, items, model=model.stem, model_hash=model_hash)
+    logger.info("STAC catalog of %d scenes: %s", len(items), catalog)
+    return catalog
 
 
 def _require_pyarrow() -> None:
@@ -762,6 +889,7 @@ def _make_task(
     fmt: VectorFormat,
     probabilities: bool,
     mask: bool,
+    source: StacScene | None = None,
 ) -> SceneTask:
     size = mtime = None
     if not is_remote(scene):
@@ -781,12 +909,16 @@ def _make_task(
         params=params,
         input_size=size,
         input_mtime_ns=mtime,
+        item_id=source.item_id if source is not None else None,
+        asset_href=source.href if source is not None else None,
     )
 
 
 def _is_done(rec: SceneRecord, task: SceneTask, out: Path) -> bool:
     return (
         rec.status == "done"
+        and rec.item_id == task.item_id
+        and rec.asset_href == task.asset_href
         and rec.model_hash == task.model_hash
         and rec.params == task.params
         and rec.outputs == task.outputs
@@ -941,6 +1073,7 @@ __all__ = [
     "read_manifest",
     "run_batch",
     "run_task",
+    "safe_name",
     "scene_stem",
     "worker_predictor",
 ]

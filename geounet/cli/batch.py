@@ -44,21 +44,26 @@ MAX_LISTED_FAILURES = 10
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, help="Simplify polygons, tolerance in pixels.")
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS].")
 @click.option("--overwrite", is_flag=True, help="Replace files with output names already in a DIR that has no manifest.jsonl (outputs of earlier batch runs are always replaced when redone).")
+@click.option("--asset", metavar="KEY", help="STAC inputs: the asset to segment in each item [default: the first GeoTIFF asset with role data or visual].")
+@click.option("--stac-out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Also write a static STAC catalog of the results into DIR (DIR/catalog.json, one item per scene).")
 @click.pass_context
-def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool, asset: str | None, stac_out: Path | None) -> None:
     """Segment many scenes into one folder; re-run the same command to resume.
 
     INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one
-    path or URL per line, relative to the file) and URLs that GDAL reads window by window
-    (https://, s3://, /vsicurl/...). Each scene gives DIR/NAME.<format> (and NAME.mask.tif,
-    NAME.probabilities.tif), NAME being its file name without suffix, plus a short hash when
-    two inputs share one. DIR/manifest.jsonl records every scene. Scenes already done with the
-    same input, model and options are skipped; a scene that fails is recorded there, the others
-    go on, and the exit status is 1.
+    path or URL per line, relative to the file), URLs that GDAL reads window by window
+    (https://, s3://, /vsicurl/...) and STAC JSON files or http(s) URLs (*.json: a catalog or
+    collection, walked recursively, an item collection or an item; one scene per item, the
+    asset chosen by --asset). Each scene gives DIR/NAME.<format> (and NAME.mask.tif,
+    NAME.probabilities.tif), NAME being its file name without suffix (a STAC item's id), plus a
+    short hash when two inputs share one. DIR/manifest.jsonl records every scene. Scenes already
+    done with the same input, model and options are skipped; a scene that fails (or a STAC item
+    without the asset) is recorded there, the others go on, and the exit status is 1.
 
     \b
     geounet batch 'archive/**/*.tif' -o out/ -m buildings.safetensors --mask
     geounet batch @scenes.txt -o out/ -m buildings.safetensors --workers 4
+    geounet batch stac/catalog.json -o out/ -m buildings --asset visual --stac-out out/stac
     geounet batch @scenes.txt -o /shared/out -m /shared/m.safetensors --scheduler tcp://head:8786
     """
     from geounet.batch import run_batch
@@ -77,7 +82,8 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     try:
         summary = run_batch(
             inputs, out_dir, model=model_path, config=config, fmt=fmt, probabilities=probabilities,  # type: ignore[arg-type]
-            mask=mask, workers=workers, scheduler=scheduler, progress=bars.update,
+            mask=mask, workers=workers, scheduler=scheduler, progress=bars.update, asset=asset,
+            stac_out=stac_out,
         )
     except (KeyboardInterrupt, Terminated) as exc:
         if (ctx.find_root().obj or {}).get("debug"):
@@ -89,6 +95,8 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     finally:
         bars.close()
     click.echo(str(summary.manifest))
+    if summary.catalog is not None:
+        click.echo(str(summary.catalog))
     for record in summary.failed[:MAX_LISTED_FAILURES]:
         error = record.error or "unknown error"
         named = Path(record.input).name in error  # most errors name the file already
