@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import http.server
+import mimetypes
+import re
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +131,73 @@ def default_sigint() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# --------------------------------------------------------------------------------------------
+# Files served over HTTP
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from ``root`` with single HTTP Range requests (what GDAL's /vsicurl/ sends)."""
+
+    root: Path
+    served: list[tuple[str | None, int]]  # (Range header, bytes sent)
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, *, body: bool) -> None:
+        path = self.root / self.path.split("?")[0].lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        size = path.stat().st_size
+        start, end = 0, size - 1
+        header = self.headers.get("Range")
+        if header:
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", header.strip())
+            if not m or int(m[1]) >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.end_headers()
+                return
+            start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if body:
+            with open(path, "rb") as f:
+                f.seek(start)
+                self.wfile.write(f.read(end - start + 1))
+            self.served.append((header, end - start + 1))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path, list[tuple[str | None, int]]]]:
+    """(base URL, served folder, log of (Range, bytes)) of an HTTP server on 127.0.0.1."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    root = tmp_path / "www"
+    root.mkdir()
+    served: list[tuple[str | None, int]] = []
+    handler = type("Handler", (RangeHandler,), {"root": root, "served": served})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root, served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

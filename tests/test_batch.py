@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +34,8 @@ from geounet.checkpoint import save_model
 from geounet.cli.batch import FORMATS
 from geounet.cli.main import cli
 from geounet.errors import CheckpointError, GeounetError, OutputError, OutputExistsError
-from geounet.raster import expand_rasters
 from geounet.predict import PredictConfig
+from geounet.raster import expand_rasters
 from geounet.synthetic import make_scene
 
 TEMPORARY = re.compile(r"^\..*\.geounet-.*\.tmp$")
@@ -420,72 +418,6 @@ def test_local_worker_processes_give_the_same_outputs(tmp_path: Path, model_file
 
 # --------------------------------------------------------------------------------------------
 # Remote scenes over HTTP
-
-
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from ``root`` with single HTTP Range requests (what GDAL's /vsicurl/ sends)."""
-
-    root: Path
-    served: list[tuple[str | None, int]]  # (Range header, bytes sent)
-
-    def do_HEAD(self) -> None:
-        self._serve(body=False)
-
-    def do_GET(self) -> None:
-        self._serve(body=True)
-
-    def _serve(self, *, body: bool) -> None:
-        path = self.root / self.path.split("?")[0].lstrip("/")
-        if not path.is_file():
-            self.send_error(404)
-            return
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        header = self.headers.get("Range")
-        if header:
-            m = re.fullmatch(r"bytes=(\d+)-(\d*)", header.strip())
-            if not m or int(m[1]) >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.end_headers()
-                return
-            start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Type", "image/tiff")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        if body:
-            with open(path, "rb") as f:
-                f.seek(start)
-                self.wfile.write(f.read(end - start + 1))
-            self.served.append((header, end - start + 1))
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path, list[tuple[str | None, int]]]]:
-    """(base URL, served folder, log of (Range, bytes)) of an HTTP server on 127.0.0.1."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    root = tmp_path / "www"
-    root.mkdir()
-    served: list[tuple[str | None, int]] = []
-    handler = type("Handler", (_RangeHandler,), {"root": root, "served": served})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root, served
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def test_remote_scene_over_http_is_read_by_windows(tmp_path: Path, model_file: Path, http_root: tuple[str, Path, list[tuple[str | None, int]]]) -> None:

@@ -1,0 +1,435 @@
+"""STAC in and out: catalogs, collections and items as batch inputs; the results catalog."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import meta_for, threshold_unet
+from rasterio.warp import transform_bounds
+
+from geounet.batch import MANIFEST_NAME, read_manifest, run_batch
+from geounet.checkpoint import save_model
+from geounet.cli.main import cli
+from geounet.errors import GeounetError, OutputError, OutputExistsError
+from geounet.predict import PredictConfig
+from geounet.stac import COG_MEDIA_TYPE, is_stac_source, read_stac_scenes
+from geounet.synthetic import make_scene
+
+pystac = pytest.importorskip("pystac")
+
+#: Four 96-pixel tiles per 128-pixel scene: quick on a CPU.
+CONFIG = PredictConfig(tile_size=96, overlap=16)
+GEOTIFF = "image/tiff; application=geotiff"
+TIMES = ["2023-05-01T10:00:00Z", "2023-06-01T10:00:00Z", "2023-07-01T10:00:00Z"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tiny models run fastest on one thread; more threads only fight over a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny U-Net that marks red-ish pixels (roofs): real polygons on synthetic scenes."""
+    net = threshold_unet(3, width=4, depth=2)
+    path = tmp_path_factory.mktemp("model") / "roofs.safetensors"
+    save_model(net, meta_for(net, tile_size=64, overlap=16), path)
+    return path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def stac_item(item_id: str, assets: dict[str, dict[str, Any]], *, when: str | None = TIMES[0]) -> dict[str, Any]:
+    """A STAC 1.0 item with these assets (hrefs as given, relative to the item's JSON)."""
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [],
+        "id": item_id,
+        "geometry": None,
+        "properties": {"datetime": when},
+        "links": [],
+        "assets": assets,
+    }
+
+
+def visual(href: str) -> dict[str, Any]:
+    """A Cloud-Optimized GeoTIFF asset with role visual (as Sentinel-2 catalogs have)."""
+    return {"href": href, "type": f"{GEOTIFF}; profile=cloud-optimized", "roles": ["visual"]}
+
+
+def make_archive(root: Path, count: int = 3) -> tuple[Path, list[Path]]:
+    """Scenes in ``root/scenes`` and a static catalog over them in ``root/stac``: catalog.json ->
+    col/collection.json -> col/itemN/itemN.json, every href relative.
+
+    Each item also has a thumbnail and a metadata asset before its GeoTIFF, which the default
+    asset choice must pass over.
+    """
+    scenes = [
+        make_scene(root / "scenes" / f"scene{i}.tif", width=128, height=128, seed=i, building_density=3.0).path
+        for i in range(count)
+    ]
+    stac = root / "stac"
+    write_json(stac / "catalog.json", {
+        "type": "Catalog", "stac_version": "1.0.0", "id": "archive", "description": "test archive",
+        "links": [{"rel": "root", "href": "./catalog.json"}, {"rel": "child", "href": "./col/collection.json"}],
+    })
+    write_json(stac / "col" / "collection.json", {
+        "type": "Collection", "stac_version": "1.0.0", "id": "col", "description": "scenes", "license": "CC0-1.0",
+        "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}},
+        "links": [{"rel": "root", "href": "../catalog.json"}, {"rel": "parent", "href": "../catalog.json"}]
+        + [{"rel": "item", "href": f"./item{i}/item{i}.json"} for i in range(count)],
+    })
+    for i in range(count):
+        item = stac_item(f"item{i}", {
+            "thumbnail": {"href": "./thumb.png", "type": "image/png", "roles": ["thumbnail"]},
+            "metadata": {"href": "./meta.xml", "type": "application/xml", "roles": ["metadata"]},
+            "visual": visual(f"../../../scenes/scene{i}.tif"),
+        }, when=TIMES[i % len(TIMES)])
+        item["links"] = [{"rel": "root", "href": "../../catalog.json"}, {"rel": "parent", "href": "../collection.json"}]
+        write_json(stac / "col" / f"item{i}" / f"item{i}.json", item)
+    return stac / "catalog.json", scenes
+
+
+def read_mask(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading STAC
+
+
+def test_read_catalog_walks_collections_and_resolves_relative_hrefs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog, scenes = make_archive(tmp_path, count=2)
+    got = read_stac_scenes(catalog)
+
+    def found(source: Path | str) -> list[tuple[str, str | None, str | None, str | None]]:
+        return [(s.item_id, s.asset_key, s.href, s.item_href) for s in read_stac_scenes(source)]
+
+    assert [s.item_id for s in got] == ["item0", "item1"]
+    assert [s.href for s in got] == [str(p) for p in scenes]
+    assert all(s.asset_key == "visual" and s.error is None for s in got)
+    assert got[1].item_href == str(tmp_path / "stac" / "col" / "item1" / "item1.json")
+    assert got[1].datetime == TIMES[1]
+    # Starting from the collection, or from one item, gives the same scenes.
+    assert found(tmp_path / "stac" / "col" / "collection.json") == found(catalog)
+    assert found(tmp_path / "stac" / "col" / "item1" / "item1.json") == found(catalog)[1:]
+    # A relative path to the catalog works like an absolute one.
+    monkeypatch.chdir(tmp_path)
+    assert found("stac/catalog.json") == found(catalog)
+
+
+def test_item_collection_and_the_default_asset_choice(tmp_path: Path) -> None:
+    """ItemCollection hrefs resolve against its file; the first GeoTIFF with role data or visual."""
+    tif = make_scene(tmp_path / "data" / "s.tif", width=64, height=64).path
+    features = [
+        stac_item("cog-data", {  # JPEG 2000 data and a PNG come first; the COG is taken
+            "B01": {"href": "data/s.jp2", "type": "image/jp2", "roles": ["data"]},
+            "preview": {"href": "data/s.tif", "type": "image/png", "roles": ["visual"]},
+            "cog": {"href": "data/s.tif", "type": f"{GEOTIFF}; profile=cloud-optimized", "roles": ["data", "reflectance"]},
+        }),
+        stac_item("untyped", {  # no media type: a .tif href will do
+            "overview": {"href": "data/s.tif", "roles": ["overview"]},
+            "image": {"href": "./data/s.TIF", "roles": ["visual"]},
+        }),
+        stac_item("no-role", {"image": {"href": "data/s.tif", "type": GEOTIFF}}),
+        stac_item("absolute-file-url", {"image": {"href": tif.as_uri(), "type": GEOTIFF, "roles": ["data"]}}),
+        stac_item("remote", {"image": {"href": "https://example.com/a/b.tif", "type": GEOTIFF, "roles": ["data"]}}),
+        stac_item("odd-scheme", {"image": {"href": "ftp://example.com/b.tif", "type": GEOTIFF, "roles": ["data"]}}),
+    ]
+    (tmp_path / "data" / "s.TIF").write_bytes(tif.read_bytes())
+    path = write_json(tmp_path / "search.json", {"type": "FeatureCollection", "features": features})
+    got = {s.item_id: s for s in read_stac_scenes(path)}
+    assert (got["cog-data"].asset_key, got["cog-data"].href) == ("cog", str(tif))
+    assert (got["untyped"].asset_key, got["untyped"].href) == ("image", str(tmp_path / "data" / "s.TIF"))
+    assert got["absolute-file-url"].href == str(tif)
+    assert got["remote"].href == "https://example.com/a/b.tif" and got["remote"].error is None
+    no_role = got["no-role"]
+    assert no_role.href is None and no_role.input == f"{path}#no-role"
+    assert no_role.error == "item no-role has no GeoTIFF asset with role data or visual (its assets: image); choose one with --asset KEY"
+    assert got["odd-scheme"].href is None and "ftp://example.com/b.tif" in (got["odd-scheme"].error or "")
+    # --asset names the asset, whatever its type or role.
+    named = {s.item_id: s for s in read_stac_scenes(path, asset="image")}
+    assert named["no-role"].href == str(tif) and named["no-role"].error is None
+    assert named["cog-data"].error == "item cog-data has no asset 'image' (its assets: B01, preview, cog); pass another --asset"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "is not JSON"),
+        ('{"type": "FeatureCollection", "features": []}', "holds no STAC items"),
+        ('{"type": "Topology"}', "is not a STAC Item, ItemCollection, Catalog or Collection"),
+        ('[1, 2]', "is not a STAC Item, ItemCollection, Catalog or Collection"),
+        ('{"type": "Feature", "id": "x"}', "is not valid STAC"),
+    ],
+)
+def test_unreadable_stac_stops_with_one_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "x.json"
+    path.write_text(content)
+    with pytest.raises(GeounetError, match=re.escape(message)) as info:
+        read_stac_scenes(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(GeounetError, match=r"cannot read STAC .*missing\.json"):
+        read_stac_scenes(tmp_path / "missing.json")
+    with pytest.raises(GeounetError, match=r"not s3://"):
+        read_stac_scenes("s3://bucket/catalog.json")
+
+
+def test_stac_inputs_are_told_by_their_suffix() -> None:
+    assert is_stac_source("stac/catalog.json") and is_stac_source("https://h/c/ITEM.JSON?token=1")
+    assert not is_stac_source("scene.tif") and not is_stac_source("https://h/json/scene.tif")
+
+
+# --------------------------------------------------------------------------------------------
+# Batches of STAC items
+
+
+def test_catalog_gives_the_same_outputs_as_the_scenes_as_paths_and_resumes(tmp_path: Path, model_file: Path) -> None:
+    catalog, scenes = make_archive(tmp_path / "archive")
+    by_stac = run_batch([catalog], tmp_path / "stac-out", model=model_file, config=CONFIG, mask=True)
+    by_path = run_batch([str(p) for p in scenes], tmp_path / "path-out", model=model_file, config=CONFIG, mask=True)
+    assert len(by_stac.done) == len(by_path.done) == 3 and not by_stac.failed
+    for rec, plain in zip(by_stac.done, by_path.done, strict=True):
+        assert rec.input == rec.asset_href == plain.input  # the asset's raster, resolved
+        assert rec.item_id == rec.name == f"item{scenes.index(Path(plain.input))}"  # named after the item
+        assert rec.features == plain.features > 0
+        np.testing.assert_array_equal(
+            read_mask(tmp_path / "stac-out" / rec.outputs["mask"]), read_mask(tmp_path / "path-out" / plain.outputs["mask"])
+        )
+    lines = [json.loads(line) for line in (tmp_path / "stac-out" / MANIFEST_NAME).read_text().splitlines()]
+    assert [(line["item_id"], Path(line["asset_href"]).name) for line in lines] == [
+        ("item0", "scene0.tif"), ("item1", "scene1.tif"), ("item2", "scene2.tif")
+    ]
+    # Scenes given as paths keep manifest lines without STAC fields.
+    assert all("item_id" not in line for line in (tmp_path / "path-out" / MANIFEST_NAME).read_text().splitlines())
+
+    # Resume: the same catalog skips every item; an item whose href changed is redone.
+    again = run_batch([catalog], tmp_path / "stac-out", model=model_file, config=CONFIG, mask=True)
+    assert (len(again.done), len(again.skipped), len(again.failed)) == (0, 3, 0)
+    moved = tmp_path / "archive" / "scenes" / "moved.tif"
+    shutil.copy(scenes[1], moved)
+    item1 = tmp_path / "archive" / "stac" / "col" / "item1" / "item1.json"
+    data = json.loads(item1.read_text())
+    data["assets"]["visual"]["href"] = "../../../scenes/moved.tif"
+    item1.write_text(json.dumps(data))
+    redo = run_batch([catalog], tmp_path / "stac-out", model=model_file, config=CONFIG, mask=True)
+    assert [(r.item_id, r.asset_href) for r in redo.done] == [("item1", str(moved))]
+    assert len(redo.skipped) == 2
+    assert redo.done[0].name.startswith("item1")  # the old outputs of item1 stay with their record
+
+
+def test_catalog_served_over_http_gives_the_same_outputs(
+    tmp_path: Path, model_file: Path, http_root: tuple[str, Path, list[tuple[str | None, int]]]
+) -> None:
+    base, root, served = http_root
+    catalog, _ = make_archive(root)
+    local = run_batch([catalog], tmp_path / "local", model=model_file, config=CONFIG, mask=True)
+    url = f"{base}/stac/catalog.json"
+    remote = run_batch([url], tmp_path / "remote", model=model_file, config=CONFIG, mask=True)
+    assert len(remote.done) == 3 and not remote.failed
+    assert [r.input for r in remote.done] == [f"{base}/scenes/scene{i}.tif" for i in range(3)]
+    assert [r.item_id for r in remote.done] == [r.item_id for r in local.done]
+    for rec, plain in zip(remote.done, local.done, strict=True):
+        assert rec.input_size is None and rec.features == plain.features
+        np.testing.assert_array_equal(
+            read_mask(tmp_path / "remote" / rec.outputs["mask"]), read_mask(tmp_path / "local" / plain.outputs["mask"])
+        )
+    assert any(header is not None for header, _ in served)  # the rasters were read by ranges
+    again = run_batch([url], tmp_path / "remote", model=model_file, config=CONFIG, mask=True)
+    assert len(again.skipped) == 3
+    with pytest.raises(GeounetError, match=r"cannot read STAC http://127\.0\.0\.1:\d+/stac/nothing\.json"):
+        run_batch([f"{base}/stac/nothing.json"], tmp_path / "remote", model=model_file, config=CONFIG)
+
+
+def test_broken_items_are_recorded_as_failed_and_the_others_finish(tmp_path: Path, model_file: Path) -> None:
+    catalog, scenes = make_archive(tmp_path / "archive", count=2)
+    col = tmp_path / "archive" / "stac" / "col"
+    write_json(col / "nohref" / "nohref.json", stac_item("nohref", {"visual": visual("../../../scenes/gone.tif")}))
+    write_json(col / "noasset" / "noasset.json", stac_item("noasset", {"thumbnail": {"href": "t.png", "type": "image/png"}}))
+    collection = json.loads((col / "collection.json").read_text())
+    collection["links"] += [
+        {"rel": "item", "href": "./nohref/nohref.json"},
+        {"rel": "item", "href": "./noasset/noasset.json"},
+        {"rel": "item", "href": "./lost/lost.json"},  # no such file
+    ]
+    write_json(col / "collection.json", collection)
+    out = tmp_path / "out"
+    args = ("batch", str(catalog), "-o", str(out), "-m", str(model_file), "--mask", "--tile-size", "96")
+
+    r = invoke(*args)
+    assert r.exit_code == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "2 done, 0 skipped (already done), 3 failed" in r.stderr
+    last = read_manifest(out / MANIFEST_NAME)
+    by_item = {rec.item_id: rec for rec in last.values()}
+    assert by_item["item0"].status == by_item["item1"].status == "done"
+    assert by_item["nohref"].status == "failed"
+    assert by_item["nohref"].error == f"item nohref: asset 'visual' points to {scenes[0].parent / 'gone.tif'}, which does not exist"
+    assert by_item["noasset"].error is not None and "has no GeoTIFF asset with role data or visual" in by_item["noasset"].error
+    assert by_item["lost"].error is not None and by_item["lost"].error == (
+        f"cannot read STAC item {col / 'lost' / 'lost.json'}: No such file or directory"
+    )
+    for name in ("nohref", "noasset", "lost"):
+        rec = by_item[name]
+        assert rec.status == "failed" and "\n" not in (rec.error or "") and rec.asset_href is None
+        assert f"{rec.error}\n" in r.stderr  # listed as "failed: [INPUT: ]ERROR"
+    assert {p.name.split(".")[0] for p in out.iterdir()} == {"manifest", "item0", "item1"}
+
+    # --asset: items without that asset fail, with a reason; a run again skips the done ones.
+    r = invoke(*args, "--asset", "thumbnail")
+    assert r.exit_code == 1
+    assert "0 done, 0 skipped (already done), 5 failed" in r.stderr  # the thumbnails are not there
+    assert "item nohref has no asset 'thumbnail' (its assets: visual); pass another --asset" in r.stderr
+    assert "item item0: asset 'thumbnail' points to" in r.stderr
+    r = invoke(*args)
+    assert r.exit_code == 1 and "0 done, 2 skipped (already done), 3 failed" in r.stderr
+
+
+def test_stac_input_errors_are_one_line(tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scene = make_scene(tmp_path / "scene.tif", width=64, height=64).path
+    out = str(tmp_path / "out")
+    r = invoke("batch", str(scene), "-o", out, "-m", str(model_file), "--asset", "visual")
+    assert r.exit_code == 1 and "Error: --asset visual picks an asset of STAC items, but no input is a STAC JSON" in r.stderr
+    (tmp_path / "labels.json").write_text('{"type": "Topology"}')
+    r = invoke("batch", str(tmp_path / "labels.json"), "-o", out, "-m", str(model_file))
+    assert r.exit_code == 1 and "is not a STAC Item, ItemCollection, Catalog or Collection" in r.stderr
+    r = invoke("batch", str(tmp_path / "nothing.json"), "-o", out, "-m", str(model_file))
+    assert r.exit_code == 1 and "nothing.json: no such file" in r.stderr
+    # Without pystac: one line naming the extra.
+    catalog, _ = make_archive(tmp_path / "archive", count=1)
+    monkeypatch.setitem(sys.modules, "pystac", None)
+    r = invoke("batch", str(catalog), "-o", out, "-m", str(model_file))
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: STAC inputs and --stac-out need pystac: pip install 'geounet[stac]'"
+    r = invoke("batch", str(scene), "-o", out, "-m", str(model_file), "--stac-out", str(tmp_path / "stac"))
+    assert r.exit_code == 1 and "pip install 'geounet[stac]'" in r.stderr
+    assert not (tmp_path / "out").exists()  # stopped before any scene
+
+
+# --------------------------------------------------------------------------------------------
+# The results catalog
+
+
+def check_results_catalog(path: Path, out: Path) -> list[Any]:
+    """Read a results catalog back with pystac; every link and asset href must resolve."""
+    root = pystac.read_file(str(path))
+    assert isinstance(root, pystac.Catalog) and root.id == "geounet-results"
+    raw = json.loads(path.read_text())
+    assert all(not os.path.isabs(link["href"]) for link in raw["links"])  # self-contained
+    assert not [link for link in raw["links"] if link["rel"] == "self"]
+    items = list(root.get_items(recursive=True))
+    for item in items:
+        data = json.loads(Path(item.get_self_href()).read_text())
+        for asset in data["assets"].values():
+            assert not os.path.isabs(asset["href"])  # relative: the catalog moves with the outputs
+        for key, asset in item.assets.items():
+            target = Path(asset.get_absolute_href())
+            assert target.is_file(), f"{item.id}: {key} -> {target}"
+            assert target.parent == out
+        assert item.get_parent().id == root.id
+    return items
+
+
+def test_stac_out_catalog_describes_the_results(tmp_path: Path, model_file: Path) -> None:
+    catalog, _ = make_archive(tmp_path / "archive")
+    extra = make_scene(tmp_path / "loose" / "extra.tif", width=128, height=128, seed=7, building_density=3.0).path
+    out, stac_dir = tmp_path / "out", tmp_path / "out" / "stac"
+    args = ("batch", str(catalog), str(extra), "-o", str(out), "-m", str(model_file), "--mask", "--probabilities",
+            "--format", "geojson", "--tile-size", "96", "--stac-out", str(stac_dir))
+    r = invoke(*args)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.split() == [str(out / MANIFEST_NAME), str(stac_dir / "catalog.json")]
+    items = {item.id: item for item in check_results_catalog(stac_dir / "catalog.json", out)}
+    assert sorted(items) == ["extra", "item0", "item1", "item2"]
+    records = {rec.name: rec for rec in read_manifest(out / MANIFEST_NAME).values()}
+    from geounet.checkpoint import file_hash
+
+    for name, item in items.items():
+        rec = records[name]
+        assert {k: (a.media_type, a.roles) for k, a in item.assets.items()} == {
+            "vectors": ("application/geo+json", ["data"]),
+            "mask": (COG_MEDIA_TYPE, ["data"]),
+            "probabilities": (COG_MEDIA_TYPE, ["data"]),
+        }
+        props = item.properties
+        assert props["geounet:model"] == "roofs" and props["geounet:model_sha256"] == file_hash(model_file)
+        assert props["geounet:features"] == rec.features and props["geounet:input"] == rec.input
+        # The footprint: the scene's bounds in longitude and latitude.
+        with rasterio.open(rec.input) as src:
+            expected = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+        np.testing.assert_allclose(item.bbox, expected, atol=1e-7)
+        assert item.geometry["type"] == "Polygon" and len(item.geometry["coordinates"][0]) == 21
+    for i in range(3):  # datetime and a link from the source item
+        item = items[f"item{i}"]
+        assert pystac.utils.datetime_to_str(item.datetime) == TIMES[i]
+        (source,) = item.get_links("derived_from")
+        assert source.resolve_stac_object().target.id == f"item{i}"
+        assert item.properties["geounet:item_id"] == f"item{i}" and item.properties["geounet:asset"] == "visual"
+    assert not items["extra"].get_links("derived_from")  # a plain path: processing time
+    assert pystac.utils.datetime_to_str(items["extra"].datetime).startswith(records["extra"].finished[:10])
+
+    # A second run replaces the catalog as a whole; the folder can move with the outputs.
+    (stac_dir / "stale.txt").write_text("left by the earlier catalog")
+    r = invoke(*args)
+    assert r.exit_code == 0 and "0 done, 4 skipped" in r.stderr
+    assert not (stac_dir / "stale.txt").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+    shutil.move(out, tmp_path / "moved")
+    assert len(check_results_catalog(tmp_path / "moved" / "stac" / "catalog.json", tmp_path / "moved")) == 4
+
+
+def test_stac_out_folder_is_checked_before_any_scene(tmp_path: Path, model_file: Path) -> None:
+    scene = make_scene(tmp_path / "in" / "scene.tif", width=64, height=64).path
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="holds the output folder"):
+        run_batch([scene], out, model=model_file, stac_out=out)
+    with pytest.raises(OutputError, match="holds the output folder"):
+        run_batch([scene], out, model=model_file, stac_out=tmp_path)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "catalog.json").write_text('{"type": "Catalog", "id": "someone-elses"}')
+    with pytest.raises(OutputExistsError, match="holds no geounet results catalog"):
+        run_batch([scene], out, model=model_file, stac_out=foreign)
+    assert not out.exists()
+    assert (foreign / "catalog.json").read_text() == '{"type": "Catalog", "id": "someone-elses"}'
+
+
+def test_results_catalog_validates_against_the_stac_schemas(tmp_path: Path, model_file: Path) -> None:
+    """pystac's validator with the STAC 1.1 core schemas it ships (offline: no extensions used)."""
+    pytest.importorskip("jsonschema", reason="pystac's validator needs jsonschema (pip install 'geounet[dev]')")
+    catalog, _ = make_archive(tmp_path / "archive", count=2)
+    summary = run_batch([catalog], tmp_path / "out", model=model_file, config=CONFIG, mask=True, stac_out=tmp_path / "stac")
+    assert summary.catalog == tmp_path / "stac" / "catalog.json"
+    root = pystac.read_file(str(summary.catalog))
+    root.validate()
+    assert root.validate_all() == 2  # items validated
+    for item in root.get_items(recursive=True):
+        assert item.validate()  # the schema URIs it was checked against
