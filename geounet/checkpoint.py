@@ -221,8 +221,15 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     return bundled[str(model)]
 
 
+def is_onnx(path: str | os.PathLike[str]) -> bool:
+    """Whether a model path names an ONNX file (``.onnx``, see :mod:`geounet.export`)."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def read_meta(path: str | os.PathLike[str] | None) -> ModelMeta:
     """Read only the metadata of a model file (or bundled model, see :func:`resolve_model`).
+
+    An ``.onnx`` file written by :func:`geounet.export.export_onnx` gives the contract it carries.
 
     Raises:
         CheckpointError: Missing file, not safetensors (e.g. a pickle), or no geounet metadata.
@@ -236,6 +243,10 @@ def read_meta(path: str | os.PathLike[str] | None) -> ModelMeta:
         )
     if p.is_dir():
         raise CheckpointError(f"{path} is a directory; pass a .safetensors model file")
+    if is_onnx(p):
+        from geounet.export import read_onnx_meta
+
+        return read_onnx_meta(p)
     try:
         with safe_open(str(p), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
@@ -266,6 +277,11 @@ def load_model(path: str | os.PathLike[str] | None, *, device: str | torch.devic
             architecture in its metadata.
     """
     path = resolve_model(path)
+    if is_onnx(path) and Path(path).is_file():
+        raise CheckpointError(
+            f"{Path(path).name} is an ONNX model: geounet runs it for prediction only (predict, "
+            f"evaluate, batch without Dask); training and export need the .safetensors file"
+        )
     meta = read_meta(path)
     name = Path(path).name
     model = build_model(meta)

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from geounet import normalize
 from geounet.blend import Strip, StripAssembler
-from geounet.checkpoint import ModelMeta, load_model
+from geounet.checkpoint import ModelMeta, is_onnx, load_model, resolve_model
 from geounet.cog import StripWriter
 from geounet.errors import BandMismatchError, GeounetError, OutputError
+from geounet.export import OnnxNet, load_onnx
 from geounet.model import UNet, fuse_batchnorm
 from geounet.raster import (
     AtomicOutputs,
@@ -250,7 +251,9 @@ class Predictor:
     """A loaded model ready to run over scenes (keeps the model between scenes).
 
     Args:
-        model: A model file path, or an already loaded ``(UNet, ModelMeta)`` pair.
+        model: A model file path, or an already loaded ``(UNet, ModelMeta)`` pair. An ``.onnx``
+            file from :func:`geounet.export.export_onnx` runs through onnxruntime
+            (:class:`~geounet.export.OnnxNet`) with the same contract and normalization.
         device: ``auto``, ``cpu`` or ``cuda``.
         compile: Run the network through ``torch.compile`` (worth it for long runs on a GPU).
 
@@ -268,6 +271,13 @@ class Predictor:
     ) -> None:
         self.device = resolve_device(device)
         self._auto_batch: dict[int, int] = {}
+        self.net: torch.nn.Module
+        if not isinstance(model, tuple) and is_onnx(resolve_model(model)):
+            if compile:
+                raise GeounetError("--compile applies to PyTorch models; an ONNX model runs in onnxruntime")
+            onnx_net, self.meta = load_onnx(resolve_model(model), device=device)
+            self.net, self.device = onnx_net, onnx_net.device
+            return
         if isinstance(model, tuple):  # a copy: the caller's network stays as it was
             net, self.meta = copy.deepcopy(model[0]), model[1]
         else:
@@ -304,6 +314,8 @@ class Predictor:
         """
         if self.device.type != "cuda":
             return 1
+        if isinstance(self.net, OnnxNet):  # onnxruntime's memory is not torch's to probe
+            return self.net.batch_size
         if tile_size not in self._auto_batch:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -1,4 +1,4 @@
-"""``geounet model create`` and ``geounet model info``."""
+"""``geounet model create``, ``list``, ``info`` and ``export``."""
 
 from __future__ import annotations
 
@@ -88,14 +88,36 @@ def list_(as_json: bool) -> None:
 
 @model.command()
 @click.argument("path", metavar="MODEL")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="ONNX file to write (.onnx).")
+@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset.")
+@click.option("--fixed-size", type=click.IntRange(min=16), help="Fix the input's height and width to this many pixels (batch stays dynamic), for Deepness versions that take the tile size from the input shape [default: dynamic].")
+@overwrite_opt
+def export(path: str, out: Path, opset: int, fixed_size: int | None, overwrite: bool) -> None:
+    """Export a model (a file or a bundled name) to ONNX, for QGIS (Deepness) and onnxruntime.
+
+    The file carries Deepness' metadata (Segmentor, class names, resolution, tile size and
+    overlap, threshold, standardization) and geounet's whole contract, so
+    `geounet predict -m OUT.onnx` runs it too. Needs `pip install 'geounet[onnx]'`.
+
+    \b
+    geounet model export buildings -o buildings.onnx
+    """
+    from geounet.export import export_onnx
+
+    click.echo(str(export_onnx(path, out, opset=opset, fixed_size=fixed_size, overwrite=overwrite)))
+
+
+@model.command()
+@click.argument("path", metavar="MODEL")
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info(path: str, as_json: bool) -> None:
     """Print a model's input contract and provenance (a file or a bundled model's name)."""
-    from geounet.checkpoint import read_meta, resolve_model
+    from geounet.checkpoint import is_onnx, read_meta, resolve_model
     from geounet.normalize import describe
 
     resolved = resolve_model(path)
     meta = read_meta(resolved)
+    onnx_line = _onnx_line(resolved) if is_onnx(resolved) else None
     if as_json:
         click.echo(json.dumps(json.loads(meta.to_json()), indent=2))
         return
@@ -113,8 +135,24 @@ def info(path: str, as_json: bool) -> None:
         + (f"split at necks under {meta.split_m:g} m" if meta.split_m else "no neck split"),
         f"provenance: {json.dumps(meta.provenance, sort_keys=True, indent=2)}",
     ]
+    if onnx_line:
+        lines.insert(1, onnx_line)
     click.echo("\n".join(lines))
 
 
 def _fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _onnx_line(path: Path) -> str:
+    """One line on an exported ONNX file: opset, input size, Deepness defaults."""
+    from geounet.export import onnx_properties
+
+    p = onnx_properties(path)
+    size = p["geounet_onnx"].get("fixed_size")
+    resolution = f"{p['resolution']:g} cm/px" if "resolution" in p else "no resolution"
+    return (
+        f"onnx:       opset {p['opset']}, input (batch, bands, {size or 'size'}, {size or 'size'}); "
+        f"Deepness {p.get('model_type')}: {resolution}, tiles {p.get('tiles_size')} px, "
+        f"overlap {p.get('tiles_overlap')} %, threshold {p.get('seg_thresh')}"
+    )

@@ -1,0 +1,463 @@
+"""ONNX export: a geounet model as one ``.onnx`` file for QGIS (Deepness) and onnxruntime.
+
+The graph
+    One input ``input``, float32 ``(batch, bands, size, size)``, and one output
+    ``probabilities``, float32 ``(batch, outputs, size, size)``: the sigmoid (one output
+    channel, binary models) or the softmax over the channels (multi-class) of the U-Net's
+    logits, which the graph keeps as the named tensor ``logits`` (the activation's input). The
+    batch and the size are dynamic (the size must be a multiple of ``2**depth``, like every
+    geounet tile); both spatial axes carry the one symbol ``size``, as Deepness expects square
+    tiles. ``fixed_size`` pins them for Deepness versions that read the tile size off the input
+    shape. BatchNorm is folded into the convolutions, as :class:`~geounet.predict.Predictor`
+    runs the network.
+
+The input convention (normalization as metadata, not in the graph)
+    The input is the standardized tile, exactly what the PyTorch U-Net takes: geounet computes
+    ``(x - offset) / scale`` per band from raw pixel values ``x``
+    (:func:`geounet.normalize.scene_scaling`), including each scene's percentile stretch for
+    models that stretch scenes, which no fixed graph could do. Deepness always divides pixel
+    values by 255 and then standardizes with the ``standardization_mean``/``standardization_std``
+    of the metadata, ``(x / 255 - mean) / std``; so those keys hold ``offset / 255`` and
+    ``scale / 255``, and Deepness feeds the graph what geounet feeds it. For a model that
+    stretches each scene (``normalization.mode = scene``, the bundled ``buildings``) Deepness
+    cannot stretch; the keys assume the stretch that 8-bit imagery using its full 0-255 range
+    has, ``lo = 0, hi = 255`` (``mean``/``std`` as stored), so QGIS results match
+    ``geounet predict`` on scenes whose 2nd-98th percentiles span about 0-255 and drift from it
+    on dull or dark ones.
+
+The metadata (``metadata_props``, every value JSON, as Deepness parses them)
+    ``model_type`` ``"Segmentor"``; ``class_names`` ``{"0": "background", "1": "building"}``
+    (mask values; a binary model's one channel is thresholded to 0/1 by Deepness);
+    ``resolution`` in cm per pixel (only when the model knows its pixel size); ``tiles_size`` (the
+    documented name) and ``tile_size`` (the name Deepness' code reads) in pixels;
+    ``tiles_overlap`` in percent of the tile; ``seg_thresh`` (the binary threshold, 0 = plain
+    argmax for multi-class models, as geounet); ``seg_small_segment`` 0 (geounet does not
+    filter small segments); ``standardization_mean``/``standardization_std`` as above. Plus
+    geounet's own: ``geounet`` (the whole :class:`~geounet.checkpoint.ModelMeta`: bands, dtype,
+    normalization, classes, colours, tile size, pixel size, provenance) and ``geounet_onnx``
+    (tensor names, activation, fixed size, source file and its SHA-256), so that
+    ``geounet predict -m model.onnx`` runs it through onnxruntime with the same contract.
+
+The exporter is PyTorch's TorchScript-based one (``dynamo=False``): it needs only ``onnx``, and
+traces this fixed-shape network exactly; the newer exporter would add ``onnxscript``. The file is
+checked with ``onnx.checker`` and its logits with onnxruntime against PyTorch's before it is
+written, atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geounet.checkpoint import ModelMeta, file_hash, load_model, resolve_model
+from geounet.errors import CheckpointError, GeounetError, TilingError
+from geounet.model import UNet, fuse_batchnorm
+from geounet.raster import AtomicOutputs
+from geounet.tiling import check_tile_size
+
+logger = logging.getLogger(__name__)
+
+#: Opset written by default (ONNX IR 8: onnxruntime >= 1.13 reads it, QGIS installs included).
+DEFAULT_OPSET = 17
+#: Layout version of the ``geounet_onnx`` record.
+ONNX_FORMAT_VERSION = 1
+INPUT, OUTPUT, LOGITS = "input", "probabilities", "logits"
+EXTRA_HINT = "pip install 'geounet[onnx]'"
+#: Keys of ``metadata_props`` that Deepness reads (besides ``class_names``).
+DEEPNESS_KEYS = (
+    "model_type", "class_names", "resolution", "tiles_size", "tile_size", "tiles_overlap",
+    "seg_thresh", "seg_small_segment", "standardization_mean", "standardization_std",
+)
+
+
+def require_onnx(what: str, *, runtime: bool = True) -> tuple[Any, Any]:
+    """The ``onnx`` and (with ``runtime``) ``onnxruntime`` modules.
+
+    Raises:
+        GeounetError: One of them is not installed, naming the pip extra that brings both.
+    """
+    try:
+        import onnx
+    except ImportError as exc:
+        raise GeounetError(f"{what} needs the onnx package: {EXTRA_HINT}") from exc
+    if not runtime:
+        return onnx, None
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise GeounetError(f"{what} needs onnxruntime: {EXTRA_HINT}") from exc
+    return onnx, onnxruntime
+
+
+def deepness_standardization(meta: ModelMeta) -> tuple[list[float], list[float]]:
+    """Per-band ``(mean, std)`` for Deepness' ``(x / 255 - mean) / std``.
+
+    Raw mean/std and ``dataset`` stretches are fixed maps ``(x - offset) / scale``, given exactly
+    as ``offset / 255`` and ``scale / 255``. A ``scene`` stretch depends on the scene; it is
+    taken as 0..255 (see the module docstring), which makes the keys the model's own mean/std.
+    """
+    norm = meta.normalization
+    if norm.get("mode") == "scene":
+        return [float(m) for m in meta.mean], [float(s) for s in meta.std]
+    if norm.get("mode") == "dataset":
+        lo = np.asarray(norm["lo"], np.float64)
+        span = np.asarray(norm["hi"], np.float64) - lo
+        offset = lo + np.asarray(meta.mean, np.float64) * span
+        scale = np.asarray(meta.std, np.float64) * span
+    else:
+        offset, scale = np.asarray(meta.mean, np.float64), np.asarray(meta.std, np.float64)
+    return [float(v) / 255 for v in offset], [float(v) / 255 for v in scale]
+
+
+def onnx_metadata(meta: ModelMeta, *, threshold: float = 0.5, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """The ``metadata_props`` of an exported model: Deepness' keys and geounet's own, as JSON.
+
+    Args:
+        meta: The model's contract.
+        threshold: Deepness' ``seg_thresh`` for a binary model (multi-class models get 0: argmax).
+        extra: The ``geounet_onnx`` record (tensor names, source, fixed size).
+    """
+    mean, std = deepness_standardization(meta)
+    overlap_pct = int(np.floor(100 * meta.overlap / meta.tile_size + 0.5))
+    props: dict[str, Any] = {
+        "model_type": "Segmentor",
+        "class_names": {str(i): name for i, name in enumerate(meta.mask_classes)},
+        "tiles_size": meta.tile_size,
+        "tile_size": meta.tile_size,
+        "tiles_overlap": max(0, min(99, overlap_pct)),
+        "seg_thresh": float(threshold) if meta.binary else 0.0,
+        "seg_small_segment": 0,
+        "standardization_mean": mean,
+        "standardization_std": std,
+    }
+    if meta.gsd:
+        props["resolution"] = round(float(meta.gsd) * 100, 6)
+    out = {k: json.dumps(v) for k, v in props.items()}
+    out["geounet"] = meta.to_json()
+    out["geounet_onnx"] = json.dumps(extra or {}, sort_keys=True)
+    return out
+
+
+class _ExportedNet(torch.nn.Module):
+    """The U-Net followed by its activation: ``(probabilities, logits)``."""
+
+    def __init__(self, net: UNet, binary: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.binary = binary
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and logits of standardized tiles."""
+        logits = self.net(x)
+        probs = torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
+        return probs, logits
+
+
+def export_onnx(
+    model: str | os.PathLike[str] | tuple[UNet, ModelMeta] | None,
+    out: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    fixed_size: int | None = None,
+    threshold: float = 0.5,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model as an ONNX file with Deepness and geounet metadata (see the module docstring).
+
+    Args:
+        model: A model file, a bundled model's name, None (the default bundled model), or a
+            loaded ``(UNet, ModelMeta)`` pair (left unchanged).
+        out: The ``.onnx`` file to write (atomically: a temporary file beside it, then renamed).
+        opset: ONNX opset (13..20 with the TorchScript exporter; 17 by default).
+        fixed_size: Pin the input's height and width to this many pixels (a multiple of
+            ``2**depth``; the model's tile size becomes it); None keeps them dynamic. The batch
+            stays dynamic.
+        threshold: Deepness' default probability threshold for a binary model.
+        overwrite: Replace an existing ``out``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        GeounetError: onnx/onnxruntime missing, a bad model, opset or size, an unwritable output
+            (:class:`~geounet.errors.OutputError`), or an export that disagrees with PyTorch.
+    """
+    onnx, ort = require_onnx("exporting to ONNX")
+    if not 13 <= opset <= 20:
+        raise GeounetError(f"opset {opset} is not supported; use 13..20 (default {DEFAULT_OPSET})")
+    if not 0.0 <= threshold <= 1.0:
+        raise GeounetError(f"threshold {threshold:g} is not a probability; use 0..1")
+    out = Path(out)
+    with AtomicOutputs() as outputs:
+        target = outputs.reserve(out, overwrite=overwrite)  # an unwritable output fails first
+        target.write_bytes(_build(onnx, ort, model, opset=opset, fixed_size=fixed_size, threshold=threshold))
+    return out
+
+
+def _build(
+    onnx: Any,
+    ort: Any,
+    model: str | os.PathLike[str] | tuple[UNet, ModelMeta] | None,
+    *,
+    opset: int,
+    fixed_size: int | None,
+    threshold: float,
+) -> bytes:
+    """The serialized, checked and verified ONNX model (see :func:`export_onnx`)."""
+    if isinstance(model, tuple):
+        net, meta = copy.deepcopy(model[0]), copy.deepcopy(model[1])
+        source: dict[str, Any] = {"source": "in-memory model"}
+    else:
+        path = resolve_model(model)
+        net, meta = load_model(path)
+        source = {"source": path.name, "source_sha256": file_hash(path)}
+    if fixed_size is not None:
+        check_tile_size(fixed_size, min(meta.overlap, fixed_size // 2), multiple=2**meta.depth)
+        meta.tile_size = fixed_size
+        meta.overlap = min(meta.overlap, fixed_size // 2)
+    net = fuse_batchnorm(net.float()).eval()
+    extra = {
+        "format_version": ONNX_FORMAT_VERSION,
+        "input": INPUT,
+        "output": OUTPUT,
+        "logits": LOGITS,
+        "activation": "sigmoid" if meta.binary else "softmax",
+        "fixed_size": fixed_size,
+        "opset": opset,
+        **source,
+    }
+    proto = _trace(onnx, net, meta, opset=opset, fixed_size=fixed_size)
+    for key, value in onnx_metadata(meta, threshold=threshold, extra=extra).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    from geounet import __version__
+
+    proto.producer_name, proto.producer_version = "geounet", __version__
+    proto.doc_string = (
+        f"geounet {meta.architecture} segmentation model: {', '.join(meta.classes)}; "
+        f"{meta.bands}-band {meta.dtype} input, standardized (see metadata 'geounet', "
+        f"'standardization_mean', 'standardization_std'); output '{OUTPUT}' "
+        f"({extra['activation']} of the logits)."
+    )
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
+        raise GeounetError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    data = bytes(proto.SerializeToString())
+    _verify(ort, data, net, meta, fixed_size)
+    return data
+
+
+def _trace(onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int | None) -> Any:
+    """Trace ``net`` + activation to an ONNX ``ModelProto`` with one output, ``probabilities``."""
+    size = fixed_size or 2 ** meta.depth * 2
+    sample = torch.zeros((1, meta.bands, size, size))
+    axes = {0: "batch"} if fixed_size else {0: "batch", 2: "size", 3: "size"}
+    kwargs: dict[str, Any] = {
+        "input_names": [INPUT],
+        "output_names": [OUTPUT, LOGITS],
+        "dynamic_axes": {INPUT: axes, OUTPUT: axes, LOGITS: axes},
+        "opset_version": opset,
+        "do_constant_folding": True,
+    }
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False
+    with tempfile.TemporaryDirectory(prefix="geounet-onnx-") as tmp:
+        traced = Path(tmp) / "traced.onnx"
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                # The TorchScript exporter's deprecation notice, and the tracer's note that Up's
+                # odd-size padding test is fixed at trace time (sizes are multiples of 2**depth).
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_ExportedNet(net, meta.binary), (sample,), traced, **kwargs)
+        except Exception as exc:  # torch.onnx errors are of many types
+            raise GeounetError(f"ONNX export failed (opset {opset}): {str(exc).splitlines()[0][:200]}") from exc
+        proto = onnx.load(str(traced))
+    # The logits stay in the graph as the named input of the activation; Deepness takes one output.
+    keep = [o for o in proto.graph.output if o.name == OUTPUT]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
+    return proto
+
+
+def _verify(ort: Any, data: bytes, net: UNet, meta: ModelMeta, fixed_size: int | None) -> None:
+    """Run the exported logits on two random tiles and compare them with PyTorch's.
+
+    Raises:
+        GeounetError: They differ by more than float32 rounding of this network can explain.
+    """
+    session = _session(ort, _logits_graph(data), cuda=False)
+    size = fixed_size or 2 ** meta.depth * 2
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, meta.bands, size, size), dtype=np.float32))
+    with torch.no_grad():
+        expected = net(x).numpy()
+    (got,) = session.run([LOGITS], {INPUT: x.numpy()})
+    diff = float(np.abs(got - expected).max())
+    if not diff <= 1e-3 * max(1.0, float(np.abs(expected).max())):
+        raise GeounetError(f"the exported graph's logits differ from PyTorch's by {diff:.3g}; not written")
+
+
+def _logits_graph(data: bytes) -> bytes:
+    """An exported model rewired to output its ``logits`` (the activation dropped)."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    producers = {name: node for node in proto.graph.node for name in node.output}
+    if LOGITS not in producers:
+        raise CheckpointError(f"the ONNX graph has no '{LOGITS}' tensor; export it with `geounet model export`")
+    value = onnx.helper.make_tensor_value_info(LOGITS, onnx.TensorProto.FLOAT, None)
+    del proto.graph.output[:]
+    proto.graph.output.append(value)
+    needed, nodes = {LOGITS}, []
+    for node in reversed(proto.graph.node):
+        if any(name in needed for name in node.output):
+            nodes.append(node)
+            needed.update(node.input)
+    del proto.graph.node[:]
+    proto.graph.node.extend(reversed(nodes))
+    return bytes(proto.SerializeToString())
+
+
+def _session(ort: Any, data: bytes, *, cuda: bool) -> Any:
+    """An onnxruntime session with as many threads as PyTorch uses (the CPU policy stays one)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3  # errors only: no notes about pruned initializers
+    providers = ["CPUExecutionProvider"]
+    if cuda:
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(data, sess_options=options, providers=providers)
+
+
+def _read_proto(path: Path, onnx: Any) -> Any:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError
+        raise CheckpointError(f"{path.name} is not a readable ONNX file ({str(exc).splitlines()[0][:120]})") from exc
+
+
+def _records(proto: Any, name: str) -> tuple[ModelMeta, dict[str, Any]]:
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "geounet" not in props:
+        raise CheckpointError(
+            f"{name} has no geounet metadata; geounet runs ONNX files that `geounet model export` wrote"
+        )
+    try:
+        data, extra = json.loads(props["geounet"]), json.loads(props.get("geounet_onnx", "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{name}: geounet metadata is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(extra, dict):
+        raise CheckpointError(f"{name}: geounet metadata is not a JSON object")
+    if int(extra.get("format_version", 1)) > ONNX_FORMAT_VERSION:
+        raise CheckpointError(f"{name} was exported by a newer geounet; upgrade geounet")
+    return ModelMeta.from_dict(data, source=name), extra
+
+
+def read_onnx_meta(path: str | os.PathLike[str]) -> ModelMeta:
+    """The :class:`~geounet.checkpoint.ModelMeta` stored in an exported ONNX file.
+
+    Raises:
+        CheckpointError: Not ONNX, or no geounet metadata.
+        GeounetError: The onnx package is missing.
+    """
+    onnx, _ = require_onnx("reading an ONNX model", runtime=False)
+    p = Path(path)
+    return _records(_read_proto(p, onnx), p.name)[0]
+
+
+def onnx_properties(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """An ONNX file's Deepness keys (JSON-decoded), ``geounet_onnx`` record and opset."""
+    onnx, _ = require_onnx("reading an ONNX model", runtime=False)
+    p = Path(path)
+    proto = _read_proto(p, onnx)
+    props = {e.key: e.value for e in proto.metadata_props}
+    out: dict[str, Any] = {k: json.loads(props[k]) for k in DEEPNESS_KEYS if k in props}
+    out["geounet_onnx"] = json.loads(props.get("geounet_onnx", "{}"))
+    out["opset"] = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    return out
+
+
+class OnnxNet(torch.nn.Module):
+    """An exported model's network run by onnxruntime, called like the U-Net.
+
+    ``net(x)`` takes normalized tiles (N, bands, H, W) on any device and returns their float32
+    logits on the same device, so :class:`~geounet.predict.Predictor` (plain and TTA forward
+    passes) uses it in place of the PyTorch module.
+
+    Attributes:
+        device: Where the session runs (``cuda`` with onnxruntime's CUDA provider, else ``cpu``).
+        fixed_size: The only tile size the graph takes (None: any multiple of ``2**depth``).
+        batch_size: Tiles per forward pass when none is given (1 on the CPU, as for PyTorch).
+    """
+
+    def __init__(self, session: Any, *, fixed_size: int | None, name: str) -> None:
+        super().__init__()
+        self.session = session
+        self.fixed_size = fixed_size
+        self.name = name
+        cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+        self.device = torch.device("cuda" if cuda else "cpu")
+        self.batch_size = 8 if cuda else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of standardized tiles (N, bands, H, W), on ``x``'s device.
+
+        Raises:
+            TilingError: A graph exported with a fixed size given tiles of another.
+        """
+        size = self.fixed_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            raise TilingError(
+                f"{self.name} was exported for {size} px tiles, got {x.shape[-2]} x {x.shape[-1]}; "
+                f"pass --tile-size {size} (and --resample off if the scene's pixel size differs), "
+                f"or export again without --fixed-size"
+            )
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (y,) = self.session.run([LOGITS], {INPUT: arr})
+        return torch.from_numpy(y).to(x.device)
+
+
+def load_onnx(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[OnnxNet, ModelMeta]:
+    """An exported ONNX model ready for :class:`~geounet.predict.Predictor`, and its contract.
+
+    Args:
+        path: The ``.onnx`` file.
+        device: ``cuda`` (needs onnxruntime's CUDA provider: ``onnxruntime-gpu``), ``auto``
+            (CUDA when PyTorch and onnxruntime both have it, else CPU) or ``cpu``.
+
+    Raises:
+        CheckpointError: Not an exported geounet model.
+        GeounetError: onnx/onnxruntime missing, or ``cuda`` asked for without the CUDA provider.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: model file not found")
+    onnx, ort = require_onnx("running an ONNX model")
+    proto = _read_proto(p, onnx)
+    meta, extra = _records(proto, p.name)
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device.startswith("cuda") and not has_cuda:
+        raise GeounetError(
+            "--device cuda with an ONNX model needs onnxruntime's CUDA provider "
+            "(pip install onnxruntime-gpu); or use --device cpu"
+        )
+    try:
+        session = _session(ort, _logits_graph(proto.SerializeToString()), cuda=want_cuda and has_cuda)
+    except GeounetError:
+        raise
+    except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented
+        raise CheckpointError(f"onnxruntime cannot load {p.name}: {str(exc).splitlines()[0][:160]}") from exc
+    fixed = extra.get("fixed_size")
+    return OnnxNet(session, fixed_size=int(fixed) if fixed else None, name=p.name), meta
