@@ -1,13 +1,16 @@
 """Class masks to polygons, strip by strip, joined exactly across strip seams.
 
-Each strip of the class mask is split into 4-connected components per class
-(``scipy.ndimage.label``), and each component becomes one polygon in *pixel* coordinates
-(``rasterio.features.shapes`` on the component labels). Pixel coordinates are integers, so pieces
-of one object cut by a strip seam share exactly the same seam vertices. Components that touch
-across a seam (same class, vertically adjacent pixels) are joined with a union-find, and a group
-is unioned and emitted as soon as no member touches the bottom of the latest strip. This is the
-same 4-connectivity that a whole-mask ``shapes()`` run uses, so the polygons are the same; only
-the open groups are held in memory, never the whole mask.
+Each strip of the class mask is cut into bands of a few million pixels (fewer rows where a band
+holds more than :data:`MAX_BAND_PIECES` pieces, as speckle does) and split into 4-connected
+components per class (``scipy.ndimage.label``); each component becomes one polygon in *pixel*
+coordinates: solid rectangles inside the band directly, in bulk, the others through
+``rasterio.features.shapes`` on the component labels. Pixel coordinates are integers, so pieces
+of one object cut by a seam share exactly the same seam vertices. Components that touch across a
+seam (same class, vertically adjacent pixels) are grouped with a union-find, and their outlines
+are linked at the seam (see ``_link``, no polygon overlay); a group becomes a polygon as soon as
+no member touches the bottom of the latest band. This is the same 4-connectivity that a
+whole-mask ``shapes()`` run uses, so the polygons are the same; only the open groups are held in
+memory, never the whole mask.
 
 Finished polygons are simplified (in pixels), moved to map coordinates with the scene transform,
 given ``class``, ``class_id``, ``score`` (mean probability) and ``area_m2`` (geodesic when the
@@ -19,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +58,10 @@ VECTOR_FORMATS: dict[str, str] = {
 MASK_NODATA = 255
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
+
+#: Pieces (4-connected components) vectorized in one band at most: a band with more (speckle)
+#: is halved, so that its Python objects (a few hundred bytes a piece) stay bounded.
+MAX_BAND_PIECES = 200_000
 
 #: Pixels polygonized in one call at most: strips wider than this over their height are
 #: vectorized in bands of fewer rows (about 5 s of GDAL for the worst case, speckle).
@@ -118,11 +125,53 @@ def _components(mask: npt.NDArray[np.integer]) -> tuple[npt.NDArray[np.int32], l
     return labels, label_class
 
 
+def _rectangles(
+    labels: npt.NDArray[np.int32], count: int, pixels: npt.NDArray[np.int64], fg: npt.NDArray[np.intp],
+    fg_labels: npt.NDArray[np.int32],
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """Which labels are solid rectangles inside the band (not on its first or last row), and
+    every label's bounding box ``(top, left, bottom, right)`` in band pixels, end exclusive.
+
+    Such a piece is its bounding box: built in bulk, it never goes through ``shapes``. On speckle
+    (an untrained network, a noisy class) most pieces are single pixels or short runs.
+    """
+    rows, width = labels.shape
+    order = np.argsort(fg_labels, kind="stable")
+    r = (fg // width)[order]
+    c = (fg % width)[order]
+    starts = np.concatenate([[0], np.cumsum(pixels[1:])[:-1]]).astype(np.intp)
+    box = np.empty((count, 4), dtype=np.int64)
+    box[:, 0] = np.minimum.reduceat(r, starts)
+    box[:, 1] = np.minimum.reduceat(c, starts)
+    box[:, 2] = np.maximum.reduceat(r, starts) + 1
+    box[:, 3] = np.maximum.reduceat(c, starts) + 1
+    rect = np.zeros(count + 1, dtype=bool)
+    rect[1:] = (
+        ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) == pixels[1:])
+        & (box[:, 0] > 0)
+        & (box[:, 2] < rows)
+    )
+    return rect, box
+
+
+def _rectangle_polygons(box: npt.NDArray[np.int64], row_off: int) -> npt.NDArray[Any]:
+    """Polygons of pixel-aligned boxes ``(top, left, bottom, right)``, vertices as ``shapes``
+    lists them: from the top-left corner, down first."""
+    y0 = (box[:, 0] + row_off).astype(np.float64)
+    y1 = (box[:, 2] + row_off).astype(np.float64)
+    x0 = box[:, 1].astype(np.float64)
+    x1 = box[:, 3].astype(np.float64)
+    xy = np.stack([np.stack([x0, x0, x1, x1, x0], axis=1), np.stack([y0, y1, y1, y0, y0], axis=1)], axis=2)
+    polygons: npt.NDArray[Any] = shapely.polygons(xy)
+    return polygons
+
+
 def _polygons(
     labels: npt.NDArray[np.int32], transform: Affine
-) -> tuple[list[int], npt.NDArray[Any], Any]:
-    """One polygon (with holes) per label: the labels, the shapely polygons (built in bulk) and
-    their ragged coordinates ``(coords, ring_ends, polygon_ends)``."""
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any], Any]:
+    """One polygon (with holes) per label, in the order GDAL finished them: the labels, the
+    shapely polygons (built in bulk) and their ragged coordinates ``(coords, ring_ends,
+    polygon_ends)``."""
     values: list[int] = []
     coords: list[tuple[float, float]] = []
     ring_ends: list[int] = [0]
@@ -134,14 +183,12 @@ def _polygons(
             ring_ends.append(len(coords))
         geom_ends.append(len(ring_ends) - 1)
     if not values:
-        return values, np.empty(0, dtype=object), None
-    ragged = (
-        np.asarray(coords, dtype=np.float64),
-        np.asarray(ring_ends, dtype=np.int64),
-        np.asarray(geom_ends, dtype=np.int64),
-    )
+        return np.zeros(0, dtype=np.int64), np.empty(0, dtype=object), None
+    xy = np.asarray(coords, dtype=np.float64)
+    del coords
+    ragged = (xy, np.asarray(ring_ends, dtype=np.int64), np.asarray(geom_ends, dtype=np.int64))
     polygons = shapely.from_ragged_array(shapely.GeometryType.POLYGON, ragged[0], ragged[1:])
-    return values, polygons, ragged
+    return np.asarray(values, dtype=np.int64), polygons, ragged
 
 
 class StripVectorizer:
@@ -187,12 +234,14 @@ class StripVectorizer:
         self._row = 0
         self._width = 0
         self._bottom: npt.NDArray[np.int64] | None = None  # open group id under each column
-        self._done: list[tuple[int, shapely.Geometry, float, int]] = []
+        self._done: list[_Done] = []  # finished polygons, in chunks
+        self._ready = 0
+        self._closed: list[_OpenGroup] = []  # groups closed by the strip being added
 
     @property
     def ready(self) -> int:
         """Finished polygons not yet taken."""
-        return len(self._done)
+        return self._ready
 
     @property
     def open_groups(self) -> int:
@@ -222,16 +271,26 @@ class StripVectorizer:
         self, row_off: int, mask: npt.NDArray[np.integer], score: npt.NDArray[np.floating] | None
     ) -> None:
         rows, width = mask.shape
-        self._width = width
-        s, e = row_off, row_off + rows
         labels, label_class = _components(mask)
         count = len(label_class)
+        if count > MAX_BAND_PIECES and rows > 1:
+            # Speckle: fewer rows at a time, so that one band's Python objects stay bounded.
+            half = rows // 2
+            self._add(row_off, mask[:half], None if score is None else score[:half])
+            self._add(row_off + half, mask[half:], None if score is None else score[half:])
+            return
+        self._width = width
+        s, e = row_off, row_off + rows
         offset = self._next_id - 1  # label i is group id i + offset
         self._next_id += count
-        pixels = sums = np.zeros(0)
-        values: list[int] = []
-        geoms: Any = ()
+        pixels: Any = np.zeros(0, dtype=np.int64)
+        sums: Any = np.zeros(0)
+        values = np.zeros(0, dtype=np.int64)
+        geoms: Any = np.empty(0, dtype=object)
         ragged: Any = None
+        done_labels = np.zeros(0, dtype=np.int64)
+        done_geoms: Any = np.empty(0, dtype=object)
+        classes = np.asarray([0, *label_class], dtype=np.int32)
         if count:
             fg = np.flatnonzero(labels)  # foreground pixels only: smaller and faster
             fg_labels = labels.ravel()[fg]
@@ -241,6 +300,12 @@ class StripVectorizer:
                 if score is not None
                 else pixels.astype(np.float64)
             )
+            rect, box = _rectangles(labels, count, pixels, fg, fg_labels)
+            del fg, fg_labels
+            done_labels = np.flatnonzero(rect)
+            done_geoms = _rectangle_polygons(box[done_labels - 1], row_off)
+            if len(done_labels):
+                labels = np.where(rect[labels], 0, labels)
             # Pixel coordinates of the whole scene: integer, hence exact at the seams.
             values, geoms, ragged = _polygons(labels, Affine.translation(0, row_off))
 
@@ -258,7 +323,7 @@ class StripVectorizer:
         if self._bottom is not None and self._open:
             above = self._bottom
             same = (top > 0) & (above > 0)
-            same[same] = mask[0][same] == np.asarray([self._open[g].class_id for g in above[same]])
+            same[same] = mask[0][same] == _map_values(above[same], lambda g: self._open[g].class_id)
             if same.any():
                 pairs = np.unique(np.stack([above[same], top[same] + offset], axis=1), axis=0)
                 for a, b in pairs:
@@ -274,78 +339,110 @@ class StripVectorizer:
         for gid in touching:
             parent.setdefault(gid, gid)
 
-        # Pieces that reach neither seam are finished polygons as they are.
-        for k, i in enumerate(values):
-            gid = i + offset
-            if gid not in joined and gid not in touching:
-                self._done.append((label_class[i - 1], geoms[k], float(sums[i]), int(pixels[i])))
+        # Pieces that reach neither seam are finished polygons as they are (in label order).
+        if count:
+            seam = np.zeros(count + 1, dtype=bool)
+            seam[np.asarray([g - offset for g in joined | touching], dtype=np.int64)] = True
+            free = ~seam[values]
+            done_labels = np.concatenate([done_labels, values[free]])
+            done_geoms = np.concatenate([done_geoms, geoms[free]])
+            order = np.argsort(done_labels, kind="stable")
+            done_labels, done_geoms = done_labels[order], done_geoms[order]
+            self._push(_Done(classes[done_labels], done_geoms, sums[done_labels], pixels[done_labels]))
 
         # Every group that an open group or a piece reaching a seam belongs to.
         members: dict[int, list[int]] = {}
         for gid in parent:
             members.setdefault(find(gid), []).append(gid)
-        index = {i + offset: k for k, i in enumerate(values)}
+        # The seam pieces' outlines cut at the seams, all at once.
+        cut: dict[int, list[_Path]] = {}
+        if count:
+            at = np.flatnonzero(seam[values])  # positions in `ragged`
+            gids = values[at] + offset
+            on_top = np.isin(gids, np.fromiter(joined, dtype=np.int64, count=len(joined)))
+            on_bottom = np.isin(gids, np.fromiter(touching, dtype=np.int64, count=len(touching)))
+            cut = dict(zip(gids.tolist(), _cut_pieces(ragged, at, on_top, on_bottom, s, e), strict=True))
+            index = dict(zip(gids.tolist(), at.tolist(), strict=True))
         old_root = np.zeros(width, dtype=np.int64)
         new_root = np.zeros(width, dtype=np.int64)
         if self._bottom is not None:
             has = self._bottom > 0
-            old_root[has] = [find(int(g)) for g in self._bottom[has]]
+            old_root[has] = _map_values(self._bottom[has], find)
         has = joined_top > 0
-        new_root[has] = [find(int(g)) for g in joined_top[has]]
+        new_root[has] = _map_values(joined_top[has], find)
+        # The seam's edges of each joined group: under columns where exactly one side is in it.
+        old_edges = _runs_by_value(old_root, (old_root > 0) & (old_root != new_root))
+        new_edges = _runs_by_value(new_root, (new_root > 0) & (old_root != new_root))
         opened: dict[int, _OpenGroup] = {}
-        for root, gids in members.items():
-            group: _OpenGroup | None = None
+        for root, members_ in members.items():
+            group = _OpenGroup(0)
             paths: list[_Path] = []
             has_old = False
-            for gid in gids:
+            for gid in members_:
                 old = self._open.get(gid)
                 if old is not None:
                     has_old = True
-                    part = old
                     paths.extend(old.paths)
+                    group.class_id = old.class_id
+                    group.rings.extend(old.rings)
+                    group.holes.extend(old.holes)
+                    group.score_sum += old.score_sum
+                    group.pixels += old.pixels
                 else:
                     i = gid - offset
-                    lines = tuple(float(v) for v, on in ((s, gid in joined), (e, gid in touching)) if on)
-                    holes, cut = _piece_paths(ragged, index[gid], lines)
-                    paths.extend(cut)
-                    part = _OpenGroup(label_class[i - 1], holes=[holes] if holes else [], score_sum=float(sums[i]), pixels=int(pixels[i]))
-                if group is None:
-                    group = _OpenGroup(part.class_id)
-                group.rings.extend(part.rings)
-                group.holes.extend(part.holes)
-                group.score_sum += part.score_sum
-                group.pixels += part.pixels
-            assert group is not None
+                    paths.extend(cut[gid])
+                    holes = _piece_holes(ragged, index[gid])
+                    if holes is not None:
+                        group.holes.append(holes)
+                    group.class_id = label_class[i - 1]
+                    group.score_sum += float(sums[i])
+                    group.pixels += int(pixels[i])
             if has_old:
-                paths += _seam_runs(np.flatnonzero((old_root == root) & (new_root != root)), False, s)
-                paths += _seam_runs(np.flatnonzero((new_root == root) & (old_root != root)), True, s)
+                paths += _seam_runs(old_edges.get(root, ()), False, s)
+                paths += _seam_runs(new_edges.get(root, ()), True, s)
             rings, group.paths = _link(paths, s)
             group.rings.extend(rings)
             if group.paths:
                 opened[root] = group
             else:
-                self._close(group)
+                self._closed.append(group)
+        self._flush_closed()
         self._open = opened
         self._bottom = np.zeros(width, dtype=np.int64)
         has = bottom_labels > 0
         if has.any():
-            self._bottom[has] = [find(int(g) + offset) for g in bottom_labels[has]]
+            self._bottom[has] = _map_values(bottom_labels[has] + offset, find)
         self._row = e
 
-    def _close(self, group: _OpenGroup) -> None:
-        self._done.append((group.class_id, _polygon_from_rings(group.rings, group.holes), group.score_sum, group.pixels))
+    def _push(self, done: _Done) -> None:
+        if len(done.geoms):
+            self._done.append(done)
+            self._ready += len(done.geoms)
+
+    def _flush_closed(self) -> None:
+        """The groups closed since the last call to finished polygons."""
+        closed, self._closed = self._closed, []
+        if closed:
+            self._push(_Done(
+                np.asarray([g.class_id for g in closed], dtype=np.int32),
+                _polygons_from_groups(closed),
+                np.asarray([g.score_sum for g in closed], dtype=np.float64),
+                np.asarray([g.pixels for g in closed], dtype=np.int64),
+            ))
 
     def _close_all(self) -> None:
         """Close the groups at the bottom edge (the scene's last row)."""
         if self._bottom is None:
             return
+        edges = _runs_by_value(self._bottom, self._bottom > 0)
         for root, group in self._open.items():
-            paths = group.paths + _seam_runs(np.flatnonzero(self._bottom == root), False, self._row)
+            paths = group.paths + _seam_runs(edges.get(root, ()), False, self._row)
             rings, rest = _link(paths, self._row)
             assert not rest
             group.rings.extend(rings)
             group.paths = []
-            self._close(group)
+            self._closed.append(group)
+        self._flush_closed()
         self._open = {}
         self._bottom = None
 
@@ -354,14 +451,26 @@ class StripVectorizer:
         are ready. ``final``: the last strip was added: every polygon is finished."""
         if final:
             self._close_all()
-        if not self._done:
+        if not self._ready:
             return None
-        n = len(self._done) if limit is None else limit
-        done, self._done = self._done[:n], self._done[n:]
+        n = self._ready if limit is None else min(limit, self._ready)
+        chunks: list[_Done] = []
+        got = 0
+        while got < n:
+            head = self._done[0]
+            k = min(n - got, len(head.geoms))
+            if k == len(head.geoms):
+                chunks.append(self._done.pop(0))
+            else:
+                chunks.append(head.slice(0, k))
+                self._done[0] = head.slice(k, len(head.geoms))
+            got += k
+        self._ready -= n
+        done = _Done.concat(chunks)
         return polygons_frame(
-            [d[1] for d in done],
-            class_ids=[d[0] for d in done],
-            scores=[d[2] / max(d[3], 1) for d in done],
+            done.geoms,
+            class_ids=done.class_ids.tolist(),
+            scores=(done.sums / np.maximum(done.pixels, 1)).tolist(),
             transform=self.transform,
             crs=self.crs,
             class_names=self.class_names,
@@ -386,20 +495,118 @@ class StripVectorizer:
         )
 
 
-def _piece_paths(ragged: Any, k: int, lines: tuple[float, ...]) -> tuple[_Holes | None, list[_Path]]:
-    """Polygon ``k`` of a :func:`_polygons` batch, for joining: its holes as they are (a hole
-    lies inside its strip, so it never reaches a seam) and its exterior, oriented with the
-    polygon on its left, cut at ``lines``."""
+def _map_values(values: npt.NDArray[np.int64], fn: Callable[[int], int]) -> npt.NDArray[np.int64]:
+    """``fn`` of each value, called once per distinct value."""
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return np.asarray([fn(int(v)) for v in distinct], dtype=np.int64)[inverse]
+
+
+def _runs_by_value(row: npt.NDArray[np.int64], where: npt.NDArray[np.bool_]) -> dict[int, list[tuple[int, int]]]:
+    """Runs of consecutive columns ``(first, end)`` where ``where`` holds, by the value of
+    ``row`` there (a run never spans two values)."""
+    cols = np.flatnonzero(where)
+    if not len(cols):
+        return {}
+    vals = row[cols]
+    order = np.argsort(vals, kind="stable")  # columns stay sorted within a value
+    vals, cols = vals[order], cols[order]
+    new = np.flatnonzero((np.diff(vals) != 0) | (np.diff(cols) != 1)) + 1
+    first = np.concatenate([[0], new])
+    last = np.concatenate([new, [len(cols)]]) - 1
+    runs: dict[int, list[tuple[int, int]]] = {}
+    for v, a, b in zip(vals[first].tolist(), cols[first].tolist(), (cols[last] + 1).tolist(), strict=True):
+        runs.setdefault(v, []).append((a, b))
+    return runs
+
+
+def _piece_holes(ragged: Any, k: int) -> _Holes | None:
+    """The holes of polygon ``k`` of a :func:`_polygons` batch, as they are: a hole lies inside
+    its band, so it never reaches a seam."""
     coords, ring_ends, geom_ends = ragged
     first, last = int(geom_ends[k]), int(geom_ends[k + 1])
-    xy = coords[ring_ends[first] : ring_ends[first + 1]]
-    if _area2(xy) < 0:
-        xy = xy[::-1]
-    holes = None
-    if last > first + 1:
-        # A copy: a view would keep the whole band's coordinates alive while the group is open.
-        holes = _Holes(coords[ring_ends[first + 1] : ring_ends[last]].copy(), np.diff(ring_ends[first + 1 : last + 1]))
-    return holes, _cut_ring(np.ascontiguousarray(xy), lines)
+    if last == first + 1:
+        return None
+    # A copy: a view would keep the whole band's coordinates alive while the group is open.
+    return _Holes(coords[ring_ends[first + 1] : ring_ends[last]].copy(), np.diff(ring_ends[first + 1 : last + 1]))
+
+
+def _cut_pieces(
+    ragged: Any, ks: npt.NDArray[np.intp], on_top: npt.NDArray[np.bool_], on_bottom: npt.NDArray[np.bool_],
+    top: float, bottom: float,
+) -> list[list[_Path]]:
+    """The exteriors of polygons ``ks`` of a :func:`_polygons` batch, oriented with the polygon
+    on their left, cut at the line ``top`` (where ``on_top``) and ``bottom`` (where
+    ``on_bottom``): the paths between their edges on those lines (see :func:`_cut_ring`), every
+    piece at once."""
+    if not len(ks):
+        return []
+    coords, ring_ends, geom_ends = ragged
+    first = geom_ends[ks]
+    a0 = ring_ends[first]
+    size = ring_ends[first + 1] - a0  # vertices, the first repeated last
+    ring = np.repeat(np.arange(len(ks)), size)
+    off = np.concatenate([[0], np.cumsum(size)])
+    local = np.arange(off[-1]) - off[ring]
+    # Orientation: twice the signed area of each exterior, from the coordinates as GDAL gave them.
+    xy = coords[a0[ring] + local]
+    cross = xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1]
+    within = local[:-1] != size[ring[:-1]] - 1  # edge g joins positions g and g + 1 of one ring
+    cross = np.where(within, cross, 0.0)
+    csum = np.concatenate([[0.0], np.cumsum(cross)])
+    area = csum[off[1:] - 1] - csum[off[:-1]]
+    flip = area < 0
+    if flip.any():
+        src = np.where(flip[ring], size[ring] - 1 - local, local)
+        xy = coords[a0[ring] + src]
+        cross = xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1]
+        cross = np.where(within, cross, 0.0)
+        csum = np.concatenate([[0.0], np.cumsum(cross)])
+    y = xy[:, 1]
+    lines = (on_top[ring[:-1]] & (y[:-1] == top)) | (on_bottom[ring[:-1]] & (y[:-1] == bottom))
+    cuts = np.flatnonzero(within & (y[:-1] == y[1:]) & lines)
+    out: list[list[_Path]] = [[] for _ in range(len(ks))]
+    cut_ring = ring[cuts]
+    uncut = np.ones(len(ks), dtype=bool)
+    uncut[cut_ring] = False
+    for r in np.flatnonzero(uncut).tolist():  # not expected: a seam piece reaches its seam
+        v = xy[off[r] : off[r + 1]].copy()
+        out[r].append(_new_path(v, float(csum[off[r + 1] - 1] - csum[off[r]])))
+    if not len(cuts):
+        return out
+    # A path runs from the end of one seam edge to the start of the next, around the ring.
+    o = off[cut_ring]
+    n = size[cut_ring] - 1  # edges of the ring
+    a = cuts + 1 - o
+    last_of_ring = np.concatenate([cut_ring[1:] != cut_ring[:-1], [True]])
+    first_idx = np.concatenate([[0], np.flatnonzero(last_of_ring[:-1]) + 1])
+    b = np.concatenate([cuts[1:], [0]]) - o
+    ring_first = np.repeat(cuts[first_idx], np.diff(np.concatenate([first_idx, [len(cuts)]])))
+    b = np.where(last_of_ring, ring_first - o + n, b)
+    keep = b > a
+    a, b, o, n, r_of = a[keep], b[keep], o[keep], n[keep], cut_ring[keep]
+    wrap_start = a >= n
+    a = np.where(wrap_start, a - n, a)
+    b = np.where(wrap_start, b - n, b)
+    wraps = b > n
+    end = np.where(wraps, b - n, b)
+    # Edges a..b-1, or a..n-1 and 0..end-1 around the ring's closing vertex.
+    area2 = csum[o + np.where(wraps, n, b)] - csum[o + a] + np.where(wraps, csum[o + end] - csum[o], 0.0)
+    p0, p1 = xy[o + a], xy[o + a + 1]
+    q0, q1 = xy[o + end - 1], xy[o + end]
+    din = np.sign(p1 - p0).astype(np.int64)
+    dout = np.sign(q1 - q0).astype(np.int64)
+    rows = zip(
+        r_of.tolist(), (o + a).tolist(), (o + b).tolist(), (o + n).tolist(), o.tolist(), wraps.tolist(),
+        p0.astype(np.int64).tolist(), q1.astype(np.int64).tolist(), din.tolist(), dout.tolist(), area2.tolist(),
+        strict=True,
+    )
+    for r, ga, gb, gn, go, wrap, p, q, di, do, ar in rows:
+        if wrap:
+            v = np.concatenate([xy[ga:gn], xy[go : gb - (gn - go) + 1]])
+        else:
+            v = xy[ga : gb + 1].copy()
+        out[r].append(_Path([v], (p[0], p[1]), (q[0], q[1]), (di[0], di[1]), (do[0], do[1]), ar))
+    return out
 
 
 def import_vector_libraries() -> float:
@@ -418,7 +625,7 @@ def import_vector_libraries() -> float:
 
 
 def polygons_frame(
-    pixel_geoms: Sequence[shapely.Geometry],
+    pixel_geoms: Sequence[shapely.Geometry] | npt.NDArray[Any],
     *,
     class_ids: Sequence[int],
     scores: Sequence[float],
@@ -1007,49 +1214,58 @@ class _Path:
         return np.concatenate(arrays)
 
 
-def _direction(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> tuple[int, int]:
-    return int(np.sign(b[0] - a[0])), int(np.sign(b[1] - a[1]))
+def _sign(v: float) -> int:
+    return (v > 0) - (v < 0)
+
+
+def _new_path(v: npt.NDArray[np.float64], area2: float) -> _Path:
+    """A path through the vertices ``v`` (at least two)."""
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = v[[0, 1, -2, -1]].tolist()
+    return _Path(
+        [v], (int(x0), int(y0)), (int(x3), int(y3)),
+        (_sign(x1 - x0), _sign(y1 - y0)), (_sign(x3 - x2), _sign(y3 - y2)), area2,
+    )
 
 
 def _cut_ring(xy: npt.NDArray[np.float64], lines: tuple[float, ...]) -> list[_Path]:
     """A closed ring (first vertex repeated last) cut at the horizontal ``lines``: the paths
     between its edges on those lines, or the whole ring as one closed path if it has none."""
-    x, y = xy[:, 0], xy[:, 1]
-    cross = x[:-1] * y[1:] - x[1:] * y[:-1]
-    seam = (y[:-1] == y[1:]) & np.isin(y[:-1], lines)
-    if not seam.any():
-        p0 = (int(x[0]), int(y[0]))
-        return [_Path([xy], p0, p0, _direction(xy[0], xy[1]), _direction(xy[-2], xy[-1]), float(cross.sum()))]
-    n = len(seam)
-    shift = int(np.flatnonzero(seam)[0]) + 1  # start right after a seam edge
-    pts = np.roll(xy[:-1], -shift, axis=0)
-    seam = np.roll(seam, -shift)
-    cross = np.roll(cross, -shift)
-    keep = ~seam  # the last edge (n - 1) is a seam edge
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8)))
+    n = len(xy) - 1  # edge k runs from vertex k to vertex k + 1
+    y = xy[:, 1]
+    seam = y[:-1] == y[1:]
+    on = y[:-1] == lines[0]
+    for line in lines[1:]:
+        on |= y[:-1] == line
+    cut = np.flatnonzero(seam & on)
+    cross = xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1]
+    if not len(cut):
+        return [_new_path(xy, float(cross.sum()))]
     csum = np.concatenate([[0.0], np.cumsum(cross)])
+    # A path runs from the end of one seam edge to the start of the next (around the ring).
+    starts = cut + 1
+    ends = np.concatenate([cut[1:], cut[:1] + n])
     out = []
-    for a, b in zip(edges[::2], edges[1::2], strict=True):  # edges a..b-1 -> vertices a..b
-        v = pts[a : b + 1] if b < n else np.concatenate([pts[a:], pts[:1]])
-        out.append(_Path(
-            [v], (int(v[0, 0]), int(v[0, 1])), (int(v[-1, 0]), int(v[-1, 1])),
-            _direction(v[0], v[1]), _direction(v[-2], v[-1]), float(csum[b] - csum[a]),
-        ))
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if b == a:
+            continue  # two seam edges in a row
+        if a >= n:
+            a, b = a - n, b - n
+        if b <= n:
+            out.append(_new_path(xy[a : b + 1], float(csum[b] - csum[a])))
+        else:
+            v = np.concatenate([xy[a:n], xy[: b - n + 1]])
+            out.append(_new_path(v, float(csum[n] - csum[a] + csum[b - n])))
     return out
 
 
-def _seam_runs(columns: npt.NDArray[np.int64], below: bool, s: int) -> list[_Path]:
-    """The seam edges under ``columns`` (sorted) on line ``s``, consecutive ones as one edge:
-    running +x with the group below the line, -x with it above."""
-    if not len(columns):
-        return []
-    breaks = np.flatnonzero(np.diff(columns) != 1) + 1
+def _seam_runs(runs: Sequence[tuple[int, int]], below: bool, s: int) -> list[_Path]:
+    """The seam edges of column runs ``(first, end)`` on line ``s``, a run as one edge: running
+    +x with the group below the line, -x with it above."""
     out = []
-    for run in np.split(columns, breaks):
-        a, b = int(run[0]), int(run[-1]) + 1
+    d = (1, 0) if below else (-1, 0)
+    for a, b in runs:
         if not below:
             a, b = b, a
-        d = (1, 0) if below else (-1, 0)
         out.append(_Path([np.array([[a, s], [b, s]], dtype=np.float64)], (a, s), (b, s), d, d, float(a * s - b * s)))
     return out
 
@@ -1099,29 +1315,17 @@ def _link(paths: list[_Path], s: int) -> tuple[list[_Path], list[_Path]]:
     return rings, open_paths
 
 
-def _drop_collinear(ring: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """A closed ring without vertices in the middle of a straight edge (where paths joined)."""
-    pts = ring[:-1]
-    prev = pts - np.roll(pts, 1, axis=0)
-    nxt = np.roll(pts, -1, axis=0) - pts
-    straight = (prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0] == 0) & ((prev * nxt).sum(axis=1) > 0)
-    if not straight.any():
-        return ring
-    pts = pts[~straight]
-    return np.concatenate([pts, pts[:1]])
-
-
 def _loops(ring: npt.NDArray[np.float64]) -> list[npt.NDArray[np.float64]]:
     """A closed ring split where it passes through a vertex twice (where two pieces, joined
     through other strips, touch at a pixel corner): simple closed loops."""
     pts = ring[:-1]
-    keys = pts[:, 0].astype(np.int64) * (1 << 32) + pts[:, 1].astype(np.int64)
-    if len(np.unique(keys)) == len(keys):
+    keys = (pts[:, 0].astype(np.int64) * (1 << 32) + pts[:, 1].astype(np.int64)).tolist()
+    if len(set(keys)) == len(keys):
         return [ring]
     loops = []
     stack: list[int] = []
     where: dict[int, int] = {}
-    for i, key in enumerate([*keys.tolist(), int(keys[0])]):
+    for i, key in enumerate([*keys, keys[0]]):
         k = where.get(key)
         if k is None:
             where[key] = len(stack)
@@ -1130,7 +1334,7 @@ def _loops(ring: npt.NDArray[np.float64]) -> list[npt.NDArray[np.float64]]:
         idx = [*stack[k:], i]
         loops.append(np.concatenate([pts[np.asarray(idx[:-1]) % len(pts)], pts[idx[-1] % len(pts)][None]]))
         for j in stack[k + 1 :]:
-            del where[int(keys[j])]
+            del where[keys[j]]
         del stack[k + 1 :]
     return [lp for lp in loops if len(lp) >= 4]
 
@@ -1139,25 +1343,102 @@ def _area2(ring: npt.NDArray[np.float64]) -> float:
     return float((ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1]).sum())
 
 
-def _polygon_from_rings(rings: list[_Path], holes: list[_Holes]) -> shapely.Geometry:
-    """The polygon of a closed group: its linked rings (one exterior of positive area, holes
-    negative) and the holes of its pieces as they were.
+def _polygons_from_groups(groups: list[_OpenGroup]) -> npt.NDArray[Any]:
+    """The polygons of closed groups, built in one call: each group's linked rings (one exterior
+    of positive area, holes negative) and the holes of its pieces as they were.
 
     A linked ring that touches itself at a point is split there: into the exterior and a hole
     touching it, or into two holes, as OGC validity wants.
     """
-    loops = [lp for r in rings for lp in _loops(_drop_collinear(r.coords()))]
-    areas = [_area2(lp) for lp in loops]
-    shells = [lp for lp, a in zip(loops, areas, strict=True) if a > 0]
-    inner = [lp for lp, a in zip(loops, areas, strict=True) if a < 0]
-    if len(shells) == 1:
-        parts = [shells[0], *inner, *(h.coords for h in holes)]
-        lengths = [len(shells[0]), *(len(h) for h in inner), *(n for h in holes for n in h.lengths.tolist())]
-        ends = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, np.concatenate(parts), (ends, np.array([0, len(ends) - 1], dtype=np.int64))
-        )[0]
-    # Not expected for a 4-connected group; repaired rather than lost.
+    out = np.empty(len(groups), dtype=object)
+    owner = [k for k, g in enumerate(groups) for _ in g.rings]
+    loops, areas = _clean_rings([r.coords() for g in groups for r in g.rings])
+    shells: list[list[npt.NDArray[np.float64]]] = [[] for _ in groups]
+    inner: list[list[npt.NDArray[np.float64]]] = [[] for _ in groups]
+    for k, ring_loops, ring_areas in zip(owner, loops, areas, strict=True):
+        for lp, area in zip(ring_loops, ring_areas, strict=True):
+            (shells[k] if area > 0 else inner[k]).append(lp)
+    coords: list[npt.NDArray[np.float64]] = []
+    lengths: list[int] = []
+    ring_counts: list[int] = []
+    simple: list[int] = []
+    for k, g in enumerate(groups):
+        if len(shells[k]) != 1:
+            out[k] = _polygon_from_loops(shells[k], inner[k], g.holes)  # not expected
+            continue
+        simple.append(k)
+        coords.append(shells[k][0])
+        coords.extend(inner[k])
+        lengths.append(len(shells[k][0]))
+        lengths.extend(len(h) for h in inner[k])
+        n = 1 + len(inner[k])
+        for h in g.holes:
+            coords.append(h.coords)
+            lengths.extend(h.lengths.tolist())
+            n += len(h.lengths)
+        ring_counts.append(n)
+    if simple:
+        ring_ends = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        geom_ends = np.concatenate([[0], np.cumsum(ring_counts)]).astype(np.int64)
+        out[np.asarray(simple)] = shapely.from_ragged_array(
+            shapely.GeometryType.POLYGON, np.concatenate(coords), (ring_ends, geom_ends)
+        )
+    return out
+
+
+def _clean_rings(
+    rings: list[npt.NDArray[np.float64]],
+) -> tuple[list[list[npt.NDArray[np.float64]]], list[list[float]]]:
+    """Closed rings without vertices in the middle of a straight edge (where paths joined),
+    each split into simple loops where it passes through a vertex twice (see :func:`_loops`):
+    the loops of each ring and twice their signed areas. All rings at once."""
+    if not rings:
+        return [], []
+    size = np.asarray([len(r) for r in rings], dtype=np.int64)  # vertices, the first repeated last
+    xy = np.concatenate(rings)
+    ring = np.repeat(np.arange(len(rings)), size)
+    off = np.concatenate([[0], np.cumsum(size)])
+    local = np.arange(len(xy)) - off[ring]
+    d = xy[1:] - xy[:-1]  # edge g from position g to g + 1 (within a ring unless g is its last)
+    v = np.flatnonzero(local < size[ring] - 1)  # every vertex but the repeated one
+    prev = d[np.where(local[v] == 0, v + size[ring[v]] - 2, v - 1)]
+    nxt = d[v]
+    straight = (prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0] == 0) & ((prev * nxt).sum(axis=1) > 0)
+    kept = v[~straight]
+    count = np.bincount(ring[kept], minlength=len(rings))
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    xy = xy[np.insert(kept, start + count, kept[start])]  # each ring closed again
+    size = count + 1
+    off = np.concatenate([[0], np.cumsum(size)])
+    ring = np.repeat(np.arange(len(rings)), size)
+    local = np.arange(len(xy)) - off[ring]
+    cross = np.where(local[:-1] < size[ring[:-1]] - 1, xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1], 0.0)
+    csum = np.concatenate([[0.0], np.cumsum(cross)])
+    area = (csum[off[1:] - 1] - csum[off[:-1]]).tolist()
+    # A vertex twice in one ring: that ring goes through _loops.
+    v = np.flatnonzero(local < size[ring] - 1)
+    key = xy[v, 0].astype(np.int64) * (1 << 32) + xy[v, 1].astype(np.int64)
+    order = np.lexsort((key, ring[v]))
+    k_sorted, r_sorted = key[order], ring[v][order]
+    twice = set(r_sorted[1:][(k_sorted[1:] == k_sorted[:-1]) & (r_sorted[1:] == r_sorted[:-1])].tolist())
+    loops: list[list[npt.NDArray[np.float64]]] = []
+    areas: list[list[float]] = []
+    for r, (a, b) in enumerate(zip(off[:-1].tolist(), off[1:].tolist(), strict=True)):
+        if r in twice:
+            split = _loops(xy[a:b])
+            loops.append(split)
+            areas.append([_area2(lp) for lp in split])
+        else:
+            loops.append([xy[a:b]])
+            areas.append([area[r]])
+    return loops, areas
+
+
+def _polygon_from_loops(
+    shells: list[npt.NDArray[np.float64]], inner: list[npt.NDArray[np.float64]], holes: list[_Holes]
+) -> shapely.Geometry:
+    """The polygon of a closed group with other than one exterior loop (not expected for a
+    4-connected group): repaired rather than lost."""
     logger.debug("joined group with %d exterior rings", len(shells))
     geom = shapely.union_all([shapely.Polygon(c) for c in shells]) if shells else shapely.Polygon()
     cut = [shapely.Polygon(h) for h in inner] + [
@@ -1172,6 +1453,25 @@ class _Holes:
 
     coords: npt.NDArray[np.float64]
     lengths: npt.NDArray[np.int64]
+
+
+@dataclass
+class _Done:
+    """Finished polygons in pixel coordinates, with their class, score sum and pixel count."""
+
+    class_ids: npt.NDArray[np.int32]
+    geoms: npt.NDArray[Any]
+    sums: npt.NDArray[np.float64]
+    pixels: npt.NDArray[np.int64]
+
+    def slice(self, a: int, b: int) -> _Done:
+        return _Done(self.class_ids[a:b], self.geoms[a:b], self.sums[a:b], self.pixels[a:b])
+
+    @staticmethod
+    def concat(parts: list[_Done]) -> _Done:
+        if len(parts) == 1:
+            return parts[0]
+        return _Done(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("class_ids", "geoms", "sums", "pixels")))
 
 
 @dataclass

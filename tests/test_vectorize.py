@@ -48,7 +48,7 @@ def reference(mask: np.ndarray) -> list[tuple[int, shapely.Geometry]]:
 def same_polygons(frame: gpd.GeoDataFrame, ref: list[tuple[int, shapely.Geometry]]) -> None:
     assert len(frame) == len(ref)
     unmatched = list(ref)
-    for cls, geom in zip(frame["class_id"], frame.geometry):
+    for cls, geom in zip(frame["class_id"], frame.geometry, strict=True):
         hit = [i for i, (c, g) in enumerate(unmatched) if c == cls and g.equals(geom)]
         assert hit, f"no reference polygon equals {geom.wkt[:80]}"
         unmatched.pop(hit[0])
@@ -269,12 +269,52 @@ def test_a_writer_with_only_empty_batches_makes_an_empty_file(tmp_path: Path) ->
 
 
 def test_wide_strips_are_polygonized_in_bands_with_the_same_result(monkeypatch) -> None:
-    import geounet.vectorize as vectorize
+    from geounet import vectorize
 
     monkeypatch.setattr(vectorize, "CHUNK_PIXELS", 300)  # 3 rows of 90 columns per call
     mask = seam_mask()
     frame = vectorize_mask(mask, T, UTM, NAMES)  # one strip of 120 rows, in 40 bands
     same_polygons(frame, reference(mask))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), limit=st.integers(1, 12), density=st.floats(0.2, 0.6))
+def test_bands_with_many_pieces_are_halved_with_the_same_result(seed: int, limit: int, density: float) -> None:
+    """Speckle: a band with more pieces than MAX_BAND_PIECES is vectorized in halves (down to
+    single rows), which moves the seams; the polygons stay those of the whole mask."""
+    from geounet import vectorize
+
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((37, 41)) < density).astype(np.uint8) * rng.integers(1, 3, size=(37, 41)).astype(np.uint8)
+    old = vectorize.MAX_BAND_PIECES
+    vectorize.MAX_BAND_PIECES = limit
+    try:
+        frame = vectorize_mask(mask, T, UTM, NAMES, strip_height=16)
+    finally:
+        vectorize.MAX_BAND_PIECES = old
+    same_polygons(frame, reference(mask))
+
+
+def test_solid_rectangles_are_built_as_shapes_lists_them() -> None:
+    """Rectangular pieces inside a band skip GDAL: same vertices, same order, as ``shapes``."""
+    mask = np.zeros((12, 20), dtype=np.uint8)
+    mask[2, 3] = 1  # a pixel
+    mask[4:7, 5:9] = 2  # a block
+    mask[3, 12:18] = 1  # a run
+    mask[5:9, 14] = 1  # a column (a second piece, not touching the run)
+    mask[0, 0:4] = 1  # on the first row: through GDAL (could meet a strip above)
+    mask[11, 10:12] = 2  # on the last row: through GDAL (open at the bottom)
+    mask[8:11, 2:6] = 1
+    mask[9, 3] = 0  # a block with a hole: not a rectangle
+    frame = vectorize_mask(mask, T, UTM, NAMES)
+    ref = reference(mask)
+    same_polygons(frame, ref)
+    got = {shapely.normalize(g).wkb: g for g in frame.geometry}
+    top, bottom = T.f, T.f + 12 * T.e
+    inside = [g for _, g in ref if shapely.get_num_coordinates(g) == 5 and g.bounds[3] < top and g.bounds[1] > bottom]
+    assert len(inside) == 4
+    for geom in inside:  # vertex for vertex, ring start and direction included
+        assert np.array_equal(shapely.get_coordinates(got[shapely.normalize(geom).wkb]), shapely.get_coordinates(geom))
 
 
 def test_an_interrupt_during_the_final_conversion_stops_it_as_an_interrupt(tmp_path: Path, monkeypatch) -> None:
