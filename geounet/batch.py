@@ -566,11 +566,11 @@ def _record(task: SceneTask, status: Status, **fields: Any) -> SceneRecord:
 
 
 # One loaded model per worker process, kept between tasks: {(path, hash, device): predictor}.
-_PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
+_PREDICTORS: dict[tuple[str, str, str, str], Predictor] = {}
 _PREDICTORS_LOCK = threading.Lock()
 
 
-def worker_predictor(model: str, model_hash: str, device: str) -> Predictor:
+def worker_predictor(model: str, model_hash: str, device: str, precision: str = "auto") -> Predictor:
     """The predictor of this worker process for a model, loaded on first use and then kept.
 
     Only one model is kept: asking for another one releases the previous (and its GPU memory).
@@ -578,7 +578,7 @@ def worker_predictor(model: str, model_hash: str, device: str) -> Predictor:
     Raises:
         CheckpointError: The model file does not load, or is not the one the batch started with.
     """
-    key = (model, model_hash, device)
+    key = (model, model_hash, device, precision)
     with _PREDICTORS_LOCK:
         predictor = _PREDICTORS.get(key)
         if predictor is None:
@@ -590,7 +590,7 @@ def worker_predictor(model: str, model_hash: str, device: str) -> Predictor:
                     f"re-run the batch"
                 )
             _PREDICTORS.clear()
-            predictor = Predictor(model, device=_worker_device(device))
+            predictor = Predictor(model, device=_worker_device(device), precision=precision)  # type: ignore[arg-type]
             _PREDICTORS[key] = predictor
         return predictor
 
@@ -618,7 +618,7 @@ def _worker_device(device: str) -> str:
 def run_task(task: SceneTask) -> SceneRecord:
     """The Dask task: predict one scene with this worker's cached predictor."""
     return process_scene(
-        task, lambda: worker_predictor(task.model, task.model_hash, task.config.device)
+        task, lambda: worker_predictor(task.model, task.model_hash, task.config.device, task.config.precision)
     )
 
 
@@ -768,7 +768,7 @@ def run_batch(
 
                 _run_dask(todo, finish, started, workers=workers, scheduler=scheduler)
             else:
-                predictor = Predictor(model_path, device=cfg.device, compile=cfg.compile)
+                predictor = Predictor(model_path, device=cfg.device, compile=cfg.compile, precision=cfg.precision)
                 manifest.started = True
                 _run_local(todo, finish, predictor, len(skipped), total, progress)
         catalog = None

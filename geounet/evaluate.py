@@ -129,7 +129,8 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="geounet-eval-") as tmp:
         vector_pred = None
         if model is not None:
-            predictor = Predictor(model, device=(config or PredictConfig()).device)
+            cfg = config or PredictConfig()
+            predictor = Predictor(model, device=cfg.device, precision=cfg.precision)
             polygons = PolygonOptions.resolve(config, predictor.meta)
             mapping = _class_mapping(predictor.meta.mask_classes, names, lab.binary)
             mask_path = Path(tmp) / "mask.tif"

@@ -31,7 +31,7 @@ from geounet.checkpoint import ModelMeta, is_onnx, load_model, resolve_model
 from geounet.cog import StripWriter
 from geounet.errors import BandMismatchError, GeounetError, OutputError
 from geounet.export import OnnxNet, load_onnx
-from geounet.model import UNet, fuse_batchnorm
+from geounet.model import UNet, cpu_supports_bf16, fuse_batchnorm
 from geounet.raster import (
     AtomicOutputs,
     ReadAhead,
@@ -72,6 +72,28 @@ def split_px(split_m: float, scene: Scene) -> float:
 
 ProbDtype = Literal["float32", "uint8"]
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+#: What ``precision="auto"`` runs on a CPU with native bf16 (AVX512-BF16 or AMX): bf16 autocast
+#: would be the default there only if its masks agreed with float32's on >= 99.9 % of pixels
+#: with the same object F1 on the bundled model's held-out images (benchmarks/README.md,
+#: "bf16 inference on the CPU"). Elsewhere PyTorch emulates bf16, slower than float32.
+CPU_AUTO_PRECISION: Precision = "fp32"
+
+
+def inference_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of the network for ``precision`` on ``device`` (None: float32).
+
+    Raises:
+        GeounetError: An unknown precision.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise GeounetError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if CPU_AUTO_PRECISION == "bf16" and cpu_supports_bf16() else None
 #: Finished strips that may wait for the strip worker before the model waits for it.
 STRIPS_IN_FLIGHT = 2
 #: Keys of ``PredictResult.timings``. On the main thread (they add up to the run, with opening
@@ -141,6 +163,8 @@ class PredictConfig:
         split_m: Split polygons where parts meet through a neck narrower than this many
             metres (touching buildings; :func:`geounet.vectorize.split_necks`); 0 = off,
             None = the model's default.
+        precision: The network's arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16
+            on CUDA, float32 on the CPU (see :data:`CPU_AUTO_PRECISION`).
     """
 
     tile_size: int | None = None
@@ -161,6 +185,7 @@ class PredictConfig:
     resample: Literal["auto", "off"] = "auto"
     regularize: bool | None = None
     split_m: float | None = None
+    precision: Precision = "auto"
 
 
 @dataclass(frozen=True)
@@ -256,8 +281,9 @@ class Predictor:
             (:class:`~geounet.export.OnnxNet`) with the same contract and normalization.
         device: ``auto``, ``cpu`` or ``cuda``.
         compile: Run the network through ``torch.compile`` (worth it for long runs on a GPU).
+        precision: ``auto``, ``fp32`` or ``bf16`` (see :class:`PredictConfig`).
 
-    On CUDA the network runs in bf16 autocast with channels_last tensors, inputs are copied from
+    On CUDA the network runs in bf16 autocast (unless ``precision="fp32"``) with channels_last tensors, inputs are copied from
     pinned memory without blocking, cuDNN picks its fastest kernels, and the batch size (when not
     given) is chosen from the free GPU memory.
     """
@@ -268,13 +294,18 @@ class Predictor:
         device: str = "auto",
         *,
         compile: bool = False,
+        precision: Precision = "auto",
     ) -> None:
         self.device = resolve_device(device)
         self._auto_batch: dict[int, int] = {}
         self.net: torch.nn.Module
+        self.amp: torch.dtype | None = inference_dtype(self.device, precision)
         if not isinstance(model, tuple) and is_onnx(resolve_model(model)):
             if compile:
                 raise GeounetError("--compile applies to PyTorch models; an ONNX model runs in onnxruntime")
+            if precision == "bf16":
+                raise GeounetError("--precision bf16 applies to PyTorch models; an ONNX model runs in float32")
+            self.amp = None
             onnx_net, self.meta = load_onnx(resolve_model(model), device=device)
             self.net, self.device = onnx_net, onnx_net.device
             return
@@ -382,11 +413,11 @@ class Predictor:
     def _forward_plain(self, x: torch.Tensor) -> npt.NDArray[np.float32]:
         """Logits of normalized tiles ``x`` (N, bands, H, W), on the CPU."""
         if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                y = self.net(x)
-            return y.float().cpu().numpy()
-        return self.net(x.contiguous(memory_format=torch.channels_last)).contiguous().numpy()
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            y = self.net(x)
+        return y.float().cpu().contiguous().numpy()
 
     def _forward_tta(self, x: torch.Tensor, max_batch: int | None) -> npt.NDArray[np.float32]:
         """Mean logits over the 8 dihedral variants of normalized tiles ``x`` (N, bands, H, W)."""
@@ -405,11 +436,8 @@ class Predictor:
                 ks = group[i : i + per_pass]
                 xs = torch.cat([dihedral(x, k) for k in ks])
                 xs = xs.contiguous(memory_format=torch.channels_last)
-                if cuda:
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        ys = self.net(xs).float()
-                else:
-                    ys = self.net(xs)
+                with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+                    ys = self.net(xs).float()
                 for k, y in zip(ks, ys.split(n), strict=True):
                     total += undo_dihedral(y, k)
         total /= TTA_VARIANTS  # a power of two: the division itself is exact
@@ -997,6 +1025,6 @@ def predict_raster(
         GeounetError: Any bad input or unwritable output; no output is left behind.
     """
     cfg = config or PredictConfig()
-    return Predictor(model, device=cfg.device, compile=cfg.compile).run(
+    return Predictor(model, device=cfg.device, compile=cfg.compile, precision=cfg.precision).run(
         scene, out, probabilities=probabilities, mask=mask, config=cfg, progress=progress
     )

@@ -314,3 +314,39 @@ def test_polygons_stream_to_the_file_and_a_failure_leaves_nothing(make_raster: M
         predict_raster(scene, late, model=model, progress=stop)
     assert sizes and not late.exists()
     assert [p.name for p in tmp_path.iterdir() if "geounet" in p.name or "batches" in p.name] == []
+
+
+def test_precision_bf16_runs_the_network_in_bf16_and_keeps_the_mask(make_raster: MakeRaster, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    img = ndimage.gaussian_filter(rng.normal(size=(3, 256, 256)), (0, 5, 5))
+    img = ((img - img.min()) / (img.max() - img.min()) * 255).astype(np.float32)
+    scene = make_raster("s.tif", data=img.round().astype(np.uint8))
+    net, meta = create_model(bands=3, classes=1, width=8, depth=4, seed=0)
+    x = (torch.from_numpy(img[None]) - 127.5) / 63.75
+    net = calibrate_batchnorm(net, [x[..., :128, :], x[..., 128:, :]])
+    probs = {}
+    for precision in ("fp32", "bf16", "auto"):
+        out = tmp_path / f"{precision}.tif"
+        cfg = PredictConfig(tile_size=128, overlap=32, precision=precision)  # type: ignore[arg-type]
+        predict_raster(scene, None, model=(net, meta), probabilities=out, config=cfg)
+        with rasterio.open(out) as src:
+            probs[precision] = src.read(1)
+    assert 0.01 < (probs["fp32"] >= 0.5).mean() < 0.99  # not a trivial mask
+    diff = np.abs(probs["bf16"] - probs["fp32"])
+    assert diff.max() > 0  # bf16 arithmetic really ran...
+    assert diff.mean() < 0.02  # ...and is close to float32
+    assert ((probs["bf16"] >= 0.5) == (probs["fp32"] >= 0.5)).mean() > 0.98
+    # auto on a CPU is float32 (bf16 there only where the CPU has it natively and it was measured)
+    assert np.array_equal(probs["auto"], probs["fp32"])
+
+
+def test_inference_dtype_choices() -> None:
+    from geounet.errors import GeounetError
+    from geounet.predict import inference_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inference_dtype(cpu, "fp32") is None and inference_dtype(cuda, "fp32") is None
+    assert inference_dtype(cpu, "bf16") is torch.bfloat16 and inference_dtype(cuda, "auto") is torch.bfloat16
+    assert inference_dtype(cpu, "auto") is None  # CPU_AUTO_PRECISION is fp32: bf16 changed too many pixels
+    with pytest.raises(GeounetError, match="unknown precision"):
+        inference_dtype(cpu, "fp16")

@@ -17,6 +17,7 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 1 on CPU, from free memory on CUDA].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster on long GPU runs).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="The network's arithmetic: bf16 autocast or float32 (auto: bf16 on CUDA, float32 on the CPU).")
 @device_opt
 @tta_opt
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).")
@@ -32,7 +33,7 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
 @overwrite_opt
 @click.pass_context
-def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, precision: str, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment SCENE and write polygons in its CRS.
 
     \b
@@ -46,7 +47,7 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | 
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
         threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, tta=tta, resample=resample, regularize=regularize, split_m=split_m,  # type: ignore[arg-type]
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, precision=precision, tta=tta, resample=resample, regularize=regularize, split_m=split_m,  # type: ignore[arg-type]
     )
     model_path = announce_model(ctx, model_path)
     update, close = tile_progress(ctx, Path(scene).name)
