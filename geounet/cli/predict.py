@@ -17,7 +17,7 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 1 on CPU, from free memory on CUDA].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster on long GPU runs).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="The network's arithmetic: bf16 autocast or float32 (auto: bf16 on CUDA, float32 on the CPU).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="The network's arithmetic: bf16 autocast or float32 (auto: bf16 on CUDA and on CPUs with native bf16, float32 elsewhere).")
 @device_opt
 @tta_opt
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).")
