@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+
+from geounet.centerline import CenterlineOptions, StripCenterliner, centerline_mask
+
+UTM = CRS.from_epsg(32633)
+T = from_origin(500000, 5000000, 1.0, 1.0)
+NAMES = ["background", "road"]
+OPT = CenterlineOptions(line_width_m=5)
+
+
+def to_px(geom: shapely.Geometry) -> shapely.Geometry:
+    """Map coordinates of T back to pixel coordinates (x = column, y = row)."""
+    return shapely.transform(geom, lambda xy: np.column_stack([xy[:, 0] - 500000, 5000000 - xy[:, 1]]))
+
+
+def test_straight_band_gives_one_line_on_its_centre() -> None:
+    m = np.zeros((60, 100), np.uint8)
+    m[20:27, 10:90] = 1  # rows 20..26: centre row 23, y = 23.5
+    f = centerline_mask(m, T, UTM, NAMES, [1], options=OPT)
+    assert len(f) == 1 and f.geometry[0].geom_type == "LineString"
+    line = to_px(f.geometry[0])
+    truth = shapely.LineString([(10, 23.5), (90, 23.5)])
+    assert shapely.hausdorff_distance(line, shapely.intersection(truth, line.buffer(1.0))) <= 1.0
+    assert line.length >= 80 - 7  # thinning shortens each free end by about half the width
+    assert f["class"][0] == "road" and f["class_id"][0] == 1
+    assert f["length_m"][0] == pytest.approx(line.length, abs=0.01)
+
+
+def test_l_shaped_band_gives_one_line_within_a_pixel() -> None:
+    m = np.zeros((100, 100), np.uint8)
+    m[20:27, 10:80] = 1
+    m[20:90, 73:80] = 1
+    f = centerline_mask(m, T, UTM, NAMES, [1], options=CenterlineOptions(line_width_m=5, simplify=0))
+    assert len(f) == 1
+    line = to_px(f.geometry[0])
+    truth = shapely.LineString([(10, 23.5), (76.5, 23.5), (76.5, 90)])
+    coords = shapely.points(np.asarray(line.coords))
+    assert shapely.distance(coords, truth).max() <= 1.0 + 1e-9  # every skeleton pixel
+    assert line.length >= truth.length - 10
+
+
+def test_crossing_roads_are_noded_at_their_junctions() -> None:
+    m = np.zeros((120, 120), np.uint8)
+    m[50:57, :] = 1
+    m[:, 30:37] = 1
+    m[:, 80:86] = 1
+    f = centerline_mask(m, T, UTM, NAMES, [1], options=OPT)
+    assert len(f) == 7  # the horizontal road in three, each vertical one in two
+    ends = [tuple(np.round(c, 6)) for g in f.geometry for c in (g.coords[0], g.coords[-1])]
+    shared = {e for e in ends if ends.count(e) == 4}
+    assert len(shared) == 2  # two crossings, four lines ending exactly at each
+
+
+def test_spurs_are_pruned_and_gaps_bridged() -> None:
+    m = np.zeros((60, 160), np.uint8)
+    m[20:27, 5:70] = 1
+    m[20:27, 76:150] = 1  # a 6 px gap along the road
+    m[10:20, 40:42] = 1  # a 10 px hair on its edge
+    f = centerline_mask(m, T, UTM, NAMES, [1], options=CenterlineOptions(line_width_m=5, prune_m=15, bridge_m=16))  # thinning shortens each end by ~3 px
+    assert len(f) == 1, f.geometry.to_wkt().tolist()
+    assert f.geometry[0].length > 130
+    no_bridge = centerline_mask(m, T, UTM, NAMES, [1], options=CenterlineOptions(line_width_m=5, prune_m=15, bridge_m=0))
+    assert len(no_bridge) == 2
+
+
+def test_side_by_side_ends_are_not_bridged() -> None:
+    m = np.zeros((60, 160), np.uint8)
+    m[10:15, 5:80] = 1
+    m[22:27, 5:80] = 1  # parallel: their ends are 12 px apart, across the roads' direction
+    f = centerline_mask(m, T, UTM, NAMES, [1], options=CenterlineOptions(line_width_m=3, bridge_m=20))
+    assert len(f) == 2
+
+
+def test_geographic_lengths_are_geodesic() -> None:
+    t = from_origin(-115.2, 36.2, 3e-6, 3e-6)
+    m = np.zeros((40, 400), np.uint8)
+    m[15:22, :] = 1
+    f = centerline_mask(m, t, CRS.from_epsg(4326), NAMES, [1], options=CenterlineOptions(line_width_m=2))
+    assert len(f) == 1 and f.crs.to_epsg() == 4326
+    # ~0.27 m a pixel at 36 degrees north: far from the length in degrees
+    assert 90 < f["length_m"][0] < 110
+
+
+def rand_mask(seed: int, shape: tuple[int, int] = (150, 130)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shapes = []
+    for _ in range(rng.integers(1, 8)):
+        line = shapely.LineString(rng.uniform(-20, 170, (rng.integers(2, 4), 2)))
+        shapes.append((line.buffer(rng.uniform(0.8, 6)), int(rng.integers(1, 3))))
+    m = rasterize(shapes, out_shape=shape).astype(np.uint8)
+    noise = rng.random(shape) < rng.uniform(0, 0.03)
+    m[noise] = rng.integers(0, 3, int(noise.sum()))
+    return m
+
+
+def key(frame) -> list[tuple[int, str, float]]:
+    return sorted((int(c), shapely.normalize(g).wkt, s) for c, g, s in zip(frame["class_id"], frame.geometry, frame["score"], strict=True))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 100_000), strip=st.integers(1, 70), bridge=st.sampled_from([0.0, 8.0, 14.0]))
+def test_strip_centerlines_equal_whole_mask(seed: int, strip: int, bridge: float) -> None:
+    m = rand_mask(seed)
+    score = np.random.default_rng(seed).random(m.shape).astype(np.float32)
+    opt = CenterlineOptions(line_width_m=4, bridge_m=bridge, max_width_m=20)
+    whole = centerline_mask(m, T, UTM, ["background", "road", "river"], [1, 2], score=score, options=opt)
+    strips = centerline_mask(m, T, UTM, ["background", "road", "river"], [1, 2], score=score, strip_height=strip, options=opt)
+    assert key(strips) == key(whole)
+
+
+@pytest.mark.parametrize("strip", [1, 3, 16, 37])
+def test_lines_are_taken_while_strips_come(strip: int) -> None:
+    m = np.zeros((400, 60), np.uint8)
+    for r in range(10, 390, 40):  # short horizontal roads, one under the other
+        m[r : r + 5, 5:55] = 1
+    cl = StripCenterliner(T, UTM, NAMES, [1], OPT)
+    early = 0
+    for r0 in range(0, 400, strip):
+        cl.add(r0, m[r0 : r0 + strip], None)
+        if r0 < 200 and cl.ready:
+            early += len(cl.take())
+    rest = cl.finish()
+    assert early >= 3  # finished lines do not wait for the end of the scene
+    assert early + len(rest) == 10
+    assert (rest["score"] == 1.0).all()
+
+
+def test_only_line_classes_are_traced() -> None:
+    m = np.zeros((60, 60), np.uint8)
+    m[10:50, 10:50] = 1  # a building
+    m[55:58, :] = 2
+    f = centerline_mask(m, T, UTM, ["background", "building", "road"], [2], options=OPT)
+    assert set(f["class"]) == {"road"}
