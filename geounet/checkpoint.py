@@ -28,6 +28,9 @@ from geounet.model import ARCHITECTURES, UNet
 FORMAT_VERSION = 1
 META_KEY = "geounet"
 
+#: What a class can be vectorized as (``ModelMeta.class_geometry``).
+CLASS_GEOMETRIES = ("polygon", "line")
+
 DEFAULT_COLOURS = [
     "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf",
 ]
@@ -57,6 +60,11 @@ class ModelMeta:
         min_area_m2: Drop polygons smaller than this by default when predicting.
         split_m: Split polygons at necks narrower than this (metres) by default when
             predicting (touching buildings; :func:`geounet.vectorize.split_necks`); 0 = off.
+        class_geometry: What ``predict`` writes for a class, by name: ``polygon`` (outlines) or
+            ``line`` (centerlines, :mod:`geounet.centerline`). A class not named is a polygon
+            class (every model file from before this field).
+        line_width_m: Full width in metres the line classes were buffered to when training
+            (None: unknown); the default of the centerline and line-evaluation distances.
         format_version: Layout version of this metadata.
     """
 
@@ -76,6 +84,8 @@ class ModelMeta:
     regularize: bool = False
     min_area_m2: float = 0.0
     split_m: float = 0.0
+    class_geometry: dict[str, str] = field(default_factory=dict)
+    line_width_m: float | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -97,6 +107,20 @@ class ModelMeta:
     def mask_classes(self) -> list[str]:
         """Names by mask value: 0 is background, then the classes."""
         return ["background", *self.classes] if self.binary else list(self.classes)
+
+    def geometry_of(self, name: str) -> str:
+        """``polygon`` or ``line``: what a class is vectorized as."""
+        return self.class_geometry.get(name, "polygon")
+
+    @property
+    def line_class_ids(self) -> list[int]:
+        """Mask values of the line classes (see :attr:`mask_classes`)."""
+        return [i for i, n in enumerate(self.mask_classes) if i > 0 and self.geometry_of(n) == "line"]
+
+    @property
+    def polygon_class_ids(self) -> list[int]:
+        """Mask values of the polygon classes."""
+        return [i for i, n in enumerate(self.mask_classes) if i > 0 and self.geometry_of(n) == "polygon"]
 
     def to_json(self) -> str:
         """The metadata as one JSON document."""
@@ -146,6 +170,13 @@ class ModelMeta:
         n_out = args.get("classes", 0)
         if (n_out == 1 and len(self.classes) != 1) or (n_out > 1 and len(self.classes) != n_out):
             raise CheckpointError(f"{source}: {len(self.classes)} class names for {n_out} outputs")
+        for name, kind in self.class_geometry.items():
+            if name not in self.classes:
+                raise CheckpointError(f"{source}: class_geometry names {name!r}, not a class ({', '.join(self.classes)})")
+            if kind not in CLASS_GEOMETRIES:
+                raise CheckpointError(
+                    f"{source}: class {name!r} has geometry {kind!r}; use one of {', '.join(CLASS_GEOMETRIES)}"
+                )
         try:
             normalize.check(self.normalization, self.bands, source)
         except GeounetError as exc:

@@ -348,6 +348,15 @@ class Labels:
             part_dim=part_dim,
         )
 
+    def class_geometry(self) -> dict[str, str]:
+        """``line`` for each class whose features are all lines, else ``polygon``, by name
+        (points and mixed classes are polygons: they are buffered to areas)."""
+        out = {}
+        for cid, name in enumerate(self.class_names, start=1):
+            dims = self._part_dim[self._feature_class[self._part_feature] == cid]
+            out[name] = "line" if len(dims) and bool((dims == 1).all()) else "polygon"
+        return out
+
     @property
     def binary(self) -> bool:
         """Whether there is one foreground class (a one-channel, sigmoid model)."""
@@ -1580,6 +1589,19 @@ class LabelSet:
     def binary(self) -> bool:
         """Whether there is one foreground class (a one-channel, sigmoid model)."""
         return len(self.class_names) == 1
+
+    def class_geometry(self) -> dict[str, str]:
+        """``line`` for each class that every vector file labels with lines only, else
+        ``polygon`` (mask rasters say nothing: their classes are polygons)."""
+        out = dict.fromkeys(self.class_names, "polygon")
+        if not self.vectors or self.masks is not None:
+            return out
+        per_file = [v.class_geometry() for v in self.vectors]
+        for name in self.class_names:
+            kinds = [g[name] for g in per_file if name in g]
+            if kinds and all(k == "line" for k in kinds):
+                out[name] = "line"
+        return out
 
     @property
     def paths(self) -> list[str]:

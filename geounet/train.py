@@ -35,7 +35,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from geounet import __version__
-from geounet.checkpoint import DEFAULT_COLOURS, ModelMeta, build_model, load_model, save_model
+from geounet.checkpoint import (
+    CLASS_GEOMETRIES,
+    DEFAULT_COLOURS,
+    ModelMeta,
+    build_model,
+    load_model,
+    save_model,
+)
 from geounet.dataset import (
     CONTACT_INDEX,
     IGNORE_INDEX,
@@ -48,7 +55,7 @@ from geounet.dataset import (
     plan_epoch,
     set_stretch,
 )
-from geounet.errors import BandMismatchError, CheckpointError, OutputExistsError
+from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
 from geounet.labels import LabelSpec, read_label_sources
 from geounet.model import autocast_dtype
 from geounet.predict import resolve_device
@@ -74,6 +81,8 @@ class TrainConfig:
         class_field: Attribute naming each feature's class (None: binary task).
         classes: Class names to use, in order (None: every value found).
         line_width_m: Lines are buffered to this full width in metres.
+        class_geometry: Overrides of each class's geometry (``{"road": "line"}``); a class
+            labelled with lines only is a line class without it (see :class:`ModelMeta`).
         point_radius_m: Points are buffered to this radius in metres.
         bands: 1-based bands to use (None: all but alpha).
         tile_size: Training window size in pixels.
@@ -119,6 +128,7 @@ class TrainConfig:
     class_field: str | None = None
     classes: Sequence[str] | None = None
     line_width_m: float = 4.0
+    class_geometry: dict[str, str] | None = None
     point_radius_m: float = 2.0
     bands: Sequence[int] | None = None
     tile_size: int = 256
@@ -166,6 +176,25 @@ class TrainResult:
 Progress = Callable[[int, int], None]
 EpochCallback = Callable[[dict[str, Any]], None]
 InfoCallback = Callable[[str], None]
+
+
+def resolve_class_geometry(found: dict[str, str], overrides: dict[str, str] | None) -> dict[str, str]:
+    """Each class's geometry: from its labels (``found``), with ``overrides`` (``--class-geometry``)
+    winning; only line classes are listed (a class not listed is a polygon class).
+
+    Raises:
+        GeounetError: An override naming no class, or a geometry other than polygon/line.
+    """
+    out = dict(found)
+    for name, kind in (overrides or {}).items():
+        if name not in out:
+            raise GeounetError(
+                f"--class-geometry names {name!r}, which is not a class of the labels ({', '.join(out)})"
+            )
+        if kind not in CLASS_GEOMETRIES:
+            raise GeounetError(f"--class-geometry {name}={kind}: use polygon or line")
+        out[name] = kind
+    return {k: v for k, v in out.items() if v == "line"}
 
 
 def default_samples(train_area_tiles: float, world: int = 1) -> int:
@@ -519,7 +548,12 @@ def train_model(
         overlap=max(32, cfg.tile_size // 8),
         gsd=gsd,
         normalization=norm,
+        class_geometry=resolve_class_geometry(labels.class_geometry(), cfg.class_geometry),
+        line_width_m=cfg.line_width_m,
     )
+    if not any(k == "line" for k in meta.class_geometry.values()):
+        meta.class_geometry = {}
+        meta.line_width_m = None
     meta.validate()
 
     torch.manual_seed(cfg.seed)

@@ -129,6 +129,8 @@ def info(path: str, as_json: bool) -> None:
         f"bands:      {meta.bands} ({', '.join(meta.band_names)}), {meta.dtype}",
         f"normalize:  {describe(meta.normalization)}: mean={_fmt(meta.mean)} std={_fmt(meta.std)}",
         f"classes:    {', '.join(meta.classes)}",
+        "geometry:   " + ", ".join(f"{n} {meta.geometry_of(n)}" for n in meta.mask_classes[1:])
+        + (f" (lines trained {meta.line_width_m:g} m wide)" if meta.line_class_ids and meta.line_width_m else ""),
         f"tiles:      {meta.tile_size} px, overlap {meta.overlap} px (multiple of {2 ** meta.depth})",
         f"pixel size: {f'{meta.gsd:g} m' if meta.gsd is not None else 'unknown'}",
         f"polygons:   min area {meta.min_area_m2:g} m², regularize {'on' if meta.regularize else 'off'}, "

@@ -16,6 +16,7 @@ from geounet.cli.options import BandList, ManyValues, device_opt, overwrite_opt,
 @click.option("--class-field", help="Attribute holding each feature's class (default: one foreground class).")
 @click.option("--classes", help="Comma-separated class names to use, in order (default: all values of --class-field).")
 @click.option("--line-width", "line_width_m", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True, help="Buffer lines to this width (metres).")
+@click.option("--class-geometry", "class_geometry", multiple=True, metavar="CLASS=polygon|line", help="What predict writes for a class: polygon outlines or line centerlines (default: line for a class labelled with lines only); repeatable.")
 @click.option("--point-radius", "point_radius_m", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help="Buffer points to this radius (metres).")
 @click.option("--bands", type=BandList(), help="1-based bands to use (default: all but alpha).")
 @click.option("--tile-size", type=click.IntRange(min=16), default=256, show_default=True, help="Training window size (pixels).")
@@ -54,6 +55,12 @@ def train(ctx: click.Context, out: Path, **opts: object) -> None:
     from geounet.train import TrainConfig, train_model
 
     classes = opts.pop("classes")
+    geometry: dict[str, str] = {}
+    for item in opts.pop("class_geometry") or ():  # type: ignore[union-attr]
+        name, sep, kind = str(item).partition("=")
+        if not sep or not name.strip() or kind.strip() not in ("polygon", "line"):
+            raise click.BadParameter(f"{item!r}: give CLASS=polygon or CLASS=line", param_hint="--class-geometry")
+        geometry[name.strip()] = kind.strip()
     augment = Augment.parse(str(opts.pop("augment")), scale=float(opts.pop("scale_jitter")))  # type: ignore[arg-type]
     init, resume = opts.pop("init"), opts.pop("resume")
     cfg = TrainConfig(
@@ -63,6 +70,7 @@ def train(ctx: click.Context, out: Path, **opts: object) -> None:
         val_images=list(opts.pop("val_images")),  # type: ignore[call-overload]
         labels=list(opts.pop("labels")),  # type: ignore[call-overload]
         augment=augment,
+        class_geometry=geometry or None,
         init=str(init) if init else None,
         resume=str(resume) if resume else None,
         **opts,  # type: ignore[arg-type]
