@@ -208,6 +208,9 @@ def test_cli_export_info_and_predict_end_to_end(make_raster: MakeRaster, model_f
     assert sorted(frame["area_m2"]) == [pytest.approx(400.0), pytest.approx(500.0)]
     r = run("model", "export", str(model_file), "-o", str(onnx_path))
     assert r.exit_code == 1 and "exists; pass --overwrite" in r.stderr
+    r = run("predict", str(scene), "-o", str(tmp_path / "c.geojson"), "-m", str(onnx_path), "--precision", "bf16")
+    assert r.exit_code == 1 and "an ONNX model runs in float32" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "c.geojson").exists()
 
 
 def test_fixed_size_export(make_raster: MakeRaster, model_file: Path, tmp_path: Path) -> None:
