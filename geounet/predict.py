@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from geounet import normalize
 from geounet.blend import Strip, StripAssembler
+from geounet.centerline import CenterlineOptions, StripCenterliner
 from geounet.checkpoint import ModelMeta, is_onnx, load_model, resolve_model
 from geounet.cog import StripWriter
 from geounet.errors import BandMismatchError, GeounetError, OutputError
@@ -43,6 +44,7 @@ from geounet.raster import (
     resolve_bands,
 )
 from geounet.style import (
+    line_qml,
     mask_qml,
     probability_qml,
     vector_qml,
@@ -225,7 +227,8 @@ class PolygonOptions:
 
 @dataclass
 class PredictResult:
-    """What a run produced."""
+    """What a run produced (``features`` counts polygons and lines; ``lines``: the file with the
+    centerlines when it is not ``vectors``, see :func:`line_output`)."""
 
     scene: str
     vectors: Path | None
@@ -239,6 +242,25 @@ class PredictResult:
     #: Scene pixels per model pixel (1: the network saw the scene's own pixels).
     resample_factor: float = 1.0
     class_counts: dict[str, int] = field(default_factory=dict)
+    lines: Path | None = None
+    line_features: int = 0
+
+
+def line_output(out: str | os.PathLike[str], meta: ModelMeta) -> tuple[Path | None, str | None]:
+    """Where a model's centerlines go for the vector output ``out``: (file, GeoPackage layer).
+
+    A model with line classes only writes them to ``out`` itself. With polygon classes too, a
+    GeoPackage gets a second layer, ``<stem>_lines``, and any other format a second file beside
+    it, ``<stem>_lines<suffix>``. (None, None): no line class.
+    """
+    path = Path(out)
+    if not meta.line_class_ids:
+        return None, None
+    if not meta.polygon_class_ids:
+        return path, None
+    if vector_driver(path) == "GPKG":
+        return path, f"{path.stem}_lines"
+    return path.with_name(f"{path.stem}_lines{path.suffix}"), None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -482,11 +504,17 @@ class Predictor:
         scene, tiles = plan.scene, plan.tiles
         timings = dict.fromkeys(TIMINGS, 0.0)
         with AtomicOutputs() as outputs:
+            vectors = outputs.reserve(out, overwrite=cfg.overwrite) if out is not None else None
+            line_path, line_layer = line_output(out, self.meta) if out is not None else (None, None)
+            lines = None
+            if line_path is not None and vectors is not None:
+                lines = (vectors if line_path == Path(out) else outputs.reserve(line_path, overwrite=cfg.overwrite), line_layer)  # type: ignore[arg-type]
             sinks = StripSinks(
                 self.meta,
                 cfg,
                 scene,
-                vectors=outputs.reserve(out, overwrite=cfg.overwrite) if out is not None else None,
+                lines=lines,
+                vectors=vectors,
                 probabilities=outputs.reserve(probabilities, overwrite=cfg.overwrite) if probabilities else None,
                 mask=outputs.reserve(mask, overwrite=cfg.overwrite) if mask else None,
                 timings=timings,
@@ -558,6 +586,8 @@ class Predictor:
             timings=timings,
             resample_factor=plan.factor,
             class_counts=sinks.class_counts(),
+            lines=line_path,
+            line_features=sinks.line_features,
         )
 
     def plan(self, scene_path: str | os.PathLike[str], cfg: PredictConfig) -> RunPlan:
@@ -746,6 +776,7 @@ class StripSinks:
         mask: Path | None,
         timings: dict[str, float],
         vector_style: bool = True,
+        lines: tuple[Path, str | None] | None = None,
     ) -> None:
         self.meta = meta
         self.cfg = cfg
@@ -777,10 +808,25 @@ class StripSinks:
             )
             self.mask.dataset.write_colormap(1, _colormap(meta))
             self.mask.dataset.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(self.names)})
-        if vectors is not None:
+        # Line classes go to the centerliner only (see line_output for where their file is).
+        self._line_ids = np.asarray(meta.line_class_ids, dtype=np.uint8)
+        self.centerliner: StripCenterliner | None = None
+        self.line_writer: VectorWriter | None = None
+        self.line_features = 0
+        if vectors is not None and meta.polygon_class_ids:
             self.vectorizer = PolygonOptions.resolve(cfg, meta).vectorizer(scene, self.names)
             style = vector_qml(self.names[1:], _class_colours(meta)) if vector_style else None
             self.vector_writer = VectorWriter(vectors, style=style)
+        if lines is not None:
+            options = CenterlineOptions(line_width_m=meta.line_width_m or 4.0, simplify=cfg.simplify or 1.0)
+            self.centerliner = StripCenterliner(scene.transform, scene.crs, self.names, meta.line_class_ids, options)
+            colours = {value: colour for value, _, colour in _mask_entries(meta)}
+            style = (
+                line_qml([self.names[i] for i in meta.line_class_ids], [colours[i] for i in meta.line_class_ids], meta.line_width_m)
+                if vector_style
+                else None
+            )
+            self.line_writer = VectorWriter(lines[0], style=style, layer=lines[1], lines=True)
 
     @property
     def writers(self) -> list[StripWriter]:
@@ -800,7 +846,15 @@ class StripSinks:
         t2 = time.perf_counter()
         self.timings["postprocess"] += t1 - t0
         self.timings["write"] += t2 - t1
+        if self.centerliner is not None:
+            t0 = time.perf_counter()
+            self.centerliner.add(strip.row_off, cls, score)
+            self.timings["vectorize"] += time.perf_counter() - t0
+            if self.centerliner.ready >= WRITE_BATCH:
+                self._write_lines()
         if self.vectorizer is not None:
+            if len(self._line_ids):
+                cls = np.where(np.isin(cls, self._line_ids), 0, cls).astype(np.uint8)
             # Band by band, writing finished polygons between bands: what waits for the file
             # stays near one batch, even when a wide strip holds hundreds of thousands.
             step = band_rows(strip.logits.shape[-1])
@@ -830,6 +884,24 @@ class StripSinks:
             self.vector_writer.write(frame)
             self.timings["write"] += time.perf_counter() - t1
 
+    def _write_lines(self, *, final: bool = False) -> None:
+        """Finished centerlines to their file, in batches (all of them with ``final``)."""
+        assert self.centerliner is not None and self.line_writer is not None
+        self.timings["imports"] += import_vector_libraries()
+        while True:
+            t0 = time.perf_counter()
+            frame = self.centerliner.take(WRITE_BATCH, final=final)
+            t1 = time.perf_counter()
+            self.timings["vectorize"] += t1 - t0
+            if frame is None:
+                if final and self.line_writer.features == 0:  # an empty file, with its columns
+                    self.line_writer.write(self.centerliner.finish())
+                return
+            if self.cfg.to_crs:
+                frame = _reproject(frame, self.cfg.to_crs)
+            self.line_writer.write(frame)
+            self.timings["write"] += time.perf_counter() - t1
+
     def close(self, worker: StripWorker) -> None:
         """Finish every output (after the last strip): COG copies on ``worker``'s thread beside
         the vector file, then the QGIS styles."""
@@ -839,6 +911,12 @@ class StripSinks:
             self._write_polygons(final=True)
             t0 = time.perf_counter()
             self.features = self.vector_writer.close()
+            timings["write"] += time.perf_counter() - t0
+        if self.line_writer is not None:
+            self._write_lines(final=True)
+            t0 = time.perf_counter()
+            self.line_features = self.line_writer.close()
+            self.features += self.line_features
             timings["write"] += time.perf_counter() - t0
         for fut in closing:
             fut.result()
@@ -854,6 +932,8 @@ class StripSinks:
             w.abort()
         if self.vector_writer is not None:
             self.vector_writer.abort()
+        if self.line_writer is not None:
+            self.line_writer.abort()
 
     def class_counts(self) -> dict[str, int]:
         """Pixels of each foreground class so far, by name."""

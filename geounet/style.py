@@ -64,6 +64,42 @@ def vector_qml(class_names: Sequence[str], colours: Sequence[str], *, attr: str 
     )
 
 
+def line_qml(class_names: Sequence[str], colours: Sequence[str], width_m: float | None, *, attr: str = "class") -> str:
+    """A categorized line style for centerlines: one solid line per class in its colour, drawn
+    ``width_m`` metres wide on the ground (``RenderMetersInMapUnits``, whatever the CRS), or
+    0.8 mm on screen when the width is unknown."""
+    cats = []
+    syms = []
+    width, unit = (f"{width_m:g}", "RenderMetersInMapUnits") if width_m else ("0.8", "MM")
+    for i, name in enumerate(class_names):
+        r, g, b = _rgb(colours[i] if i < len(colours) else "#ff0000")
+        props = {
+            "line_color": f"{r},{g},{b},255",
+            "line_style": "solid",
+            "line_width": width,
+            "line_width_unit": unit,
+            "capstyle": "round",
+            "joinstyle": "round",
+        }
+        opts = "".join(f'<Option type="QString" name="{k}" value="{v}"/>' for k, v in props.items())
+        legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
+        cats.append(f'<category label={quoteattr(name)} render="true" value={quoteattr(name)} symbol="{i}"/>')
+        syms.append(
+            f'<symbol type="line" alpha="1" name="{i}" force_rhr="0" clip_to_extent="1">'
+            f'<layer enabled="1" class="SimpleLine" locked="0" pass="0">'
+            f'<Option type="Map">{opts}</Option>{legacy}</layer></symbol>'
+        )
+    return (
+        _HEADER
+        + '<qgis version="3.22" styleCategories="Symbology">'
+        + f'<renderer-v2 forceraster="0" type="categorizedSymbol" attr={quoteattr(attr)} symbollevels="0" enableorderby="0">'
+        + "<categories>" + "".join(cats) + "</categories>"
+        + "<symbols>" + "".join(syms) + "</symbols>"
+        + "</renderer-v2><blendMode>0</blendMode><featureBlendMode>0</featureBlendMode>"
+        + "<layerGeometryType>1</layerGeometryType></qgis>\n"
+    )
+
+
 def _pipe(renderer: str) -> str:
     return (
         _HEADER

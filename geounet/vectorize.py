@@ -914,8 +914,9 @@ def write_vectors(
     *,
     layer: str | None = None,
     style: str | None = None,
+    lines: bool = False,
 ) -> None:
-    """Write polygons with the driver chosen by suffix, in the frame's CRS.
+    """Write polygons (``lines``: LineStrings) with the driver chosen by suffix, in the frame's CRS.
 
     GeoJSON keeps the scene's CRS (GDAL writes its ``crs`` member) unless the caller reprojected.
     ``style`` (QGIS QML) becomes the layer's default style: a ``layer_styles`` row in a
@@ -930,7 +931,7 @@ def write_vectors(
         if driver == "Parquet":
             frame.to_parquet(path, index=False)
         else:
-            _write_ogr(frame, path, driver, layer)
+            _write_ogr(frame, path, driver, layer, lines=lines)
         if style is not None:
             if driver == "GPKG":
                 write_gpkg_style(path, layer or path.stem, style)
@@ -951,6 +952,7 @@ def _write_ogr(
     append: bool = False,
     promote: bool | None = None,
     scratch: bool = False,
+    lines: bool = False,
 ) -> None:
     import pyogrio
 
@@ -959,11 +961,13 @@ def _write_ogr(
         kwargs["layer_options"] = {"SPATIAL_INDEX": "NO"}
     if promote is None:
         promote = driver != "GeoJSON"
-    if promote:
+    if lines:  # centerlines are single LineStrings, as network tools want them
+        kwargs["geometry_type"] = "LineString"
+    elif promote:
         kwargs["promote_to_multi"] = True
     elif driver != "GeoJSON":
         kwargs["geometry_type"] = "Unknown"  # Polygon and MultiPolygon in one layer
-    if len(frame) == 0:
+    if len(frame) == 0 and not lines:
         kwargs["geometry_type"] = "MultiPolygon" if promote else "Polygon"
     if driver == "GPKG":
         kwargs["layer"] = layer or path.stem
@@ -997,7 +1001,10 @@ class VectorWriter:
         layer: GeoPackage layer name (default: the file's stem).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, style: str | None = None, layer: str | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, style: str | None = None, layer: str | None = None, lines: bool = False
+    ) -> None:
+        self.lines = lines  # LineStrings (centerlines) rather than polygons
         self.path = Path(path)
         self.driver = vector_driver(path)
         self.style = style
@@ -1024,10 +1031,10 @@ class VectorWriter:
             elif self._scratch is not None:
                 _write_ogr(
                     frame, self._scratch, "GPKG", "batches", append=self.features > 0,
-                    promote=self.driver != "GeoJSON", scratch=True,
+                    promote=self.driver != "GeoJSON", scratch=True, lines=self.lines,
                 )
             else:
-                _write_ogr(frame, self.path, self.driver, self.layer, append=self.features > 0)
+                _write_ogr(frame, self.path, self.driver, self.layer, append=self.features > 0, lines=self.lines)
         except Exception as exc:
             raise _write_error(self.path, exc) from exc
         self.features += len(frame)
@@ -1038,7 +1045,7 @@ class VectorWriter:
             if self.features == 0:
                 self._parquet = None
                 if self._empty is not None:
-                    write_vectors(self._empty, self.path, layer=self.layer, style=self.style)
+                    write_vectors(self._empty, self.path, layer=self.layer, style=self.style, lines=self.lines)
                     return 0
                 raise ValueError("no batch was written, not even an empty one")
             if self.driver == "Parquet":
@@ -1101,7 +1108,7 @@ class VectorWriter:
             self.path,
             driver=self.driver,
             geometry_name=meta["geometry_name"] or "wkb_geometry",
-            geometry_type="MultiPolygon" if self.driver != "GeoJSON" else "Unknown",
+            geometry_type="LineString" if self.lines else "MultiPolygon" if self.driver != "GeoJSON" else "Unknown",
             crs=meta["crs"],
             encoding="UTF-8" if self.driver != "GeoJSON" else None,
         )
@@ -1126,7 +1133,7 @@ class VectorWriter:
 
         from geounet import __version__
 
-        names = {3: "Polygon", 6: "MultiPolygon"}
+        names = {1: "LineString", 3: "Polygon", 6: "MultiPolygon"}
         column: dict[str, Any] = {
             "encoding": "WKB",
             "geometry_types": sorted(names.get(t, "Unknown") for t in self._types),

@@ -140,3 +140,99 @@ def test_only_line_classes_are_traced() -> None:
     m[55:58, :] = 2
     f = centerline_mask(m, T, UTM, ["background", "building", "road"], [2], options=OPT)
     assert set(f["class"]) == {"road"}
+
+
+# -- prediction: where line classes go
+
+
+@pytest.fixture(scope="module")
+def line_scene(tmp_path_factory: pytest.TempPathFactory):
+    """A scene and two untrained models (road only; building + road) with road a line class,
+    and a threshold at which the road-only model's mask has structure (not all or nothing)."""
+    import rasterio
+
+    from geounet.checkpoint import create_model, save_model
+    from geounet.predict import PredictConfig, predict_raster
+
+    d = tmp_path_factory.mktemp("lines")
+    rng = np.random.default_rng(0)
+    img = (rng.random((3, 160, 150)) * 255).astype(np.uint8)
+    img[:, 70:80, :] = 40  # a dark band
+    scene = d / "s.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=150, height=160, count=3, dtype="uint8", crs="EPSG:32633", transform=from_origin(500000, 5000000, 0.5, 0.5)) as dst:
+        dst.write(img)
+    models = {}
+    for name, classes in (("roads", ["road"]), ("both", ["background", "building", "road"])):
+        net, meta = create_model(bands=3, classes=classes, width=4, depth=2, seed=3, tile_size=64)
+        meta.class_geometry = {"road": "line"}
+        meta.line_width_m = 3.0
+        save_model(net, meta, d / f"{name}.safetensors")
+        models[name] = d / f"{name}.safetensors"
+    predict_raster(scene, probabilities=d / "p.tif", model=models["roads"], config=PredictConfig(device="cpu", tile_size=64, overlap=16))
+    with rasterio.open(d / "p.tif") as src:
+        threshold = float(np.quantile(src.read(1), 0.8))
+    return d, scene, models, threshold
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson", ".shp", ".fgb"])
+def test_line_only_model_writes_linestrings_to_the_output(line_scene, suffix: str) -> None:
+    import pyogrio
+
+    from geounet.predict import PredictConfig, predict_raster
+
+    d, scene, models, threshold = line_scene
+    out = d / f"roads{suffix}"
+    r = predict_raster(scene, out, model=models["roads"], config=PredictConfig(device="cpu", tile_size=64, overlap=16, threshold=threshold, overwrite=True))
+    assert r.lines == out and r.vectors == out
+    frame = gpd_read(out)
+    assert len(frame) == r.line_features == r.features > 0
+    assert set(frame.geom_type) == {"LineString"}
+    assert set(frame["class"]) == {"road"} and frame.crs.to_epsg() == 32633
+    assert {"class", "class_id", "score", "length_m"} <= set(frame.columns)
+    assert (frame["length_m"] > 0).all() and frame["score"].between(0, 1).all()
+    if suffix != ".geojson":
+        assert pyogrio.read_info(out, layer="roads")["geometry_type"] == "LineString"
+    if suffix == ".gpkg":
+        import sqlite3
+
+        qml = sqlite3.connect(out).execute("SELECT styleQML FROM layer_styles").fetchone()[0]
+    else:
+        qml = out.with_suffix(".qml").read_text()
+    assert 'class="SimpleLine"' in qml and "RenderMetersInMapUnits" in qml and 'name="line_width" value="3"' in qml
+
+
+def gpd_read(path):
+    import geopandas as gpd
+
+    return gpd.read_file(path, layer=path.stem)
+
+
+def test_polygon_and_line_model_writes_two_layers_or_two_files(line_scene) -> None:
+    import pyogrio
+
+    from geounet.predict import PredictConfig, predict_raster
+
+    d, scene, models, _ = line_scene
+    cfg = PredictConfig(device="cpu", tile_size=64, overlap=16, overwrite=True)
+    r = predict_raster(scene, d / "both.gpkg", model=models["both"], config=cfg)
+    layers = dict(pyogrio.list_layers(d / "both.gpkg").tolist())
+    assert layers["both"] in ("MultiPolygon", "Polygon") and layers["both_lines"] == "LineString"
+    import geopandas as gpd
+
+    assert set(gpd.read_file(d / "both.gpkg", layer="both")["class"]) <= {"building"}
+    lines = gpd.read_file(d / "both.gpkg", layer="both_lines")
+    assert set(lines["class"]) <= {"road"} and len(lines) == r.line_features
+    r = predict_raster(scene, d / "both.geojson", model=models["both"], config=cfg)
+    assert r.lines == d / "both_lines.geojson" and r.lines.exists() and (d / "both_lines.qml").exists()
+    assert set(gpd.read_file(r.lines).geom_type) <= {"LineString"}
+
+
+def test_a_failed_run_leaves_no_line_file(line_scene) -> None:
+    from geounet.errors import GeounetError
+    from geounet.predict import PredictConfig, predict_raster
+
+    d, scene, models, _ = line_scene
+    (d / "bad_lines.shp").write_text("taken")
+    with pytest.raises(GeounetError, match=r"bad_lines\.shp exists"):
+        predict_raster(scene, d / "bad.shp", model=models["both"], config=PredictConfig(device="cpu", tile_size=64, overlap=16))
+    assert [p.name for p in d.glob("*bad*")] == ["bad_lines.shp"]

@@ -55,7 +55,7 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | 
         result = predict_raster(scene, out, model=model_path, probabilities=probabilities, mask=mask, config=config, progress=update)
     finally:
         close()
-    for path in (result.vectors, result.probabilities, result.mask):
+    for path in (result.vectors, result.lines if result.lines != result.vectors else None, result.probabilities, result.mask):
         if path is not None:
             click.echo(str(path))
     counts = ", ".join(f"{n} {k} px" for k, n in result.class_counts.items()) or "no foreground"
@@ -66,7 +66,9 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | 
             err=True,
         )
     click.echo(
-        f"{result.features} polygons from {result.tiles} tiles ({result.tiles_skipped} all-nodata skipped) "
+        f"{result.features - result.line_features} polygons"
+        + (f", {result.line_features} lines" if result.lines is not None else "")
+        + f" from {result.tiles} tiles ({result.tiles_skipped} all-nodata skipped) "
         f"in {result.seconds:.1f} s; {counts}",
         err=True,
     )
