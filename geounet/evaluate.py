@@ -25,12 +25,13 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
+from geounet.centerline import CenterlineOptions, StripCenterliner
 from geounet.errors import GeounetError, LabelsError
 from geounet.labels import LabelSpec, read_labels
 from geounet.predict import PolygonOptions, PredictConfig, Predictor, Progress
 from geounet.raster import gdal_path, open_scene
 from geounet.train import scores_from_confusion
-from geounet.vectorize import MASK_NODATA, StripVectorizer, VECTOR_FORMATS
+from geounet.vectorize import MASK_NODATA, VECTOR_FORMATS, StripVectorizer
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,40 @@ def match_objects(
     }
 
 
+def match_lines(
+    predicted: Sequence[shapely.Geometry], truth: Sequence[shapely.Geometry], *, buffer: float
+) -> dict[str, float]:
+    """Road-extraction measures of Wiedemann et al. (1998) within ``buffer`` (CRS units).
+
+    ``completeness``: share of the true length within ``buffer`` of a predicted line;
+    ``correctness``: share of the predicted length within ``buffer`` of a true line;
+    ``quality``: matched predicted length / (predicted length + unmatched true length).
+    Lengths are in CRS units; ``length_true``/``length_pred`` are reported too.
+    """
+    pred = shapely.union_all(np.asarray([g for g in predicted if g is not None and not g.is_empty], dtype=object))
+    true = shapely.union_all(np.asarray([g for g in truth if g is not None and not g.is_empty], dtype=object))
+    lp, lt = float(pred.length), float(true.length)
+    matched_true = float(shapely.intersection(true, shapely.buffer(pred, buffer)).length) if lp and lt else 0.0
+    matched_pred = float(shapely.intersection(pred, shapely.buffer(true, buffer)).length) if lp and lt else 0.0
+    denom = lp + lt - matched_true
+    return {
+        "completeness": matched_true / lt if lt else float("nan"),
+        "correctness": matched_pred / lp if lp else float("nan"),
+        "quality": matched_pred / denom if denom else float("nan"),
+        "length_true": lt,
+        "length_pred": lp,
+        "buffer": buffer,
+    }
+
+
+def _metric_frame(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The frame in metres: its own CRS when projected in metres, else its UTM zone."""
+    crs = frame.crs
+    if crs is not None and crs.is_projected and crs.axis_info and crs.axis_info[0].unit_conversion_factor == 1.0:
+        return frame
+    return frame.to_crs(frame.estimate_utm_crs())
+
+
 def evaluate(
     scene: str | os.PathLike[str],
     labels: str | os.PathLike[str],
@@ -94,6 +129,7 @@ def evaluate(
     spec: LabelSpec | None = None,
     config: PredictConfig | None = None,
     iou_threshold: float = 0.5,
+    line_buffer_m: float | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Metrics of a model or of a prediction (mask GeoTIFF or vector file) against labels.
@@ -107,10 +143,14 @@ def evaluate(
         spec: How to read the labels (class field, class names, line width, point radius).
         config: Prediction options when ``model`` is given.
         iou_threshold: Object-matching IoU threshold.
+        line_buffer_m: Buffer in metres of the line measures (:func:`match_lines`) of the line
+            classes (the model's, or those labelled with lines only); None: half the model's line
+            width (or the spec's).
         progress: Tile progress when running a model.
 
     Returns:
-        ``{"scene", "labels", "classes", "pixel": {class: {...}}, "object": {class: {...}}}``.
+        ``{"scene", "labels", "classes", "pixel": {class: {...}}, "object": {class: {...}},
+        "line": {class: {...}}}`` (``line`` empty without line classes).
 
     Raises:
         GeounetError: Bad inputs, or class names of the model and the labels that do not match.
@@ -126,12 +166,19 @@ def evaluate(
         )
     names = ["background", *lab.class_names]
     polygons = PolygonOptions.resolve(config, None)
+    line_names = [n for n, k in lab.class_geometry().items() if k == "line"]
+    line_width = (spec or LabelSpec()).line_width_m
     with tempfile.TemporaryDirectory(prefix="geounet-eval-") as tmp:
         vector_pred = None
         if model is not None:
             cfg = config or PredictConfig()
             predictor = Predictor(model, device=cfg.device, precision=cfg.precision)
             polygons = PolygonOptions.resolve(config, predictor.meta)
+            meta = predictor.meta
+            line_names = [n for n in meta.mask_classes[1:] if meta.geometry_of(n) == "line" and n in names]
+            if lab.binary and meta.binary and meta.line_class_ids:
+                line_names = list(names[1:])
+            line_width = meta.line_width_m or line_width
             mapping = _class_mapping(predictor.meta.mask_classes, names, lab.binary)
             mask_path = Path(tmp) / "mask.tif"
             predictor.run(scene, mask=mask_path, config=config, progress=progress)
@@ -149,8 +196,13 @@ def evaluate(
             else:
                 mask_path = pred
                 mapping = _class_mapping(_mask_class_names(pred) or names, names, lab.binary)
-        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, polygons.vectorizer(src_scene, names))
+        line_ids = [names.index(n) for n in line_names]
+        cl = StripCenterliner(
+            src_scene.transform, src_scene.crs, names, line_ids, CenterlineOptions(line_width_m=line_width)
+        ) if line_ids and vector_pred is None else None
+        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, polygons.vectorizer(src_scene, names), cl)
         pred_frame = vector_pred if vector_pred is not None else vec.finish()
+        line_frame = cl.finish() if cl is not None else vector_pred
     pixel = scores_from_confusion(cm, names)
     for k, name in enumerate(names):
         pixel[name].update(
@@ -164,6 +216,19 @@ def evaluate(
             continue
         pred_cls = pred_frame[pred_frame["class_id"] == k]
         objects[name] = match_objects(list(pred_cls.geometry), list(truth_geoms[sel]), iou_threshold=iou_threshold)
+    lines: dict[str, dict[str, float]] = {}
+    if line_names and line_frame is not None:
+        true_geoms, true_ids = lab.line_parts(src_scene.crs)
+        buffer = line_buffer_m if line_buffer_m is not None else line_width / 2
+        for name in line_names:
+            k = names.index(name)
+            pred = line_frame[(line_frame["class_id"] == k) & line_frame.geom_type.isin(["LineString", "MultiLineString"])]
+            true = gpd.GeoDataFrame(geometry=gpd.GeoSeries(true_geoms[true_ids == k], crs=src_scene.crs))
+            # Truth is clipped to the scene's footprint (labels may run beyond it).
+            true = true.clip(shapely.box(*src_scene.bounds))
+            metric_true = _metric_frame(true)
+            metric_pred = pred.to_crs(metric_true.crs) if len(pred) else pred
+            lines[name] = match_lines(list(metric_pred.geometry), list(metric_true.geometry), buffer=buffer)
     return {
         "scene": str(scene),
         "labels": str(labels),
@@ -172,6 +237,7 @@ def evaluate(
         "classes": names,
         "pixel": {k: _clean(v) for k, v in pixel.items()},
         "object": {k: _clean(v) for k, v in objects.items()},
+        "line": {k: _clean(v) for k, v in lines.items()},
     }
 
 
@@ -241,6 +307,7 @@ def _pixel_confusion(
     scene: Any,
     mapping: npt.NDArray[np.int64],
     vec: StripVectorizer,
+    centerliner: StripCenterliner | None = None,
 ) -> tuple[npt.NDArray[np.int64], StripVectorizer]:
     n_classes = len(vec.class_names)
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
@@ -262,4 +329,6 @@ def _pixel_confusion(
             idx = truth[valid].astype(np.int64) * n_classes + np.minimum(pred[valid], n_classes - 1)
             cm += np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
             vec.add(r0, np.where(valid, pred, MASK_NODATA).astype(np.uint8), None)
+            if centerliner is not None:
+                centerliner.add(r0, np.where(valid, pred, 0).astype(np.uint8), None)
     return cm, vec

@@ -348,6 +348,15 @@ class Labels:
             part_dim=part_dim,
         )
 
+    def line_parts(self, crs: CRSInput) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
+        """The line parts of the features (not buffered) in ``crs``, and the class id of each."""
+        proj = self._project(_as_crs(crs))
+        src = proj.index
+        is_line = self._part_dim[src] == 1
+        cls = self._feature_class[self._part_feature[src]]
+        keep = is_line & (cls > 0)
+        return np.asarray(proj.parts)[keep], cls[keep].astype(np.int64)
+
     def class_geometry(self) -> dict[str, str]:
         """``line`` for each class whose features are all lines, else ``polygon``, by name
         (points and mixed classes are polygons: they are buffered to areas)."""

@@ -236,3 +236,29 @@ def test_a_failed_run_leaves_no_line_file(line_scene) -> None:
     with pytest.raises(GeounetError, match=r"bad_lines\.shp exists"):
         predict_raster(scene, d / "bad.shp", model=models["both"], config=PredictConfig(device="cpu", tile_size=64, overlap=16))
     assert [p.name for p in d.glob("*bad*")] == ["bad_lines.shp"]
+
+
+def test_evaluate_reports_line_measures_of_a_mask(tmp_path) -> None:
+    import geopandas as gpd
+    import rasterio
+
+    from geounet.evaluate import evaluate
+    from geounet.labels import LabelSpec
+
+    t = from_origin(500000, 5000000, 0.5, 0.5)
+    lines = [shapely.LineString([(500005, 4999950), (500095, 4999950)]), shapely.LineString([(500050, 4999995), (500050, 4999905)])]
+    gpd.GeoDataFrame({"kind": ["road", "road"]}, geometry=lines, crs="EPSG:32633").to_file(tmp_path / "roads.geojson")
+    px = rasterize([(g.buffer(2.0), 1) for g in lines], out_shape=(200, 200), transform=t).astype(np.uint8)
+    px[:, 150:] = 0  # a stretch the prediction misses
+    prof = {"driver": "GTiff", "width": 200, "height": 200, "count": 1, "dtype": "uint8", "crs": "EPSG:32633", "transform": t}
+    with rasterio.open(tmp_path / "scene.tif", "w", **{**prof, "count": 1}) as dst:
+        dst.write(np.full((1, 200, 200), 100, np.uint8))
+    with rasterio.open(tmp_path / "mask.tif", "w", **prof) as dst:
+        dst.write(px[None])
+    report = evaluate(tmp_path / "scene.tif", tmp_path / "roads.geojson", prediction=tmp_path / "mask.tif", spec=LabelSpec(line_width_m=4.0), line_buffer_m=2.0)
+    m = report["line"]["foreground"]
+    assert m["correctness"] > 0.97
+    # 20 of the 180 m missed (the horizontal road beyond x = 75 m); thinning shortens free ends
+    assert 0.8 < m["completeness"] < 160 / 180 + 0.005
+    assert m["quality"] < m["completeness"]
+    assert m["length_true"] == pytest.approx(180, abs=1)

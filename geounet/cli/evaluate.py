@@ -20,13 +20,14 @@ from geounet.cli.options import device_opt, tile_progress, tta_opt
 @click.option("--line-width", "line_width_m", type=float, default=4.0, show_default=True, help="Buffer label lines to this width (metres).")
 @click.option("--point-radius", "point_radius_m", type=float, default=2.0, show_default=True, help="Buffer label points (metres).")
 @click.option("--iou-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Object match IoU.")
+@click.option("--line-buffer", "line_buffer_m", type=click.FloatRange(min=0, min_open=True), help="Line classes: completeness/correctness/quality of centerlines within this many metres [default: half the model's line width].")
 @click.option("--tile-size", type=click.IntRange(min=1), help="Tile size when running a model.")
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap when running a model.")
 @device_opt
 @tta_opt
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
 @click.pass_context
-def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | None, prediction: Path | None, class_field: str | None, classes: str | None, line_width_m: float, point_radius_m: float, iou_threshold: float, tile_size: int | None, overlap: int | None, device: str, tta: bool, json_path: Path | None) -> None:
+def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | None, prediction: Path | None, class_field: str | None, classes: str | None, line_width_m: float, point_radius_m: float, iou_threshold: float, line_buffer_m: float | None, tile_size: int | None, overlap: int | None, device: str, tta: bool, json_path: Path | None) -> None:
     """Pixel and object metrics of a model (or a prediction) against vector labels.
 
     \b
@@ -44,7 +45,7 @@ def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | Non
     with AtomicOutputs() as outputs:
         tmp_json = outputs.reserve(json_path, overwrite=True) if json_path else None
         try:
-            report = run_evaluate(scene, labels, model=model_path, prediction=prediction, spec=spec, config=PredictConfig(tile_size=tile_size, overlap=overlap, device=device, tta=tta), iou_threshold=iou_threshold, progress=update)  # type: ignore[arg-type]
+            report = run_evaluate(scene, labels, model=model_path, prediction=prediction, spec=spec, config=PredictConfig(tile_size=tile_size, overlap=overlap, device=device, tta=tta), iou_threshold=iou_threshold, line_buffer_m=line_buffer_m, progress=update)  # type: ignore[arg-type]
         finally:
             close()
         if tmp_json is not None:
@@ -65,6 +66,12 @@ def format_report(report: dict) -> str:  # type: ignore[type-arg]
             else f"{'-':>7}{'-':>7}{'-':>7}  -"
         )
         lines.append(f"{name:<16}{_f(px['iou']):>8}{_f(px['f1']):>8}{_f(px['precision']):>8}{_f(px['recall']):>8}   {o}")
+    if report.get("line"):
+        lines.append(f"{'centerlines':<16}{'complete':>9}{'correct':>9}{'quality':>9}  within")
+        for name, ln in report["line"].items():
+            lines.append(
+                f"{name:<16}{_f(ln['completeness']):>9}{_f(ln['correctness']):>9}{_f(ln['quality']):>9}  {ln['buffer']:g} m"
+            )
     return "\n".join(lines)
 
 
