@@ -4,6 +4,7 @@ Run by hand from the repository root (not in CI); figures in ``benchmarks/README
 
     python benchmarks/streaming.py --scaling                  # peak RSS, 1024 vs 8192 rows, every format
     python benchmarks/streaming.py --wide --model M.safetensors # 100,000 x 2,048: RSS, time, SIGTERM
+    python benchmarks/streaming.py --speckle                  # the vectorizer alone on speckle
 
 Scenes are uniform RGB noise, 2048 px wide (``--scaling``) or 100,000 px wide and 2,048 rows
 (``--wide``), cached in ``--work-dir``. The stress model is an untrained U-Net (``geounet model
@@ -14,6 +15,12 @@ a child process whose peak RSS comes from ``os.wait4``. To measure an older chec
 first on ``PYTHONPATH``. ``--wide`` then runs it again and sends
 SIGTERM at 90% of the first run's time (in the vectorizing and writing), and reports how long
 the process took to exit and whether anything was left behind.
+
+``--speckle`` times the strip vectorizer alone (no network, no file): a random mask 100,000 px
+wide and 80 rows, 29 % foreground in single pixels and small clusters (about what the stress
+model makes of noise: 0.13 polygons per pixel), fed to ``StripVectorizer`` in strips of 40 rows
+and taken in batches of 10,000 as ``geounet predict`` does, in a child process: polygons,
+seconds and peak RSS. Put an older checkout first on ``PYTHONPATH`` to compare.
 """
 
 from __future__ import annotations
@@ -116,7 +123,16 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=100_000, help="--wide: scene width")
     ap.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "geounet-streaming")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--speckle", action="store_true", help="the strip vectorizer alone on a speckle mask")
+    ap.add_argument("--speckle-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.speckle_child:
+        speckle_child()
+        return
+    if args.speckle:
+        child = subprocess.Popen([sys.executable, __file__, "--speckle-child"], stdout=subprocess.PIPE, cwd="/")
+        out = child.communicate()[0].decode()
+        print(out.strip(), flush=True)
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.model = [m.resolve() for m in args.model] if args.model else None
@@ -150,6 +166,34 @@ def main() -> None:
                 results[f"wide_{model.stem}"]["sigterm"] = term
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+
+
+def speckle_child(width: int = 100_000, rows: int = 80, strip: int = 40, density: float = 0.29) -> None:
+    """Vectorize a speckle mask strip by strip, as predict does; print the figures."""
+    import resource
+
+    import numpy as np
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from geounet.vectorize import StripVectorizer
+
+    rng = np.random.default_rng(0)
+    mask = (rng.random((rows, width)) < density).astype(np.uint8)
+    score = np.full(mask.shape, 0.7, np.float32)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    vec = StripVectorizer(from_origin(500000, 5000000, 0.5, 0.5), CRS.from_epsg(32633), ["background", "speckle"])
+    t0 = time.perf_counter()
+    n = 0
+    for r0 in range(0, rows, strip):
+        vec.add(r0, mask[r0 : r0 + strip], score[r0 : r0 + strip])
+        while vec.ready >= 10_000:
+            n += len(vec.take(10_000))
+    last = vec.take(final=True)
+    n += 0 if last is None else len(last)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"speckle {width} x {rows}, strips of {strip}: {n} polygons in {time.perf_counter() - t0:.1f} s, "
+          f"peak RSS {peak:.0f} MB ({peak - base:.0f} MB over the {base:.0f} MB before vectorizing)")
 
 
 if __name__ == "__main__":
