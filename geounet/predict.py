@@ -837,7 +837,10 @@ class StripSinks:
         """Post-process one strip and hand it to every output."""
         t0 = time.perf_counter()
         cls, score, probs = _postprocess(strip, self.meta, self.cfg.threshold)
-        self.counts += np.bincount(cls.ravel(), minlength=256)[:256]
+        # Band by band: bincount widens uint8 to int64, 8 bytes a pixel of a wide strip at once.
+        step = band_rows(cls.shape[1])
+        for r0 in range(0, cls.shape[0], step):
+            self.counts += np.bincount(cls[r0 : r0 + step].ravel(), minlength=256)[:256]
         t1 = time.perf_counter()
         if self.probabilities is not None:
             self.probabilities.write(strip.row_off, _prob_array(probs, strip.valid, self.cfg.prob_dtype))
