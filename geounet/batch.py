@@ -47,7 +47,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from geounet.checkpoint import file_hash, load_model, read_meta
+from geounet.checkpoint import file_hash, is_onnx, load_model, read_meta
+from geounet.export import load_onnx
 from geounet.errors import GeounetError, OutputError, OutputExistsError
 from geounet.predict import PredictConfig, Predictor
 from geounet.raster import expand_rasters, is_remote
@@ -761,7 +762,10 @@ def run_batch(
         if todo:
             # Model errors (bad weights, no CUDA) stop the batch here, not once per scene.
             if workers or scheduler:
-                load_model(model_path)
+                if is_onnx(model_path):
+                    load_onnx(model_path)
+                else:
+                    load_model(model_path)
 
                 def started() -> None:
                     manifest.started = True

@@ -408,6 +408,13 @@ def test_local_worker_processes_give_the_same_outputs(tmp_path: Path, model_file
     many = run_batch([glob], tmp_path / "many", model=model_file, mask=True, workers=2)
     assert len(many.done) == 3 and not many.failed
     assert {r.worker for r in many.done}.isdisjoint({r.worker for r in one.done})
+    pytest.importorskip("onnxruntime")
+    from geounet.export import export_onnx
+
+    onnx_model = export_onnx(model_file, tmp_path / "roofs.onnx")  # workers run it through onnxruntime
+    many = run_batch([glob], tmp_path / "onnx", model=onnx_model, mask=True, workers=2)
+    assert len(many.done) == 3 and not many.failed
+    assert sorted(r.features for r in many.done) == sorted(r.features for r in one.done)
     a = {r.input: r for r in one.done}
     for rec in many.done:
         assert rec.features == a[rec.input].features
