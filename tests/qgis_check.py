@@ -2,8 +2,10 @@
 
     QT_QPA_PLATFORM=offscreen /usr/bin/python3 tests/qgis_check.py SPEC.json RESULT.json
 
-SPEC: {"scene": path, "rasters": [paths], "vectors": [paths], "png": optional path, "size": [w, h]}.
-RESULT: per layer {valid, crs, features, extent, renderer, categories/classes}, the scene's CRS and
+SPEC: {"scene": path, "rasters": [paths], "vectors": [paths or path|layername=NAME], "png": optional
+path, "size": [w, h]}.
+RESULT: per layer {valid, crs, features, extent, renderer, geometry (0 point, 1 line, 2 polygon), wkb,
+categories/classes, line_widths ([width, unit] of line symbols)}, the scene's CRS and
 extent, and the PNG path if one was rendered (scene + mask + polygons, as an analyst would see it).
 It installs nothing and asserts nothing: the pytest side does.
 """
@@ -21,7 +23,9 @@ from qgis.core import (  # noqa: E402
     QgsMapRendererParallelJob,
     QgsMapSettings,
     QgsRasterLayer,
+    QgsUnitTypes,
     QgsVectorLayer,
+    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QSize  # noqa: E402
 from qgis.PyQt.QtGui import QColor  # noqa: E402
@@ -47,18 +51,26 @@ def describe_raster(path: str) -> dict[str, object]:
 
 
 def describe_vector(path: str) -> tuple[dict[str, object], object]:
+    """A vector file (``path|layername=NAME`` for one GeoPackage layer) as QGIS opens it."""
     layer = QgsVectorLayer(path, os.path.basename(path), "ogr")
     out: dict[str, object] = {"path": path, "valid": layer.isValid()}
     if layer.isValid():
         r = layer.renderer()
         out.update(
             crs=layer.crs().authid(), extent=extent(layer), features=layer.featureCount(),
-            renderer=r.type(), geometry=layer.geometryType(),
+            renderer=r.type(), geometry=int(layer.geometryType()),
+            wkb=QgsWkbTypes.displayString(layer.wkbType()),
             fields=[f.name() for f in layer.fields()],
         )
         if r.type() == "categorizedSymbol":
             out["attr"] = r.classAttribute()
             out["categories"] = [[c.value(), c.symbol().color().name()] for c in r.categories()]
+            # Line symbols: [width, unit] of each category's (first) symbol layer.
+            out["line_widths"] = [
+                [c.symbol().symbolLayer(0).width(), QgsUnitTypes.encodeUnit(c.symbol().symbolLayer(0).widthUnit())]
+                for c in r.categories()
+                if c.symbol().type() == 1  # QgsSymbol.Line
+            ]
     return out, layer
 
 

@@ -109,3 +109,57 @@ def test_outputs_open_in_qgis_with_style_crs_and_extent(tmp_path: Path, crs: str
         frame = gpd.read_file(v["path"], layer="pred") if name.endswith(".gpkg") else gpd.read_file(v["path"])
         assert frame.crs.to_string() == crs
     assert Path(result["png"]).stat().st_size > 10_000
+
+
+def road_grid(path: Path) -> None:
+    """Bright crossing roads (4 m) on dark noisy ground, 0.5 m pixels, EPSG:32633."""
+    import numpy as np
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(3)
+    img = (40 + rng.normal(0, 5, (3, 256, 240))).astype(np.float32)
+    img[:, 100:108, :] = 200
+    img[:, :, 60:68] = 200
+    img[:, :, 170:178] = 200
+    with rasterio.open(path, "w", driver="GTiff", width=240, height=256, count=3, dtype="uint8", crs="EPSG:32633", transform=from_origin(500000, 5000000, 0.5, 0.5)) as dst:
+        dst.write(np.clip(img, 1, 255).astype("uint8"))
+
+
+@pytest.mark.parametrize("to_crs", [None, "EPSG:4326"])
+def test_centerlines_open_in_qgis_as_styled_line_layers(tmp_path: Path, to_crs: str | None) -> None:
+    road_grid(tmp_path / "scene.tif")
+    net = threshold_unet(3, band=0)
+    meta = meta_for(net, classes=["road"], tile_size=128, overlap=32)
+    meta.class_geometry, meta.line_width_m, meta.colours = {"road": "line"}, 4.0, ["#ff7f00"]
+    suffixes = [".gpkg", ".geojson", ".shp"]
+    counts = {}
+    for suffix in suffixes:
+        r = predict_raster(tmp_path / "scene.tif", tmp_path / f"roads{suffix}", model=(net, meta), config=PredictConfig(device="cpu", to_crs=to_crs))
+        assert r.lines == tmp_path / f"roads{suffix}"
+        counts[suffix] = r.line_features
+    # A horizontal road crossed by two vertical ones: seven edges between junctions and ends.
+    assert set(counts.values()) == {7}
+    spec = {
+        "scene": str(tmp_path / "scene.tif"),
+        "vectors": [f"{tmp_path / 'roads.gpkg'}|layername=roads", str(tmp_path / "roads.geojson"), str(tmp_path / "roads.shp")],
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, str(Path(__file__).with_name("qgis_check.py")), str(tmp_path / "spec.json"), str(tmp_path / "result.json")],
+        check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    crs = to_crs or "EPSG:32633"
+    frame = gpd.read_file(tmp_path / "roads.geojson")
+    for v, suffix in zip(result["vectors"], suffixes, strict=True):
+        assert v["valid"], v["path"]
+        # QGIS reads every shapefile line layer as MultiLineString (the format cannot tell them apart).
+        assert v["geometry"] == 1 and v["wkb"] == ("MultiLineString" if suffix == ".shp" else "LineString"), (v["path"], v["wkb"])
+        assert v["crs"] == crs and v["features"] == counts[suffix], v["path"]
+        assert v["extent"] == pytest.approx(list(frame.total_bounds), abs=1e-6 if to_crs else 1e-2), v["path"]
+        assert {"class", "class_id", "score"} <= set(v["fields"]), v["path"]
+        assert v["renderer"] == "categorizedSymbol" and v["attr"] == "class", v["path"]
+        assert v["categories"] == [["road", "#ff7f00"]], v["path"]
+        # Drawn as wide as the model was trained on, in metres on the ground whatever the CRS.
+        assert v["line_widths"] == [[4.0, "RenderMetersInMapUnits"]], v["path"]
