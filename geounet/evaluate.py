@@ -120,6 +120,29 @@ def _metric_frame(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return frame.to_crs(frame.estimate_utm_crs())
 
 
+def _read_prediction(path: Path, crs: Any) -> gpd.GeoDataFrame:
+    """A vector prediction in ``crs``: every feature layer of a GeoPackage (polygons and the
+    ``<stem>_lines`` centerlines of a model with both kinds), with the ``<stem>_lines`` file that
+    ``geounet predict`` writes beside other formats."""
+    import pandas as pd
+    import pyogrio
+
+    def read(p: Path) -> list[gpd.GeoDataFrame]:
+        if p.suffix.lower() == ".parquet":
+            return [gpd.read_parquet(p)]
+        layers = [str(name) for name, _ in pyogrio.list_layers(p) if name != "layer_styles"]
+        return [gpd.read_file(p, layer=layer) for layer in layers] or [gpd.read_file(p)]
+
+    frames = read(path)
+    beside = path.with_name(f"{path.stem}_lines{path.suffix}")
+    if path.suffix.lower() != ".gpkg" and beside.exists():
+        frames += read(beside)
+    frames = [f.to_crs(crs) if f.crs is not None else f.set_crs(crs) for f in frames]
+    if len(frames) == 1:
+        return frames[0]
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs)
+
+
 def evaluate(
     scene: str | os.PathLike[str],
     labels: str | os.PathLike[str],
@@ -187,8 +210,7 @@ def evaluate(
             if not pred.exists():
                 raise GeounetError(f"{pred}: prediction not found; pass a mask GeoTIFF or a vector file")
             if pred.suffix.lower() in VECTOR_FORMATS:
-                frame = gpd.read_parquet(pred) if pred.suffix.lower() == ".parquet" else gpd.read_file(pred)
-                vector_pred = frame.to_crs(src_scene.crs)
+                vector_pred = _read_prediction(pred, src_scene.crs)
                 vector_pred["class_id"] = _vector_class_ids(vector_pred, names, lab.binary)
                 mask_path = Path(tmp) / "mask.tif"
                 _rasterize_vectors(vector_pred, src_scene, mask_path)

@@ -316,3 +316,31 @@ def test_training_on_line_labels_records_a_line_class_and_predict_writes_centerl
     near = shapely.union_all(truth).buffer(4)
     on_road = frame.geometry.intersection(near).length.sum() / frame.length.sum()
     assert on_road > 0.9 and len(frame) <= 8  # two crossing roads: four edges from their junction
+
+
+def test_evaluate_reads_both_layers_of_a_polygon_and_line_prediction(tmp_path) -> None:
+    """A GeoPackage from a model with both kinds: polygons in one layer, centerlines in
+    ``<stem>_lines``; a GeoJSON: the lines in ``<stem>_lines.geojson`` beside it."""
+    import geopandas as gpd
+    import rasterio
+
+    from geounet.evaluate import evaluate
+    from geounet.labels import LabelSpec
+
+    t = from_origin(500000, 5000000, 0.5, 0.5)
+    road = shapely.LineString([(500005, 4999950), (500095, 4999950)])
+    house = shapely.box(500020, 4999970, 500040, 4999990)
+    gpd.GeoDataFrame({"kind": ["road", "building"]}, geometry=[road, house], crs="EPSG:32633").to_file(tmp_path / "truth.gpkg")
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", width=200, height=200, count=1, dtype="uint8", crs="EPSG:32633", transform=t) as dst:
+        dst.write(np.full((1, 200, 200), 100, np.uint8))
+    polys = gpd.GeoDataFrame({"class": ["building"]}, geometry=[house], crs="EPSG:32633")
+    lines = gpd.GeoDataFrame({"class": ["road"]}, geometry=[road], crs="EPSG:32633").to_crs("EPSG:4326")
+    polys.to_file(tmp_path / "p.gpkg", layer="p")
+    lines.to_file(tmp_path / "p.gpkg", layer="p_lines")
+    polys.to_file(tmp_path / "p.geojson")
+    lines.to_file(tmp_path / "p_lines.geojson")
+    spec = LabelSpec(class_field="kind", line_width_m=4.0)
+    for pred in ("p.gpkg", "p.geojson"):
+        report = evaluate(tmp_path / "scene.tif", tmp_path / "truth.gpkg", prediction=tmp_path / pred, spec=spec, line_buffer_m=2.0)
+        assert report["object"]["building"]["f1"] == 1.0, pred
+        assert report["line"]["road"]["completeness"] > 0.99 and report["line"]["road"]["correctness"] > 0.99, pred
