@@ -32,7 +32,7 @@ from geounet.checkpoint import ModelMeta, is_onnx, load_model, resolve_model
 from geounet.cog import StripWriter
 from geounet.errors import BandMismatchError, GeounetError, OutputError
 from geounet.export import OnnxNet, load_onnx
-from geounet.model import UNet, cpu_supports_bf16, fuse_batchnorm
+from geounet.model import UNet, autocast_dtype, fuse_batchnorm
 from geounet.raster import (
     AtomicOutputs,
     ReadAhead,
@@ -84,18 +84,22 @@ CPU_AUTO_PRECISION: Precision = "bf16"
 
 
 def inference_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype of the network for ``precision`` on ``device`` (None: float32).
+    """The autocast dtype of the network for ``precision`` on ``device`` (None: float32):
+    :func:`geounet.model.autocast_dtype`, with ``auto`` on the CPU as :data:`CPU_AUTO_PRECISION`
+    says.
 
     Raises:
         GeounetError: An unknown precision.
     """
-    if precision not in ("auto", "fp32", "bf16"):
-        raise GeounetError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
-    if precision == "fp32":
+    try:
+        dtype = autocast_dtype(device, precision)
+    except ValueError as exc:
+        raise GeounetError(str(exc)) from None
+    if precision == "auto" and device.type == "cpu" and CPU_AUTO_PRECISION == "fp32":
         return None
-    if precision == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    return torch.bfloat16 if CPU_AUTO_PRECISION == "bf16" and cpu_supports_bf16() else None
+    return dtype
+
+
 #: Finished strips that may wait for the strip worker before the model waits for it.
 STRIPS_IN_FLIGHT = 2
 #: Keys of ``PredictResult.timings``. On the main thread (they add up to the run, with opening
@@ -872,37 +876,29 @@ class StripSinks:
         """Finished polygons to the vector file, in batches of :data:`WRITE_BATCH` (all of them
         with ``final``, after the last strip)."""
         assert self.vectorizer is not None and self.vector_writer is not None
-        self.timings["imports"] += import_vector_libraries()
-        while True:
-            t0 = time.perf_counter()
-            frame = self.vectorizer.take(WRITE_BATCH, final=final)
-            t1 = time.perf_counter()
-            self.timings["vectorize"] += t1 - t0
-            if frame is None:
-                if final and self.vector_writer.features == 0:  # an empty file, with its columns
-                    self.vector_writer.write(self.vectorizer.finish())
-                return
-            if self.cfg.to_crs:
-                frame = _reproject(frame, self.cfg.to_crs)
-            self.vector_writer.write(frame)
-            self.timings["write"] += time.perf_counter() - t1
+        self._drain(self.vectorizer, self.vector_writer, final=final)
 
     def _write_lines(self, *, final: bool = False) -> None:
         """Finished centerlines to their file, in batches (all of them with ``final``)."""
         assert self.centerliner is not None and self.line_writer is not None
+        self._drain(self.centerliner, self.line_writer, final=final)
+
+    def _drain(self, source: StripVectorizer | StripCenterliner, writer: VectorWriter, *, final: bool) -> None:
+        """What ``source`` has finished to ``writer``, a batch at a time (``--to-crs`` applied);
+        with ``final``, everything, and an empty file with its columns if nothing came."""
         self.timings["imports"] += import_vector_libraries()
         while True:
             t0 = time.perf_counter()
-            frame = self.centerliner.take(WRITE_BATCH, final=final)
+            frame = source.take(WRITE_BATCH, final=final)
             t1 = time.perf_counter()
             self.timings["vectorize"] += t1 - t0
             if frame is None:
-                if final and self.line_writer.features == 0:  # an empty file, with its columns
-                    self.line_writer.write(self.centerliner.finish())
+                if final and writer.features == 0:
+                    writer.write(source.finish())
                 return
             if self.cfg.to_crs:
                 frame = _reproject(frame, self.cfg.to_crs)
-            self.line_writer.write(frame)
+            writer.write(frame)
             self.timings["write"] += time.perf_counter() - t1
 
     def close(self, worker: StripWorker) -> None:

@@ -53,15 +53,7 @@ def vector_qml(class_names: Sequence[str], colours: Sequence[str], *, attr: str 
             f'<layer enabled="1" class="SimpleFill" locked="0" pass="0">'
             f'<Option type="Map">{opts}</Option>{legacy}</layer></symbol>'
         )
-    return (
-        _HEADER
-        + '<qgis version="3.22" styleCategories="Symbology">'
-        + f'<renderer-v2 forceraster="0" type="categorizedSymbol" attr={quoteattr(attr)} symbollevels="0" enableorderby="0">'
-        + "<categories>" + "".join(cats) + "</categories>"
-        + "<symbols>" + "".join(syms) + "</symbols>"
-        + "</renderer-v2><blendMode>0</blendMode><featureBlendMode>0</featureBlendMode>"
-        + "<layerGeometryType>2</layerGeometryType></qgis>\n"
-    )
+    return _categorized(cats, syms, attr, geometry_type=2)
 
 
 def line_qml(class_names: Sequence[str], colours: Sequence[str], width_m: float | None, *, attr: str = "class") -> str:
@@ -89,15 +81,7 @@ def line_qml(class_names: Sequence[str], colours: Sequence[str], width_m: float 
             f'<layer enabled="1" class="SimpleLine" locked="0" pass="0">'
             f'<Option type="Map">{opts}</Option>{legacy}</layer></symbol>'
         )
-    return (
-        _HEADER
-        + '<qgis version="3.22" styleCategories="Symbology">'
-        + f'<renderer-v2 forceraster="0" type="categorizedSymbol" attr={quoteattr(attr)} symbollevels="0" enableorderby="0">'
-        + "<categories>" + "".join(cats) + "</categories>"
-        + "<symbols>" + "".join(syms) + "</symbols>"
-        + "</renderer-v2><blendMode>0</blendMode><featureBlendMode>0</featureBlendMode>"
-        + "<layerGeometryType>1</layerGeometryType></qgis>\n"
-    )
+    return _categorized(cats, syms, attr, geometry_type=1)
 
 
 def _pipe(renderer: str) -> str:
@@ -189,3 +173,17 @@ def write_category_names(path: str | os.PathLike[str], names: Sequence[str]) -> 
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _categorized(cats: list[str], syms: list[str], attr: str, *, geometry_type: int) -> str:
+    """A QML document with a categorized renderer on ``attr`` (QGIS geometry type: 1 line,
+    2 polygon)."""
+    return (
+        _HEADER
+        + '<qgis version="3.22" styleCategories="Symbology">'
+        + f'<renderer-v2 forceraster="0" type="categorizedSymbol" attr={quoteattr(attr)} symbollevels="0" enableorderby="0">'
+        + "<categories>" + "".join(cats) + "</categories>"
+        + "<symbols>" + "".join(syms) + "</symbols>"
+        + "</renderer-v2><blendMode>0</blendMode><featureBlendMode>0</featureBlendMode>"
+        + f"<layerGeometryType>{geometry_type}</layerGeometryType></qgis>\n"
+    )
