@@ -349,3 +349,28 @@ def test_an_interrupt_during_the_final_conversion_stops_it_as_an_interrupt(tmp_p
     with pytest.raises(KeyboardInterrupt):
         writer.close()
     assert pulled and not list(tmp_path.glob("*.batches.gpkg*"))
+
+
+def test_a_large_flatgeobuf_is_written_without_its_in_memory_index(tmp_path: Path, monkeypatch, caplog) -> None:
+    """GDAL's FlatGeobuf writer holds every feature's extent to build the index: above
+    FGB_INDEX_MAX_FEATURES the streamed file has none (smaller, same features) and a warning says so."""
+    from geounet import vectorize
+
+    rng = np.random.default_rng(4)
+    mask = (rng.random((64, 60)) < 0.3).astype(np.uint8)
+    sizes = {}
+    for limit in (10**9, 50):
+        monkeypatch.setattr(vectorize, "FGB_INDEX_MAX_FEATURES", limit)
+        vec = vectorize.StripVectorizer(T, UTM, NAMES)
+        writer = vectorize.VectorWriter(tmp_path / f"s{limit}.fgb")
+        for r0 in range(0, 64, 8):
+            vec.add(r0, mask[r0 : r0 + 8], None)
+            while (frame := vec.take(40)) is not None:
+                writer.write(frame)
+        while (frame := vec.take(40, final=True)) is not None:
+            writer.write(frame)
+        n = writer.close()
+        assert n > 50 and len(gpd.read_file(writer.path)) == n
+        sizes[limit] = writer.path.stat().st_size
+    assert sizes[50] < sizes[10**9]  # no index
+    assert "without a FlatGeobuf spatial index" in caplog.text
