@@ -125,6 +125,28 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
+def roofs_model(path: Path) -> Path:
+    """A tiny U-Net that marks red-ish pixels (roofs), saved at ``path``: real polygons on
+    synthetic scenes (the batch and STAC tests)."""
+    from geounet.checkpoint import save_model
+
+    net = threshold_unet(3, width=4, depth=2)
+    save_model(net, meta_for(net, tile_size=64, overlap=16), path)
+    return path
+
+
+def one_torch_thread_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Body of an autouse fixture: one torch thread here and in subprocesses (geounet batch, Dask
+    workers). Tiny models run fastest on one; more only fight over a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
 def default_sigint() -> None:
     """``preexec_fn`` for a child that must take Ctrl-C: a job started in the background by a
     non-interactive shell inherits SIGINT ignored, and Python then installs no handler for it."""

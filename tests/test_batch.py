@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import meta_for, threshold_unet
+from conftest import meta_for, one_torch_thread_for, roofs_model, threshold_unet
 
 from geounet.batch import (
     MANIFEST_NAME,
@@ -43,23 +43,12 @@ TEMPORARY = re.compile(r"^\..*\.geounet-.*\.tmp$")
 
 @pytest.fixture(autouse=True)
 def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tiny models run fastest on one thread; more threads only fight over a busy CPU."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # subprocesses (geounet batch, dask workers)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread_for(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny U-Net that marks red-ish pixels (roofs): real polygons on synthetic scenes."""
-    net = threshold_unet(3, width=4, depth=2)
-    path = tmp_path_factory.mktemp("model") / "roofs.safetensors"
-    save_model(net, meta_for(net, tile_size=64, overlap=16), path)
-    return path
+    return roofs_model(tmp_path_factory.mktemp("model") / "roofs.safetensors")
 
 
 def make_scenes(folder: Path, count: int, *, size: int = 128, names: str = "scene{i}.tif") -> list[Path]:

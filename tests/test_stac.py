@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import meta_for, threshold_unet
+from conftest import one_torch_thread_for, roofs_model
 from rasterio.warp import transform_bounds
 
 from geounet.batch import MANIFEST_NAME, read_manifest, run_batch
-from geounet.checkpoint import save_model
 from geounet.cli.main import cli
 from geounet.errors import GeounetError, OutputError, OutputExistsError
 from geounet.predict import PredictConfig
@@ -36,23 +35,12 @@ TIMES = ["2023-05-01T10:00:00Z", "2023-06-01T10:00:00Z", "2023-07-01T10:00:00Z"]
 
 @pytest.fixture(autouse=True)
 def one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tiny models run fastest on one thread; more threads only fight over a busy CPU."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread_for(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny U-Net that marks red-ish pixels (roofs): real polygons on synthetic scenes."""
-    net = threshold_unet(3, width=4, depth=2)
-    path = tmp_path_factory.mktemp("model") / "roofs.safetensors"
-    save_model(net, meta_for(net, tile_size=64, overlap=16), path)
-    return path
+    return roofs_model(tmp_path_factory.mktemp("model") / "roofs.safetensors")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
