@@ -41,11 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pyproj
 import shapely
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 from scipy import ndimage
+
+from geounet.vectorize import by_position, class_labels, metric_of, pixel_to_map
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -148,26 +149,22 @@ def neighbour_bits(rows: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
 
 def metres_per_pixel(transform: Affine, crs: CRS) -> float:
     """The mean ground size of a pixel in metres (at the grid's origin for a geographic CRS)."""
-    pcrs = pyproj.CRS.from_user_input(crs.to_wkt())
     sx = math.hypot(transform.a, transform.d)
     sy = math.hypot(transform.b, transform.e)
-    if pcrs.is_geographic:
-        geod = pcrs.get_geod() or pyproj.Geod(ellps="WGS84")
+    geod, factor = metric_of(crs)
+    if geod is not None:
         lon, lat = transform.c, transform.f
         dx = geod.inv(lon, lat, lon + sx, lat)[2]
         dy = geod.inv(lon, lat, lon, lat - sy)[2]
         return float((dx + dy) / 2)
-    factor = pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
     return float((sx + sy) / 2 * factor)
 
 
 def length_m(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
     """Lengths in metres: geodesic on the CRS's ellipsoid if it is geographic."""
-    pcrs = pyproj.CRS.from_user_input(crs.to_wkt())
-    if pcrs.is_geographic:
-        geod = pcrs.get_geod() or pyproj.Geod(ellps="WGS84")
+    geod, factor = metric_of(crs)
+    if geod is not None:
         return np.array([geod.geometry_length(g) for g in geoms], dtype=np.float64)
-    factor = pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
     return np.asarray(shapely.length(geoms), dtype=np.float64) * factor
 
 
@@ -351,14 +348,10 @@ def lines_frame(
         geoms = np.empty(0, dtype=object)
     if simplify > 0 and len(geoms):
         geoms = shapely.simplify(geoms, simplify, preserve_topology=False)
-    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
-    if len(geoms):
-        geoms = shapely.transform(
-            geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f])
-        )
+    geoms = pixel_to_map(geoms, transform)
     frame = gpd.GeoDataFrame(
         {
-            "class": [class_names[i] if i < len(class_names) else str(i) for i in class_ids],
+            "class": class_labels(class_ids, class_names),
             "class_id": np.asarray(class_ids, dtype=np.int32),
             "score": np.round(np.asarray(scores, dtype=np.float64), 4),
             "length_m": np.round(length_m(geoms, crs), 2) if len(geoms) else np.zeros(0),
@@ -366,11 +359,7 @@ def lines_frame(
         geometry=gpd.GeoSeries(geoms, crs=crs),
         crs=crs,
     )
-    if len(frame):
-        bounds = frame.geometry.bounds
-        frame = frame.assign(_y=-bounds["maxy"] * np.sign(transform.e or -1), _x=bounds["minx"])
-        frame = frame.sort_values(["_y", "_x", "length_m"], kind="stable").drop(columns=["_y", "_x"])
-    return frame.reset_index(drop=True)
+    return by_position(frame, transform, "length_m").reset_index(drop=True)
 
 
 def centerline_mask(

@@ -96,12 +96,44 @@ def area_m2(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
         geoms: Polygons in ``crs`` coordinates.
         crs: Their CRS.
     """
+    geod, factor = metric_of(crs)
+    if geod is not None:
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
+    return np.asarray(shapely.area(geoms), dtype=np.float64) * factor**2
+
+
+def metric_of(crs: CRS) -> tuple[pyproj.Geod | None, float]:
+    """How to measure in ``crs``: its ellipsoid when it is geographic (geodesic measures), else
+    None and the metres per unit of its first axis."""
     pcrs = pyproj.CRS.from_user_input(crs.to_wkt())
     if pcrs.is_geographic:
-        geod = pcrs.get_geod() or pyproj.Geod(ellps="WGS84")
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
-    factor = pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
-    return np.asarray(shapely.area(geoms), dtype=np.float64) * factor**2
+        return pcrs.get_geod() or pyproj.Geod(ellps="WGS84"), 1.0
+    return None, pcrs.axis_info[0].unit_conversion_factor if pcrs.axis_info else 1.0
+
+
+def pixel_to_map(geoms: npt.NDArray[Any], transform: Affine) -> npt.NDArray[Any]:
+    """Geometries in pixel coordinates moved to map coordinates by ``transform``."""
+    if not len(geoms):
+        return geoms
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    moved: npt.NDArray[Any] = shapely.transform(
+        geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f])
+    )
+    return moved
+
+
+def class_labels(class_ids: Sequence[int], class_names: Sequence[str]) -> list[str]:
+    """The ``class`` column: each id's name (the id itself past the names)."""
+    return [class_names[i] if i < len(class_names) else str(i) for i in class_ids]
+
+
+def by_position(frame: gpd.GeoDataFrame, transform: Affine, *then: str) -> gpd.GeoDataFrame:
+    """Features sorted top to bottom, then left to right (then by ``then``), stably."""
+    if not len(frame):
+        return frame
+    bounds = frame.geometry.bounds
+    frame = frame.assign(_y=-bounds["maxy"] * np.sign(transform.e or -1), _x=bounds["minx"])
+    return frame.sort_values(["_y", "_x", *then], kind="stable").drop(columns=["_y", "_x"])
 
 
 def _components(mask: npt.NDArray[np.integer]) -> tuple[npt.NDArray[np.int32], list[int]]:
@@ -665,24 +697,15 @@ def polygons_frame(
             geoms = shapely.clip_by_rect(geoms, 0, 0, extent_px[0], extent_px[1])
     if simplify > 0 and len(geoms):
         geoms = shapely.simplify(geoms, simplify, preserve_topology=True)
-    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
-    if len(geoms):
-        geoms = shapely.transform(
-            geoms,
-            lambda xy: np.column_stack(
-                [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
-            ),
-        )
-        # Polygons straight from the mask are valid as built (shapes, and the seam joins): the
-        # check, costly for a polygon with many holes, is for outlines that were reshaped, or
-        # turned by a rotated grid.
-        if split_px > 0 or regularize or simplify > 0 or b or d:
-            geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
+    geoms = pixel_to_map(geoms, transform)
+    # Polygons straight from the mask are valid as built (shapes, and the seam joins): the check,
+    # costly for a polygon with many holes, is for outlines that were reshaped, or turned by a
+    # rotated grid.
+    if len(geoms) and (split_px > 0 or regularize or simplify > 0 or transform.b or transform.d):
+        geoms = np.array([_polygonal(g) for g in geoms], dtype=object)
     frame = gpd.GeoDataFrame(
         {
-            "class": [
-                class_names[i] if i < len(class_names) else str(i) for i in class_ids
-            ],
+            "class": class_labels(class_ids, class_names),
             "class_id": np.asarray(class_ids, dtype=np.int32),
             "score": np.round(np.asarray(scores, dtype=np.float64), 4),
             "area_m2": area_m2(geoms, crs) if len(geoms) else np.zeros(0),
@@ -693,10 +716,7 @@ def polygons_frame(
     frame = frame[~frame.geometry.is_empty]
     if min_area_m2 > 0:
         frame = frame[frame["area_m2"] >= min_area_m2]
-    if len(frame):
-        b_ = frame.geometry.bounds
-        frame = frame.assign(_y=-b_["maxy"] * np.sign(transform.e or -1), _x=b_["minx"])
-        frame = frame.sort_values(["_y", "_x"], kind="stable").drop(columns=["_y", "_x"])
+    frame = by_position(frame, transform)
     frame["area_m2"] = frame["area_m2"].round(2)
     return frame.reset_index(drop=True)
 
