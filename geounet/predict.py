@@ -310,9 +310,9 @@ class Predictor:
         compile: Run the network through ``torch.compile`` (worth it for long runs on a GPU).
         precision: ``auto``, ``fp32`` or ``bf16`` (see :class:`PredictConfig`).
 
-    On CUDA the network runs in bf16 autocast (unless ``precision="fp32"``) with channels_last tensors, inputs are copied from
-    pinned memory without blocking, cuDNN picks its fastest kernels, and the batch size (when not
-    given) is chosen from the free GPU memory.
+    On CUDA the network runs in bf16 autocast (unless ``precision="fp32"``) with channels_last
+    tensors, inputs are copied from pinned memory without blocking, cuDNN picks its fastest
+    kernels, and the batch size (when not given) is chosen from the free GPU memory.
     """
 
     def __init__(
@@ -327,13 +327,14 @@ class Predictor:
         self._auto_batch: dict[int, int] = {}
         self.net: torch.nn.Module
         self.amp: torch.dtype | None = inference_dtype(self.device, precision)
-        if not isinstance(model, tuple) and is_onnx(resolve_model(model)):
+        path = None if isinstance(model, tuple) else resolve_model(model)
+        if path is not None and is_onnx(path):
             if compile:
                 raise GeounetError("--compile applies to PyTorch models; an ONNX model runs in onnxruntime")
             if precision == "bf16":
                 raise GeounetError("--precision bf16 applies to PyTorch models; an ONNX model runs in float32")
             self.amp = None
-            onnx_net, self.meta = load_onnx(resolve_model(model), device=device)
+            onnx_net, self.meta = load_onnx(path, device=device)
             self.net, self.device = onnx_net, onnx_net.device
             return
         if isinstance(model, tuple):  # a copy: the caller's network stays as it was
