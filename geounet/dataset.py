@@ -721,17 +721,23 @@ def resample_window(
     return out[0].numpy(), target[np.ix_(idx, idx)]
 
 
+#: Share of training windows that get the colour jitter.
+COLOUR_SHARE = 0.5
+
+
 def photometric(
     x: npt.NDArray[np.float32], rng: np.random.Generator, augment: Augment
 ) -> npt.NDArray[np.float32]:
     """Colour and noise augmentation of a stretched window (values about 0..1), shape (bands, H, W).
 
-    Colour: contrast ``x 0.75..1.33`` about 0.5, brightness +-0.1, per-band shifts +-0.04,
-    gamma ``0.78..1.28``, and for 3 bands saturation ``x 0.7..1.3``. Noise: a fifth of the
-    windows are blurred (sigma 0.3..1.2 px), another fifth get Gaussian noise (sigma up to 0.03).
+    Colour, on half the windows (:data:`COLOUR_SHARE`; the other half show the network the
+    scene as it is, which it must also fit): contrast ``x 0.75..1.33`` about 0.5, brightness
+    +-0.1, per-band shifts +-0.04, gamma ``0.78..1.28``, and for 3 bands saturation
+    ``x 0.7..1.3``. Noise: a fifth of the windows are blurred (sigma 0.3..1.2 px), another fifth
+    get Gaussian noise (sigma up to 0.03).
     """
     x = x.astype(np.float32, copy=True)
-    if augment.colour:
+    if augment.colour and rng.random() < COLOUR_SHARE:
         contrast = math.exp(rng.uniform(-0.29, 0.29))
         shift = rng.uniform(-0.1, 0.1) + rng.uniform(-0.04, 0.04, size=(x.shape[0], 1, 1))
         gamma = math.exp(rng.uniform(-0.25, 0.25))

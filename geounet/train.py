@@ -209,14 +209,41 @@ def default_samples(train_area_tiles: float, world: int = 1) -> int:
     return math.ceil(samples / world) * world
 
 
+#: Share of foreground pixels a fresh network's output starts at (:func:`prior_bias`).
+FOREGROUND_PRIOR = 0.1
+
+
+def prior_bias(net: nn.Module, prior: float) -> nn.Module:
+    """Start a fresh network's output at a foreground probability of ``prior`` (in place).
+
+    The head's bias is set so that sigmoid (binary) or softmax (classes) gives ``prior`` to the
+    foreground before any training, instead of 0.5: the first steps then learn where objects
+    are rather than unlearning a half-foreground guess (the focal-loss paper's prior init).
+    """
+    head = getattr(net, "head", None)
+    if not isinstance(head, nn.Conv2d) or head.bias is None:
+        return net
+    with torch.no_grad():
+        k = head.out_channels
+        if k == 1:
+            head.bias.fill_(math.log(prior / (1 - prior)))
+        else:
+            head.bias.zero_()
+            head.bias[0] = math.log((1 - prior) * (k - 1) / prior)
+    return net
+
+
 def lr_at(step: int, total: int, base: float, schedule: Schedule) -> float:
     """Learning rate at a global step (a pure function, so resuming needs no scheduler state).
 
-    ``onecycle``: linear warm-up from ``base/25`` over the first 30 % of steps, then cosine
+    ``onecycle``: linear warm-up from ``base/10`` over the first 10 % of steps, then cosine
     down to ``base/1e4``. ``cosine``: linear warm-up over 5 %, then cosine down to ``base/100``.
+
+    The warm-up is short: with 30 % (PyTorch's OneCycleLR default) a 480-step run of one scene
+    spent its first 140 steps at a learning rate too low to learn (loss 1.68 -> 1.30).
     """
     total = max(total, 1)
-    warm_frac, start, end = (0.3, base / 25, base / 1e4) if schedule == "onecycle" else (0.05, base / 10, base / 100)
+    warm_frac, start, end = (0.1, base / 10, base / 1e4) if schedule == "onecycle" else (0.05, base / 10, base / 100)
     warm = max(1, int(total * warm_frac))
     if step < warm:
         return start + (base - start) * step / warm
@@ -557,7 +584,7 @@ def train_model(
     meta.validate()
 
     torch.manual_seed(cfg.seed)
-    net = init_net if init_net is not None else build_model(meta)
+    net = init_net if init_net is not None else prior_bias(build_model(meta), FOREGROUND_PRIOR)
     net = net.to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)

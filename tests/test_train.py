@@ -12,19 +12,20 @@ import pytest
 import rasterio
 import shapely
 import torch
+from conftest import SHARED_DATA, requires_shared_data
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from safetensors.torch import load_file
 
-from conftest import SHARED_DATA, requires_shared_data
 from geounet.checkpoint import read_meta
 from geounet.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
 from geounet.errors import GeounetError, LabelsError, LabelsOutsideRasterError
 from geounet.evaluate import evaluate
 from geounet.labels import LabelSpec, read_labels
+from geounet.model import UNet
 from geounet.predict import PredictConfig, predict_raster
 from geounet.raster import open_scene
-from geounet.train import TrainConfig, lr_at, train_model
+from geounet.train import TrainConfig, lr_at, prior_bias, train_model
 
 ORIGIN = (500000.0, 5000000.0)
 
@@ -266,6 +267,29 @@ def test_lr_schedules() -> None:
     for kind in ("onecycle", "cosine"):
         lrs = [lr_at(s, 100, 1e-2, kind) for s in range(100)]  # type: ignore[arg-type]
         assert max(lrs) == pytest.approx(1e-2, rel=0.05) and lrs[-1] < 1e-3 and lrs[0] < 1e-2
+    # The one-cycle warm-up is short: the peak by a tenth of the run, not a third.
+    lrs = [lr_at(s, 100, 1e-2, "onecycle") for s in range(100)]
+    assert int(np.argmax(lrs)) == 10 and lrs[0] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_prior_bias_starts_at_the_foreground_prior(classes: int) -> None:
+    torch.manual_seed(0)
+    net = prior_bias(UNet(3, classes, width=4, depth=2), 0.1)
+    net.eval()
+    with torch.no_grad():
+        # Any input: the head's bias sets the output; the features only move it a little.
+        head_only = net.head.bias.detach().view(1, -1, 1, 1).expand(1, classes, 2, 2)
+        if classes == 1:
+            fg = torch.sigmoid(head_only)[:, 0]
+        else:
+            fg = 1 - head_only.softmax(dim=1)[:, 0]
+    assert torch.allclose(fg, torch.full_like(fg, 0.1), atol=1e-6)
+    # A model trained from it learns: the fresh default is not 0.5 foreground everywhere.
+    with torch.no_grad():
+        p = net(torch.zeros(1, 3, 16, 16))
+        mean_fg = (torch.sigmoid(p) if classes == 1 else 1 - p.softmax(dim=1)[:, :1]).mean()
+    assert float(mean_fg) < 0.3
 
 
 @pytest.mark.slow
