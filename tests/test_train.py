@@ -244,7 +244,9 @@ def test_resume_with_other_options_is_refused(scenes: dict[str, Path], tmp_path:
 def test_fine_tune_from_init(trained: tuple[Path, object], scenes: dict[str, Path], tmp_path: Path) -> None:
     out, _ = trained
     tuned = tmp_path / "tuned.safetensors"
-    result = train_model(small_config(scenes, tuned, init=str(out), epochs=1, samples_per_epoch=16, images=[str(scenes["b"])], labels=str(scenes["lb"])))
+    # At the default rate (2e-3), not small_config's from-scratch 5e-3: two steps of fresh Adam
+    # moments at 5e-3 knock this trained model from IoU 0.985 to 0.58 on scene b.
+    result = train_model(small_config(scenes, tuned, init=str(out), epochs=1, samples_per_epoch=16, images=[str(scenes["b"])], labels=str(scenes["lb"]), lr=2e-3))
     assert result.best_iou > 0.7
     assert read_meta(tuned).mean == read_meta(out).mean  # the contract comes from the initial model
 
