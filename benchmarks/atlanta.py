@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from geounet.checkpoint import load_model, save_model
     from geounet.evaluate import evaluate
-    from geounet.train import _load_resume, _resume_path
+    from geounet.train import _load_resume, _metrics_path, _resume_path
 
     scene, labels = args.data / "buildings_pan.tif", args.data / "buildings.geojson"
     if not scene.exists():
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     last = args.out / "atl_last.safetensors"
     save_model(net, meta, last)
 
-    history = [json.loads(line) for line in model.with_name("atl.metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in _metrics_path(model).read_text().splitlines()]
     report: dict[str, Any] = {
         "command": "geounet train " + " ".join(COMMAND + args.train_args),
         "train_seconds": round(seconds, 1),

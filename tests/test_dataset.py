@@ -181,8 +181,9 @@ def test_photometric_augmentation_changes_values_not_labels(make_raster: MakeRas
     entries = _entries([path], labels)
     plain = WindowDataset(entries, [Sample(0, 0, 0)], tile_size=128, mean=[0, 0, 0], std=[1, 1, 1])
     n = 40
-    jittered = WindowDataset(entries, [Sample(0, 0, 0, aug=k) for k in range(1, n + 1)], tile_size=128, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment())
-    colour_only = WindowDataset(entries, [Sample(0, 0, 0, aug=k) for k in range(1, n + 1)], tile_size=128, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment(noise=False))
+    plan = [Sample(0, 0, 0, aug=k) for k in range(1, n + 1)]
+    jittered = WindowDataset(entries, plan, tile_size=128, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment())
+    colour_only = WindowDataset(entries, plan, tile_size=128, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment(noise=False))
     x0, y0 = plain[0]
     changed = coloured = 0
     for k in range(n):

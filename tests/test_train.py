@@ -12,11 +12,11 @@ import pytest
 import rasterio
 import shapely
 import torch
-from conftest import SHARED_DATA, requires_shared_data
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from safetensors.torch import load_file
 
+from conftest import SHARED_DATA, requires_shared_data
 from geounet.checkpoint import read_meta
 from geounet.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
 from geounet.errors import GeounetError, LabelsError, LabelsOutsideRasterError
@@ -287,7 +287,7 @@ def test_prior_bias_starts_at_the_foreground_prior(classes: int) -> None:
         else:
             fg = 1 - head_only.softmax(dim=1)[:, 0]
     assert torch.allclose(fg, torch.full_like(fg, 0.1), atol=1e-6)
-    # A model trained from it learns: the fresh default is not 0.5 foreground everywhere.
+    # Through the whole untrained network too: its output starts near the prior, not at 0.5.
     with torch.no_grad():
         p = net(torch.zeros(1, 3, 16, 16))
         mean_fg = (torch.sigmoid(p) if classes == 1 else 1 - p.softmax(dim=1)[:, :1]).mean()
