@@ -8,8 +8,9 @@ Runs ``geounet train --images buildings_pan.tif --labels buildings.geojson --epo
 ``../shared/data/spacenet-vegas-samples`` exactly as a user would (the CLI, its defaults), then
 scores the whole scene (``geounet.evaluate.evaluate``, pixel IoU and object F1 at IoU >= 0.5)
 with the model the run kept (best validation IoU) and with the last epoch's weights (from the
-resume checkpoint). The scene's IoU mixes the training area (about 80 %, which the network
-must fit) with the validation band it never saw; the band's own IoU is in the metrics file.
+resume checkpoint: the weight average, or the raw weights with ``--ema 0``). The scene's IoU
+mixes the training area (about 80 %, which the network must fit) with the validation band it
+never saw; the band's own IoU is in the metrics file.
 Prints one JSON object and writes it to ``OUT/report.json``.
 """
 
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
 
     net, meta = load_model(model)
-    weights, _, _ = _load_resume(_resume_path(model))
-    net.load_state_dict(weights)
+    weights, _, state = _load_resume(_resume_path(model))
+    net.load_state_dict(state["ema_weights"] or weights)  # the last epoch's weight average, if the run kept one
     last = args.out / "atl_last.safetensors"
     save_model(net, meta, last)
 

@@ -15,9 +15,10 @@ import torch
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from safetensors.torch import load_file
+from torch import nn
 
 from conftest import SHARED_DATA, requires_shared_data
-from geounet.checkpoint import read_meta
+from geounet.checkpoint import load_model, read_meta
 from geounet.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
 from geounet.errors import GeounetError, LabelsError, LabelsOutsideRasterError
 from geounet.evaluate import evaluate
@@ -25,7 +26,7 @@ from geounet.labels import LabelSpec, read_labels
 from geounet.model import UNet
 from geounet.predict import PredictConfig, predict_raster
 from geounet.raster import open_scene
-from geounet.train import TrainConfig, lr_at, prior_bias, train_model
+from geounet.train import TrainConfig, WeightAverage, _load_resume, lr_at, prior_bias, train_model
 
 ORIGIN = (500000.0, 5000000.0)
 
@@ -386,3 +387,46 @@ def test_atlanta_scene_gets_a_split_and_a_stretch(tmp_path: Path) -> None:
     record, mean, std = fit_normalization(entries, "scene", 2.0, 98.0)
     assert 54 <= entries[0].lo[0] < entries[0].hi[0] <= 6615
     assert 0 < mean[0] < 1 and 0 < std[0] < 1
+
+
+def test_weight_average_known_answer() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    avg = WeightAverage(net, 0.5)
+    before = {k: v.clone() for k, v in avg.net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        net[1].running_mean.fill_(4.0)
+        net[1].num_batches_tracked.fill_(7)
+    avg.update(net, step=100)  # ramp over: decay 0.5
+    after = avg.net.state_dict()
+    torch.testing.assert_close(after["0.weight"], before["0.weight"] + 0.5)
+    torch.testing.assert_close(after["1.running_mean"], (before["1.running_mean"] + 4.0) / 2)
+    assert int(after["1.num_batches_tracked"]) == 7  # integer buffers are copied, not averaged
+    assert not any(p.requires_grad for p in avg.net.parameters())
+    assert WeightAverage.decay_at(0, 0.99) == pytest.approx(0.1)  # the random start fades fast
+    assert WeightAverage.decay_at(10_000, 0.99) == 0.99
+    with pytest.raises(ValueError):
+        WeightAverage(net, 1.0)
+
+
+def test_the_saved_model_is_the_weight_average(scenes: dict[str, Path], tmp_path: Path) -> None:
+    kw = dict(epochs=1, samples_per_epoch=16, width=4, depth=2, tile_size=32)
+    out = tmp_path / "avg.safetensors"
+    train_model(small_config(scenes, out, **kw))
+    weights, _, state = _load_resume(out.with_name("avg.resume.safetensors"))
+    saved, meta = load_model(out)
+    assert meta.provenance["ema"] == 0.99 and state["ema_weights"] is not None
+    saved_sd = saved.state_dict()
+    differs = 0
+    for k, v in state["ema_weights"].items():
+        torch.testing.assert_close(saved_sd[k].float(), v.float(), msg=k)
+        differs += int(not torch.equal(v, weights[k]))
+    assert differs > 0  # the average is not the last step's weights
+
+    raw = tmp_path / "raw.safetensors"
+    train_model(small_config(scenes, raw, ema=0.0, **kw))
+    weights, _, state = _load_resume(raw.with_name("raw.resume.safetensors"))
+    assert state["ema_weights"] is None
+    for k, v in load_model(raw)[0].state_dict().items():
+        torch.testing.assert_close(v.float(), weights[k].float(), msg=k)

@@ -36,6 +36,7 @@ from geounet.cli.options import BandList, ManyValues, device_opt, overwrite_opt,
 @click.option("--normalization", type=click.Choice(["scene", "dataset"]), default="scene", show_default=True, help="scene: stretch each image by its own 2-98 percentiles; dataset: by the training set's.")
 @click.option("--separation", "separation_m", type=click.FloatRange(min=0), help="Weigh the background within this many metres of two label objects (e.g. the gap between touching buildings) more, so that they come out apart; 0 = off [default: 1 for one class, 0 for several].")
 @click.option("--contact-weight", type=click.FloatRange(min=1), default=10.0, show_default=True, help="Loss weight of those background pixels.")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="Validate and save a running average of the weights with this decay (about the last 1/(1-decay) steps); 0 = the raw weights.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="bf16 autocast (auto: on CUDA and CPUs with native bf16).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write MODEL.metrics.png with the training curves.")
 @click.option("--seed", type=int, default=0, show_default=True)
