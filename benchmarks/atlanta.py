@@ -1,6 +1,6 @@
 """Does the default training command fit one real scene? (SpaceNet Atlanta, 16-bit pan, 43 buildings)
 
-    python benchmarks/atlanta.py --out /tmp/atl                 # the issue's command, about 20 min on 2 cores
+    python benchmarks/atlanta.py --out /tmp/atl                 # the issue's command, about 50 min on 2 cores
     python benchmarks/atlanta.py --out /tmp/atl -- --lr 5e-3    # extra train flags after --
 
 Runs ``geounet train --images buildings_pan.tif --labels buildings.geojson --epochs 15
