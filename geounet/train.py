@@ -207,7 +207,7 @@ def default_samples(train_area_tiles: float, world: int = 1) -> int:
     The floor of 512 windows (64 steps of 8) makes an epoch of a small scene long enough to
     learn from. With the area rule alone, one 900 x 900 scene had 8 steps an epoch, 120 in 15
     epochs, too few for a U-Net to fit it; with a floor of 256 its 15 epochs fitted the scene to
-    IoU 0.59, with 512 to 0.69 (benchmarks/atlanta.py). Windows are drawn anew each epoch
+    IoU 0.59, with 512 to 0.70-0.73 (benchmarks/atlanta.py). Windows are drawn anew each epoch
     (random positions, transforms and jitter), so repeated windows are not repeated samples.
     """
     samples = int(min(2000, max(512, 4 * train_area_tiles)))
