@@ -654,7 +654,7 @@ def train_model(
     }
     start_epoch, step, best_iou, best_epoch = 0, 0, -1.0, 0
     history: list[dict[str, Any]] = []
-    ema_state: dict[str, torch.Tensor] | None = None
+    average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
     if cfg.resume:
         model_state, optim_state, state = _load_resume(Path(cfg.resume))
         for key, value in config_record.items():
@@ -678,11 +678,8 @@ def train_model(
         history = list(state["history"])
         meta.mean, meta.std = state["mean"], state["std"]
         meta.normalization = state.get("normalization", meta.normalization)
-        ema_state = state.pop("ema_weights")
-
-    average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
-    if average is not None and cfg.resume:
-        average.net.load_state_dict(ema_state if ema_state is not None else net.state_dict(), strict=True)
+        if average is not None:  # the config check above guarantees the file has the average
+            average.net.load_state_dict(state["ema_weights"], strict=True)
 
     model: nn.Module = net
     if dist.active:

@@ -7,11 +7,11 @@
 Trains with ``benchmarks/buildings.py`` (whole images held out: 4 Rio, 4 Austin, 4 Chicago) in
 four seeded stages (about 160 minutes on a 2-core CPU; the third teaches the gaps between
 neighbouring buildings, ``train --separation``, the fourth is a longer cycle with it), sets the
-polygon defaults (5 m² minimum area, split at necks under 2 m), scores the model on the held-out images with and without regularized outlines, turns
-regularization on by default when it raises object F1, stores the weights as float16, scores
-the float16 file again (the figures that ship are those of the file that ships) and writes the
-model with its provenance: data sources and licences, the command, the commit, the validation
-figures per source. Needs ../shared/data/buildings-rgb (its README gives the sources).
+polygon defaults (5 m² minimum area, split at necks under 2 m), scores the model on the
+held-out images with and without regularized outlines, turns regularization on by default
+when it raises object F1, stores the weights as float16, scores the float16 file again (the
+figures that ship are those of the file that ships) and writes the model with its provenance:
+data sources and licences, the command, the commit, the validation figures per source. Needs ../shared/data/buildings-rgb (its README gives the sources).
 """
 
 from __future__ import annotations
