@@ -5,7 +5,7 @@ splits the images spatially (see :mod:`geounet.dataset`), computes per-band norm
 the training images, and trains with AdamW, a one-cycle or cosine schedule, BCE+Dice (binary) or
 CE+Dice (multi-class), flips and 90-degree rotations, and bf16 autocast on CUDA. After each epoch
 it validates (IoU, F1, precision, recall), appends a line to ``MODEL.metrics.jsonl``, keeps the
-best model by validation IoU in ``MODEL.safetensors`` and writes ``MODEL.resume.safetensors``
+best model by validation IoU (or the last, ``keep``) in ``MODEL.safetensors`` and writes ``MODEL.resume.safetensors``
 (weights, optimizer state, epoch; safetensors + JSON, never a pickle) so ``resume`` continues
 exactly where an interrupted run stopped.
 
@@ -77,7 +77,7 @@ class TrainConfig:
         images: Raster paths, globs or folders (folders contribute their GeoTIFFs).
         labels: Label sources: vector files, mask rasters, globs or folders (one string is one
             source); see :func:`geounet.labels.read_label_sources`.
-        out: Model file to write (the best epoch by validation IoU).
+        out: Model file to write (the best epoch by validation IoU, or the last: ``keep``).
         val_images: Images used wholly for validation (disables block splitting).
         class_field: Attribute naming each feature's class (None: binary task).
         classes: Class names to use, in order (None: every value found).
@@ -122,6 +122,10 @@ class TrainConfig:
         contact_weight: Loss weight of those pixels.
         ema: Decay of the running average of the weights (Polyak averaging) that is validated
             and saved; 0 = the raw weights. See :class:`WeightAverage`.
+        keep: Which epoch's weights ``out`` holds: ``best`` (highest validation IoU; the
+            default) or ``last`` (the end of the schedule). With a validation area of a few
+            objects the best epoch is a noisy pick, and on one small scene it is often an early
+            one that fits the scene less well; ``last`` keeps the fully trained average.
     """
 
     images: Sequence[str]
@@ -160,6 +164,10 @@ class TrainConfig:
     separation_m: float | None = None
     contact_weight: float = 10.0
     ema: float = 0.99
+    keep: str = "best"
+
+
+KEEP_CHOICES = ("best", "last")
 
 
 @dataclass
@@ -173,6 +181,7 @@ class TrainResult:
     best_iou: float
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    kept_epoch: int = 0
 
 
 #: progress(done, total) within an epoch; on_epoch(record) after each epoch; on_info(line) for
@@ -526,6 +535,8 @@ def train_model(
     out = Path(cfg.out)
     resume_file = _resume_path(out)
     metrics_file = _metrics_path(out)
+    if cfg.keep not in KEEP_CHOICES:
+        raise GeounetError(f"keep={cfg.keep!r}: use best or last")
     if out.exists() and not (cfg.overwrite or cfg.resume):
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it (or --resume to continue)")
     if dist.main:  # fail early on an unwritable directory (only the writing rank checks)
@@ -652,7 +663,7 @@ def train_model(
         "samples": samples, "world_size": dist.world, "augment": augment.names, "scale_jitter": augment.scale, "gsd": gsd,
         "separation_m": separation_m, "contact_weight": cfg.contact_weight, "ema": cfg.ema,
     }
-    start_epoch, step, best_iou, best_epoch = 0, 0, -1.0, 0
+    start_epoch, step, best_iou, best_epoch, kept_epoch = 0, 0, -1.0, 0, 0
     history: list[dict[str, Any]] = []
     average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
     if cfg.resume:
@@ -675,6 +686,7 @@ def train_model(
         optimizer.load_state_dict(opt_sd)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         best_iou, best_epoch = float(state["best_iou"]), int(state["best_epoch"])
+        kept_epoch = int(state.get("kept_epoch", best_epoch))
         history = list(state["history"])
         meta.mean, meta.std = state["mean"], state["std"]
         meta.normalization = state.get("normalization", meta.normalization)
@@ -783,12 +795,15 @@ def train_model(
         improved = score > best_iou or best_epoch == 0
         if improved:
             best_iou, best_epoch = score, epoch + 1
+        if improved or cfg.keep == "last":
+            kept_epoch = epoch + 1
         if dist.main:
-            if improved:
+            if kept_epoch == epoch + 1:
                 meta.provenance = {
                     **provenance_base,
                     "epochs": epoch + 1,
                     "epochs_planned": cfg.epochs,
+                    "kept": cfg.keep,
                     "best_epoch": best_epoch,
                     "metrics": {k: v for k, v in record.items() if k.startswith("val_") or k == "train_loss"},
                     "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -809,6 +824,7 @@ def train_model(
                     "step": step,
                     "best_iou": best_iou,
                     "best_epoch": best_epoch,
+                    "kept_epoch": kept_epoch,
                     "history": history,
                     "mean": meta.mean,
                     "normalization": meta.normalization,
@@ -831,6 +847,7 @@ def train_model(
         best_iou=best_iou,
         history=history,
         seconds=time.perf_counter() - t_start,
+        kept_epoch=kept_epoch,
     )
 
 

@@ -360,11 +360,12 @@ def test_cli_takes_several_images_and_labels_after_one_flag(scenes: dict[str, Pa
     r = CliRunner().invoke(cli, [
         "train", "--images", str(scenes["a"]), str(scenes["b"]), "--labels", str(scenes["la"]), str(mask),
         "--classes", "building", "--class-field", "kind", "--tile-size", "64", "--batch-size", "4", "--epochs", "1",
-        "--samples-per-epoch", "8", "--width", "4", "--depth", "2", "--device", "cpu", "-o", str(out),
+        "--samples-per-epoch", "8", "--width", "4", "--depth", "2", "--device", "cpu", "-o", str(out), "--keep", "last",
     ], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "validation:" in r.stderr and "precision: fp32" in r.stderr
     meta = read_meta(out)
+    assert meta.provenance["kept"] == "last"
     assert meta.provenance["images"] == [str(scenes["a"]), str(scenes["b"])]
     assert str(mask) in meta.provenance["labels"] and meta.classes == ["building"]
     assert meta.provenance["split"]["kind"] in {"blocks", "band"}
@@ -408,6 +409,24 @@ def test_weight_average_known_answer() -> None:
     assert WeightAverage.decay_at(10_000, 0.99) == 0.99
     with pytest.raises(ValueError):
         WeightAverage(net, 1.0)
+
+
+def test_keep_last_saves_the_end_of_the_schedule(scenes: dict[str, Path], tmp_path: Path) -> None:
+    # A high learning rate on a tiny net: validation IoU peaks early and falls (epoch 1 here),
+    # so "best" and "last" are different epochs and the file must hold the last one.
+    out = tmp_path / "last.safetensors"
+    result = train_model(small_config(scenes, out, epochs=4, samples_per_epoch=16, width=4, depth=2, tile_size=32, lr=5e-2, keep="last"))
+    ious = [h["val_iou"] for h in result.history]
+    assert result.kept_epoch == 4 and result.best_epoch == 1 + int(np.argmax(ious)) < 4, ious
+    saved, meta = load_model(out)
+    assert meta.provenance["kept"] == "last" and meta.provenance["epochs"] == 4
+    assert meta.provenance["best_epoch"] == result.best_epoch
+    assert meta.provenance["metrics"]["val_iou"] == pytest.approx(ious[-1], abs=1e-6)
+    _, _, state = _load_resume(out.with_name("last.resume.safetensors"))
+    for k, v in state["ema_weights"].items():  # the final average, not the best epoch's
+        torch.testing.assert_close(saved.state_dict()[k].float(), v.float(), msg=k)
+    with pytest.raises(GeounetError, match="keep="):
+        train_model(small_config(scenes, tmp_path / "x.safetensors", keep="first"))
 
 
 def test_the_saved_model_is_the_weight_average(scenes: dict[str, Path], tmp_path: Path) -> None:
