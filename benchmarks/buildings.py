@@ -58,7 +58,8 @@ def labels_for(data: Path, image: Path) -> Path:
 
 
 def score(
-    model: Path, images: list[Path], data: Path, *, tta: bool = False, regularize: bool | None = None, split_m: float | None = None
+    model: Path, images: list[Path], data: Path, *, tta: bool = False, regularize: bool | None = None, split_m: float | None = None,
+    split_seeds: float | None = None,
 ) -> dict[str, Any]:
     """Predict each image whole and score it (``geounet.evaluate.evaluate`` with the model, as
     ``geounet evaluate`` does); sums per source and overall."""
@@ -68,7 +69,7 @@ def score(
     from geounet.evaluate import evaluate
     from geounet.predict import PredictConfig, Predictor
 
-    cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize, split_m=split_m)
+    cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize, split_m=split_m, split_seeds=split_seeds)
     per_image: dict[str, Any] = {}
     sums: dict[str, dict[str, int]] = {}
     t0 = time.perf_counter()
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="with --evaluate-only: the model to score")
     ap.add_argument("--evaluate-only", action="store_true")
     ap.add_argument("--tta", action="store_true", help="score with test-time augmentation too")
+    ap.add_argument("--split-seeds", type=float, default=None, metavar="P", help="score with predict --split-seeds P too")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--tile-size", type=int, default=256)
@@ -192,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
         report["train_seconds"] = round(time.perf_counter() - t0, 1)
         report["best_epoch"] = result.best_epoch
         report["best_val_iou_windows"] = round(result.best_iou, 4)
-    report["plain"] = score(model, val, args.data, regularize=False)
-    report["regularized"] = score(model, val, args.data, regularize=True)
+    report["plain"] = score(model, val, args.data, regularize=False, split_seeds=0)
+    report["regularized"] = score(model, val, args.data, regularize=True, split_seeds=0)
     if args.tta:
-        report["tta"] = score(model, val, args.data, tta=True, regularize=False)
+        report["tta"] = score(model, val, args.data, tta=True, regularize=False, split_seeds=0)
+    if args.split_seeds is not None:
+        report["seeds"] = score(model, val, args.data, regularize=False, split_seeds=args.split_seeds)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"{'':20} {'pixel IoU':>9} {'pixel F1':>9} {'object F1':>9}  images")
-    for variant in ("plain", "regularized", "tta"):
+    for variant in ("plain", "regularized", "tta", "seeds"):
         if variant not in report:
             continue
         for key in ("rio", "austin", "chicago", "all"):

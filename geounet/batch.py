@@ -331,7 +331,7 @@ def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: boo
     Device, batch size, reader threads and ``overwrite`` are left out: they change how fast, not
     what (up to floating-point rounding). ``tta`` is recorded only when on, so that manifests
     written before it existed still match runs without it; turning it on or off redoes a scene.
-    ``resample``, ``regularize`` and ``split_m`` likewise, only when not their defaults.
+    ``resample``, ``regularize``, ``split_m`` and ``split_seeds`` likewise, only when not their defaults.
     """
     params: dict[str, Any] = {
         "format": fmt,
@@ -355,6 +355,8 @@ def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: boo
         params["regularize"] = config.regularize
     if config.split_m is not None:
         params["split_m"] = config.split_m
+    if config.split_seeds is not None:
+        params["split_seeds"] = config.split_seeds
     # Round-trip through JSON so that values compare equal to those read from the manifest.
     normal: dict[str, Any] = json.loads(json.dumps(params))
     return normal

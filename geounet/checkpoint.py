@@ -60,6 +60,9 @@ class ModelMeta:
         min_area_m2: Drop polygons smaller than this by default when predicting.
         split_m: Split polygons at necks narrower than this (metres) by default when
             predicting (touching buildings; :func:`geounet.vectorize.split_necks`); 0 = off.
+        split_seeds: Cut a binary model's objects apart along the probability valleys between
+            cores at or above this probability by default when predicting (touching
+            buildings; :func:`geounet.vectorize.split_at_valleys`); 0 = off.
         class_geometry: What ``predict`` writes for a class, by name: ``polygon`` (outlines) or
             ``line`` (centerlines, :mod:`geounet.centerline`). A class not named is a polygon
             class (every model file from before this field).
@@ -84,6 +87,7 @@ class ModelMeta:
     regularize: bool = False
     min_area_m2: float = 0.0
     split_m: float = 0.0
+    split_seeds: float = 0.0
     class_geometry: dict[str, str] = field(default_factory=dict)
     line_width_m: float | None = None
     format_version: int = FORMAT_VERSION

@@ -59,10 +59,15 @@ from geounet.vectorize import (
     VectorWriter,
     band_rows,
     import_vector_libraries,
+    split_at_valleys,
     vector_driver,
 )
 
 logger = logging.getLogger(__name__)
+
+
+#: Cores smaller than this (m²) do not start a basin of their own (see ``split_seeds``).
+SEED_MIN_M2 = 4.0
 
 
 def split_px(split_m: float, scene: Scene) -> float:
@@ -169,6 +174,10 @@ class PredictConfig:
         split_m: Split polygons where parts meet through a neck narrower than this many
             metres (touching buildings; :func:`geounet.vectorize.split_necks`); 0 = off,
             None = the model's default.
+        split_seeds: Binary models: cut objects apart along the valleys of the probability
+            between cores at or above this probability (a seeded watershed, before the mask is
+            written and vectorized; :func:`geounet.vectorize.split_at_valleys`); 0 = off, None =
+            the model's default.
         precision: The network's arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16
             on CUDA and on CPUs with native bf16 (see :data:`CPU_AUTO_PRECISION`), float32 on
             other CPUs, where bf16 is emulated.
@@ -192,6 +201,7 @@ class PredictConfig:
     resample: Literal["auto", "off"] = "auto"
     regularize: bool | None = None
     split_m: float | None = None
+    split_seeds: float | None = None
     precision: Precision = "auto"
 
 
@@ -204,6 +214,7 @@ class PolygonOptions:
     regularize: bool = False
     split_m: float = 0.0
     simplify: float = 0.0
+    split_seeds: float = 0.0
 
     @classmethod
     def resolve(cls, cfg: PredictConfig | None, meta: ModelMeta | None) -> PolygonOptions:
@@ -214,6 +225,7 @@ class PolygonOptions:
             regularize=cfg.regularize if cfg.regularize is not None else bool(meta and meta.regularize),
             split_m=cfg.split_m if cfg.split_m is not None else meta.split_m if meta else 0.0,
             simplify=cfg.simplify,
+            split_seeds=cfg.split_seeds if cfg.split_seeds is not None else meta.split_seeds if meta else 0.0,
         )
 
     def vectorizer(self, scene: Scene, class_names: Sequence[str]) -> StripVectorizer:
@@ -815,6 +827,9 @@ class StripSinks:
             self.mask.dataset.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(self.names)})
         # Line classes go to the centerliner only (see line_output for where their file is).
         self._line_ids = np.asarray(meta.line_class_ids, dtype=np.uint8)
+        # Touching objects cut along probability valleys (binary models; mask and polygons).
+        self.seeds = PolygonOptions.resolve(cfg, meta).split_seeds if meta.binary else 0.0
+        self.seed_px = max(4, round(SEED_MIN_M2 / (pixel_size_m(scene) or 1.0) ** 2))
         self.centerliner: StripCenterliner | None = None
         self.line_writer: VectorWriter | None = None
         self.line_features = 0
@@ -842,6 +857,8 @@ class StripSinks:
         """Post-process one strip and hand it to every output."""
         t0 = time.perf_counter()
         cls, score, probs = _postprocess(strip, self.meta, self.cfg.threshold)
+        if self.seeds > 0:
+            cls = split_at_valleys(cls, score, self.seeds, self.seed_px)
         # Band by band: bincount widens uint8 to int64, 8 bytes a pixel of a wide strip at once.
         step = band_rows(cls.shape[1])
         for r0 in range(0, cls.shape[0], step):

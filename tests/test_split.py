@@ -1,4 +1,5 @@
-"""Touching buildings come apart when vectorizing: polygons split at narrow necks."""
+"""Touching buildings come apart when vectorizing: polygons split at narrow necks, masks cut
+along the probability valleys between confident cores."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from rasterio.transform import from_origin
 from conftest import MakeRaster, meta_for, threshold_unet
 from geounet.evaluate import evaluate
 from geounet.predict import PredictConfig, predict_raster
-from geounet.vectorize import StripVectorizer, split_necks
+from geounet.vectorize import StripVectorizer, split_at_valleys, split_necks, vectorize_mask
 
 DUMBBELL = shapely.union_all([shapely.box(0, 0, 20, 20), shapely.box(20, 9, 23, 10), shapely.box(23, 0, 40, 18)])
 
@@ -110,3 +111,88 @@ def test_predict_and_evaluate_split_touching_houses(make_raster: MakeRaster, tmp
     assert (on["tp"], on["fp"], on["fn"]) == (2, 0, 0)
     assert (plain_obj["tp"], plain_obj["fn"]) == (1, 1)  # the joined outline matches the larger house only
     assert rep["pixel"] == rep_off["pixel"]  # pixel figures come from the mask
+
+
+def _valley() -> tuple[np.ndarray, np.ndarray]:
+    """Two roofs side by side, sharing a whole edge: probability 0.95 on each, 0.6 on the two
+    columns where they meet (above the 0.5 threshold: one blob, and no neck to split)."""
+    prob = np.full((30, 50), 0.05, np.float32)
+    prob[5:25, 5:24] = 0.95
+    prob[5:25, 26:45] = 0.95
+    prob[5:25, 24:26] = 0.6
+    return (prob >= 0.5).astype(np.uint8), prob
+
+
+def test_valley_between_two_cores_is_cut() -> None:
+    mask, prob = _valley()
+    out = split_at_valleys(mask, prob, 0.8, 16)
+    assert not (out > mask).any()  # nothing is added
+    assert (mask.astype(int) - out).sum() == 20  # one column of the valley, 20 pixels, is cut
+    cut_cols = np.nonzero((mask != out).any(axis=0))[0]
+    assert set(cut_cols) <= {24, 25}
+    t = from_origin(500000, 5000000, 0.5, 0.5)
+    frame = vectorize_mask(out, t, CRS.from_epsg(32633), ["background", "building"])
+    assert len(frame) == 2 and len(vectorize_mask(mask, t, CRS.from_epsg(32633), ["background", "building"])) == 1
+    # A valley shallower than the seed level is one core: nothing to cut.
+    assert split_at_valleys(mask, prob, 0.55, 16) is mask
+    # Cores smaller than the minimum do not count; nodata and background stay as they were.
+    assert split_at_valleys(mask, prob, 0.8, 400) is mask
+    masked = mask.copy()
+    masked[:, :3] = 255
+    assert (split_at_valleys(masked, prob, 0.8, 16)[:, :3] == 255).all()
+
+
+def test_one_confident_blob_is_left_alone() -> None:
+    mask, prob = _valley()
+    prob[5:25, 24:26] = 0.95  # no valley: one core
+    assert split_at_valleys((prob >= 0.5).astype(np.uint8), prob, 0.8, 16).sum() == ((prob >= 0.5)).sum()
+    empty = np.zeros((8, 8), np.uint8)
+    assert split_at_valleys(empty, np.zeros((8, 8), np.float32), 0.8, 4) is empty
+
+
+def test_predict_cuts_touching_houses_along_the_valley(make_raster: MakeRaster, tmp_path: Path) -> None:
+    # threshold_unet: p = sigmoid(4 * (x - 127.5) / 63.75 - 4); roofs at 230 give p = 0.92, the
+    # 2-pixel seam at 200 gives p = 0.63: one blob at 0.5, and no neck (they share a whole edge).
+    t = from_origin(500000, 5000000, 0.5, 0.5)
+    band = np.full((80, 80), 30, np.uint8)
+    band[10:40, 10:30] = 230
+    band[10:40, 32:55] = 230
+    band[10:40, 30:32] = 200
+    scene = make_raster("seam.tif", width=80, height=80, data=np.stack([band, np.full_like(band, 40), np.full_like(band, 90)]), transform=t)
+    truth = [shapely.box(*(t * (10, 40)), *(t * (31, 10))), shapely.box(*(t * (31, 40)), *(t * (55, 10)))]
+    labels = tmp_path / "seam.geojson"
+    gpd.GeoDataFrame(geometry=truth, crs="EPSG:32633").to_file(labels)
+    net = threshold_unet(3)
+    meta = meta_for(net)
+    kw = dict(device="cpu", split_m=1.5)
+    plain = predict_raster(scene, tmp_path / "p.gpkg", model=(net, meta), config=PredictConfig(**kw))  # type: ignore[arg-type]
+    cut = predict_raster(scene, tmp_path / "c.gpkg", mask=tmp_path / "c.tif", model=(net, meta), config=PredictConfig(split_seeds=0.8, **kw))  # type: ignore[arg-type]
+    assert plain.features == 1 and cut.features == 2  # the neck split alone cannot part them
+    got = sorted(gpd.read_file(tmp_path / "c.gpkg", layer="c").geometry, key=lambda g: g.bounds[0])
+    for g, want in zip(got, truth, strict=True):
+        assert g.intersection(want).area / g.union(want).area > 0.9
+    import rasterio
+
+    with rasterio.open(tmp_path / "c.tif") as src:  # the mask agrees with the polygons
+        m = src.read(1)
+    assert (m[10:40, 30:32] == 0).any(axis=1).all() and (m[10:40, 10:30] == 1).all()
+    # The model's default applies unless the run says otherwise, and evaluate follows it.
+    from geounet.checkpoint import save_model
+
+    meta.split_seeds = 0.8
+    path = tmp_path / "m.safetensors"
+    save_model(net, meta, path)
+    on = evaluate(scene, labels, model=path, config=PredictConfig(**kw))["object"]["foreground"]  # type: ignore[arg-type]
+    off = evaluate(scene, labels, model=path, config=PredictConfig(split_seeds=0, **kw))["object"]["foreground"]  # type: ignore[arg-type]
+    assert (on["tp"], on["fp"], on["fn"]) == (2, 0, 0) and off["tp"] <= 1
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+
+    counts = []
+    for extra in ([], ["--split-seeds", "0"]):
+        out = tmp_path / f"cli{len(extra)}.geojson"
+        r = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(out), "-m", str(path), "--device", "cpu", *extra])
+        assert r.exit_code == 0, r.output
+        counts.append(len(gpd.read_file(out)))
+    assert counts == [2, 1]

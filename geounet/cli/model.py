@@ -134,7 +134,8 @@ def info(path: str, as_json: bool) -> None:
         f"tiles:      {meta.tile_size} px, overlap {meta.overlap} px (multiple of {2 ** meta.depth})",
         f"pixel size: {f'{meta.gsd:g} m' if meta.gsd is not None else 'unknown'}",
         f"polygons:   min area {meta.min_area_m2:g} m², regularize {'on' if meta.regularize else 'off'}, "
-        + (f"split at necks under {meta.split_m:g} m" if meta.split_m else "no neck split"),
+        + (f"split at necks under {meta.split_m:g} m" if meta.split_m else "no neck split")
+        + (f", cut along probability valleys between cores >= {meta.split_seeds:g}" if meta.split_seeds else ""),
         f"provenance: {json.dumps(meta.provenance, sort_keys=True, indent=2)}",
     ]
     if onnx_line:

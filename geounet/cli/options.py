@@ -25,6 +25,15 @@ split_opt = click.option(
     "(touching buildings); 0 = off [default: the model's].",
 )
 
+seeds_opt = click.option(
+    "--split-seeds",
+    "split_seeds",
+    type=click.FloatRange(min=0, max=1),
+    metavar="P",
+    help="Cut touching objects apart along the probability valleys between cores at or above "
+    "probability P (a seeded watershed; binary models); 0 = off [default: the model's].",
+)
+
 tta_opt = click.option(
     "--tta",
     is_flag=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import BandList, announce_model, device_opt, model_opt, overwrite_opt, split_opt, tile_progress, tta_opt
+from geounet.cli.options import BandList, announce_model, device_opt, model_opt, overwrite_opt, seeds_opt, split_opt, tile_progress, tta_opt
 
 
 @click.command()
@@ -22,6 +22,7 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @tta_opt
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).")
 @split_opt
+@seeds_opt
 @click.option("--regularize/--no-regularize", default=None, help="Square building outlines (right angles, small jogs removed) [default: the model's; on for the bundled building model].")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
 @click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path), help="Also write class probabilities (GeoTIFF).")
@@ -33,7 +34,7 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
 @overwrite_opt
 @click.pass_context
-def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, precision: str, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, precision: str, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment SCENE and write polygons in its CRS.
 
     \b
@@ -47,7 +48,7 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | 
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
         threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, precision=precision, tta=tta, resample=resample, regularize=regularize, split_m=split_m,  # type: ignore[arg-type]
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, precision=precision, tta=tta, resample=resample, regularize=regularize, split_m=split_m, split_seeds=split_seeds,  # type: ignore[arg-type]
     )
     model_path = announce_model(ctx, model_path)
     update, close = tile_progress(ctx, Path(scene).name)
