@@ -143,9 +143,9 @@ def test_valley_between_two_cores_is_cut() -> None:
 
 
 def test_one_confident_blob_is_left_alone() -> None:
-    mask, prob = _valley()
+    _, prob = _valley()
     prob[5:25, 24:26] = 0.95  # no valley: one core
-    assert split_at_valleys((prob >= 0.5).astype(np.uint8), prob, 0.8, 16).sum() == ((prob >= 0.5)).sum()
+    assert split_at_valleys((prob >= 0.5).astype(np.uint8), prob, 0.8, 16).sum() == (prob >= 0.5).sum()
     empty = np.zeros((8, 8), np.uint8)
     assert split_at_valleys(empty, np.zeros((8, 8), np.float32), 0.8, 4) is empty
 
@@ -164,7 +164,7 @@ def test_predict_cuts_touching_houses_along_the_valley(make_raster: MakeRaster, 
     gpd.GeoDataFrame(geometry=truth, crs="EPSG:32633").to_file(labels)
     net = threshold_unet(3)
     meta = meta_for(net)
-    kw = dict(device="cpu", split_m=1.5)
+    kw = {"device": "cpu", "split_m": 1.5}
     plain = predict_raster(scene, tmp_path / "p.gpkg", model=(net, meta), config=PredictConfig(**kw))  # type: ignore[arg-type]
     cut = predict_raster(scene, tmp_path / "c.gpkg", mask=tmp_path / "c.tif", model=(net, meta), config=PredictConfig(split_seeds=0.8, **kw))  # type: ignore[arg-type]
     assert plain.features == 1 and cut.features == 2  # the neck split alone cannot part them
