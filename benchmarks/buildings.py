@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate-only", action="store_true")
     ap.add_argument("--tta", action="store_true", help="score with test-time augmentation too")
     ap.add_argument("--split-seeds", type=float, default=None, metavar="P", help="score with predict --split-seeds P too")
+    ap.add_argument("--score-on", choices=["held-out", "training"], default="held-out",
+                    help="with --evaluate-only: the images to score (training: for choices made without the held-out ones)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--tile-size", type=int, default=256)
@@ -154,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                               "train_images": len(train), "val_images": [p.stem for p in val]}
     model = args.model or args.out / "model.safetensors"
+    if args.evaluate_only and args.score_on == "training":
+        val = train
+        report["scored_on"] = "training images"
     if not args.evaluate_only:
         kw: dict[str, Any] = {}
         if args.lr:
