@@ -26,6 +26,7 @@ from geounet.batch import (
     SceneRecord,
     VectorFormat,
     assign_names,
+    batch_params,
     read_manifest,
     run_batch,
     scene_stem,
@@ -189,6 +190,15 @@ def test_resume_skips_done_and_redoes_changed(tmp_path: Path, model_file: Path) 
     last = read_manifest(out / MANIFEST_NAME)
     assert sorted(Path(k).name for k in last) == ["scene0.tif", "scene1.tif", "scene2.tif"]
     assert {r.params["threshold"] for r in last.values()} == {0.7}
+
+
+def test_polygon_options_are_parameters_only_when_given() -> None:
+    # Manifests written before an option existed still match runs that leave it unset.
+    base = batch_params(PredictConfig(), fmt="gpkg", probabilities=False, mask=False)
+    assert not {"split_m", "split_seeds", "regularize"} & set(base)
+    given = batch_params(PredictConfig(split_seeds=0.7, split_m=0.0), fmt="gpkg", probabilities=False, mask=False)
+    assert given["split_seeds"] == 0.7 and given["split_m"] == 0.0
+    assert {k: v for k, v in given.items() if k not in ("split_seeds", "split_m")} == base
 
 
 def test_tta_is_a_parameter_turning_it_on_or_off_redoes_scenes(tmp_path: Path, model_file: Path) -> None:
