@@ -829,6 +829,8 @@ class StripSinks:
         self._line_ids = np.asarray(meta.line_class_ids, dtype=np.uint8)
         # Touching objects cut along probability valleys (binary models; mask and polygons).
         self.seeds = PolygonOptions.resolve(cfg, meta).split_seeds if meta.binary else 0.0
+        if cfg.split_seeds and not meta.binary:
+            logger.warning("--split-seeds applies to binary models only; this model has %d classes", len(meta.classes))
         self.seed_px = max(4, round(SEED_MIN_M2 / (pixel_size_m(scene) or 1.0) ** 2))
         self.centerliner: StripCenterliner | None = None
         self.line_writer: VectorWriter | None = None
