@@ -827,8 +827,9 @@ class StripSinks:
             self.mask.dataset.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(self.names)})
         # Line classes go to the centerliner only (see line_output for where their file is).
         self._line_ids = np.asarray(meta.line_class_ids, dtype=np.uint8)
+        polygon_options = PolygonOptions.resolve(cfg, meta)
         # Touching objects cut along probability valleys (binary models; mask and polygons).
-        self.seeds = PolygonOptions.resolve(cfg, meta).split_seeds if meta.binary else 0.0
+        self.seeds = polygon_options.split_seeds if meta.binary else 0.0
         if cfg.split_seeds and not meta.binary:
             logger.warning("--split-seeds applies to binary models only; this model has %d classes", len(meta.classes))
         self.seed_px = max(4, round(SEED_MIN_M2 / (pixel_size_m(scene) or 1.0) ** 2))
@@ -836,7 +837,7 @@ class StripSinks:
         self.line_writer: VectorWriter | None = None
         self.line_features = 0
         if vectors is not None and meta.polygon_class_ids:
-            self.vectorizer = PolygonOptions.resolve(cfg, meta).vectorizer(scene, self.names)
+            self.vectorizer = polygon_options.vectorizer(scene, self.names)
             style = vector_qml(self.names[1:], _class_colours(meta)) if vector_style else None
             self.vector_writer = VectorWriter(vectors, style=style)
         if lines is not None:

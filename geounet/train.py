@@ -795,10 +795,11 @@ def train_model(
         improved = score > best_iou or best_epoch == 0
         if improved:
             best_iou, best_epoch = score, epoch + 1
-        if improved or cfg.keep == "last":
+        save = improved or cfg.keep == "last"
+        if save:
             kept_epoch = epoch + 1
         if dist.main:
-            if kept_epoch == epoch + 1:
+            if save:
                 meta.provenance = {
                     **provenance_base,
                     "epochs": epoch + 1,
