@@ -390,11 +390,17 @@ def centerline_mask(
 # edge, so pieces are joined by key, exactly.
 
 
+#: Pixel scores are summed in units of 2**-24 (integers): pieces of a line are added in an
+#: order that depends on the strips, and integer sums are exact in any order, so a line's mean
+#: score does not depend on where the strip seams fall.
+SCORE_UNITS = float(2**24)
+
+
 @dataclass
 class _Piece:
     pix: list[int]
     ends: list[Any]  # per end: ("n", node key) or ("o", (above, below)); closed: both ("c",)
-    ssum: float
+    ssum: float  # in SCORE_UNITS
     attached: list[int] = field(default_factory=list)  # node keys counted as open in clusters
 
 
@@ -587,7 +593,8 @@ class _LineGraph:
 
         out: list[tuple[npt.NDArray[np.float64], float]] = []
         for pix, e0, e1 in chains:
-            ssum = float(sum(scores[k // w - p + 1, k % w] for k in pix))
+            idx = np.asarray(pix, dtype=np.int64)
+            ssum = float(np.rint(scores[idx // w - p + 1, idx % w].astype(np.float64) * SCORE_UNITS).sum())
             out.extend(self._piece(_Piece(pix, [e0, e1], ssum), p))
 
         self._prev_deg = deg[-1].copy() if q > p else prev_deg
@@ -859,4 +866,4 @@ def _canonical(pts: list[tuple[float, float]], ssum: float, n: int, *, closed: b
         xy = np.concatenate([ring, ring[:1]])
     elif tuple(xy[-1][::-1]) < tuple(xy[0][::-1]):
         xy = xy[::-1]
-    return np.ascontiguousarray(xy), (ssum / n if n else 1.0)
+    return np.ascontiguousarray(xy), (ssum / SCORE_UNITS / n if n else 1.0)
