@@ -144,6 +144,78 @@ def fuse_batchnorm(model: UNet) -> UNet:
     return model
 
 
+@torch.no_grad()
+def widen(model: UNet, width: int, *, seed: int = 0, noise: float = 0.01) -> UNet:
+    """A wider U-Net that computes the same function as ``model`` (Net2WiderNet).
+
+    Each new channel of a layer copies an old one (the old channels first, then a seeded
+    random choice); a layer that reads copied channels divides their weights by the number of
+    copies, so every sum is unchanged. BatchNorm parameters and running statistics are copied
+    with their channels, so the logits agree in eval and in train mode. Zero-sum noise (``noise``
+    times each layer's weight spread, summing to zero over the copies of an input channel) makes
+    the copies' weights differ, so training pulls them apart instead of keeping them equal.
+    A trained narrow model thus continues training with more capacity from where it stood.
+
+    Raises:
+        ValueError: ``width`` below the model's.
+    """
+    if width < model.width:
+        raise ValueError(f"cannot narrow a width-{model.width} U-Net to {width}")
+    gen = torch.Generator().manual_seed(seed)
+    old_c = [model.width * 2**i for i in range(model.depth + 1)]
+    new_c = [width * 2**i for i in range(model.depth + 1)]
+    wide = UNet(model.in_channels, model.classes, width, model.depth)
+
+    def mapping(level: int) -> torch.Tensor:
+        extra = torch.randint(old_c[level], (new_c[level] - old_c[level],), generator=gen)
+        return torch.cat([torch.arange(old_c[level]), extra])
+
+    def spread(w: torch.Tensor, g_in: torch.Tensor, in_dim: int) -> torch.Tensor:
+        """Divide by the copies of each input channel and add zero-sum noise over the copies."""
+        count = torch.bincount(g_in).to(w.dtype)
+        shape = [1] * w.dim()
+        shape[in_dim] = -1
+        w = w / count[g_in].view(shape)
+        n = torch.randn(w.shape, generator=gen, dtype=w.dtype) * noise * float(w.std())
+        group = torch.zeros(w.shape[:in_dim] + (len(count),) + w.shape[in_dim + 1 :], dtype=w.dtype)
+        group.index_add_(in_dim, g_in, n)
+        mean = (group / count.view(shape)).index_select(in_dim, g_in)
+        return w + n - mean
+
+    def conv(dst: nn.Conv2d, src: nn.Conv2d, g_out: torch.Tensor | None, g_in: torch.Tensor | None) -> None:
+        w = src.weight if g_out is None else src.weight[g_out]
+        dst.weight.copy_(w if g_in is None else spread(w[:, g_in], g_in, 1))
+        if src.bias is not None:
+            dst.bias.copy_(src.bias if g_out is None else src.bias[g_out])
+
+    def norm(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, g: torch.Tensor) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(dst, name).copy_(getattr(src, name)[g])
+        dst.num_batches_tracked.copy_(src.num_batches_tracked)
+
+    def double(dst: DoubleConv, src: DoubleConv, g_in: torch.Tensor | None, level: int) -> torch.Tensor:
+        g_mid, g_out = mapping(level), mapping(level)
+        conv(dst[0], src[0], g_mid, g_in)
+        norm(dst[1], src[1], g_mid)
+        conv(dst[3], src[3], g_out, g_mid)
+        norm(dst[4], src[4], g_out)
+        return g_out
+
+    skips = [double(wide.inc, model.inc, None, 0)]
+    for i, (dst, src) in enumerate(zip(wide.downs, model.downs)):
+        skips.append(double(dst[1], src[1], skips[-1], i + 1))
+    g = skips.pop()
+    for k, (dst, src) in enumerate(zip(wide.ups, model.ups)):
+        level = model.depth - 1 - k
+        g_skip, g_up = skips.pop(), mapping(level)
+        # ConvTranspose2d weights are (in, out, kh, kw).
+        dst.up.weight.copy_(spread(src.up.weight[g][:, g_up], g, 0))
+        dst.up.bias.copy_(src.up.bias[g_up])
+        g = double(dst.conv, src.conv, torch.cat([g_skip, g_up + old_c[level]]), level)
+    conv(wide.head, model.head, None, g)
+    return wide.train(model.training)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

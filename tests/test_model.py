@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from geounet.checkpoint import FORMAT_VERSION, META_KEY, create_model, load_model, read_meta, save_model
 from geounet.errors import CheckpointError
-from geounet.model import UNet, calibrate_batchnorm, count_parameters, fuse_batchnorm
+from geounet.model import UNet, calibrate_batchnorm, count_parameters, fuse_batchnorm, widen
 
 
 def test_seed_architecture_parameter_count() -> None:
@@ -139,6 +139,46 @@ def test_fused_batchnorm_gives_the_same_logits() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert count_parameters(fused) < count_parameters(UNet(3, 2, width=8, depth=3))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_widen_keeps_the_function_and_breaks_the_copies_apart(depth: int) -> None:
+    torch.manual_seed(0)
+    net = UNet(3, 2, width=4, depth=depth)
+    x = torch.randn(2, 3, 32, 32) * 2 + 1
+    calibrate_batchnorm(net, [x])
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        want = net(x)
+    wide = widen(net, 7, seed=3)
+    assert wide.width == 7 and not wide.training
+    assert wide.inc[0].weight.shape == (7, 3, 3, 3)
+    assert wide.ups[-1].conv[0].weight.shape == (7, 14, 3, 3)
+    assert count_parameters(wide) > 2 * count_parameters(net)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), want, rtol=1e-4, atol=1e-4)
+        # Train mode (batch statistics): copies of a channel have the statistics of the original.
+        torch.testing.assert_close(wide.train()(x), net.train()(x), rtol=1e-4, atol=1e-4)
+    # Copied output channels start with equal incoming weights (first layer: no copied
+    # inputs), but the noise on the next layer's weights gives them different gradients.
+    first = wide.inc[0].weight
+    copies = [j for j in range(4, 7)]
+    originals = [int((first[j] - first[:4]).abs().flatten(1).sum(1).argmin()) for j in copies]
+    for j, o in zip(copies, originals):
+        torch.testing.assert_close(first[j], first[o])
+    wide.zero_grad()
+    wide(x).square().mean().backward()
+    grad = wide.inc[0].weight.grad
+    assert all(not torch.allclose(grad[j], grad[o]) for j, o in zip(copies, originals))
+    # The same seed gives the same network; narrowing is refused.
+    again = widen(net.eval(), 7, seed=3)
+    for a, b in zip(again.state_dict().values(), widen(net, 7, seed=3).state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="cannot narrow"):
+        widen(net, 3)
 
 
 def test_model_files_get_the_umasks_mode_not_a_private_one(tmp_path: Path) -> None:
