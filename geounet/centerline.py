@@ -46,6 +46,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from scipy import ndimage
 
+from geounet.raster import ground_scale, projection_scale
 from geounet.vectorize import by_position, class_labels, metric_of, pixel_to_map
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def metres_per_pixel(transform: Affine, crs: CRS) -> float:
         dx = geod.inv(lon, lat, lon + sx, lat)[2]
         dy = geod.inv(lon, lat, lon, lat - sy)[2]
         return float((dx + dy) / 2)
-    return float((sx + sy) / 2 * factor)
+    return float((sx + sy) / 2 * factor / projection_scale(crs, transform.c, transform.f)[0])
 
 
 def length_m(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
@@ -165,7 +166,7 @@ def length_m(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
     geod, factor = metric_of(crs)
     if geod is not None:
         return np.array([geod.geometry_length(g) for g in geoms], dtype=np.float64)
-    return np.asarray(shapely.length(geoms), dtype=np.float64) * factor
+    return np.asarray(shapely.length(geoms), dtype=np.float64) * factor / ground_scale(geoms, crs)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from geounet.errors import LabelsError, LabelsOutsideRasterError
-from geounet.raster import RASTER_SUFFIXES, Scene, gdal_path, is_remote, short_error
+from geounet.raster import RASTER_SUFFIXES, Scene, gdal_path, ground_scale, is_remote, short_error
 
 logger = logging.getLogger(__name__)
 
@@ -1843,7 +1843,7 @@ def _buffer_parts(
         buffered = shapely.buffer(_reproject(parts[grow], crs, local), metres, quad_segs=_QUAD_SEGS)
         out[grow] = _reproject(buffered, local, crs)
     else:
-        units = metres * _metres_to_units(crs, 1.0, lat=0.0)
+        units = metres * _metres_to_units(crs, 1.0, lat=0.0) * ground_scale(parts[grow], crs)
         out[grow] = shapely.buffer(parts[grow], units, quad_segs=_QUAD_SEGS)
     return out
 

@@ -37,6 +37,7 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from geounet.errors import OutputError
+from geounet.raster import ground_scale
 from geounet.style import write_gpkg_style, write_sidecar_qml
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ def area_m2(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
     geod, factor = metric_of(crs)
     if geod is not None:
         return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
-    return np.asarray(shapely.area(geoms), dtype=np.float64) * factor**2
+    return np.asarray(shapely.area(geoms), dtype=np.float64) * factor**2 / ground_scale(geoms, crs) ** 2
+
 
 
 def metric_of(crs: CRS) -> tuple[pyproj.Geod | None, float]:

@@ -332,6 +332,19 @@ def test_line_width_is_in_metres_in_a_crs_in_feet() -> None:
     assert mask[:, 50].sum() == 14
 
 
+def test_line_width_is_in_ground_metres_in_web_mercator() -> None:
+    # EPSG:3857 at 60 deg N stretches the ground 2x (1/cos 60): a 4 m road is 8 grid metres,
+    # 8 pixels of a grid with 1 grid-metre pixels, not 4.
+    import pyproj
+
+    x0, y0 = pyproj.Transformer.from_crs(4326, 3857, always_xy=True).transform(25.0, 60.0)
+    grid = from_origin(x0, y0 + 50, 1.0, 1.0)
+    line = shapely.LineString([grid * (10, 50), grid * (90, 50)])
+    labels = Labels.from_frame(frame([line], crs="EPSG:3857"), LabelSpec(line_width_m=4))
+    mask = labels.for_raster("EPSG:3857", grid, 100, 100, name="merc.tif").rasterize(Window(0, 0, 100, 100))
+    assert mask[:, 50].sum() == 8 and mask[46:54, 50].all()
+
+
 @pytest.mark.parametrize(
     ("lat0", "lon0"),
     [(45.0, 15.0), (-33.9, 151.2), (85.0, -40.0)],  # north, south, beyond UTM (polar)
