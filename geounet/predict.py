@@ -293,16 +293,28 @@ def resolve_device(device: str) -> torch.device:
 
 
 def check_dtype(scene: Scene, meta: ModelMeta) -> None:
-    """Refuse a scene whose dtype differs from the one the model was trained on.
+    """Refuse a scene whose dtype differs from the one the model was trained on, unless the
+    model stretches each scene by its own percentiles (``normalization`` mode ``scene``, as the
+    bundled building model does): then a 16-bit or float scene reaches the network scaled like
+    an 8-bit one (its 2nd and 98th percentiles at 0 and 1), and is taken with a warning.
 
     Raises:
         BandMismatchError: With how to fix it.
     """
-    if np.dtype(scene.dtype) != np.dtype(meta.dtype):
-        raise BandMismatchError(
-            f"model expects {meta.dtype} pixels, {scene.name} is {scene.dtype}; rescale it "
-            f"(gdal_translate -ot {_gdal_type(meta.dtype)} -scale) or use a model trained on {scene.dtype}"
+    if np.dtype(scene.dtype) == np.dtype(meta.dtype):
+        return
+    norm = meta.normalization or {}
+    if norm.get("mode") == "scene":
+        logger.warning(
+            "%s is %s, the model was trained on %s: it is read through the scene's own %g-%g "
+            "percentile stretch, as the model's training images were",
+            scene.name, scene.dtype, meta.dtype, norm.get("low", 2), norm.get("high", 98),
         )
+        return
+    raise BandMismatchError(
+        f"model expects {meta.dtype} pixels, {scene.name} is {scene.dtype}; rescale it "
+        f"(gdal_translate -ot {_gdal_type(meta.dtype)} -scale) or use a model trained on {scene.dtype}"
+    )
 
 
 def _gdal_type(dtype: str) -> str:

@@ -174,6 +174,30 @@ def test_dtype_mismatch(make_raster: MakeRaster, tmp_path: Path) -> None:
         predict_raster(scene, tmp_path / "a.gpkg", model=(net, meta_for(net)))
 
 
+def test_a_scene_stretched_model_takes_16_bit_scenes(make_raster: MakeRaster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A model that stretches each scene by its own percentiles (the bundled building model)
+    # sees a 16-bit scene as it sees the 8-bit one it is an affine copy of: the same mask.
+    rng = np.random.default_rng(3)
+    data = rng.integers(20, 60, (3, 96, 96)).astype(np.uint8)
+    data[0, 20:50, 30:70] = 200
+    data[0, 60:90, 10:40] = 180
+    byte = make_raster("byte.tif", data=data)
+    wide = make_raster("u16.tif", data=data.astype(np.uint16) * 9 + 300, dtype="uint16")
+    net = threshold_unet(3)
+    meta = meta_for(net)
+    meta.normalization = {"mode": "scene", "low": 2.0, "high": 98.0}
+    meta.mean, meta.std = [0.5] * 3, [0.25] * 3
+    model = (net, meta)
+    a = predict_raster(byte, tmp_path / "a.gpkg", model=model, mask=tmp_path / "a.tif")
+    with caplog.at_level("WARNING", logger="geounet.predict"):
+        b = predict_raster(wide, tmp_path / "b.gpkg", model=model, mask=tmp_path / "b.tif")
+    assert "u16.tif is uint16, the model was trained on uint8" in caplog.text
+    with rasterio.open(tmp_path / "a.tif") as ma, rasterio.open(tmp_path / "b.tif") as mb:
+        got, want = mb.read(1), ma.read(1)
+    assert a.features == b.features == 2 and want.sum() > 0
+    assert (got == want).all()
+
+
 def test_bad_scenes(make_raster: MakeRaster, tmp_path: Path) -> None:
     net = constant_unet(3, 1.0)
     model = (net, meta_for(net))
