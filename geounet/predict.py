@@ -260,6 +260,10 @@ class PredictResult:
     class_counts: dict[str, int] = field(default_factory=dict)
     lines: Path | None = None
     line_features: int = 0
+    #: The 1-based scene bands the model read, in its order, and their colour names where they
+    #: were found by colour interpretation rather than taken in file order (else empty).
+    bands: tuple[int, ...] = ()
+    bands_by_colour: tuple[str, ...] = ()
 
 
 def line_output(out: str | os.PathLike[str], meta: ModelMeta) -> tuple[Path | None, str | None]:
@@ -617,6 +621,8 @@ class Predictor:
             class_counts=sinks.class_counts(),
             lines=line_path,
             line_features=sinks.line_features,
+            bands=tuple(plan.bands),
+            bands_by_colour=tuple(self.meta.band_names) if cfg.bands is None and tuple(plan.bands) != plan.scene.data_bands else (),
         )
 
     def plan(self, scene_path: str | os.PathLike[str], cfg: PredictConfig) -> RunPlan:
@@ -630,7 +636,7 @@ class Predictor:
         overlap = meta.overlap if cfg.overlap is None else cfg.overlap
         check_tile_size(tile_size, overlap, multiple=2**meta.depth)
         scene = open_scene(scene_path)
-        bands = resolve_bands(scene, cfg.bands, meta.bands)
+        bands = resolve_bands(scene, cfg.bands, meta.bands, meta.band_names)
         check_dtype(scene, meta)
         # With resampling, tiles and overlap are laid out in scene pixels over the ground that a
         # model tile covers; the network still sees tile_size pixels.

@@ -193,6 +193,8 @@ class Scene:
         alpha: 1-based index of an alpha band, used as the validity mask, not as data.
         data_bands: 1-based indexes of the bands that are data (all but alpha).
         has_mask: Whether pixels can be invalid (nodata, alpha or an internal mask).
+        colours: Each band's colour interpretation (``red``, ``green``, ``blue``, ``nir``,
+            ``alpha``, ``gray``, ``undefined``...), in band order; empty when unknown.
     """
 
     path: str
@@ -207,6 +209,7 @@ class Scene:
     alpha: int | None
     data_bands: tuple[int, ...]
     has_mask: bool
+    colours: tuple[str, ...] = ()
 
     @property
     def res(self) -> tuple[float, float]:
@@ -394,16 +397,54 @@ def _describe(src: Any, path: str, name: str) -> Scene:
         alpha=alpha,
         data_bands=data_bands,
         has_mask=has_mask,
+        colours=tuple(ci.name.lower() for ci in src.colorinterp),
     )
 
 
-def resolve_bands(scene: Scene, bands: Sequence[int] | None, expected: int) -> tuple[int, ...]:
+#: Colour interpretations that name what a band holds (GDAL's), as opposed to none or a role.
+COLOUR_NAMES = frozenset({
+    "red", "green", "blue", "nir", "rededge", "coastal", "yellow", "pan", "swir", "mwir", "lwir", "tir",
+})
+
+
+def colour_bands(scene: Scene, names: Sequence[str]) -> tuple[int, ...] | None:
+    """The scene's bands whose colour interpretation is each of ``names``, in that order, or
+    None unless every name is a colour (:data:`COLOUR_NAMES`) held by exactly one band."""
+    if not names or not all(n in COLOUR_NAMES for n in names) or len(set(names)) != len(names):
+        return None
+    chosen = []
+    for name in names:
+        hits = [i for i, c in enumerate(scene.colours, start=1) if c == name]
+        if len(hits) != 1:
+            return None
+        chosen.append(hits[0])
+    return tuple(chosen)
+
+
+def band_names(scene: Scene, bands: Sequence[int]) -> list[str]:
+    """Names for a new model's bands: the colour interpretations of ``bands`` where each is a
+    distinct colour (:data:`COLOUR_NAMES`), else ``band1``, ``band2``... by index."""
+    colours = [scene.colours[b - 1] if b - 1 < len(scene.colours) else "" for b in bands]
+    if all(c in COLOUR_NAMES for c in colours) and len(set(colours)) == len(colours):
+        return colours
+    return [f"band{b}" for b in bands]
+
+
+def resolve_bands(
+    scene: Scene, bands: Sequence[int] | None, expected: int, names: Sequence[str] = ()
+) -> tuple[int, ...]:
     """The 1-based band indexes to feed the model.
+
+    Without ``bands``, a model whose bands are colours (``red``, ``green``, ``blue``...) takes
+    the scene's bands of those colour interpretations, in the model's order, wherever they are
+    (a BGR file, RGB + near-infrared); a scene that does not label them takes its data bands in
+    file order.
 
     Args:
         scene: The scene.
         bands: Bands chosen by the user (1-based), or None for all data bands (alpha excluded).
         expected: Bands the model wants.
+        names: The model's band names.
 
     Raises:
         BandMismatchError: A band index out of range, or a count that does not fit the model.
@@ -417,7 +458,7 @@ def resolve_bands(scene: Scene, bands: Sequence[int] | None, expected: int) -> t
             )
         chosen = tuple(bands)
     else:
-        chosen = scene.data_bands
+        chosen = colour_bands(scene, names) or scene.data_bands
     if len(chosen) != expected:
         hint = (
             f"pass --bands with {expected} of 1..{scene.count}"

@@ -60,7 +60,7 @@ from geounet.errors import BandMismatchError, CheckpointError, GeounetError, Out
 from geounet.labels import LabelSpec, read_label_sources
 from geounet.model import autocast_dtype
 from geounet.predict import resolve_device
-from geounet.raster import AtomicOutputs, expand_rasters, open_scene, pixel_size_m, resolve_bands
+from geounet.raster import AtomicOutputs, band_names, expand_rasters, open_scene, pixel_size_m, resolve_bands
 from geounet.tiling import check_tile_size
 
 logger = logging.getLogger(__name__)
@@ -208,6 +208,14 @@ def resolve_class_geometry(found: dict[str, str], overrides: dict[str, str] | No
             raise GeounetError(f"--class-geometry {name}={kind}: use polygon or line")
         out[name] = kind
     return {k: v for k, v in out.items() if v == "line"}
+
+
+def _band_names(entries: list[ImageEntry]) -> list[str]:
+    """A new model's band names: the training images' colour interpretations where they all
+    agree (``red``, ``green``, ``blue``: prediction then finds those bands by colour), else by
+    the first image's band indexes."""
+    names = [band_names(e.scene, e.bands) for e in entries]
+    return names[0] if all(n == names[0] for n in names) else [f"band{b}" for b in entries[0].bands]
 
 
 def default_samples(train_area_tiles: float, world: int = 1) -> int:
@@ -576,7 +584,7 @@ def train_model(
         if expected_bands is None:
             chosen = tuple(cfg.bands) if cfg.bands else scene.data_bands
             expected_bands = len(chosen)
-        bands = resolve_bands(scene, cfg.bands, expected_bands)
+        bands = resolve_bands(scene, cfg.bands, expected_bands, init_meta.band_names if init_meta else ())
         if dtype is None:
             dtype = init_meta.dtype if init_meta else scene.dtype
         if np.dtype(scene.dtype) != np.dtype(dtype):
@@ -626,7 +634,7 @@ def train_model(
     meta = ModelMeta(
         architecture="unet",
         arch_args=dict(init_meta.arch_args) if init_meta else {"in_channels": expected_bands or 1, "classes": n_out, "width": cfg.width, "depth": cfg.depth},
-        band_names=list(init_meta.band_names) if init_meta else [f"band{b}" for b in entries[0].bands],
+        band_names=list(init_meta.band_names) if init_meta else _band_names(entries),
         dtype=str(dtype),
         mean=mean,
         std=std,

@@ -60,6 +60,12 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | 
         if path is not None:
             click.echo(str(path))
     counts = ", ".join(f"{n} {k} px" for k, n in result.class_counts.items()) or "no foreground"
+    if result.bands_by_colour:
+        click.echo(
+            f"Read bands {','.join(map(str, result.bands))} of {Path(scene).name} by their colour "
+            f"interpretation ({', '.join(result.bands_by_colour)}); --bands picks others",
+            err=True,
+        )
     if result.resample_factor != 1.0:
         click.echo(
             f"Resampled windows x{1 / result.resample_factor:.2f} to the model's pixel size "
