@@ -230,9 +230,9 @@ class Scene:
 SCALE_TOLERANCE = 0.01
 
 
-def projection_scale(crs: CRS, x: npt.ArrayLike, y: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """The linear scale factor of projected ``crs`` at map points (x, y): grid metres per ground
-    metre (the square root of the areal scale), or 1 where it is within :data:`SCALE_TOLERANCE`
+def projection_scale(crs: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The linear scale factor of projected ``crs`` (rasterio's or pyproj's) at map points
+    (x, y): grid metres per ground metre (the square root of the areal scale), or 1 where it is within :data:`SCALE_TOLERANCE`
     of 1, where ``crs`` is geographic, or where PROJ cannot tell.
 
     Web Mercator (EPSG:3857), the CRS of imagery exported from web map tiles, stretches the
