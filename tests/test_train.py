@@ -363,7 +363,11 @@ def test_cli_takes_several_images_and_labels_after_one_flag(scenes: dict[str, Pa
         "--samples-per-epoch", "8", "--width", "4", "--depth", "2", "--device", "cpu", "-o", str(out), "--keep", "last",
     ], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "validation:" in r.stderr and "precision: fp32" in r.stderr
+    from geounet.model import cpu_supports_bf16
+
+    # --precision auto: bf16 autocast on CPUs with native bf16, float32 on the others
+    want = "precision: bf16 autocast on cpu" if cpu_supports_bf16() else "precision: fp32"
+    assert "validation:" in r.stderr and want in r.stderr
     meta = read_meta(out)
     assert meta.provenance["kept"] == "last"
     assert meta.provenance["images"] == [str(scenes["a"]), str(scenes["b"])]

@@ -88,7 +88,7 @@ def test_dihedral_is_the_eight_symmetries_and_undo_inverts_it() -> None:
 @pytest.mark.parametrize("max_batch", [None, 1, 2, 3, 5, 100])
 def test_tta_logits_are_the_mean_of_the_eight_variants_turned_back(max_batch: int | None) -> None:
     """Known answer: for every grouping of the variants into passes."""
-    predictor = Predictor(random_unet(0), device="cpu")
+    predictor = Predictor(random_unet(0), device="cpu", precision="fp32")
     batch = smooth_image((3, 3, 64, 64), 7)
     valid = np.ones((3, 64, 64), bool)
     valid[1, :20, 40:] = False  # nodata in one tile: still zeroed before the transforms
@@ -104,7 +104,7 @@ def test_tta_logits_are_the_mean_of_the_eight_variants_turned_back(max_batch: in
 
 
 def test_tta_of_a_non_square_input_is_the_mean_too() -> None:
-    predictor = Predictor(random_unet(1), device="cpu")
+    predictor = Predictor(random_unet(1), device="cpu", precision="fp32")
     batch = smooth_image((1, 3, 32, 64), 8)
     valid = np.ones((1, 32, 64), bool)
     want = np.mean([inv(predictor.forward(t(batch).copy(), t(valid).copy())) for t, inv in D4], axis=0)
@@ -113,7 +113,7 @@ def test_tta_of_a_non_square_input_is_the_mean_too() -> None:
 
 
 def test_tta_equals_plain_prediction_for_an_equivariant_network() -> None:
-    predictor = Predictor(random_unet(2, symmetric=True), device="cpu")
+    predictor = Predictor(random_unet(2, symmetric=True), device="cpu", precision="fp32")
     tile = smooth_image((1, 3, 64, 64), 9)
     valid = np.ones((1, 64, 64), bool)
     plain = predictor.forward(tile, valid)
@@ -143,7 +143,7 @@ def test_tta_through_the_pipeline_keeps_nodata_and_matches_an_equivariant_plain_
         for name, model in (("sym", random_unet(3, symmetric=True)), ("rand", random_unet(3))):
             p = tmp_path / f"{name}-{tta}.tif"
             r = predict_raster(scene, tmp_path / f"{name}-{tta}.gpkg", model=model, probabilities=p, mask=tmp_path / f"{name}-{tta}.m.tif",
-                               config=PredictConfig(tile_size=64, overlap=16, batch_size=2, tta=tta))
+                               config=PredictConfig(tile_size=64, overlap=16, batch_size=2, tta=tta, precision="fp32"))
             assert r.tiles_skipped > 0
             with rasterio.open(p) as src:
                 probs[name, tta] = src.read(1)
@@ -158,7 +158,7 @@ def test_tta_through_the_pipeline_keeps_nodata_and_matches_an_equivariant_plain_
 def test_tta_off_is_the_plain_forward_bit_for_bit(make_raster: MakeRaster, tmp_path: Path) -> None:
     """Without TTA nothing changes: the logits are the network's on the normalized tiles, exactly."""
     net, meta = random_unet(4)
-    predictor = Predictor((net, meta), device="cpu")
+    predictor = Predictor((net, meta), device="cpu", precision="fp32")
     batch = smooth_image((2, 3, 64, 64), 11)
     valid = np.ones((2, 64, 64), bool)
     valid[0, 50:, :] = False
@@ -172,8 +172,9 @@ def test_tta_off_is_the_plain_forward_bit_for_bit(make_raster: MakeRaster, tmp_p
 
     scene = make_raster("s.tif", data=smooth_image((3, 120, 100), 12).round().astype(np.uint8))
     out = {}
-    for name, cfg in (("default", PredictConfig(tile_size=64, overlap=16)), ("off", PredictConfig(tile_size=64, overlap=16, tta=False)),
-                      ("on", PredictConfig(tile_size=64, overlap=16, tta=True))):
+    for name, cfg in (("default", PredictConfig(tile_size=64, overlap=16, precision="fp32")),
+                      ("off", PredictConfig(tile_size=64, overlap=16, tta=False, precision="fp32")),
+                      ("on", PredictConfig(tile_size=64, overlap=16, tta=True, precision="fp32"))):
         predict_raster(scene, probabilities=tmp_path / f"{name}.tif", model=(net, meta), config=cfg)
         with rasterio.open(tmp_path / f"{name}.tif") as src:
             out[name] = src.read()
