@@ -232,8 +232,8 @@ SCALE_TOLERANCE = 0.01
 
 def projection_scale(crs: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """The linear scale factor of projected ``crs`` (rasterio's or pyproj's) at map points
-    (x, y): grid metres per ground metre (the square root of the areal scale), or 1 where it is within :data:`SCALE_TOLERANCE`
-    of 1, where ``crs`` is geographic, or where PROJ cannot tell.
+    (x, y): grid metres per ground metre (the square root of the areal scale), or 1 where it is
+    within :data:`SCALE_TOLERANCE` of 1, where ``crs`` is geographic, or where PROJ cannot tell.
 
     Web Mercator (EPSG:3857), the CRS of imagery exported from web map tiles, stretches the
     ground by 1/cos(latitude): a 0.3 m pixel at 52 deg N spans 0.49 grid metres, and a house's
@@ -253,7 +253,7 @@ def projection_scale(crs: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> npt.NDArra
     except Exception:  # noqa: BLE001 - PROJ cannot tell here: measure on the grid
         return ones
     k = np.where(np.isfinite(k) & (k > 0), k, 1.0)
-    return np.where(np.abs(k - 1) > SCALE_TOLERANCE, k, 1.0).astype(np.float64)
+    return np.where(np.abs(k - 1) > SCALE_TOLERANCE, k, 1.0)
 
 
 def ground_scale(geoms: npt.NDArray[Any], crs: Any) -> npt.NDArray[np.float64] | float:
@@ -407,10 +407,15 @@ COLOUR_NAMES = frozenset({
 })
 
 
+def _distinct_colours(names: Sequence[str]) -> bool:
+    """Whether ``names`` are colours (:data:`COLOUR_NAMES`), none twice."""
+    return bool(names) and all(n in COLOUR_NAMES for n in names) and len(set(names)) == len(names)
+
+
 def colour_bands(scene: Scene, names: Sequence[str]) -> tuple[int, ...] | None:
     """The scene's bands whose colour interpretation is each of ``names``, in that order, or
     None unless every name is a colour (:data:`COLOUR_NAMES`) held by exactly one band."""
-    if not names or not all(n in COLOUR_NAMES for n in names) or len(set(names)) != len(names):
+    if not _distinct_colours(names):
         return None
     chosen = []
     for name in names:
@@ -425,7 +430,7 @@ def band_names(scene: Scene, bands: Sequence[int]) -> list[str]:
     """Names for a new model's bands: the colour interpretations of ``bands`` where each is a
     distinct colour (:data:`COLOUR_NAMES`), else ``band1``, ``band2``... by index."""
     colours = [scene.colours[b - 1] if b - 1 < len(scene.colours) else "" for b in bands]
-    if all(c in COLOUR_NAMES for c in colours) and len(set(colours)) == len(colours):
+    if _distinct_colours(colours):
         return colours
     return [f"band{b}" for b in bands]
 
