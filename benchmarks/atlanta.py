@@ -8,7 +8,7 @@ Runs ``geounet train --images buildings_pan.tif --labels buildings.geojson --epo
 --tile-size 256 --width 16 --depth 4 --batch-size 8 --seed 0`` on
 ``../shared/data/spacenet-vegas-samples`` exactly as a user would (the CLI, its defaults), then
 scores the whole scene (``geounet.evaluate.evaluate``, pixel IoU and object F1 at IoU >= 0.5)
-with the model the run kept (best validation IoU) and with the last epoch's weights (from the
+with the model the run kept (``--keep auto``: the latest epoch within one standard error of the best validation IoU) and with the last epoch's weights (from the
 resume checkpoint: the weight average, or the raw weights with ``--ema 0``). The scene's IoU
 mixes the training area (about 80 %, which the network must fit) with the validation band it
 never saw; the band's own IoU is in the metrics file.
@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": "geounet train " + " ".join(COMMAND + args.train_args),
         "train_seconds": round(seconds, 1),
         "best_epoch": meta.provenance.get("best_epoch"),
+        "kept_epoch": meta.provenance.get("epochs"),
         "final_train_loss": history[-1]["train_loss"],
         "val_iou_per_epoch": [h["val_iou"] for h in history],
+        "val_iou_se_per_epoch": [h.get("val_iou_se") for h in history],
     }
     for name, path in (("kept", model), ("last", last)):
         rep = evaluate(scene, labels, model=path)

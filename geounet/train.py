@@ -122,10 +122,11 @@ class TrainConfig:
         contact_weight: Loss weight of those pixels.
         ema: Decay of the running average of the weights (Polyak averaging) that is validated
             and saved; 0 = the raw weights. See :class:`WeightAverage`.
-        keep: Which epoch's weights ``out`` holds: ``best`` (highest validation IoU; the
-            default) or ``last`` (the end of the schedule). With a validation area of a few
-            objects the best epoch is a noisy pick, and on one small scene it is often an early
-            one that fits the scene less well; ``last`` keeps the fully trained average.
+        keep: Which epoch's weights ``out`` holds: ``auto`` (the default: the latest epoch
+            whose validation IoU is within one standard error of the best so far, see
+            :class:`EpochChooser`), ``best`` (the highest validation IoU) or ``last`` (the end
+            of the schedule). With a validation area of a few objects the highest IoU is a
+            noisy pick, often an early epoch that fits the data less well.
     """
 
     images: Sequence[str]
@@ -164,10 +165,89 @@ class TrainConfig:
     separation_m: float | None = None
     contact_weight: float = 10.0
     ema: float = 0.99
-    keep: str = "best"
+    keep: str = "auto"
 
 
-KEEP_CHOICES = ("best", "last")
+KEEP_CHOICES = ("auto", "best", "last")
+#: Validation IoU's standard error is estimated over cells of about this many pixels a side.
+SE_CELL = 128
+
+
+@dataclass
+class EpochChooser:
+    """Which epoch's weights to keep, decided after each epoch from its validation IoU.
+
+    ``best`` keeps the highest IoU. ``auto`` applies the one-standard-error rule: an epoch is
+    kept when its IoU is the best so far, or within the best epoch's standard error of it;
+    among epochs the validation area cannot tell apart the later one has trained longer
+    (further down the learning-rate schedule, and with more steps in the weight average), so it
+    is kept. On a large validation set the error is small and ``auto`` is ``best``; with a
+    handful of validation objects it stops a lucky early epoch from winning. A standard error
+    that cannot be estimated (NaN: fewer than two cells) makes ``auto`` behave as ``best``.
+    ``last`` keeps every epoch, so the end of the schedule.
+    """
+
+    keep: str = "auto"
+    best_iou: float = -1.0
+    best_epoch: int = 0
+    best_se: float = float("nan")
+    kept_epoch: int = 0
+
+    def offer(self, epoch: int, iou: float, se: float = float("nan")) -> bool:
+        """Record ``epoch``'s validation IoU (NaN = undefined) and its standard error; True
+        when its weights are to be kept."""
+        score = -1.0 if math.isnan(iou) else iou
+        improved = score > self.best_iou or self.best_epoch == 0
+        if improved:
+            self.best_iou, self.best_epoch, self.best_se = score, epoch, se
+        close = self.keep == "auto" and not math.isnan(self.best_se) and score >= self.best_iou - self.best_se
+        save = improved or self.keep == "last" or close
+        if save:
+            self.kept_epoch = epoch
+        return save
+
+
+def cell_iou_sums(logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool, cell: int = SE_CELL) -> torch.Tensor:
+    """Per-class sums over square cells of a batch, for :func:`iou_standard_error`.
+
+    Each window is cut into cells of about ``cell`` pixels a side; for each cell and class,
+    I = intersection and U = union of prediction and label (valid pixels only). Returns float64
+    (n_classes, 6): the sums of I, U, I², U², I·U and the number of cells; sums add across
+    batches and ranks.
+    """
+    pred = (logits[:, 0] >= 0).long() if binary else logits.argmax(dim=1)
+    target = target.masked_fill(target == CONTACT_INDEX, 0)
+    valid = target != IGNORE_INDEX
+    h, w = pred.shape[-2:]
+    rows = np.linspace(0, h, max(1, round(h / cell)) + 1).astype(int)
+    cols = np.linspace(0, w, max(1, round(w / cell)) + 1).astype(int)
+    out = torch.zeros((n_classes, 6), dtype=torch.float64)
+    for r0, r1 in zip(rows[:-1], rows[1:]):
+        for c0, c1 in zip(cols[:-1], cols[1:]):
+            p, t, v = pred[:, r0:r1, c0:c1], target[:, r0:r1, c0:c1], valid[:, r0:r1, c0:c1]
+            for k in range(n_classes):
+                pk, tk = (p == k) & v, (t == k) & v
+                inter = (pk & tk).flatten(1).sum(1).double().cpu()
+                union = (pk | tk).flatten(1).sum(1).double().cpu()
+                out[k] += torch.stack([inter.sum(), union.sum(), (inter**2).sum(), (union**2).sum(), (inter * union).sum(), torch.tensor(float(len(inter)), dtype=torch.float64)])
+    return out
+
+
+def iou_standard_error(sums: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Standard error of each class's IoU (sum I / sum U over cells), per class (NaN where undefined).
+
+    The IoU is a ratio estimator, so its variance is that of the mean of the residuals
+    I - IoU * U (the delta method): n / (n - 1) * sum((I - r U)²) / (sum U)². It treats the
+    cells as independent draws of the validation ground: neighbouring cells are correlated, so
+    it is a lower bound on the true error, and a floor on what the rule calls a difference.
+    """
+    s = np.asarray(sums, dtype=np.float64)
+    si, su, sii, suu, siu, n = (s[:, j] for j in range(6))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = si / su
+        resid = np.maximum(sii - 2 * r * siu + r**2 * suu, 0.0)
+        se = np.sqrt(n / (n - 1) * resid) / su
+    return np.where((n >= 2) & (su > 0), se, np.nan)
 
 
 @dataclass
@@ -544,7 +624,7 @@ def train_model(
     resume_file = _resume_path(out)
     metrics_file = _metrics_path(out)
     if cfg.keep not in KEEP_CHOICES:
-        raise GeounetError(f"keep={cfg.keep!r}: use best or last")
+        raise GeounetError(f"keep={cfg.keep!r}: use auto, best or last")
     if out.exists() and not (cfg.overwrite or cfg.resume):
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it (or --resume to continue)")
     if dist.main:  # fail early on an unwritable directory (only the writing rank checks)
@@ -671,7 +751,8 @@ def train_model(
         "samples": samples, "world_size": dist.world, "augment": augment.names, "scale_jitter": augment.scale, "gsd": gsd,
         "separation_m": separation_m, "contact_weight": cfg.contact_weight, "ema": cfg.ema,
     }
-    start_epoch, step, best_iou, best_epoch, kept_epoch = 0, 0, -1.0, 0, 0
+    start_epoch, step = 0, 0
+    chooser = EpochChooser(cfg.keep)
     history: list[dict[str, Any]] = []
     average = WeightAverage(net, cfg.ema) if cfg.ema > 0 else None
     if cfg.resume:
@@ -693,8 +774,9 @@ def train_model(
             g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
         optimizer.load_state_dict(opt_sd)
         start_epoch, step = int(state["epoch"]), int(state["step"])
-        best_iou, best_epoch = float(state["best_iou"]), int(state["best_epoch"])
-        kept_epoch = int(state.get("kept_epoch", best_epoch))
+        chooser.best_iou, chooser.best_epoch = float(state["best_iou"]), int(state["best_epoch"])
+        chooser.best_se = float(state.get("best_se", float("nan")))
+        chooser.kept_epoch = int(state.get("kept_epoch", chooser.best_epoch))
         history = list(state["history"])
         meta.mean, meta.std = state["mean"], state["std"]
         meta.normalization = state.get("normalization", meta.normalization)
@@ -773,23 +855,25 @@ def train_model(
                 progress(i + 1, len(loader))
 
         judged = average.net if average is not None else model
-        cm, val_loss_sum, val_n = _validate(judged, entries, val_plan[dist.rank :: dist.world], cfg, meta, device, n_out, binary, use_amp)
+        cm, cells, val_loss_sum, val_n = _validate(judged, entries, val_plan[dist.rank :: dist.world], cfg, meta, device, n_out, binary, use_amp)
         train_loss = torch.tensor([loss_sum, loss_n], dtype=torch.float64)
         if dist.active:
             import torch.distributed as tdist
 
             stats = torch.tensor([val_loss_sum, val_n], dtype=torch.float64)
-            for t in (cm, stats, train_loss):
+            for t in (cm, cells, stats, train_loss):
                 tdist.all_reduce(t)
             val_loss_sum, val_n = float(stats[0]), float(stats[1])
         per_class = scores_from_confusion(cm.numpy(), mask_names)
         fg_scores = [per_class[n] for n in fg]
         iou = _nanmean([s["iou"] for s in fg_scores])
+        iou_se = _mean_se(iou_standard_error(cells)[[mask_names.index(n) for n in fg]])
         record = {
             "epoch": epoch + 1,
             "train_loss": round(float(train_loss[0] / max(train_loss[1], 1)), 6),
             "val_loss": round(val_loss_sum / max(val_n, 1), 6),
             "val_iou": round(iou, 6) if not math.isnan(iou) else None,
+            "val_iou_se": _round(iou_se),
             "val_f1": _round(_nanmean([s["f1"] for s in fg_scores])),
             "val_precision": _round(_nanmean([s["precision"] for s in fg_scores])),
             "val_recall": _round(_nanmean([s["recall"] for s in fg_scores])),
@@ -799,13 +883,8 @@ def train_model(
             "split": split.description,
         }
         history.append(record)
-        score = -1.0 if math.isnan(iou) else iou
-        improved = score > best_iou or best_epoch == 0
-        if improved:
-            best_iou, best_epoch = score, epoch + 1
-        save = improved or cfg.keep == "last"
-        if save:
-            kept_epoch = epoch + 1
+        save = chooser.offer(epoch + 1, iou, iou_se)
+        best_iou, best_epoch, kept_epoch = chooser.best_iou, chooser.best_epoch, chooser.kept_epoch
         if dist.main:
             if save:
                 meta.provenance = {
@@ -833,6 +912,7 @@ def train_model(
                     "step": step,
                     "best_iou": best_iou,
                     "best_epoch": best_epoch,
+                    "best_se": chooser.best_se,
                     "kept_epoch": kept_epoch,
                     "history": history,
                     "mean": meta.mean,
@@ -852,11 +932,11 @@ def train_model(
         model=out,
         metrics_file=metrics_file,
         resume_file=resume_file,
-        best_epoch=best_epoch,
-        best_iou=best_iou,
+        best_epoch=chooser.best_epoch,
+        best_iou=chooser.best_iou,
         history=history,
         seconds=time.perf_counter() - t_start,
-        kept_epoch=kept_epoch,
+        kept_epoch=chooser.kept_epoch,
     )
 
 
@@ -864,6 +944,12 @@ def _nanmean(values: Sequence[float]) -> float:
     """Mean of the defined values (NaN when none is): classes absent from validation are skipped."""
     defined = [v for v in values if not math.isnan(v)]
     return float(np.mean(defined)) if defined else float("nan")
+
+
+def _mean_se(se: np.ndarray) -> float:
+    """Standard error of the mean of independent per-class IoUs (the defined ones)."""
+    defined = se[~np.isnan(se)]
+    return float(np.sqrt((defined**2).sum()) / len(defined)) if len(defined) else float("nan")
 
 
 def _round(v: float) -> float | None:
@@ -881,12 +967,14 @@ def _validate(
     n_out: int,
     binary: bool,
     use_amp: bool,
-) -> tuple[torch.Tensor, float, float]:
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Confusion matrix, per-cell IoU sums (:func:`cell_iou_sums`), loss sum and window count."""
     n_classes = 2 if binary else n_out
     cm = torch.zeros((n_classes, n_classes), dtype=torch.int64)
+    cells = torch.zeros((n_classes, 6), dtype=torch.float64)
     loss_sum, n = 0.0, 0.0
     if not plan:
-        return cm, loss_sum, n
+        return cm, cells, loss_sum, n
     model.eval()
     loader = DataLoader(
         WindowDataset(entries, plan, tile_size=cfg.tile_size, mean=meta.mean, std=meta.std),
@@ -900,4 +988,5 @@ def _validate(
         loss_sum += float(segmentation_loss(logits, y, binary, cfg.contact_weight)) * len(x)
         n += len(x)
         cm += confusion(logits.float(), y, n_classes, binary)
-    return cm, loss_sum, n
+        cells += cell_iou_sums(logits.float(), y, n_classes, binary)
+    return cm, cells, loss_sum, n

@@ -26,7 +26,17 @@ from geounet.labels import LabelSpec, read_labels
 from geounet.model import UNet
 from geounet.predict import PredictConfig, predict_raster
 from geounet.raster import open_scene
-from geounet.train import TrainConfig, WeightAverage, _load_resume, lr_at, prior_bias, train_model
+from geounet.train import (
+    EpochChooser,
+    TrainConfig,
+    WeightAverage,
+    _load_resume,
+    cell_iou_sums,
+    iou_standard_error,
+    lr_at,
+    prior_bias,
+    train_model,
+)
 
 ORIGIN = (500000.0, 5000000.0)
 
@@ -106,8 +116,13 @@ def test_training_reaches_iou_and_records_everything(trained: tuple[Path, object
     meta = read_meta(out)
     assert meta.classes == ["background", "building", "road"] and not meta.binary
     assert meta.provenance["trained"] and meta.provenance["labels"] == [str(out.parent / "a.gpkg")]
-    assert meta.provenance["metrics"]["val_iou"] == pytest.approx(result.best_iou, abs=1e-6)  # type: ignore[attr-defined]
-    assert meta.provenance["epochs"] == result.best_epoch  # type: ignore[attr-defined]
+    # --keep auto: the file holds the latest epoch within one standard error of the best.
+    hist = result.history  # type: ignore[attr-defined]
+    kept, best = hist[result.kept_epoch - 1], hist[result.best_epoch - 1]  # type: ignore[attr-defined]
+    assert result.kept_epoch >= result.best_epoch and best["val_iou"] == pytest.approx(result.best_iou, abs=1e-6)  # type: ignore[attr-defined]
+    assert best["val_iou_se"] > 0 and kept["val_iou"] >= best["val_iou"] - best["val_iou_se"]
+    assert meta.provenance["metrics"]["val_iou"] == pytest.approx(kept["val_iou"], abs=1e-6)
+    assert meta.provenance["epochs"] == result.kept_epoch and meta.provenance["kept"] == "auto"  # type: ignore[attr-defined]
     assert meta.provenance["separation_m"] == 0  # several classes: no background seams by default
     # Each scene stretched by its own percentiles, then standardized by the training pixels' stats.
     assert meta.normalization == {"mode": "scene", "low": 2.0, "high": 98.0}
@@ -453,3 +468,48 @@ def test_the_saved_model_is_the_weight_average(scenes: dict[str, Path], tmp_path
     assert state["ema_weights"] is None
     for k, v in load_model(raw)[0].state_dict().items():
         torch.testing.assert_close(v.float(), weights[k].float(), msg=k)
+
+
+def test_epoch_chooser_keeps_the_latest_epoch_the_validation_cannot_tell_from_the_best() -> None:
+    ious = [0.30, 0.28, 0.20, 0.26, 0.24]  # the best first, then within 0.05 of it but for epoch 3 and 5
+    chosen = {}
+    for keep in ("auto", "best", "last"):
+        c = EpochChooser(keep)
+        saves = [c.offer(e, iou, 0.05) for e, iou in enumerate(ious, start=1)]
+        chosen[keep] = (saves, c.kept_epoch, c.best_epoch)
+    assert chosen["auto"] == ([True, True, False, True, False], 4, 1)
+    assert chosen["best"] == ([True, False, False, False, False], 1, 1)
+    assert chosen["last"] == ([True] * 5, 5, 1)
+    # The error is that of the best epoch: a new best with a tight error ends the tolerance.
+    c = EpochChooser("auto")
+    for e, (iou, se) in enumerate([(0.30, 0.10), (0.35, 0.01), (0.33, 0.10)], start=1):
+        c.offer(e, iou, se)
+    assert (c.best_epoch, c.kept_epoch) == (2, 2)
+    # No estimate of the error (one cell): auto is best; an undefined IoU never wins.
+    c = EpochChooser("auto")
+    for e, iou in enumerate([0.3, 0.29, float("nan")], start=1):
+        c.offer(e, iou, float("nan"))
+    assert (c.best_epoch, c.kept_epoch) == (1, 1)
+
+
+def test_cell_sums_and_the_iou_standard_error_match_a_direct_count_and_a_bootstrap() -> None:
+    # One 256 px window = 2 x 2 cells of 128; a labelled square in one cell, predicted shifted.
+    y = torch.zeros((1, 256, 256), dtype=torch.long)
+    y[0, 10:50, 10:50] = 1
+    logits = torch.full((1, 1, 256, 256), -5.0)
+    logits[0, 0, 20:60, 10:50] = 5.0
+    logits[0, 0, 200:210, 200:210] = 5.0  # a false positive in another cell
+    s = cell_iou_sums(logits, y, 2, True).numpy()
+    inter, union = np.array([30 * 40, 0, 0, 0]), np.array([50 * 40, 0, 0, 100])
+    assert s[1].tolist() == pytest.approx([inter.sum(), union.sum(), (inter**2).sum(), (union**2).sum(), (inter * union).sum(), 4])
+    assert s[1, 0] / s[1, 1] == pytest.approx(1200 / 2100)
+
+    # The delta-method error of sum(I) / sum(U) agrees with a bootstrap over the cells.
+    rng = np.random.default_rng(1)
+    u = rng.integers(0, 4000, size=200).astype(float)
+    i = u * rng.uniform(0.2, 0.9, size=200)
+    sums = np.array([[i.sum(), u.sum(), (i**2).sum(), (u**2).sum(), (i * u).sum(), len(i)]])
+    se = iou_standard_error(sums)[0]
+    boot = [i[k].sum() / u[k].sum() for k in rng.integers(0, len(i), size=(2000, len(i)))]
+    assert se == pytest.approx(np.std(boot), rel=0.1)
+    assert np.isnan(iou_standard_error(np.array([[5.0, 10.0, 25.0, 100.0, 50.0, 1.0]]))[0])  # one cell: no estimate

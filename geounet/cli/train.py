@@ -37,7 +37,7 @@ from geounet.cli.options import BandList, ManyValues, device_opt, overwrite_opt,
 @click.option("--separation", "separation_m", type=click.FloatRange(min=0), help="Weigh the background within this many metres of two label objects (e.g. the gap between touching buildings) more, so that they come out apart; 0 = off [default: 1 for one class, 0 for several].")
 @click.option("--contact-weight", type=click.FloatRange(min=1), default=10.0, show_default=True, help="Loss weight of those background pixels.")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="Validate and save a running average of the weights with this decay (about the last 1/(1-decay) steps); 0 = the raw weights.")
-@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True, help="Save the epoch with the best validation IoU, or the last epoch (the end of the schedule).")
+@click.option("--keep", type=click.Choice(["auto", "best", "last"]), default="auto", show_default=True, help="Epoch to save: auto = the latest whose validation IoU is within one standard error of the best; best = the highest validation IoU; last = the end of the schedule.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="bf16 autocast (auto: on CUDA and CPUs with native bf16).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write MODEL.metrics.png with the training curves.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -88,7 +88,7 @@ def train(ctx: click.Context, out: Path, **opts: object) -> None:
         if not quiet:
             click.echo(
                 f"epoch {record['epoch']}/{cfg.epochs}: loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
-                f"val IoU {_f(record['val_iou'])}, F1 {_f(record['val_f1'])} ({record['seconds']:.0f} s)",
+                f"val IoU {_f(record['val_iou'])}{_pm(record.get('val_iou_se'))}, F1 {_f(record['val_f1'])} ({record['seconds']:.0f} s)",
                 err=True,
             )
         update, close = tile_progress(ctx, f"epoch {state['epoch'] + 1}", unit="batch")
@@ -104,6 +104,10 @@ def train(ctx: click.Context, out: Path, **opts: object) -> None:
     click.echo(str(result.model))
     kept = f"kept epoch {result.kept_epoch} (--keep {cfg.keep}); " if result.kept_epoch != result.best_epoch else ""
     click.echo(f"{kept}best epoch {result.best_epoch}: val IoU {_f(result.best_iou)}; metrics in {result.metrics_file}", err=True)
+
+
+def _pm(se: object) -> str:
+    return "" if se is None else f" ± {float(se):.3f}"  # type: ignore[arg-type]
 
 
 def _f(v: object) -> str:
