@@ -170,7 +170,7 @@ class PredictConfig:
             own grid. ``off``: the network sees the scene's pixels as they are.
         regularize: Square polygon outlines (right angles along each building's dominant
             orientation, small jogs removed; :func:`geounet.vectorize.regularize_polygon`).
-            None: the model's default (on for the bundled building model).
+            None: the model's default (its metadata says; off for the bundled building model, where it lowered object F1).
         split_m: Split polygons where parts meet through a neck narrower than this many
             metres (touching buildings; :func:`geounet.vectorize.split_necks`); 0 = off,
             None = the model's default.

@@ -37,7 +37,7 @@ MAX_LISTED_FAILURES = 10
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when a scene's differs by more than 1.5x.")
 @split_opt
 @seeds_opt
-@click.option("--regularize/--no-regularize", default=None, help="Square building outlines (right angles, small jogs removed) [default: the model's; on for the bundled building model].")
+@click.option("--regularize/--no-regularize", default=None, help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
 @click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
 @click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")

@@ -23,7 +23,7 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).")
 @split_opt
 @seeds_opt
-@click.option("--regularize/--no-regularize", default=None, help="Square building outlines (right angles, small jogs removed) [default: the model's; on for the bundled building model].")
+@click.option("--regularize/--no-regularize", default=None, help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
 @click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path), help="Also write class probabilities (GeoTIFF).")
 @click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
