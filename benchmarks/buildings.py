@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contact-weight", type=float, default=None)
     ap.add_argument("--ema", type=float, default=None, help="train --ema (weight average decay; 0 = raw weights)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same flags; --threads may differ)")
     args = ap.parse_args(argv)
 
     import torch
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             kw["contact_weight"] = args.contact_weight
         if args.ema is not None:
             kw["ema"] = args.ema
+        if args.resume:
+            kw["resume"] = str(model.with_name(model.stem + ".resume.safetensors"))
         cfg = TrainConfig(
             images=[str(p) for p in train],
             val_images=[str(p) for p in val],
