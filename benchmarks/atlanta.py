@@ -2,7 +2,7 @@
 
     python benchmarks/atlanta.py --out /tmp/atl                 # the command, about 50 min on 2 cores
     python benchmarks/atlanta.py --out /tmp/atl -- --lr 5e-3    # extra train flags after --
-    python benchmarks/atlanta.py --out /tmp/atl -- --keep last  # save the last epoch
+    python benchmarks/atlanta.py --out /tmp/atl -- --keep best  # the highest validation IoU
 
 Runs ``geounet train --images buildings_pan.tif --labels buildings.geojson --epochs 15
 --tile-size 256 --width 16 --depth 4 --batch-size 8 --seed 0`` on
