@@ -383,6 +383,9 @@ def test_cli_takes_several_images_and_labels_after_one_flag(scenes: dict[str, Pa
     # --precision auto: bf16 autocast on CPUs with native bf16, float32 on the others
     want = "precision: bf16 autocast on cpu" if cpu_supports_bf16() else "precision: fp32"
     assert "validation:" in r.stderr and want in r.stderr
+    record = json.loads(out.with_name("cli.metrics.jsonl").read_text().splitlines()[0])
+    # the epoch line gives validation IoU with its standard error
+    assert record["val_iou_se"] is not None and f"val IoU {record['val_iou']:.3f} ± {record['val_iou_se']:.3f}" in r.stderr
     meta = read_meta(out)
     assert meta.provenance["kept"] == "last"
     assert meta.provenance["images"] == [str(scenes["a"]), str(scenes["b"])]

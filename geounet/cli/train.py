@@ -102,8 +102,13 @@ def train(ctx: click.Context, out: Path, **opts: object) -> None:
     finally:
         close()
     click.echo(str(result.model))
-    kept = f"kept epoch {result.kept_epoch} (--keep {cfg.keep}); " if result.kept_epoch != result.best_epoch else ""
-    click.echo(f"{kept}best epoch {result.best_epoch}: val IoU {_f(result.best_iou)}; metrics in {result.metrics_file}", err=True)
+    best = result.history[result.best_epoch - 1] if 0 < result.best_epoch <= len(result.history) else {}
+    why = {"auto": ": within one standard error of the best", "last": ": the end of the schedule"}.get(cfg.keep, "")
+    kept = f"kept epoch {result.kept_epoch} (--keep {cfg.keep}{why}); " if result.kept_epoch != result.best_epoch else ""
+    click.echo(
+        f"{kept}best epoch {result.best_epoch}: val IoU {_f(result.best_iou)}{_pm(best.get('val_iou_se'))}; metrics in {result.metrics_file}",
+        err=True,
+    )
 
 
 def _pm(se: object) -> str:
