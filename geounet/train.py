@@ -551,8 +551,9 @@ def _plot_path(out: Path) -> Path:
     return out.with_name(out.stem + ".metrics.png")
 
 
-def plot_history(history: Sequence[dict[str, Any]], path: Path) -> bool:
-    """Draw the training curves (loss; validation IoU, F1, precision, recall) to a PNG.
+def plot_history(history: Sequence[dict[str, Any]], path: Path, kept: int = 0) -> bool:
+    """Draw the training curves (loss; validation IoU with its standard error, F1, precision,
+    recall; a line at the ``kept`` epoch) to a PNG.
 
     Written atomically. Needs matplotlib (a dependency of geounet); returns False and writes
     nothing when it cannot be imported.
@@ -572,10 +573,19 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path) -> bool:
     ax1.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
     ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax1.legend()
+    def series(key: str) -> np.ndarray:
+        return np.array([np.nan if r.get(key) is None else r[key] for r in history], dtype=float)
+
     for key, style in (("val_iou", "o-"), ("val_f1", "s-"), ("val_precision", ":"), ("val_recall", "--")):
-        ax2.plot(epochs, [np.nan if r.get(key) is None else r[key] for r in history], style, label=key[4:])
+        (line,) = ax2.plot(epochs, series(key), style, label=key[4:])
+        se = series("val_iou_se")
+        if key == "val_iou" and np.isfinite(se).any():
+            iou = series(key)
+            ax2.fill_between(epochs, iou - se, iou + se, color=line.get_color(), alpha=0.2, lw=0, label="iou ± 1 s.e.")
+    if kept:
+        ax2.axvline(kept, color="0.35", ls="-.", lw=1, label=f"kept: epoch {kept}")
     ax2.set(xlabel="epoch", ylim=(0, 1), title="Validation (foreground)")
-    ax2.legend(loc="lower right")
+    ax2.legend(loc="best", fontsize="small", framealpha=0.6)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -902,7 +912,7 @@ def train_model(
                 for r in history:
                     f.write(json.dumps(r) + "\n")
             if cfg.plot:
-                plot_history(history, _plot_path(out))
+                plot_history(history, _plot_path(out), kept=chooser.kept_epoch)
             _save_resume(
                 resume_file,
                 net,

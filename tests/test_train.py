@@ -516,3 +516,16 @@ def test_cell_sums_and_the_iou_standard_error_match_a_direct_count_and_a_bootstr
     boot = [i[k].sum() / u[k].sum() for k in rng.integers(0, len(i), size=(2000, len(i)))]
     assert se == pytest.approx(np.std(boot), rel=0.1)
     assert np.isnan(iou_standard_error(np.array([[5.0, 10.0, 25.0, 100.0, 50.0, 1.0]]))[0])  # one cell: no estimate
+
+
+def test_the_training_plot_shows_the_error_band_and_the_kept_epoch(tmp_path: Path) -> None:
+    from geounet.train import plot_history
+
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_iou": 0.3 + 0.01 * e, "val_iou_se": 0.05, "val_f1": 0.4, "val_precision": 0.5, "val_recall": None}
+        for e in range(1, 6)
+    ]
+    old = [{k: v for k, v in r.items() if k != "val_iou_se"} for r in history]  # metrics files from before the error
+    assert plot_history(history, tmp_path / "a.png", kept=4) and plot_history(old, tmp_path / "b.png")
+    a, b = (tmp_path / "a.png").read_bytes(), (tmp_path / "b.png").read_bytes()
+    assert a[:8] == b[:8] == b"\x89PNG\r\n\x1a\n" and a != b
