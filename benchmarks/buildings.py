@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from geounet.dataset import Augment
-    from geounet.train import TrainConfig, train_model
+    from geounet.train import TrainConfig, _resume_path, train_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ema is not None:
             kw["ema"] = args.ema
         if args.resume:
-            kw["resume"] = str(model.with_name(model.stem + ".resume.safetensors"))
+            kw["resume"] = str(_resume_path(model))
         cfg = TrainConfig(
             images=[str(p) for p in train],
             val_images=[str(p) for p in val],

@@ -215,9 +215,7 @@ def cell_iou_sums(logits: torch.Tensor, target: torch.Tensor, n_classes: int, bi
     (n_classes, 6): the sums of I, U, I², U², I·U and the number of cells; sums add across
     batches and ranks.
     """
-    pred = (logits[:, 0] >= 0).long() if binary else logits.argmax(dim=1)
-    target = target.masked_fill(target == CONTACT_INDEX, 0)
-    valid = target != IGNORE_INDEX
+    pred, target, valid = _scored(logits, target, binary)
     h, w = pred.shape[-2:]
     rows = np.linspace(0, h, max(1, round(h / cell)) + 1).astype(int)
     cols = np.linspace(0, w, max(1, round(w / cell)) + 1).astype(int)
@@ -430,11 +428,16 @@ def segmentation_loss(
     return ce + dice
 
 
-def confusion(logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool) -> torch.Tensor:
-    """Confusion matrix (true x predicted) over valid pixels, int64 (n_classes, n_classes)."""
+def _scored(logits: torch.Tensor, target: torch.Tensor, binary: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predicted classes, targets (contact pixels as background) and the valid-pixel mask."""
     pred = (logits[:, 0] >= 0).long() if binary else logits.argmax(dim=1)
     target = target.masked_fill(target == CONTACT_INDEX, 0)
-    valid = target != IGNORE_INDEX
+    return pred, target, target != IGNORE_INDEX
+
+
+def confusion(logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool) -> torch.Tensor:
+    """Confusion matrix (true x predicted) over valid pixels, int64 (n_classes, n_classes)."""
+    pred, target, valid = _scored(logits, target, binary)
     idx = target[valid] * n_classes + pred[valid]
     return torch.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes).cpu()
 
@@ -894,7 +897,6 @@ def train_model(
         }
         history.append(record)
         save = chooser.offer(epoch + 1, iou, iou_se)
-        best_iou, best_epoch, kept_epoch = chooser.best_iou, chooser.best_epoch, chooser.kept_epoch
         if dist.main:
             if save:
                 meta.provenance = {
@@ -902,7 +904,7 @@ def train_model(
                     "epochs": epoch + 1,
                     "epochs_planned": cfg.epochs,
                     "kept": cfg.keep,
-                    "best_epoch": best_epoch,
+                    "best_epoch": chooser.best_epoch,
                     "metrics": {k: v for k, v in record.items() if k.startswith("val_") or k == "train_loss"},
                     "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 }
@@ -920,10 +922,10 @@ def train_model(
                 {
                     "epoch": epoch + 1,
                     "step": step,
-                    "best_iou": best_iou,
-                    "best_epoch": best_epoch,
+                    "best_iou": chooser.best_iou,
+                    "best_epoch": chooser.best_epoch,
                     "best_se": chooser.best_se,
-                    "kept_epoch": kept_epoch,
+                    "kept_epoch": chooser.kept_epoch,
                     "history": history,
                     "mean": meta.mean,
                     "normalization": meta.normalization,
@@ -997,6 +999,7 @@ def _validate(
             logits = model(x)
         loss_sum += float(segmentation_loss(logits, y, binary, cfg.contact_weight)) * len(x)
         n += len(x)
-        cm += confusion(logits.float(), y, n_classes, binary)
-        cells += cell_iou_sums(logits.float(), y, n_classes, binary)
+        logits = logits.float()
+        cm += confusion(logits, y, n_classes, binary)
+        cells += cell_iou_sums(logits, y, n_classes, binary)
     return cm, cells, loss_sum, n
