@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", type=Path, help="continue from this model (fine-tuning: a new schedule)")
     ap.add_argument("--separation", type=float, default=None, help="train --separation (metres; 0 = off)")
     ap.add_argument("--contact-weight", type=float, default=None)
+    ap.add_argument("--core", type=float, default=None, help="train --core (metres; 0 = no core channel)")
     ap.add_argument("--ema", type=float, default=None, help="train --ema (weight average decay; 0 = raw weights)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same flags; --threads may differ)")
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             kw["separation_m"] = args.separation
         if args.contact_weight is not None:
             kw["contact_weight"] = args.contact_weight
+        if args.core is not None:
+            kw["core_m"] = args.core
         if args.ema is not None:
             kw["ema"] = args.ema
         if args.resume:

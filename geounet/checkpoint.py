@@ -68,6 +68,10 @@ class ModelMeta:
             class (every model file from before this field).
         line_width_m: Full width in metres the line classes were buffered to when training
             (None: unknown); the default of the centerline and line-evaluation distances.
+        core_m: Binary models: when above 0, the network has one output channel more, the
+            probability that a pixel lies in an object's core (its footprint shrunk by this
+            many metres, each object on its own). ``predict`` grows objects from those cores,
+            so that touching buildings come out apart (:func:`geounet.vectorize.split_at_valleys`).
         format_version: Layout version of this metadata.
     """
 
@@ -90,6 +94,7 @@ class ModelMeta:
     split_seeds: float = 0.0
     class_geometry: dict[str, str] = field(default_factory=dict)
     line_width_m: float | None = None
+    core_m: float = 0.0
     format_version: int = FORMAT_VERSION
 
     @property
@@ -98,9 +103,19 @@ class ModelMeta:
         return len(self.band_names)
 
     @property
+    def outputs(self) -> int:
+        """The network's output channels (the class channels, then the core channel if any)."""
+        return int(self.arch_args["classes"])
+
+    @property
+    def class_channels(self) -> int:
+        """Output channels of the classes (1 for a binary model): all but the core channel."""
+        return self.outputs - (1 if self.core_m > 0 else 0)
+
+    @property
     def binary(self) -> bool:
-        """One output channel (sigmoid) rather than one per class (softmax)."""
-        return self.arch_args["classes"] == 1
+        """One class channel (sigmoid) rather than one per class (softmax)."""
+        return self.class_channels == 1
 
     @property
     def depth(self) -> int:
@@ -171,7 +186,9 @@ class ModelMeta:
             raise CheckpointError(f"{source}: mean/std must have one value per band ({self.bands})")
         if any(s <= 0 for s in self.std):
             raise CheckpointError(f"{source}: std values must be positive")
-        n_out = args.get("classes", 0)
+        n_out = args.get("classes", 0) - (1 if self.core_m > 0 else 0)
+        if self.core_m < 0 or (self.core_m > 0 and n_out != 1):
+            raise CheckpointError(f"{source}: a core channel (core_m {self.core_m}) needs a binary model")
         if (n_out == 1 and len(self.classes) != 1) or (n_out > 1 and len(self.classes) != n_out):
             raise CheckpointError(f"{source}: {len(self.classes)} class names for {n_out} outputs")
         for name, kind in self.class_geometry.items():

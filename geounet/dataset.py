@@ -62,6 +62,9 @@ IGNORE_INDEX = 255
 #: separation distance (:func:`mark_contacts`): background that the loss weighs more, so that
 #: touching buildings come out apart. Everything but the loss reads it as background.
 CONTACT_INDEX = 254
+#: Target value of foreground pixels outside their object's core (:func:`mark_borders`):
+#: foreground for the mask, background for the core channel of a model that has one.
+BORDER_INDEX = 253
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,8 @@ class ImageEntry:
     Attributes:
         scale: Source pixels per model pixel (``model gsd / image gsd``; 1 = read as is).
         contact_px: Separation distance in this image's pixels (:func:`mark_contacts`); 0 = off.
+        core_px: How far each object's core lies inside its outline, in this image's pixels
+            (:func:`mark_borders`); 0 = no core target.
         lo, hi: Per-band stretch of this image (raw values mapped to 0 and 1); the defaults
             leave values as they are.
     """
@@ -108,6 +113,7 @@ class ImageEntry:
     lo: npt.NDArray[np.float64] | None = None
     hi: npt.NDArray[np.float64] | None = None
     contact_px: int = 0
+    core_px: int = 0
 
     def window_rect(self, row: int, col: int, size: int, width: int | None = None) -> Rect:
         """Map rectangle of a window of ``size`` rows and ``width`` (default ``size``) columns."""
@@ -639,10 +645,13 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         window = Window(s.col, s.row, w, h)
         raw, valid = read_window(self._src(s.image), e.scene, e.bands, window)
         target_small = e.labels.rasterize(window)
-        if e.contact_px:
-            r = e.contact_px
+        if e.contact_px or e.core_px:
+            r = max(e.contact_px, e.core_px)
             ids = e.labels.instances(Window(s.col - r, s.row - r, w + 2 * r, h + 2 * r))
-            target_small = mark_contacts(target_small, ids, r)
+            if e.core_px:
+                target_small = mark_borders(target_small, _inner(ids, r - e.core_px), e.core_px)
+            if e.contact_px:
+                target_small = mark_contacts(target_small, _inner(ids, r - e.contact_px), e.contact_px)
         if e.lo is not None and e.hi is not None:
             raw = (raw - e.lo[:, None, None].astype(np.float32)) / (e.hi - e.lo)[:, None, None].astype(np.float32)
         if s.aug:
@@ -670,6 +679,50 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         )
 
 
+def _inner(a: npt.NDArray[Any], d: int) -> npt.NDArray[Any]:
+    """``a`` without its outer ``d`` rows and columns on every side."""
+    return a[d : a.shape[0] - d, d : a.shape[1] - d] if d > 0 else a
+
+
+def _disc(r: int) -> npt.NDArray[np.bool_]:
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return yy**2 + xx**2 <= r * r + r  # r + 1/4 squared, rounded: a round disc even for r = 1
+
+
+def mark_borders(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], radius: int) -> npt.NDArray[np.uint8]:
+    """Mark the foreground outside each object's core: :data:`BORDER_INDEX` where a foreground
+    pixel has background or another object within ``radius`` pixels (a disc).
+
+    What is left at 1 is every object shrunk by ``radius`` on its own, so that objects that
+    touch (or nearly) keep cores ``2 * radius`` apart: the seeds that part them when
+    predicting (:func:`geounet.vectorize.split_at_valleys` with the core channel).
+
+    Args:
+        target: uint8 (H, W) class ids of a window (binary: 1 is the foreground).
+        ids: int32 (H + 2r, W + 2r) object ids of the same window grown by ``radius`` on every
+            side, 0 = no object.
+        radius: Pixels.
+
+    Returns:
+        A copy of ``target`` with the border pixels marked (the same array when none is).
+    """
+    r = int(radius)
+    h, w = target.shape
+    fg = target == 1
+    if r <= 0 or not fg.any():
+        return target
+    disc = _disc(r)
+    hi = ndimage.maximum_filter(ids, footprint=disc, mode="constant", cval=0)[r : r + h, r : r + w]
+    lo = ndimage.minimum_filter(ids, footprint=disc, mode="constant", cval=0)[r : r + h, r : r + w]
+    core = (lo == hi) & (lo > 0)
+    border = fg & ~core
+    if not border.any():
+        return target
+    out = target.copy()
+    out[border] = BORDER_INDEX
+    return out
+
+
 def mark_contacts(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], radius: int) -> npt.NDArray[np.uint8]:
     """Mark the background between close objects: :data:`CONTACT_INDEX` where a background
     pixel has two different objects within ``radius`` pixels (a disc), and along the edge
@@ -689,8 +742,7 @@ def mark_contacts(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], rad
     h, w = target.shape
     if r <= 0 or h == 0 or w == 0 or not ids.any():
         return target
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    disc = yy**2 + xx**2 <= r * r + r  # r + 1/4 squared, rounded: a round disc even for r = 1
+    disc = _disc(r)
     big = np.iinfo(np.int32).max
     hi = ndimage.maximum_filter(ids, footprint=disc, mode="constant", cval=0)[r : r + h, r : r + w]
     lo = ndimage.minimum_filter(np.where(ids > 0, ids, big), footprint=disc, mode="constant", cval=big)

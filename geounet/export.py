@@ -151,14 +151,17 @@ def onnx_metadata(meta: ModelMeta, *, threshold: float = 0.5, extra: dict[str, A
 class _ExportedNet(torch.nn.Module):
     """The U-Net followed by its activation: ``(probabilities, logits)``."""
 
-    def __init__(self, net: UNet, binary: bool) -> None:
+    def __init__(self, net: UNet, binary: bool, channels: int | None = None) -> None:
         super().__init__()
         self.net = net
         self.binary = binary
+        self.channels = channels  # the class channels (a core channel stays out of the file)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities and logits of standardized tiles."""
         logits = self.net(x)
+        if self.channels is not None and self.channels < logits.shape[1]:
+            logits = logits[:, : self.channels]
         probs = torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
         return probs, logits
 
@@ -279,7 +282,7 @@ def _trace(onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int
                 # The TorchScript exporter's deprecation notice, and the tracer's note that Up's
                 # odd-size padding test is fixed at trace time (sizes are multiples of 2**depth).
                 warnings.simplefilter("ignore")
-                torch.onnx.export(_ExportedNet(net, meta.binary), (sample,), traced, **kwargs)
+                torch.onnx.export(_ExportedNet(net, meta.binary, meta.class_channels), (sample,), traced, **kwargs)
         except Exception as exc:  # torch.onnx errors are of many types
             raise GeounetError(f"ONNX export failed (opset {opset}): {str(exc).splitlines()[0][:200]}") from exc
         proto = onnx.load(str(traced))
@@ -300,7 +303,7 @@ def _verify(ort: Any, data: bytes, net: UNet, meta: ModelMeta, fixed_size: int |
     size = fixed_size or 2 ** meta.depth * 2
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, meta.bands, size, size), dtype=np.float32))
     with torch.no_grad():
-        expected = net(x).numpy()
+        expected = net(x)[:, : meta.class_channels].numpy()
     (got,) = session.run([LOGITS], {INPUT: x.numpy()})
     diff = float(np.abs(got - expected).max())
     if not diff <= 1e-3 * max(1.0, float(np.abs(expected).max())):

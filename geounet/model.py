@@ -216,6 +216,38 @@ def widen(model: UNet, width: int, *, seed: int = 0, noise: float = 0.01) -> UNe
     return wide.train(model.training)
 
 
+def add_core_channel(model: UNet, *, shift: float = -1.0) -> UNet:
+    """``model`` (a binary U-Net, one output) with a second output, the core channel.
+
+    The new channel starts as a copy of the foreground channel with its bias lowered by
+    ``shift``'s magnitude (a core is the foreground shrunk), so fine-tuning starts from
+    what the network already knows and the foreground logits stay exactly as they were.
+
+    Raises:
+        ValueError: ``model`` has more than one output.
+    """
+    if model.classes != 1:
+        raise ValueError(f"a core channel goes beside one foreground channel; this U-Net has {model.classes} outputs")
+    out = UNet(model.in_channels, 2, model.width, model.depth)
+    state = model.state_dict()
+    w, b = state["head.weight"], state["head.bias"]
+    state["head.weight"] = torch.cat([w, w.clone()])
+    state["head.bias"] = torch.cat([b, b - abs(shift)])
+    out.load_state_dict(state)
+    return out
+
+
+def drop_core_channel(model: UNet) -> UNet:
+    """``model`` without its core channel (the last output): a plain binary U-Net."""
+    if model.classes != 2:
+        raise ValueError(f"a U-Net with a core channel has 2 outputs; this one has {model.classes}")
+    out = UNet(model.in_channels, 1, model.width, model.depth)
+    state = model.state_dict()
+    state["head.weight"], state["head.bias"] = state["head.weight"][:1], state["head.bias"][:1]
+    out.load_state_dict(state)
+    return out
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -177,7 +177,8 @@ class PredictConfig:
         split_seeds: Binary models: cut objects apart along the valleys of the probability
             between cores at or above this probability (a seeded watershed, before the mask is
             written and vectorized; :func:`geounet.vectorize.split_at_valleys`); 0 = off, None =
-            the model's default.
+            the model's default. A model with a core channel (``core_m``) takes its cores from
+            that channel: P is then the core probability.
         precision: The network's arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16
             on CUDA and on CPUs with native bf16 (see :data:`CPU_AUTO_PRECISION`), float32 on
             other CPUs, where bf16 is emulated.
@@ -486,7 +487,7 @@ class Predictor:
         cuda = self.device.type == "cuda"
         if cuda:
             x = x.pin_memory().to(self.device, non_blocking=True)
-        total = torch.zeros((n, self.meta.arch_args["classes"], *x.shape[-2:]), device=x.device)
+        total = torch.zeros((n, self.meta.outputs, *x.shape[-2:]), device=x.device)
         for group in groups:
             for i in range(0, len(group), per_pass):
                 ks = group[i : i + per_pass]
@@ -557,7 +558,7 @@ class Predictor:
             scaling = normalize.scene_scaling(
                 self.meta.normalization, self.meta.mean, self.meta.std, reader.handle(), scene, plan.bands
             )
-            assembler = StripAssembler(tiles, scene.height, scene.width, self.meta.arch_args["classes"], plan.overlap)
+            assembler = StripAssembler(tiles, scene.height, scene.width, self.meta.outputs, plan.overlap)
             batcher = TileBatcher(plan.batch_size)
             reads = ReadAhead(reader, tiles, threads=cfg.readers, ahead=max(2 * plan.batch_size, 4))
             worker = StripWorker(sinks.handle, background=self._strip_thread(cfg), timings=timings)
@@ -820,7 +821,7 @@ class StripSinks:
         self.counts = np.zeros(256, dtype=np.int64)
         self.features = 0
         self._prob_path, self._mask_path = probabilities, mask
-        n_out = meta.arch_args["classes"]
+        n_out = meta.class_channels  # a core channel is not written
         self.probabilities: StripWriter | None = None
         self.mask: StripWriter | None = None
         self.vectorizer: StripVectorizer | None = None
@@ -879,14 +880,17 @@ class StripSinks:
         t0 = time.perf_counter()
         cls, score, probs = _postprocess(strip, self.meta, self.cfg.threshold)
         if self.seeds > 0:
-            cls = split_at_valleys(cls, score, self.seeds, self.seed_px)
+            # A model with a core channel grows its objects from the cores it predicts; others
+            # from the cores of their own probability.
+            core = probs[self.meta.class_channels] if self.meta.core_m > 0 else None
+            cls = split_at_valleys(cls, score, self.seeds, self.seed_px, core=core)
         # Band by band: bincount widens uint8 to int64, 8 bytes a pixel of a wide strip at once.
         step = band_rows(cls.shape[1])
         for r0 in range(0, cls.shape[0], step):
             self.counts += np.bincount(cls[r0 : r0 + step].ravel(), minlength=256)[:256]
         t1 = time.perf_counter()
         if self.probabilities is not None:
-            self.probabilities.write(strip.row_off, _prob_array(probs, strip.valid, self.cfg.prob_dtype))
+            self.probabilities.write(strip.row_off, _prob_array(probs[: self.meta.class_channels], strip.valid, self.cfg.prob_dtype))
         if self.mask is not None:
             self.mask.write(strip.row_off, cls[None])
         t2 = time.perf_counter()

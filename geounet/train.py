@@ -45,6 +45,7 @@ from geounet.checkpoint import (
     save_model,
 )
 from geounet.dataset import (
+    BORDER_INDEX,
     CONTACT_INDEX,
     IGNORE_INDEX,
     Augment,
@@ -58,7 +59,7 @@ from geounet.dataset import (
 )
 from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
 from geounet.labels import LabelSpec, read_label_sources
-from geounet.model import autocast_dtype
+from geounet.model import add_core_channel, autocast_dtype, drop_core_channel
 from geounet.predict import resolve_device
 from geounet.raster import AtomicOutputs, band_names, expand_rasters, open_scene, pixel_size_m, resolve_bands
 from geounet.tiling import check_tile_size
@@ -120,6 +121,11 @@ class TrainConfig:
             foreground class (buildings), 0 for several (land cover tiles the ground: no
             background seam belongs between its polygons).
         contact_weight: Loss weight of those pixels.
+        core_m: Binary labels only: give the network a second output, each object's core (its
+            footprint shrunk by this many metres, every object on its own; see
+            :func:`geounet.dataset.mark_borders`), learnt beside the mask. ``predict`` grows the
+            objects from the cores, which parts buildings that touch. None: the ``init``
+            model's (0 without one: no core channel).
         ema: Decay of the running average of the weights (Polyak averaging) that is validated
             and saved; 0 = the raw weights. See :class:`WeightAverage`.
         keep: Which epoch's weights ``out`` holds: ``auto`` (the default: the latest epoch
@@ -164,6 +170,7 @@ class TrainConfig:
     plot: bool = True
     separation_m: float | None = None
     contact_weight: float = 10.0
+    core_m: float | None = None
     ema: float = 0.99
     keep: str = "auto"
 
@@ -396,6 +403,8 @@ def segmentation_loss(
 
     :data:`CONTACT_INDEX` pixels are background whose cross-entropy counts ``contact_weight``
     times (the U-Net paper's separation weight, as a band rather than a decaying map).
+    :data:`BORDER_INDEX` pixels are foreground; a binary network's second channel, when it
+    has one, is scored (BCE+Dice again) against the core, the foreground without them.
     """
     valid = target != IGNORE_INDEX
     if not valid.any():
@@ -407,14 +416,19 @@ def segmentation_loss(
         target = target.masked_fill(contact, 0)
         weight = weight + contact.float() * (contact_weight - 1.0)
     if binary:
-        x = logits[:, 0]
-        t = (target == 1).float()
         v = valid.float()
-        bce = (F.binary_cross_entropy_with_logits(x, t, reduction="none") * weight).sum() / v.sum()
-        p = torch.sigmoid(x) * v
-        inter = (p * t).sum()
-        dice = 1 - (2 * inter + 1) / (p.sum() + (t * v).sum() + 1)
-        return bce + dice
+
+        def bce_dice(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            bce = (F.binary_cross_entropy_with_logits(x, t, reduction="none") * weight).sum() / v.sum()
+            p = torch.sigmoid(x) * v
+            inter = (p * t).sum()
+            return bce + 1 - (2 * inter + 1) / (p.sum() + (t * v).sum() + 1)
+
+        core = target == 1
+        loss = bce_dice(logits[:, 0], (core | (target == BORDER_INDEX)).float())
+        if logits.shape[1] == 2:  # the core channel: the foreground without its border
+            loss = loss + bce_dice(logits[:, 1], core.float())
+        return loss
     ce_px = F.cross_entropy(
         logits, target.clamp_max(logits.shape[1] - 1).masked_fill(~valid, IGNORE_INDEX), ignore_index=IGNORE_INDEX, reduction="none"
     )
@@ -431,7 +445,7 @@ def segmentation_loss(
 def _scored(logits: torch.Tensor, target: torch.Tensor, binary: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Predicted classes, targets (contact pixels as background) and the valid-pixel mask."""
     pred = (logits[:, 0] >= 0).long() if binary else logits.argmax(dim=1)
-    target = target.masked_fill(target == CONTACT_INDEX, 0)
+    target = target.masked_fill(target == CONTACT_INDEX, 0).masked_fill(target == BORDER_INDEX, 1)
     return pred, target, target != IGNORE_INDEX
 
 
@@ -598,11 +612,12 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path, kept: int = 0) -
     return True
 
 
-def _set_contact_px(entries: Sequence[ImageEntry], separation_m: float) -> None:
-    """Each entry's separation distance in its own pixels (at least 1 when on)."""
+def _set_contact_px(entries: Sequence[ImageEntry], separation_m: float, core_m: float = 0.0) -> None:
+    """Each entry's separation distance and core inset in its own pixels (at least 1 when on)."""
     for e in entries:
         g = pixel_size_m(e.scene)
         e.contact_px = max(1, round(separation_m / g)) if separation_m > 0 and g else 0
+        e.core_px = max(1, round(core_m / g)) if core_m > 0 and g else 0
 
 
 def _target_gsd(entries: Sequence[ImageEntry], wanted: float | None, exclude: Sequence[int] = ()) -> float | None:
@@ -663,7 +678,12 @@ def train_model(
     logger.info("labels: %s", labels.describe())
     class_names = list(labels.class_names)
     binary = labels.binary
-    n_out = 1 if binary else len(class_names) + 1
+    core_m = cfg.core_m if cfg.core_m is not None else (init_meta.core_m if init_meta else 0.0)
+    if core_m < 0:
+        raise GeounetError(f"core {core_m} m: use 0 (no core channel) or a positive width")
+    if core_m > 0 and not binary:
+        raise GeounetError(f"a core channel (--core {core_m:g}) needs one foreground class; the labels have {len(class_names)}")
+    n_out = (1 if binary else len(class_names) + 1) + (1 if core_m > 0 else 0)
     mask_names = ["background", *class_names]
 
     train_paths = expand_rasters(cfg.images, folders=True)
@@ -701,7 +721,7 @@ def train_model(
     info(split.description)
     resampled = sorted({round(e.scale, 2) for e in entries if e.scale != 1.0})
     separation_m = cfg.separation_m if cfg.separation_m is not None else (1.0 if binary else 0.0)
-    _set_contact_px(entries, separation_m)
+    _set_contact_px(entries, separation_m, core_m)
     if gsd:
         info(
             f"model pixel size {gsd:g} m"
@@ -709,11 +729,16 @@ def train_model(
         )
 
     if init_meta is not None:
-        if init_meta.arch_args["classes"] != n_out:
+        if init_meta.class_channels != n_out - (1 if core_m > 0 else 0):
             raise CheckpointError(
-                f"{Path(cfg.init or '').name} predicts {init_meta.arch_args['classes']} outputs but the labels "
+                f"{Path(cfg.init or '').name} predicts {init_meta.class_channels} class outputs but the labels "
                 f"have {len(class_names)} class(es); fine-tune with labels of the same classes"
             )
+        if init_net is not None and init_meta.outputs != n_out:
+            if core_m > 0:  # a core channel joins a binary model
+                init_net = add_core_channel(init_net)
+            else:  # the core channel is dropped
+                init_net = drop_core_channel(init_net)
         mean, std, norm = list(init_meta.mean), list(init_meta.std), dict(init_meta.normalization)
         set_stretch(entries, norm)
     else:
@@ -726,7 +751,7 @@ def train_model(
 
     meta = ModelMeta(
         architecture="unet",
-        arch_args=dict(init_meta.arch_args) if init_meta else {"in_channels": expected_bands or 1, "classes": n_out, "width": cfg.width, "depth": cfg.depth},
+        arch_args={**init_meta.arch_args, "classes": n_out} if init_meta else {"in_channels": expected_bands or 1, "classes": n_out, "width": cfg.width, "depth": cfg.depth},
         band_names=list(init_meta.band_names) if init_meta else _band_names(entries),
         dtype=str(dtype),
         mean=mean,
@@ -739,6 +764,7 @@ def train_model(
         normalization=norm,
         class_geometry=resolve_class_geometry(labels.class_geometry(), cfg.class_geometry),
         line_width_m=cfg.line_width_m,
+        core_m=core_m,
     )
     if not any(k == "line" for k in meta.class_geometry.values()):
         meta.class_geometry = {}
@@ -763,6 +789,7 @@ def train_model(
         "tile_size": cfg.tile_size, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
         "samples": samples, "world_size": dist.world, "augment": augment.names, "scale_jitter": augment.scale, "gsd": gsd,
         "separation_m": separation_m, "contact_weight": cfg.contact_weight, "ema": cfg.ema,
+        "core_m": core_m,
     }
     start_epoch, step = 0, 0
     chooser = EpochChooser(cfg.keep)
@@ -771,7 +798,7 @@ def train_model(
     if cfg.resume:
         model_state, optim_state, state = _load_resume(Path(cfg.resume))
         for key, value in config_record.items():
-            saved = state.get("config", {}).get(key, 0.0 if key == "ema" else None)  # files from before the average
+            saved = state.get("config", {}).get(key, 0.0 if key in ("ema", "core_m") else None)  # files from before these
             if saved != value:
                 raise CheckpointError(
                     f"{Path(cfg.resume).name} was trained with {key}={saved}, this run has {value}; "
@@ -819,6 +846,7 @@ def train_model(
         "scale_jitter": augment.scale,
         "separation_m": separation_m,
         "contact_weight": cfg.contact_weight,
+        "core_m": core_m,
         "ema": cfg.ema,
         "normalization": cfg.normalization if not cfg.init else "from --init",
         "precision": "bf16" if use_amp else "fp32",

@@ -724,7 +724,12 @@ def polygons_frame(
 
 
 def split_at_valleys(
-    mask: npt.NDArray[np.uint8], prob: npt.NDArray[np.floating], seed: float, min_seed_px: int
+    mask: npt.NDArray[np.uint8],
+    prob: npt.NDArray[np.floating],
+    seed: float,
+    min_seed_px: int,
+    *,
+    core: npt.NDArray[np.floating] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Cut a binary mask's objects apart along the valleys of the probability between cores.
 
@@ -737,6 +742,11 @@ def split_at_valleys(
     no longer 4-connected and vectorize as separate polygons. A blob with one core or none is
     left as it was, and no foreground pixel is added.
 
+    With ``core``, the probability of a model's core channel (each object's footprint shrunk
+    on its own, :func:`geounet.dataset.mark_borders`), the cores are where ``core`` is at least
+    ``seed``, and each pixel of a blob with two cores or more goes to its nearest core: the
+    core channel parts neighbours even where the foreground probability has no valley.
+
     Works on one strip at a time (:class:`geounet.predict.StripSinks`): a core cut by a strip
     seam is two cores, one on each side, and the seam itself is never cut, so an object that
     crosses it stays whole.
@@ -744,8 +754,9 @@ def split_at_valleys(
     Args:
         mask: (rows, cols) 0 background, 1 foreground, :data:`MASK_NODATA` nodata.
         prob: (rows, cols) foreground probability.
-        seed: Core probability (above the mask's threshold).
+        seed: Core probability (above the mask's threshold; of ``core`` when given).
         min_seed_px: Smaller cores are ignored (noise).
+        core: (rows, cols) core probability, or None (cores from ``prob``).
 
     Returns:
         The mask (a new array when something was cut, else ``mask`` itself).
@@ -753,7 +764,7 @@ def split_at_valleys(
     fg = mask == 1
     if not fg.any():
         return mask
-    cores, n = ndimage.label((prob >= seed) & fg)
+    cores, n = ndimage.label(((prob if core is None else core) >= seed) & fg)
     if n < 2:
         return mask
     sizes = np.bincount(cores.ravel(), minlength=n + 1)
@@ -762,10 +773,23 @@ def split_at_valleys(
     if keep.sum() < 2:
         return mask
     markers = np.where(keep[cores], cores, 0).astype(np.int32)
-    markers[~fg] = -1  # the background is a basin of its own
-    cost = np.rint(np.clip(1.0 - prob, 0.0, 1.0) * 254).astype(np.uint8)
-    basins = ndimage.watershed_ift(cost, markers)
-    basins[~fg] = 0
+    if core is None:
+        markers[~fg] = -1  # the background is a basin of its own
+        cost = np.rint(np.clip(1.0 - prob, 0.0, 1.0) * 254).astype(np.uint8)
+        basins = ndimage.watershed_ift(cost, markers)
+        basins[~fg] = 0
+    else:
+        # The core channel falls to the background's level all along every border, so a flood
+        # on it has no valley to follow there: each pixel of a blob goes to its nearest core
+        # instead. Cores are objects shrunk by the same width, so the blob parts half-way
+        # between them, where the labels' seam lies. A pixel whose nearest core lies in
+        # another blob, and every blob with fewer than two cores of its own, stays whole.
+        _, (ri, ci) = ndimage.distance_transform_edt(markers == 0, return_indices=True)
+        blobs, nb = ndimage.label(fg)
+        pairs = np.unique(np.stack([blobs[markers > 0], markers[markers > 0]]), axis=1)
+        split = np.bincount(pairs[0], minlength=nb + 1) >= 2
+        split[0] = False
+        basins = np.where(split[blobs] & (blobs[ri, ci] == blobs), markers[ri, ci], 0)
     cut = np.zeros_like(fg)
     for a, b, ca, cb in (
         (basins[:, :-1], basins[:, 1:], cut[:, :-1], cut[:, 1:]),

@@ -123,6 +123,8 @@ def info(path: str, as_json: bool) -> None:
         return
     a = meta.arch_args
     kind = "binary (sigmoid)" if meta.binary else "multi-class (softmax)"
+    if meta.core_m > 0:
+        kind += f", plus a core channel (footprints shrunk by {meta.core_m:g} m)"
     lines = [
         f"model:      {resolved.name} (format {meta.format_version})",
         f"network:    {meta.architecture} width={a.get('width')} depth={a.get('depth')} outputs={a.get('classes')} {kind}",
@@ -135,7 +137,11 @@ def info(path: str, as_json: bool) -> None:
         f"pixel size: {f'{meta.gsd:g} m' if meta.gsd is not None else 'unknown'}",
         f"polygons:   min area {meta.min_area_m2:g} m², regularize {'on' if meta.regularize else 'off'}, "
         + (f"split at necks under {meta.split_m:g} m" if meta.split_m else "no neck split")
-        + (f", cut along probability valleys between cores >= {meta.split_seeds:g}" if meta.split_seeds else ""),
+        + (
+            (f", grown from predicted cores >= {meta.split_seeds:g}" if meta.core_m > 0 else f", cut along probability valleys between cores >= {meta.split_seeds:g}")
+            if meta.split_seeds
+            else ""
+        ),
         f"provenance: {json.dumps(meta.provenance, sort_keys=True, indent=2)}",
     ]
     if onnx_line:

@@ -31,7 +31,8 @@ seeds_opt = click.option(
     type=click.FloatRange(min=0, max=1),
     metavar="P",
     help="Cut touching objects apart along the probability valleys between cores at or above "
-    "probability P (a seeded watershed; binary models); 0 = off [default: the model's].",
+    "probability P (a seeded watershed; binary models; a model with a core channel grows objects "
+    "from its predicted cores, P being the core probability); 0 = off [default: the model's].",
 )
 
 tta_opt = click.option(
