@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--separation", type=float, default=None, help="train --separation (metres; 0 = off)")
     ap.add_argument("--contact-weight", type=float, default=None)
     ap.add_argument("--core", type=float, default=None, help="train --core (metres; 0 = no core channel)")
+    ap.add_argument("--core-only", action="store_true", help="train --core-only (the core channel alone)")
     ap.add_argument("--ema", type=float, default=None, help="train --ema (weight average decay; 0 = raw weights)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same flags; --threads may differ)")
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             kw["contact_weight"] = args.contact_weight
         if args.core is not None:
             kw["core_m"] = args.core
+        if args.core_only:
+            kw["core_only"] = True
         if args.ema is not None:
             kw["ema"] = args.ema
         if args.resume:

@@ -126,6 +126,9 @@ class TrainConfig:
             :func:`geounet.dataset.mark_borders`), learnt beside the mask. ``predict`` grows the
             objects from the cores, which parts buildings that touch. None: the ``init``
             model's (0 without one: no core channel).
+        core_only: Train the core channel alone (the head's core weights): the rest of the
+            ``init`` network, BatchNorm statistics included, stays as it is, so its mask and
+            pixel figures do not change, and a step costs little more than a forward pass.
         ema: Decay of the running average of the weights (Polyak averaging) that is validated
             and saved; 0 = the raw weights. See :class:`WeightAverage`.
         keep: Which epoch's weights ``out`` holds: ``auto`` (the default: the latest epoch
@@ -171,6 +174,7 @@ class TrainConfig:
     separation_m: float | None = None
     contact_weight: float = 10.0
     core_m: float | None = None
+    core_only: bool = False
     ema: float = 0.99
     keep: str = "auto"
 
@@ -545,6 +549,19 @@ def _load_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[st
     return model_state, optim, state
 
 
+def _freeze_all_but_core(net: nn.Module) -> None:
+    """Only the head's core row learns: every other weight is frozen, and the gradient of the
+    head's foreground row is zeroed (with no weight decay, Adam then leaves it exactly as is)."""
+    for p in net.parameters():
+        p.requires_grad_(False)
+    head = net.head  # type: ignore[union-attr]
+    keep = torch.zeros(head.weight.shape[0], dtype=head.weight.dtype, device=head.weight.device)
+    keep[-1] = 1.0
+    for p in (head.weight, head.bias):
+        p.requires_grad_(True)
+        p.register_hook(lambda g, k=keep: g * k.view(-1, *([1] * (g.dim() - 1))))
+
+
 def _adamw(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW with its fused kernel (torch >= 2.4 on CPU and CUDA), else the multi-tensor one.
 
@@ -684,6 +701,8 @@ def train_model(
     if core_m > 0 and not binary:
         raise GeounetError(f"a core channel (--core {core_m:g}) needs one foreground class; the labels have {len(class_names)}")
     n_out = (1 if binary else len(class_names) + 1) + (1 if core_m > 0 else 0)
+    if cfg.core_only and (core_m <= 0 or not cfg.init):
+        raise GeounetError("--core-only trains the core channel of an --init model: give --init and --core (or an --init model with a core)")
     mask_names = ["background", *class_names]
 
     train_paths = expand_rasters(cfg.images, folders=True)
@@ -776,7 +795,9 @@ def train_model(
     net = net.to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    optimizer = _adamw(net, cfg.lr, cfg.weight_decay)
+    if cfg.core_only:
+        _freeze_all_but_core(net)
+    optimizer = _adamw(net, cfg.lr, 0.0 if cfg.core_only else cfg.weight_decay)
 
     train_area_tiles = sum(
         (e.scene.width * e.scene.height) / e.scale**2 for e in entries if not e.all_val
@@ -789,7 +810,7 @@ def train_model(
         "tile_size": cfg.tile_size, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
         "samples": samples, "world_size": dist.world, "augment": augment.names, "scale_jitter": augment.scale, "gsd": gsd,
         "separation_m": separation_m, "contact_weight": cfg.contact_weight, "ema": cfg.ema,
-        "core_m": core_m,
+        "core_m": core_m, "core_only": cfg.core_only,
     }
     start_epoch, step = 0, 0
     chooser = EpochChooser(cfg.keep)
@@ -798,7 +819,7 @@ def train_model(
     if cfg.resume:
         model_state, optim_state, state = _load_resume(Path(cfg.resume))
         for key, value in config_record.items():
-            saved = state.get("config", {}).get(key, 0.0 if key in ("ema", "core_m") else None)  # files from before these
+            saved = state.get("config", {}).get(key, {"ema": 0.0, "core_m": 0.0, "core_only": False}.get(key))  # files from before these
             if saved != value:
                 raise CheckpointError(
                     f"{Path(cfg.resume).name} was trained with {key}={saved}, this run has {value}; "
@@ -847,6 +868,7 @@ def train_model(
         "separation_m": separation_m,
         "contact_weight": cfg.contact_weight,
         "core_m": core_m,
+        **({"core_only": True} if cfg.core_only else {}),
         "ema": cfg.ema,
         "normalization": cfg.normalization if not cfg.init else "from --init",
         "precision": "bf16" if use_amp else "fp32",
@@ -872,7 +894,7 @@ def train_model(
             pin_memory=device.type == "cuda",
             persistent_workers=False,
         )
-        model.train()
+        model.train(not cfg.core_only)  # core only: BatchNorm keeps the init model's statistics
         loss_sum, loss_n = 0.0, 0
         for i, (x, y) in enumerate(loader):
             for g in optimizer.param_groups:

@@ -235,3 +235,25 @@ def test_train_with_a_core_channel_and_fine_tune_it_away(tmp_path: Path) -> None
     assert dropped.core_m == 0.0 and dropped.outputs == 1
     with pytest.raises(GeounetError, match="needs one foreground class"):
         train_model(small_config(scenes, tmp_path / "x.safetensors", core_m=1.0, epochs=1))
+
+
+def test_core_only_training_changes_the_core_weights_and_nothing_else(tmp_path: Path) -> None:
+    from test_train import small_config, synthetic_scene
+
+    img, lab = synthetic_scene(tmp_path / "a.tif", tmp_path / "a.gpkg", seed=1)
+    scenes = {"a": img, "la": lab}
+    kw = dict(classes=["building"], epochs=1, samples_per_epoch=16, width=4, depth=2, tile_size=32)
+    base = tmp_path / "base.safetensors"
+    train_model(small_config(scenes, base, **kw))  # type: ignore[arg-type]
+    out = tmp_path / "core.safetensors"
+    train_model(small_config(scenes, out, init=str(base), core_m=1.0, core_only=True, **kw))  # type: ignore[arg-type]
+    a, _ = load_model(base)
+    b, meta = load_model(out)
+    sa, sb = a.state_dict(), b.state_dict()
+    for k, v in sa.items():  # every weight and BatchNorm statistic of the init model, exactly
+        torch.testing.assert_close(sb[k][:1].float() if k.startswith("head.") else sb[k].float(), v.float(), rtol=0, atol=0, msg=k)
+    # The core row started as the foreground's (bias lowered by 1) and has learnt.
+    assert not torch.equal(sb["head.weight"][1].float(), sa["head.weight"][0].float())
+    assert meta.core_m == 1.0 and meta.provenance["core_only"] is True
+    with pytest.raises(GeounetError, match="--core-only"):
+        train_model(small_config(scenes, tmp_path / "x.safetensors", core_m=1.0, core_only=True, **kw))  # type: ignore[arg-type]
