@@ -61,7 +61,7 @@ import torch
 
 from geounet.checkpoint import ModelMeta, file_hash, load_model, resolve_model
 from geounet.errors import CheckpointError, GeounetError, TilingError
-from geounet.model import UNet, fuse_batchnorm
+from geounet.model import UNet, drop_core_channel, fuse_batchnorm
 from geounet.raster import AtomicOutputs
 from geounet.tiling import check_tile_size
 
@@ -151,17 +151,14 @@ def onnx_metadata(meta: ModelMeta, *, threshold: float = 0.5, extra: dict[str, A
 class _ExportedNet(torch.nn.Module):
     """The U-Net followed by its activation: ``(probabilities, logits)``."""
 
-    def __init__(self, net: UNet, binary: bool, channels: int | None = None) -> None:
+    def __init__(self, net: UNet, binary: bool) -> None:
         super().__init__()
         self.net = net
         self.binary = binary
-        self.channels = channels  # the class channels (a core channel stays out of the file)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities and logits of standardized tiles."""
         logits = self.net(x)
-        if self.channels is not None and self.channels < logits.shape[1]:
-            logits = logits[:, : self.channels]
         probs = torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)
         return probs, logits
 
@@ -228,6 +225,12 @@ def _build(
         check_tile_size(fixed_size, min(meta.overlap, fixed_size // 2), multiple=2**meta.depth)
         meta.tile_size = fixed_size
         meta.overlap = min(meta.overlap, fixed_size // 2)
+    if meta.core_m > 0:
+        # The core channel stays out of the file: Deepness reads one output channel per class.
+        # geounet runs the file with split_seeds as a cut along the foreground's valleys.
+        net = drop_core_channel(net)
+        meta.arch_args = {**meta.arch_args, "classes": meta.class_channels}
+        meta.core_m = 0.0
     net = fuse_batchnorm(net.float()).eval()
     extra = {
         "format_version": ONNX_FORMAT_VERSION,
@@ -282,7 +285,7 @@ def _trace(onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int
                 # The TorchScript exporter's deprecation notice, and the tracer's note that Up's
                 # odd-size padding test is fixed at trace time (sizes are multiples of 2**depth).
                 warnings.simplefilter("ignore")
-                torch.onnx.export(_ExportedNet(net, meta.binary, meta.class_channels), (sample,), traced, **kwargs)
+                torch.onnx.export(_ExportedNet(net, meta.binary), (sample,), traced, **kwargs)
         except Exception as exc:  # torch.onnx errors are of many types
             raise GeounetError(f"ONNX export failed (opset {opset}): {str(exc).splitlines()[0][:200]}") from exc
         proto = onnx.load(str(traced))
@@ -303,7 +306,7 @@ def _verify(ort: Any, data: bytes, net: UNet, meta: ModelMeta, fixed_size: int |
     size = fixed_size or 2 ** meta.depth * 2
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, meta.bands, size, size), dtype=np.float32))
     with torch.no_grad():
-        expected = net(x)[:, : meta.class_channels].numpy()
+        expected = net(x).numpy()
     (got,) = session.run([LOGITS], {INPUT: x.numpy()})
     diff = float(np.abs(got - expected).max())
     if not diff <= 1e-3 * max(1.0, float(np.abs(expected).max())):
