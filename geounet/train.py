@@ -699,7 +699,11 @@ def train_model(
     if core_m < 0:
         raise GeounetError(f"core {core_m} m: use 0 (no core channel) or a positive width")
     if core_m > 0 and not binary:
-        raise GeounetError(f"a core channel (--core {core_m:g}) needs one foreground class; the labels have {len(class_names)}")
+        source = "" if cfg.core_m is not None else f", from {Path(cfg.init or '').name}"
+        raise GeounetError(
+            f"a core channel (--core {core_m:g}{source}) needs one foreground class; the labels have "
+            f"{len(class_names)} (--core 0 for none)"
+        )
     n_out = (1 if binary else len(class_names) + 1) + (1 if core_m > 0 else 0)
     if cfg.core_only and (core_m <= 0 or not cfg.init):
         raise GeounetError("--core-only trains the core channel of an --init model: give --init and --core (or an --init model with a core)")
