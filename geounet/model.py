@@ -216,11 +216,11 @@ def widen(model: UNet, width: int, *, seed: int = 0, noise: float = 0.01) -> UNe
     return wide.train(model.training)
 
 
-def add_core_channel(model: UNet, *, shift: float = -1.0) -> UNet:
+def add_core_channel(model: UNet, *, bias_drop: float = 1.0) -> UNet:
     """``model`` (a binary U-Net, one output) with a second output, the core channel.
 
     The new channel starts as a copy of the foreground channel with its bias lowered by
-    ``shift``'s magnitude (a core is the foreground shrunk), so fine-tuning starts from
+    ``bias_drop`` (a core is the foreground shrunk), so fine-tuning starts from
     what the network already knows and the foreground logits stay exactly as they were.
 
     Raises:
@@ -232,7 +232,7 @@ def add_core_channel(model: UNet, *, shift: float = -1.0) -> UNet:
     state = model.state_dict()
     w, b = state["head.weight"], state["head.bias"]
     state["head.weight"] = torch.cat([w, w.clone()])
-    state["head.bias"] = torch.cat([b, b - abs(shift)])
+    state["head.bias"] = torch.cat([b, b - bias_drop])
     out.load_state_dict(state)
     return out
 

@@ -704,7 +704,8 @@ def train_model(
             f"a core channel (--core {core_m:g}{source}) needs one foreground class; the labels have "
             f"{len(class_names)} (--core 0 for none)"
         )
-    n_out = (1 if binary else len(class_names) + 1) + (1 if core_m > 0 else 0)
+    n_classes_out = 1 if binary else len(class_names) + 1
+    n_out = n_classes_out + (1 if core_m > 0 else 0)
     if cfg.core_only and (core_m <= 0 or not cfg.init):
         raise GeounetError("--core-only trains the core channel of an --init model: give --init and --core (or an --init model with a core)")
     mask_names = ["background", *class_names]
@@ -752,7 +753,7 @@ def train_model(
         )
 
     if init_meta is not None:
-        if init_meta.class_channels != n_out - (1 if core_m > 0 else 0):
+        if init_meta.class_channels != n_classes_out:
             raise CheckpointError(
                 f"{Path(cfg.init or '').name} predicts {init_meta.class_channels} class outputs but the labels "
                 f"have {len(class_names)} class(es); fine-tune with labels of the same classes"
