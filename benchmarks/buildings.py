@@ -11,6 +11,7 @@ source (tp, fp, fn summed over its images) and overall. Run from the repository 
     python benchmarks/buildings.py --out /tmp/b --epochs 20                # defaults
     python benchmarks/buildings.py --out /tmp/b2 --epochs 20 --augment flip  # an ablation
     python benchmarks/buildings.py --out /tmp/b --evaluate-only --model M    # score a model
+    python benchmarks/buildings.py --out /tmp/b --evaluate-only --model M --score-on training --threshold 0.4
 
 Prints one table and writes ``OUT/report.json`` (config, timings, per image and per source).
 """
@@ -59,7 +60,7 @@ def labels_for(data: Path, image: Path) -> Path:
 
 def score(
     model: Path, images: list[Path], data: Path, *, tta: bool = False, regularize: bool | None = None, split_m: float | None = None,
-    split_seeds: float | None = None,
+    split_seeds: float | None = None, threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Predict each image whole and score it (``geounet.evaluate.evaluate`` with the model, as
     ``geounet evaluate`` does); sums per source and overall."""
@@ -69,7 +70,7 @@ def score(
     from geounet.evaluate import evaluate
     from geounet.predict import PredictConfig, Predictor
 
-    cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize, split_m=split_m, split_seeds=split_seeds)
+    cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize, split_m=split_m, split_seeds=split_seeds, threshold=threshold)
     per_image: dict[str, Any] = {}
     sums: dict[str, dict[str, int]] = {}
     t0 = time.perf_counter()
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate-only", action="store_true")
     ap.add_argument("--tta", action="store_true", help="score with test-time augmentation too")
     ap.add_argument("--split-seeds", type=float, default=None, metavar="P", help="score with predict --split-seeds P too")
+    ap.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold for scoring (predict --threshold)")
     ap.add_argument("--score-on", choices=["held-out", "training"], default="held-out",
                     help="with --evaluate-only: the images to score (training: for choices made without the held-out ones)")
     ap.add_argument("--epochs", type=int, default=20)
@@ -208,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         report["train_seconds"] = round(time.perf_counter() - t0, 1)
         report["best_epoch"] = result.best_epoch
         report["best_val_iou_windows"] = round(result.best_iou, 4)
-    report["plain"] = score(model, val, args.data, regularize=False, split_seeds=0)
-    report["regularized"] = score(model, val, args.data, regularize=True, split_seeds=0)
+    report["plain"] = score(model, val, args.data, regularize=False, split_seeds=0, threshold=args.threshold)
+    report["regularized"] = score(model, val, args.data, regularize=True, split_seeds=0, threshold=args.threshold)
     if args.tta:
-        report["tta"] = score(model, val, args.data, tta=True, regularize=False, split_seeds=0)
+        report["tta"] = score(model, val, args.data, tta=True, regularize=False, split_seeds=0, threshold=args.threshold)
     if args.split_seeds is not None:
-        report["seeds"] = score(model, val, args.data, regularize=False, split_seeds=args.split_seeds)
+        report["seeds"] = score(model, val, args.data, regularize=False, split_seeds=args.split_seeds, threshold=args.threshold)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"{'':20} {'pixel IoU':>9} {'pixel F1':>9} {'object F1':>9}  images")
     for variant in ("plain", "regularized", "tta", "seeds"):
