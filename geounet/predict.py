@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -51,7 +52,7 @@ from geounet.style import (
     write_category_names,
     write_sidecar_qml,
 )
-from geounet.tiling import Tile, check_tile_size, tile_windows
+from geounet.tiling import Tile, check_tile_size, fit_tile, tile_windows
 from geounet.vectorize import (
     MASK_NODATA,
     WRITE_BATCH,
@@ -642,6 +643,13 @@ class Predictor:
         # With resampling, tiles and overlap are laid out in scene pixels over the ground that a
         # model tile covers; the network still sees tile_size pixels.
         factor = resample_factor(meta, scene, cfg.resample)
+        # A scene smaller than a tile (in model pixels) gets a tile of its own size, not a frame
+        # of padding around it.
+        extent = math.ceil(max(scene.height, scene.width) / factor - 1e-6)
+        fitted, overlap = fit_tile(tile_size, overlap, extent, multiple=2**meta.depth)
+        if fitted != tile_size:
+            logger.info("scene smaller than a %d px tile: one tile of %d px", tile_size, fitted)
+            tile_size = fitted
         net_size = tile_size if factor != 1.0 else None
         if factor != 1.0:
             tile_size, overlap = max(1, round(tile_size * factor)), round(overlap * factor)

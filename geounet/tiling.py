@@ -88,6 +88,20 @@ def check_tile_size(tile_size: int, overlap: int, *, multiple: int = 1) -> None:
         )
 
 
+def fit_tile(tile_size: int, overlap: int, extent: int, *, multiple: int = 1) -> tuple[int, int]:
+    """A tile no larger than a raster needs: ``(tile_size, overlap)`` as given when the raster's
+    longer side ``extent`` reaches ``tile_size``, else the smallest multiple of ``multiple`` that
+    covers ``extent`` (with the overlap cut to half of it).
+
+    A raster smaller than a tile fits one window; the rest of a full-size tile would be padding
+    that the network reads as a black frame around the scene, and pays for.
+    """
+    if extent >= tile_size:
+        return tile_size, overlap
+    fitted = max(multiple, -(-extent // multiple) * multiple)
+    return fitted, min(overlap, fitted // 2)
+
+
 def axis_starts(length: int, tile: int, stride: int) -> list[int]:
     """Window starts along one axis, the last one snapped to the edge.
 

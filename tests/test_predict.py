@@ -374,3 +374,30 @@ def test_inference_dtype_choices() -> None:
     assert inference_dtype(cpu, "auto") is (torch.bfloat16 if cpu_supports_bf16() else None)
     with pytest.raises(GeounetError, match="unknown precision"):
         inference_dtype(cpu, "fp16")
+
+
+def test_a_scene_smaller_than_a_tile_gets_a_tile_of_its_own_size(make_raster: MakeRaster, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    img = ndimage.gaussian_filter(rng.normal(size=(3, 200, 150)), (0, 4, 4))
+    img = ((img - img.min()) / (img.max() - img.min()) * 255).round().astype(np.uint8)
+    scene = make_raster("small.tif", data=img)
+    net, meta = create_model(bands=3, classes=1, width=8, depth=4, seed=1)
+    x = (torch.from_numpy(img[None, :, :192, :144].astype(np.float32)) - 127.5) / 63.75
+    net = calibrate_batchnorm(net, [x])
+    predictor = Predictor((net, meta), device="cpu")
+    plan = predictor.plan(scene, PredictConfig(tile_size=512, overlap=64))
+    assert (plan.tile_size, plan.overlap, len(plan.tiles)) == (208, 64, 1)  # 200 rounded up to 16
+    probs = {}
+    for tile in (512, 208):
+        out = tmp_path / f"p{tile}.tif"
+        predictor.run(scene, probabilities=out, config=PredictConfig(tile_size=tile, overlap=64))
+        with rasterio.open(out) as src:
+            probs[tile] = src.read(1)
+    # The same network input either way: no frame of padding up to 512 px.
+    np.testing.assert_array_equal(probs[512], probs[208])
+    # Resampled scenes fit in model pixels: 400 scene px at 0.15 m are 200 px of a 0.3 m model.
+    fine = make_raster("fine.tif", data=np.repeat(np.repeat(img, 2, axis=1), 2, axis=2),
+                       transform=from_origin(500000, 5000000, 0.15, 0.15))
+    meta.gsd = 0.3
+    plan = Predictor((net, meta), device="cpu").plan(fine, PredictConfig(tile_size=512, overlap=64))
+    assert (plan.net_size, plan.tile_size, len(plan.tiles)) == (208, 416, 1)

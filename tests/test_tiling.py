@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geounet.errors import TilingError
-from geounet.tiling import axis_starts, check_tile_size, tile_rows, tile_windows
+from geounet.tiling import axis_starts, check_tile_size, fit_tile, tile_rows, tile_windows
 
 
 def coverage(height: int, width: int, tile: int, overlap: int) -> np.ndarray:
@@ -70,3 +70,16 @@ def test_bad_overlap_rejected() -> None:
         check_tile_size(64, 40)
     with pytest.raises(TilingError, match="no pixels"):
         tile_windows(0, 10, 64, 0)
+
+
+def test_fit_tile_shrinks_only_tiles_larger_than_the_raster() -> None:
+    assert fit_tile(512, 64, 512, multiple=16) == (512, 64)
+    assert fit_tile(512, 64, 3000, multiple=16) == (512, 64)
+    assert fit_tile(512, 64, 256, multiple=16) == (256, 64)
+    assert fit_tile(512, 64, 201, multiple=16) == (208, 64)
+    assert fit_tile(512, 64, 100, multiple=16) == (112, 56)
+    assert fit_tile(512, 64, 1, multiple=16) == (16, 8)
+    for extent in range(1, 600, 7):
+        tile, overlap = fit_tile(512, 64, extent, multiple=16)
+        check_tile_size(tile, overlap, multiple=16)
+        assert tile >= min(extent, 512) and tile % 16 == 0
