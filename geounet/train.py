@@ -481,6 +481,8 @@ class _Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    #: Whether this run started the process group (and so ends it).
+    owned: bool = False
 
     @property
     def main(self) -> bool:
@@ -500,11 +502,12 @@ def _init_distributed(device: str) -> _Dist:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device != "cpu" and torch.cuda.is_available()
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local)
-    return _Dist(rank, world, local)
+    return _Dist(rank, world, local, owned)
 
 
 def _save_resume(
@@ -995,6 +998,10 @@ def train_model(
         import torch.distributed as tdist
 
         tdist.barrier()
+        if dist.owned:
+            # Ended here, not at interpreter exit: gloo's threads, left running, abort a rank
+            # on its way out ("terminate called without an active exception").
+            tdist.destroy_process_group()
     return TrainResult(
         model=out,
         metrics_file=metrics_file,
