@@ -636,7 +636,8 @@ class Predictor:
         meta = self.meta
         tile_size = cfg.tile_size or meta.tile_size
         overlap = meta.overlap if cfg.overlap is None else cfg.overlap
-        check_tile_size(tile_size, overlap, multiple=2**meta.depth)
+        multiple = 2**meta.depth
+        check_tile_size(tile_size, overlap, multiple=multiple)
         scene = open_scene(scene_path)
         bands = resolve_bands(scene, cfg.bands, meta.bands, meta.band_names)
         check_dtype(scene, meta)
@@ -646,7 +647,7 @@ class Predictor:
         # A scene smaller than a tile (in model pixels) gets a tile of its own size, not a frame
         # of padding around it.
         extent = math.ceil(max(scene.height, scene.width) / factor - 1e-6)
-        fitted, overlap = fit_tile(tile_size, overlap, extent, multiple=2**meta.depth)
+        fitted, overlap = fit_tile(tile_size, overlap, extent, multiple=multiple)
         if fitted != tile_size:
             logger.info("scene smaller than a %d px tile: one tile of %d px", tile_size, fitted)
             tile_size = fitted
