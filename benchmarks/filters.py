@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import buildings  # noqa: E402
+import buildings
 
 SCORES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8)
 AREAS = (0.0, 10.0, 15.0, 20.0, 30.0)
