@@ -717,23 +717,29 @@ def train_model(
     val_paths = expand_rasters(cfg.val_images, folders=True) if cfg.val_images else []
     paths = train_paths + [p for p in val_paths if p not in train_paths]
     expected_bands = init_meta.bands if init_meta else None
+    # Each scene stretched by its own percentiles reaches the network at the same values whatever
+    # its data type (as predict takes it): 8- and 16-bit images train together, and a uint8 model
+    # fine-tunes on uint16 imagery. Fixed scalings keep one data type.
+    per_scene = (init_meta.normalization.get("mode") if init_meta else cfg.normalization) == "scene"
     entries: list[ImageEntry] = []
-    dtype = None
+    dtypes: list[str] = []
     for p in paths:
         scene = open_scene(p)
         if expected_bands is None:
             chosen = tuple(cfg.bands) if cfg.bands else scene.data_bands
             expected_bands = len(chosen)
         bands = resolve_bands(scene, cfg.bands, expected_bands, init_meta.band_names if init_meta else ())
-        if dtype is None:
-            dtype = init_meta.dtype if init_meta else scene.dtype
-        if np.dtype(scene.dtype) != np.dtype(dtype):
+        first = init_meta.dtype if init_meta else dtypes[0] if dtypes else scene.dtype
+        if not per_scene and np.dtype(scene.dtype) != np.dtype(first):
             raise BandMismatchError(
-                f"{scene.name} is {scene.dtype} but the other images (or --init model) are {dtype}; "
-                f"train on images of one data type"
+                f"{scene.name} is {scene.dtype} but the other images (or --init model) are {first}; "
+                f"train on images of one data type (or a model that stretches each scene, --normalization scene)"
             )
+        dtypes.append(str(np.dtype(scene.dtype)))
         rl = labels.for_scene(scene)
         entries.append(ImageEntry(scene=scene, bands=bands, labels=rl, val_blocks=[]))
+    # The model records the data type it was trained on most (the first image's on a tie).
+    dtype = max(dict.fromkeys(dtypes), key=dtypes.count)
     labels.check([e.scene for e in entries])
     check_labels_hit(entries, labels)
 
@@ -746,6 +752,9 @@ def train_model(
     val_plan = split.val_windows(cfg.max_val_windows, cfg.seed)
     info = on_info if on_info is not None and dist.main else (lambda line: logger.info("%s", line))
     info(split.description)
+    kinds = sorted(set(dtypes) | ({str(np.dtype(init_meta.dtype))} if init_meta else set()))
+    if len(kinds) > 1:
+        info(f"data types {' and '.join(kinds)}: each image is stretched by its own percentiles, so they train together")
     resampled = sorted({round(e.scale, 2) for e in entries if e.scale != 1.0})
     separation_m = cfg.separation_m if cfg.separation_m is not None else (1.0 if binary else 0.0)
     _set_contact_px(entries, separation_m, core_m)

@@ -267,6 +267,46 @@ def test_fine_tune_from_init(trained: tuple[Path, object], scenes: dict[str, Pat
     assert read_meta(tuned).mean == read_meta(out).mean  # the contract comes from the initial model
 
 
+def sixteen_bit_copy(src_path: Path, dst_path: Path) -> Path:
+    """The scene as uint16, raw values x 40 + 3000 (what a 16-bit sensor delivers)."""
+    with rasterio.open(src_path) as src:
+        profile, data = src.profile, src.read()
+    profile.update(dtype="uint16")
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data.astype(np.uint16) * 40 + 3000)
+    return dst_path
+
+
+def test_a_uint8_model_fine_tunes_on_uint16_images(trained: tuple[Path, object], scenes: dict[str, Path], tmp_path: Path) -> None:
+    # Each scene is stretched by its own percentiles (normalization "scene"), so a 16-bit copy
+    # reaches the network as the 8-bit scene did: fine-tuning a uint8 model on it must work (as
+    # predicting with it does) and do as well as on the 8-bit scene (test_fine_tune_from_init).
+    out, _ = trained
+    b16 = sixteen_bit_copy(scenes["b"], tmp_path / "b16.tif")
+    tuned = tmp_path / "tuned16.safetensors"
+    lines: list[str] = []
+    result = train_model(
+        small_config(scenes, tuned, init=str(out), epochs=1, samples_per_epoch=16, images=[str(b16)], labels=str(scenes["lb"]), lr=2e-3),
+        on_info=lines.append,
+    )
+    assert result.best_iou > 0.7
+    assert read_meta(tuned).dtype == "uint16"  # what it was tuned on
+    assert any("uint16 and uint8" in line for line in lines)
+    # 8- and 16-bit images together, from scratch, also train.
+    mixed = tmp_path / "mixed.safetensors"
+    train_model(small_config(scenes, mixed, epochs=1, samples_per_epoch=8, width=4, depth=2, tile_size=32, images=[str(scenes["a"]), str(b16)], labels=[str(scenes["la"]), str(scenes["lb"])]))
+    assert read_meta(mixed).dtype == "uint8"  # a tie: the first image's
+
+
+def test_fixed_scaling_refuses_mixed_data_types(scenes: dict[str, Path], tmp_path: Path) -> None:
+    # normalization "dataset" keeps raw values' meaning: an 8- and a 16-bit image cannot share it.
+    b16 = sixteen_bit_copy(scenes["b"], tmp_path / "b16.tif")
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(GeounetError, match="b16.tif is uint16 but the other images .* are uint8; train on images of one data type"):
+        train_model(small_config(scenes, out, normalization="dataset", images=[str(scenes["a"]), str(b16)], labels=[str(scenes["la"]), str(scenes["lb"])]))
+    assert not out.exists()
+
+
 def test_label_errors(scenes: dict[str, Path], tmp_path: Path) -> None:
     far = tmp_path / "far.geojson"
     gpd.GeoDataFrame(geometry=[shapely.box(10, 10, 11, 11)], crs=4326).to_file(far)
