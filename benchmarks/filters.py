@@ -6,7 +6,7 @@
 
 Predicts each image once with the model's defaults (``Predictor.run``, polygons with their
 ``score``, the mean foreground probability, and ``area_m2``), matches the polygons to the
-labels one to one at IoU >= 0.5 (as ``geounet.evaluate.match_objects`` does), and then, for
+labels one to one at IoU >= 0.5 (``geounet.evaluate.match_pairs``, as ``geounet evaluate`` does), and then, for
 each cut, drops the polygons below it and recounts: a dropped match becomes a miss, a dropped
 false polygon is gone. Pixel figures do not move (the mask is the same). Also tells how the
 false polygons overlap the labels (none, IoU under 0.3, 0.3-0.5): overlapping false polygons
@@ -36,8 +36,8 @@ def polygons_and_matches(model: str, images: list[Path], data: Path, out: Path) 
     image with its number of label polygons."""
     import geopandas as gpd
     import rasterio
-    import shapely
 
+    from geounet.evaluate import match_pairs
     from geounet.labels import LabelSpec, read_labels
     from geounet.predict import PredictConfig, Predictor
 
@@ -51,29 +51,13 @@ def polygons_and_matches(model: str, images: list[Path], data: Path, out: Path) 
             lab = read_labels(buildings.labels_for(data, image), LabelSpec())
             rl = lab.for_raster(src.crs, src.transform, src.width, src.height, name=image.name)
         truth = [g for g in rl.geometries if g is not None and not g.is_empty]
-        preds = list(frame.geometry)
-        pairs: list[tuple[float, int, int]] = []
-        if preds and truth:
-            p_idx, t_idx = shapely.STRtree(truth).query(np.asarray(preds, dtype=object), predicate="intersects")
-            for i, j in zip(p_idx, t_idx, strict=True):
-                a, b = preds[int(i)], truth[int(j)]
-                inter = a.intersection(b).area
-                union = a.area + b.area - inter
-                pairs.append((inter / union if union > 0 else 0.0, int(i), int(j)))
-        pairs.sort(reverse=True)
-        matched: set[int] = set()
-        used: set[int] = set()
-        best: dict[int, float] = {}
-        for iou, i, j in pairs:
-            best[i] = max(best.get(i, 0.0), iou)
-            if iou >= 0.5 and i not in matched and j not in used:
-                matched.add(i)
-                used.add(j)
+        matches, best = match_pairs(list(frame.geometry), truth)
+        matched = {i for i, _, _ in matches}
         source = buildings.source_of(image.stem)
-        for i in range(len(preds)):
+        for i in range(len(frame)):
             rows.append({
                 "image": image.stem, "source": source, "score": float(frame["score"].iloc[i]),
-                "area_m2": float(frame["area_m2"].iloc[i]), "matched": i in matched, "best_iou": round(best.get(i, 0.0), 4),
+                "area_m2": float(frame["area_m2"].iloc[i]), "matched": i in matched, "best_iou": round(float(best[i]), 4),
             })
         rows.append({"image": image.stem, "source": source, "labels": len(truth)})
     return rows

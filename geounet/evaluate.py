@@ -38,37 +38,56 @@ logger = logging.getLogger(__name__)
 STRIP_ROWS = 512
 
 
+def match_pairs(
+    predicted: Sequence[shapely.Geometry], truth: Sequence[shapely.Geometry], *, iou_threshold: float = 0.5
+) -> tuple[list[tuple[int, int, float]], npt.NDArray[np.float64]]:
+    """The one-to-one matches of :func:`match_objects`, and each prediction's best IoU.
+
+    Pairs at or above ``iou_threshold`` are taken greedily, highest IoU first, each polygon at
+    most once (SpaceNet's rule).
+
+    Returns:
+        ``(matches, best)``: ``(prediction index, truth index, IoU)`` per match, in the order
+        taken, and the best IoU of each prediction with any truth polygon (0 where none touches).
+    """
+    best = np.zeros(len(predicted))
+    pairs: list[tuple[float, int, int]] = []
+    if len(predicted) and len(truth):
+        tree = shapely.STRtree(list(truth))
+        p_idx, t_idx = tree.query(np.asarray(predicted, dtype=object), predicate="intersects")
+        for i, j in zip(p_idx, t_idx, strict=True):
+            a, b = predicted[int(i)], truth[int(j)]
+            inter = shapely.intersection(a, b).area
+            union = a.area + b.area - inter
+            iou = inter / union if union > 0 else 0.0
+            best[i] = max(best[i], iou)
+            if iou >= iou_threshold:
+                pairs.append((iou, int(i), int(j)))
+    pairs.sort(reverse=True)
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    matches: list[tuple[int, int, float]] = []
+    for iou, i, j in pairs:
+        if i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+        matches.append((i, j, iou))
+    return matches, best
+
+
 def match_objects(
     predicted: Sequence[shapely.Geometry], truth: Sequence[shapely.Geometry], *, iou_threshold: float = 0.5
 ) -> dict[str, float]:
-    """SpaceNet-style one-to-one matching of polygons at an IoU threshold.
+    """SpaceNet-style one-to-one matching of polygons at an IoU threshold (:func:`match_pairs`).
 
     Returns:
         ``tp``, ``fp``, ``fn``, ``precision``, ``recall``, ``f1`` and ``mean_iou`` of the matches.
     """
     pred = [g for g in predicted if g is not None and not g.is_empty]
     true = [g for g in truth if g is not None and not g.is_empty]
-    pairs: list[tuple[float, int, int]] = []
-    if pred and true:
-        tree = shapely.STRtree(true)
-        p_idx, t_idx = tree.query(np.asarray(pred, dtype=object), predicate="intersects")
-        for i, j in zip(p_idx, t_idx, strict=True):
-            a, b = pred[int(i)], true[int(j)]
-            inter = shapely.intersection(a, b).area
-            union = a.area + b.area - inter
-            iou = inter / union if union > 0 else 0.0
-            if iou >= iou_threshold:
-                pairs.append((iou, int(i), int(j)))
-    pairs.sort(reverse=True)
-    used_p: set[int] = set()
-    used_t: set[int] = set()
-    ious: list[float] = []
-    for iou, i, j in pairs:
-        if i in used_p or j in used_t:
-            continue
-        used_p.add(i)
-        used_t.add(j)
-        ious.append(iou)
+    matches, _ = match_pairs(pred, true, iou_threshold=iou_threshold)
+    ious = [iou for _, _, iou in matches]
     tp = len(ious)
     fp = len(pred) - tp
     fn = len(true) - tp

@@ -36,6 +36,13 @@ MODES = ("scene", "dataset")
 DEFAULT_LOW, DEFAULT_HIGH = 2.0, 98.0
 
 
+def any_dtype(normalization: Mapping[str, Any]) -> bool:
+    """Whether a model with this ``normalization`` record takes scenes of any data type: mode
+    ``scene`` stretches each scene by its own percentiles, so a 16-bit or float scene reaches
+    the network scaled as an 8-bit one would (fixed scalings keep their training data type)."""
+    return normalization.get("mode") == "scene"
+
+
 def sample_pixels(
     src: Any, scene: Scene, bands: Sequence[int], *, windows: int = 64, size: int = 256
 ) -> npt.NDArray[np.float32]:

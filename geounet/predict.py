@@ -310,7 +310,7 @@ def check_dtype(scene: Scene, meta: ModelMeta) -> None:
     if np.dtype(scene.dtype) == np.dtype(meta.dtype):
         return
     norm = meta.normalization or {}
-    if norm.get("mode") == "scene":
+    if normalize.any_dtype(norm):
         logger.warning(
             "%s is %s, the model was trained on %s: it is read through the scene's own %g-%g "
             "percentile stretch, as the model's training images were",

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ from geounet.dataset import (
 from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
 from geounet.labels import LabelSpec, read_label_sources
 from geounet.model import add_core_channel, autocast_dtype, drop_core_channel
+from geounet.normalize import any_dtype
 from geounet.predict import resolve_device
 from geounet.raster import AtomicOutputs, band_names, expand_rasters, open_scene, pixel_size_m, resolve_bands
 from geounet.tiling import check_tile_size
@@ -717,10 +719,9 @@ def train_model(
     val_paths = expand_rasters(cfg.val_images, folders=True) if cfg.val_images else []
     paths = train_paths + [p for p in val_paths if p not in train_paths]
     expected_bands = init_meta.bands if init_meta else None
-    # Each scene stretched by its own percentiles reaches the network at the same values whatever
-    # its data type (as predict takes it): 8- and 16-bit images train together, and a uint8 model
-    # fine-tunes on uint16 imagery. Fixed scalings keep one data type.
-    per_scene = (init_meta.normalization.get("mode") if init_meta else cfg.normalization) == "scene"
+    # As predict takes them (check_dtype): with each scene stretched by its own percentiles, 8-
+    # and 16-bit images train together, and a uint8 model fine-tunes on uint16 imagery.
+    per_scene = any_dtype(init_meta.normalization if init_meta else {"mode": cfg.normalization})
     entries: list[ImageEntry] = []
     dtypes: list[str] = []
     for p in paths:
@@ -739,7 +740,7 @@ def train_model(
         rl = labels.for_scene(scene)
         entries.append(ImageEntry(scene=scene, bands=bands, labels=rl, val_blocks=[]))
     # The model records the data type it was trained on most (the first image's on a tie).
-    dtype = max(dict.fromkeys(dtypes), key=dtypes.count)
+    dtype = Counter(dtypes).most_common(1)[0][0]
     labels.check([e.scene for e in entries])
     check_labels_hit(entries, labels)
 

@@ -13,7 +13,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from conftest import MakeRaster, meta_for, threshold_unet
-from geounet.evaluate import evaluate
+from geounet.evaluate import evaluate, match_objects, match_pairs
 from geounet.predict import PredictConfig, predict_raster
 from geounet.vectorize import StripVectorizer, split_at_valleys, split_necks, vectorize_mask
 
@@ -196,3 +196,21 @@ def test_predict_cuts_touching_houses_along_the_valley(make_raster: MakeRaster, 
         assert r.exit_code == 0, r.output
         counts.append(len(gpd.read_file(out)))
     assert counts == [2, 1]
+
+
+def test_object_matching_is_one_to_one_best_first_and_knows_each_best_iou() -> None:
+    truth = [shapely.box(0, 0, 1, 1), shapely.box(1, 0, 2, 1)]
+    predicted = [
+        shapely.box(0, 0, 2.2, 1),  # both neighbours joined: IoU 1/2.2 with each, below 0.5
+        shapely.box(0, 0, 1, 1),  # the first exactly
+        shapely.box(1, 0, 2, 1.2),  # the second at IoU 1/1.2
+        shapely.box(1, 0, 2, 1.5),  # the second again at 1/1.5: matched already, so false
+        shapely.box(5, 5, 6, 6),  # nothing near
+    ]
+    matches, best = match_pairs(predicted, truth)
+    assert [(i, j) for i, j, _ in matches] == [(1, 0), (2, 1)]
+    np.testing.assert_allclose([iou for _, _, iou in matches], [1.0, 1 / 1.2])
+    np.testing.assert_allclose(best, [1 / 2.2, 1.0, 1 / 1.2, 1 / 1.5, 0.0])
+    counts = match_objects(predicted, truth)
+    assert (counts["tp"], counts["fp"], counts["fn"]) == (2, 3, 0)
+    assert counts["mean_iou"] == pytest.approx((1.0 + 1 / 1.2) / 2)
