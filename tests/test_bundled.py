@@ -80,6 +80,14 @@ def test_recorded_validation_figures_are_reproduced_by_evaluate() -> None:
     _, val = buildings.held_out(BUILDINGS_RGB)
     assert sorted(p.name for p in val) == sorted(meta.provenance["val_images"])
     got = buildings.score(resolve_model(None), val, BUILDINGS_RGB)
+    # Pixel figures are sums over hundreds of thousands of pixels: numerics move them by far less
+    # than 0.002. Object figures move by whole buildings: a match at IoU ~0.5 can flip with the last
+    # bits of the arithmetic on another CPU, so each count may differ by a couple of objects (one
+    # object alone is worth 0.011 of Chicago's object F1).
     for source in ("rio", "austin", "chicago", "all"):
-        for key in ("pixel_iou", "pixel_f1", "object_f1"):
-            assert got[source][key] == pytest.approx(meta.provenance["validation"][source][key], abs=0.01), (source, key)
+        recorded = meta.provenance["validation"][source]
+        for key in ("pixel_iou", "pixel_f1"):
+            assert got[source][key] == pytest.approx(recorded[key], abs=0.002), (source, key)
+        for key in ("tp", "fp", "fn"):
+            slack = 4 if source == "all" else 2
+            assert abs(got[source]["objects"][key] - recorded["objects"][key]) <= slack, (source, key)
