@@ -843,7 +843,7 @@ def _write_catalog(
         for task in tasks
         if (rec := by_input.get(task.input)) is not None
     ]
-    catalog = write_results_catalog(dest, items, model=model.stem, model_hash=model_hash)
+    catalog = write_results_catalog(dest, items, model=model, model_hash=model_hash, meta=read_meta(model))
     logger.info("STAC catalog of %d scenes: %s", len(items), catalog)
     return catalog
 

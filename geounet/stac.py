@@ -8,12 +8,16 @@ raster asset: the one named by ``asset``, or else the first GeoTIFF asset with r
 be moved or served as a whole. A broken item (unreadable JSON, no fitting asset, an href to a
 missing file) becomes a scene with an ``error`` instead of stopping the walk.
 
-Writing: :func:`write_results_catalog` writes a self-contained static catalog (relative links,
-``catalog.json`` at the top, ``ID/ID.json`` per item) with one item per segmented scene: its
-footprint in EPSG:4326, the source item's datetime (else the processing time), the vector file,
-mask and probabilities as assets, the model's name and SHA-256 in ``geounet:`` properties and a
-``derived_from`` link to the source item. The catalog is built in a temporary folder and renamed
-into place, so the destination holds either the previous catalog or the new one, never a part.
+Writing: :func:`write_results_catalog` writes a self-contained static catalog that a STAC API
+(pgstac, stac-fastapi) loads and STAC Browser shows: ``catalog.json`` at the top, a Collection of
+the results (extent, the model's training-data licence, providers, summaries, item assets) with
+one item per segmented scene, and the model's item (MLM extension, :mod:`geounet.stac_model`).
+Each result item has its footprint in EPSG:4326, the source item's datetime (else the processing
+time), the scene's grid (projection extension), the polygons as labels (label extension), the
+mask's classes (classification extension), how it was made (processing extension), and links to
+its source and the model (``source``, ``derived_from``). The catalog is built in a temporary
+folder and renamed into place, so the destination holds either the previous catalog or the new
+one, never a part.
 
 pystac is optional (``pip install 'geounet[stac]'``) and imported only when STAC is used.
 """
@@ -29,12 +33,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from geounet import __version__
 from geounet.errors import GeounetError, OutputError, OutputExistsError
 from geounet.raster import gdal_options, gdal_path, is_remote
+
+if TYPE_CHECKING:
+    from geounet.checkpoint import ModelMeta
 
 logger = logging.getLogger(__name__)
 
@@ -386,51 +393,135 @@ def _is_results_catalog(folder: Path) -> bool:
     return isinstance(data, dict) and data.get("id") == RESULTS_CATALOG_ID
 
 
+#: Schemas of the STAC extensions the results catalog uses.
+EXTENSIONS = {
+    "projection": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "label": "https://stac-extensions.github.io/label/v1.0.1/schema.json",
+    "classification": "https://stac-extensions.github.io/classification/v1.1.0/schema.json",
+    "processing": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
+    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+}
+
+
 def write_results_catalog(
     dest: str | os.PathLike[str],
     items: Sequence[ResultItem],
     *,
-    model: str,
+    model: str | os.PathLike[str],
     model_hash: str,
+    meta: ModelMeta | None = None,
 ) -> Path:
     """Write a self-contained static STAC catalog of segmented scenes; return its ``catalog.json``.
 
-    Layout: ``DEST/catalog.json`` and ``DEST/ID/ID.json`` per item, all links and asset hrefs
-    relative (the outputs are referred to where they are, not copied). An earlier results catalog
+    Layout: ``DEST/catalog.json`` (the root), ``DEST/COLLECTION/collection.json`` with one item
+    per scene in ``DEST/COLLECTION/ID/ID.json``, and the model's item (MLM extension,
+    :func:`geounet.stac_model.model_item`) in ``DEST/MODEL/MODEL.json``. Hrefs into the catalog
+    and the outputs are relative (the outputs are referred to where they are, not copied), so
+    they stay valid when the results move together; hrefs to what lies outside (source items,
+    their collections, source rasters, the model file) are absolute. An earlier results catalog
     in ``DEST`` is replaced as a whole.
+
+    Each result item carries the projection (v2.0.0), label (v1.0.1), processing (v1.2.0)
+    extensions, and on its mask asset the classification (v1.1.0) and raster (v1.1.0) ones; it
+    links to its source (``source`` and ``derived_from``) and to the model item
+    (``derived_from``).
 
     Args:
         dest: The catalog folder.
         items: The scenes.
-        model: The model's name (``geounet:model``).
-        model_hash: SHA-256 of the model file (``geounet:model_sha256``).
+        model: The model file (or bundled model's name) the scenes were segmented with.
+        model_hash: SHA-256 of the model file.
+        meta: The model's metadata (read from ``model`` when None).
 
     Returns:
         The path of ``catalog.json``.
 
     Raises:
         GeounetError: pystac is missing.
+        CheckpointError: The model file cannot be read.
         OutputError: The catalog cannot be written.
         OutputExistsError: ``dest`` holds something other than a results catalog.
     """
+    from geounet.checkpoint import read_meta, resolve_model
+    from geounet.stac_model import data_license, mask_classes, model_item
+
     pystac = _import_pystac()
     folder = Path(dest).expanduser().resolve()
+    model_path = resolve_model(model).resolve()
+    meta = meta if meta is not None else read_meta(model_path)
+    name = model_path.stem
+    model_stac = pystac.Item.from_dict(model_item(model_path, meta=meta, sha256=model_hash), preserve_dict=False)
+    licence, licensors = data_license(meta)
+    collection_id = f"{RESULTS_CATALOG_ID}-{_slug(name)}"
+    if collection_id == model_stac.id:
+        collection_id += "-results"
+    results = [_result_item(pystac, entry, meta=meta, model=name, model_hash=model_hash) for entry in items]
+    described = f"by geounet {__version__} with the model {name} (SHA-256 {model_hash})"
+    count = f"{len(items)} scene{'s' if len(items) != 1 else ''}"
     catalog = pystac.Catalog(
-        id=RESULTS_CATALOG_ID,
-        title="geounet results",
-        description=(
-            f"Segmentation of {len(items)} scene{'s' if len(items) != 1 else ''} by geounet "
-            f"{__version__} with the model {model} (SHA-256 {model_hash})."
-        ),
+        id=RESULTS_CATALOG_ID, title="geounet results", description=f"Segmentation of {count} {described}."
     )
-    for entry in items:
-        catalog.add_item(_result_item(pystac, entry, model=model, model_hash=model_hash))
+    collection = pystac.Collection(
+        id=collection_id,
+        title=f"{name} results",
+        description=(
+            f"Segmentation of {count} {described}: {', '.join(meta.classes)} as polygons (label "
+            f"extension) and class masks (classification extension)."
+        ),
+        extent=_extent(pystac, results),
+        license=licence,
+        providers=[
+            *[pystac.Provider.from_dict(p) for p in licensors],
+            pystac.Provider(
+                name="geounet",
+                description=f"Segmented {described}",
+                roles=[pystac.ProviderRole.PROCESSOR],
+                extra_fields={"processing:software": _software(model_path)},
+            ),
+        ],
+        summaries=pystac.Summaries(_summaries(results)),
+    )
+    collection.stac_extensions = sorted({ext for item in results for ext in item.stac_extensions})
+    collection.extra_fields["item_assets"] = _item_assets(meta, mask_classes(meta))
+    for href, title in _source_collections(items):
+        collection.add_link(pystac.Link("derived_from", href, media_type="application/json", title=title))
+    catalog.add_child(collection)
+    catalog.add_item(model_stac)
+    collection.add_items(results)
     catalog.normalize_hrefs(str(folder))
     catalog.make_all_asset_hrefs_relative()
-    for item in catalog.get_items():  # links to local source items: relative, like the rest
-        for link in item.links:
-            if link.rel == "derived_from" and os.path.isabs(link.href) and not is_remote(link.href):
-                link.target = os.path.relpath(link.href, os.path.dirname(item.get_self_href()))
+    # Links to what lies outside the catalog are added once the hrefs are laid out, so that
+    # pystac does not read them (a source raster is no STAC object; a remote item, no wait).
+    for entry, item in zip(items, results, strict=True):
+        for link in _source_links(entry):
+            item.add_link(_KeptLink(pystac).from_dict(link))
+        here = os.path.dirname(item.get_self_href())
+        item.add_link(
+            pystac.Link(
+                "derived_from",
+                os.path.relpath(model_stac.get_self_href(), here),
+                media_type="application/geo+json",
+                title=f"The model {name} (MLM)",
+            )
+        )
+    _save_catalog(pystac, catalog, folder)
+    return folder / CATALOG_NAME
+
+
+def _KeptLink(pystac: Any) -> Any:
+    """pystac's Link class, but written with its href as given: pystac would make a ``source``
+    link relative in a self-contained catalog (the label extension counts it as the item's own),
+    and a link to a source outside the results must stay absolute to survive their moving."""
+
+    class KeptLink(pystac.Link):  # type: ignore[misc]
+        def get_href(self, transform_href: bool = True) -> str | None:
+            return super().get_href(transform_href=False)  # type: ignore[no-any-return]
+
+    return KeptLink
+
+
+def _save_catalog(pystac: Any, catalog: Any, folder: Path) -> None:
+    """Save a catalog into a temporary folder beside ``folder``, then swap it into place."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -443,7 +534,6 @@ def write_results_catalog(
         raise OutputError(f"cannot write the STAC catalog {folder}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder / CATALOG_NAME
 
 
 def _swap_folder(tmp: Path, folder: Path) -> None:
@@ -470,18 +560,46 @@ def _swap_folder(tmp: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _result_item(pystac: Any, entry: ResultItem, *, model: str, model_hash: str) -> Any:
-    from pystac.utils import str_to_datetime
+def _result_item(pystac: Any, entry: ResultItem, *, meta: ModelMeta, model: str, model_hash: str) -> Any:
+    from pystac.utils import datetime_to_str, str_to_datetime
 
-    geometry, bbox = scene_footprint(entry.scene)
+    from geounet.stac_model import mask_classes
+
+    grid = _scene_grid(entry.scene)
+    geometry, bbox = _footprint(grid)
     source = entry.source
+    params = entry.params or {}
+    tile = f", tiles of {params['tile_size']} px overlapping by {params['overlap']} px" if "tile_size" in params else ""
+    what = f"the STAC item {source.item_id} (asset {source.asset_key})" if source is not None else entry.scene
     properties: dict[str, Any] = {
         "created": entry.created,
-        "geounet:model": model,
-        "geounet:model_sha256": model_hash,
-        "geounet:version": __version__,
-        "geounet:input": entry.scene,
+        "label:type": "vector" if "vectors" in entry.assets else "raster",
+        "label:description": f"{', '.join(meta.classes)} segmented by the geounet model {model}",
+        "label:tasks": ["segmentation"],
+        "label:methods": ["automated"],
+        "processing:software": _software(model),
+        "processing:lineage": (
+            f"Segmented from {what} by geounet {__version__} with the model {model} "
+            f"(SHA-256 {model_hash}){tile}; polygons traced from the class mask"
+        ),
     }
+    classes = mask_classes(meta)
+    foreground = [c["name"] for c in classes if c["value"] > 0 and not c.get("nodata")]
+    if properties["label:type"] == "vector":
+        properties["label:properties"] = ["class"]
+        properties["label:classes"] = [{"name": "class", "classes": foreground}]
+        if entry.features is not None and len(foreground) == 1:
+            counts = [{"name": foreground[0], "count": entry.features}]
+            properties["label:overviews"] = [{"property_key": "class", "counts": counts}]
+    else:
+        properties["label:properties"] = None
+        properties["label:classes"] = [{"name": None, "classes": [c["value"] for c in classes[1:-1]]}]
+    if entry.created:
+        properties["processing:datetime"] = datetime_to_str(str_to_datetime(entry.created))
+    if params:
+        properties["processing:expression"] = {"format": "geounet-batch-parameters", "expression": params}
+    if grid is not None:
+        properties.update(_projection(grid.crs, grid.transform, grid.height, grid.width))
     when: datetime | None = None
     if source is not None and source.datetime:
         when = str_to_datetime(source.datetime)
@@ -490,29 +608,283 @@ def _result_item(pystac: Any, entry: ResultItem, *, model: str, model_hash: str)
         properties["end_datetime"] = source.end_datetime
     else:
         when = str_to_datetime(entry.created) if entry.created else datetime.now(timezone.utc)
-    if source is not None:
-        properties["geounet:item_id"] = source.item_id
-        properties["geounet:asset"] = source.asset_key
-    if entry.features is not None:
-        properties["geounet:features"] = entry.features
-    if entry.params is not None:
-        properties["geounet:params"] = entry.params
-    item = pystac.Item(
-        id=entry.id, geometry=geometry, bbox=bbox, datetime=when, properties=properties
-    )
+    item = pystac.Item(id=entry.id, geometry=geometry, bbox=bbox, datetime=when, properties=properties)
+    extensions = {EXTENSIONS["label"], EXTENSIONS["processing"]}
+    if grid is not None:
+        extensions.add(EXTENSIONS["projection"])
     for kind, path in entry.assets.items():
-        item.add_asset(
-            kind,
-            pystac.Asset(
-                href=str(path),
-                media_type=_MEDIA_TYPES.get(path.suffix.lower()),
-                title=_ASSET_TITLES.get(kind, kind),
-                roles=["data"],
-            ),
-        )
-    if source is not None and source.item_href is not None:
-        item.add_link(pystac.Link("derived_from", source.item_href, media_type="application/geo+json"))
+        asset, used = _result_asset(kind, path, meta=meta, grid=grid, params=params, classes=classes)
+        item.add_asset(kind, pystac.Asset.from_dict(asset))
+        extensions |= used
+    item.stac_extensions = sorted(extensions)
     return item
+
+
+def _result_asset(
+    kind: str,
+    path: Path,
+    *,
+    meta: ModelMeta,
+    grid: _Grid | None,
+    params: dict[str, Any],
+    classes: list[dict[str, Any]],
+) -> tuple[dict[str, Any], set[str]]:
+    """One output as a STAC asset (a dict), and the extensions its fields use."""
+    asset: dict[str, Any] = {"href": str(path), "title": _ASSET_TITLES.get(kind, kind)}
+    used: set[str] = set()
+    suffix = path.suffix.lower()
+    if kind == "vectors":
+        asset["roles"] = ["data", "labels"]
+        crs = params.get("to_crs") or (grid.crs if grid is not None else None)
+        code = _crs_code(crs) if crs is not None else None
+        media = _MEDIA_TYPES.get(suffix)
+        if suffix == ".geojson" and code not in _RFC7946_CODES:
+            # RFC 7946 GeoJSON is in longitude and latitude only; these coordinates are not.
+            media = "application/json"
+            asset["description"] = (
+                f"GeoJSON in {code or 'the scene CRS'} (as geounet writes it), not RFC 7946 "
+                f"longitude/latitude: read the CRS from proj:code"
+            )
+        if media:
+            asset["type"] = media
+        if code is not None:
+            asset["proj:code"] = code
+            used.add(EXTENSIONS["projection"])
+        return asset, used
+    asset["type"] = _MEDIA_TYPES.get(suffix, COG_MEDIA_TYPE)
+    raster = _raster_info(path)
+    if raster is not None:
+        bands, out_grid = raster
+        asset["raster:bands"] = bands
+        used.add(EXTENSIONS["raster"])
+        if out_grid is not None and (grid is None or out_grid != grid):
+            asset.update(_projection(out_grid.crs, out_grid.transform, out_grid.height, out_grid.width))
+            used.add(EXTENSIONS["projection"])
+    if kind == "mask":
+        asset["roles"] = ["data", "classification"]
+        asset["classification:classes"] = classes
+        used.add(EXTENSIONS["classification"])
+    elif kind == "probabilities":
+        asset["roles"] = ["data", "probability"]
+        names = meta.classes[: meta.class_channels] if not meta.binary else meta.classes[:1]
+        asset["description"] = "Probability of each class, one band each: " + ", ".join(names)
+    else:
+        asset["roles"] = ["data"]
+    return asset, used
+
+
+#: Projection codes of RFC 7946 GeoJSON (longitude, latitude on WGS 84).
+_RFC7946_CODES = ("EPSG:4326", "OGC:CRS84")
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    """A raster's pixel grid: CRS, affine transform, size and bounds (left, bottom, right, top)."""
+
+    crs: Any
+    transform: Any
+    height: int
+    width: int
+    bounds: tuple[float, float, float, float]
+
+
+def _scene_grid(scene: str) -> _Grid | None:
+    """A raster's grid; None for one that cannot be opened or has no CRS."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.Env(**gdal_options(scene)), rasterio.open(gdal_path(scene)) as src:
+            if src.crs is None:
+                return None
+            return _Grid(src.crs, src.transform, src.height, src.width, tuple(src.bounds))
+    except (RasterioError, OSError) as exc:
+        logger.warning("no footprint for %s: %s", scene, _reason(exc))
+        return None
+
+
+def _raster_info(path: Path) -> tuple[list[dict[str, Any]], _Grid | None] | None:
+    """``raster:bands`` of an output GeoTIFF (data type, nodata, scale) and its grid."""
+    import math
+
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as src:
+            bands = []
+            for i in range(src.count):
+                band: dict[str, Any] = {"data_type": src.dtypes[i]}
+                nodata = src.nodatavals[i]
+                if nodata is not None:
+                    band["nodata"] = "nan" if math.isnan(nodata) else nodata
+                if src.scales[i] != 1 or src.offsets[i] != 0:
+                    band["scale"], band["offset"] = src.scales[i], src.offsets[i]
+                bands.append(band)
+            grid = _Grid(src.crs, src.transform, src.height, src.width, tuple(src.bounds)) if src.crs else None
+    except (RasterioError, OSError) as exc:
+        logger.warning("cannot describe %s in the STAC catalog: %s", path, _reason(exc))
+        return None
+    return bands, grid
+
+
+def _crs_code(crs: Any) -> str | None:
+    """``AUTHORITY:CODE`` of a CRS (a rasterio CRS or any text pyproj reads), if it has one."""
+    from pyproj import CRS
+
+    try:
+        found = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs).to_authority(min_confidence=90)
+    except Exception:  # noqa: BLE001 (pyproj raises CRSError and others for odd input)
+        return None
+    return f"{found[0]}:{found[1]}" if found else None
+
+
+def _projection(crs: Any, transform: Any, height: int, width: int) -> dict[str, Any]:
+    """Projection extension fields (v2.0.0) of a raster grid."""
+    from rasterio.transform import array_bounds
+
+    code = _crs_code(crs)
+    west, south, east, north = array_bounds(height, width, transform)
+    fields: dict[str, Any] = {
+        "proj:code": code,
+        "proj:shape": [height, width],
+        "proj:transform": [transform.a, transform.b, transform.c, transform.d, transform.e, transform.f],
+        "proj:bbox": [west, south, east, north],
+    }
+    if code is None:
+        fields["proj:wkt2"] = crs.to_wkt()
+    return fields
+
+
+def _software(model: str | os.PathLike[str]) -> dict[str, str]:
+    """``processing:software``: geounet and the runtime that ran the model."""
+    from geounet.checkpoint import is_onnx
+
+    software = {"geounet": __version__}
+    if is_onnx(model):
+        try:
+            import onnxruntime
+
+            software["onnxruntime"] = str(onnxruntime.__version__)
+        except ImportError:
+            pass
+    else:
+        import torch
+
+        software["torch"] = str(torch.__version__)
+    return software
+
+
+def _source_links(entry: ResultItem) -> list[dict[str, Any]]:
+    """Links to what a result was made from: its STAC item (``source`` for the label extension,
+    and ``derived_from``), else the ItemCollection it came in, else the raster itself."""
+    source = entry.source
+    if source is None:
+        href = entry.scene if is_remote(entry.scene) else os.path.abspath(entry.scene)
+        return [{"rel": "source", "href": href, "type": "image/tiff; application=geotiff", "title": "The segmented raster"}]
+    if source.item_href is not None:
+        href, title = source.item_href, f"STAC item {source.item_id}"
+    else:  # an item of an ItemCollection, which has no href of its own
+        href = source.source if "://" in source.source else os.path.abspath(source.source)
+        title = f"STAC item {source.item_id} of this ItemCollection"
+    common = {"href": href, "type": "application/geo+json", "title": title}
+    source_link = {"rel": "source", **common}
+    if source.asset_key:
+        source_link["label:assets"] = [source.asset_key]
+    return [source_link, {"rel": "derived_from", **common}]
+
+
+def _source_collections(items: Sequence[ResultItem]) -> list[tuple[str, str]]:
+    """(href, title) of each STAC collection that the source items name (by a ``collection``
+    link), in first-seen order. Sources that cannot be read are left out (logged)."""
+    import pystac
+
+    io = _stac_io(pystac)
+    docs: dict[str, Any] = {}
+    found: dict[str, str] = {}
+    for entry in items:
+        source = entry.source
+        if source is None:
+            continue
+        doc_href = source.item_href or (source.source if "://" in source.source else os.path.abspath(source.source))
+        if doc_href not in docs:
+            try:
+                docs[doc_href] = json.loads(io.read_text(doc_href))
+            except Exception as exc:  # noqa: BLE001 (a missing link, not a failed catalog)
+                logger.info("no source collection for %s: %s", source.item_id, _reason(exc))
+                docs[doc_href] = None
+        doc = docs[doc_href]
+        if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+            doc = next((f for f in doc.get("features", []) if isinstance(f, dict) and f.get("id") == source.item_id), None)
+        if not isinstance(doc, dict):
+            continue
+        for link in doc.get("links", []):
+            if isinstance(link, dict) and link.get("rel") == "collection" and isinstance(link.get("href"), str):
+                href = _resolve_href(link["href"], doc_href)
+                if href is not None and href not in found:
+                    found[href] = f"Source collection {doc.get('collection') or _href_stem(href)}"
+    return list(found.items())
+
+
+def _extent(pystac: Any, items: Sequence[Any]) -> Any:
+    """The union of the items' bounding boxes and times (the whole world when none has one)."""
+    boxes = [item.bbox for item in items if item.bbox]
+    if boxes:
+        bbox = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    else:
+        bbox = [-180.0, -90.0, 180.0, 90.0]
+    times = []
+    for item in items:
+        for key in ("datetime", "start_datetime", "end_datetime"):
+            value = item.properties.get(key) if key != "datetime" else item.datetime
+            if isinstance(value, str):
+                from pystac.utils import str_to_datetime
+
+                value = str_to_datetime(value)
+            if value is not None:
+                times.append(value)
+    interval = [min(times), max(times)] if times else [None, None]
+    return pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([interval]))
+
+
+def _summaries(items: Sequence[Any]) -> dict[str, Any]:
+    """Collection summaries: the distinct values of a few fields over the items."""
+    out: dict[str, Any] = {}
+    for key in ("proj:code", "label:type", "label:tasks", "label:methods", "label:properties"):
+        values: list[Any] = []
+        for item in items:
+            value = item.properties.get(key)
+            for v in value if isinstance(value, list) else [value]:
+                if v is not None and v not in values:
+                    values.append(v)
+        if values:
+            out[key] = values
+    return out
+
+
+def _item_assets(meta: ModelMeta, classes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The collection's ``item_assets``: what each output asset of its items is."""
+    return {
+        "vectors": {"title": _ASSET_TITLES["vectors"], "roles": ["data", "labels"]},
+        "mask": {
+            "title": _ASSET_TITLES["mask"],
+            "type": COG_MEDIA_TYPE,
+            "roles": ["data", "classification"],
+            "classification:classes": classes,
+        },
+        "probabilities": {
+            "title": _ASSET_TITLES["probabilities"],
+            "type": COG_MEDIA_TYPE,
+            "roles": ["data", "probability"],
+        },
+    }
+
+
+def _slug(text: str) -> str:
+    """``text`` as a STAC id part: letters, digits, ``-`` and ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "model"
 
 
 def scene_footprint(scene: str) -> tuple[dict[str, Any] | None, list[float] | None]:
@@ -523,18 +895,15 @@ def scene_footprint(scene: str) -> tuple[dict[str, Any] | None, list[float] | No
     reprojection, so the outline follows the curved edges of a projected scene in longitude and
     latitude.
     """
-    import rasterio
-    from rasterio.errors import RasterioError
+    return _footprint(_scene_grid(scene))
+
+
+def _footprint(grid: _Grid | None) -> tuple[dict[str, Any] | None, list[float] | None]:
     from rasterio.warp import transform
 
-    try:
-        with rasterio.Env(**gdal_options(scene)), rasterio.open(gdal_path(scene)) as src:
-            crs, (left, bottom, right, top) = src.crs, src.bounds
-    except (RasterioError, OSError) as exc:
-        logger.warning("no footprint for %s: %s", scene, _reason(exc))
+    if grid is None:
         return None, None
-    if crs is None:
-        return None, None
+    left, bottom, right, top = grid.bounds
     n = _FOOTPRINT_STEPS
     steps = [i / n for i in range(n)]
     # Counter-clockwise from the south-west corner (GeoJSON's exterior ring orientation).
@@ -542,7 +911,7 @@ def scene_footprint(scene: str) -> tuple[dict[str, Any] | None, list[float] | No
     ys = [bottom] * n + [bottom + (top - bottom) * t for t in steps]
     xs += [right - (right - left) * t for t in steps] + [left] * n
     ys += [top] * n + [top - (top - bottom) * t for t in steps]
-    lons, lats = transform(crs, "EPSG:4326", xs, ys)
+    lons, lats = transform(grid.crs, "EPSG:4326", xs, ys)
     ring = [[round(x, 9), round(y, 9)] for x, y in zip(lons, lats, strict=True)]
     ring.append(ring[0])
     bbox = [min(lons), min(lats), max(lons), max(lats)]
@@ -553,6 +922,7 @@ __all__ = [
     "CATALOG_NAME",
     "COG_MEDIA_TYPE",
     "DEFAULT_ROLES",
+    "EXTENSIONS",
     "ResultItem",
     "StacScene",
     "check_catalog_dest",

@@ -31,6 +31,7 @@ pystac = pytest.importorskip("pystac")
 CONFIG = PredictConfig(tile_size=96, overlap=16)
 GEOTIFF = "image/tiff; application=geotiff"
 TIMES = ["2023-05-01T10:00:00Z", "2023-06-01T10:00:00Z", "2023-07-01T10:00:00Z"]
+STAC_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "stac-extension-schemas"
 
 
 @pytest.fixture(autouse=True)
@@ -333,7 +334,8 @@ def check_results_catalog(path: Path, out: Path) -> list[Any]:
     raw = json.loads(path.read_text())
     assert all(not os.path.isabs(link["href"]) for link in raw["links"])  # self-contained
     assert not [link for link in raw["links"] if link["rel"] == "self"]
-    items = list(root.get_items(recursive=True))
+    (collection,) = root.get_children()  # the results; the model's item sits beside it
+    items = list(collection.get_items())
     for item in items:
         data = json.loads(Path(item.get_self_href()).read_text())
         for asset in data["assets"].values():
@@ -342,7 +344,7 @@ def check_results_catalog(path: Path, out: Path) -> list[Any]:
             target = Path(asset.get_absolute_href())
             assert target.is_file(), f"{item.id}: {key} -> {target}"
             assert target.parent == out
-        assert item.get_parent().id == root.id
+        assert item.get_parent().id == collection.id
     return items
 
 
@@ -363,13 +365,16 @@ def test_stac_out_catalog_describes_the_results(tmp_path: Path, model_file: Path
     for name, item in items.items():
         rec = records[name]
         assert {k: (a.media_type, a.roles) for k, a in item.assets.items()} == {
-            "vectors": ("application/geo+json", ["data"]),
-            "mask": (COG_MEDIA_TYPE, ["data"]),
-            "probabilities": (COG_MEDIA_TYPE, ["data"]),
+            "vectors": ("application/json", ["data", "labels"]),  # GeoJSON in UTM: not RFC 7946
+            "mask": (COG_MEDIA_TYPE, ["data", "classification"]),
+            "probabilities": (COG_MEDIA_TYPE, ["data", "probability"]),
         }
         props = item.properties
-        assert props["geounet:model"] == "roofs" and props["geounet:model_sha256"] == file_hash(model_file)
-        assert props["geounet:features"] == rec.features and props["geounet:input"] == rec.input
+        assert "the model roofs" in props["processing:lineage"] and file_hash(model_file) in props["processing:lineage"]
+        assert props["label:overviews"][0]["counts"][0]["count"] == rec.features
+        (source,) = item.get_links("source")
+        if name == "extra":  # a plain raster: its own path (absolute, outside the results)
+            assert source.get_href(transform_href=False) == rec.input
         # The footprint: the scene's bounds in longitude and latitude.
         with rasterio.open(rec.input) as src:
             expected = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
@@ -378,10 +383,11 @@ def test_stac_out_catalog_describes_the_results(tmp_path: Path, model_file: Path
     for i in range(3):  # datetime and a link from the source item
         item = items[f"item{i}"]
         assert pystac.utils.datetime_to_str(item.datetime) == TIMES[i]
-        (source,) = item.get_links("derived_from")
-        assert source.resolve_stac_object().target.id == f"item{i}"
-        assert item.properties["geounet:item_id"] == f"item{i}" and item.properties["geounet:asset"] == "visual"
-    assert not items["extra"].get_links("derived_from")  # a plain path: processing time
+        targets = {link.resolve_stac_object().target.id for link in item.get_links("derived_from")}
+        assert targets == {f"item{i}", "roofs"}  # the source item and the model
+        assert item.get_links("source")[0].extra_fields["label:assets"] == ["visual"]
+    # A plain path: processing time, and derived from the model only.
+    assert [link.resolve_stac_object().target.id for link in items["extra"].get_links("derived_from")] == ["roofs"]
     assert pystac.utils.datetime_to_str(items["extra"].datetime).startswith(records["extra"].finished[:10])
 
     # A second run replaces the catalog as a whole; the folder can move with the outputs.
@@ -410,14 +416,34 @@ def test_stac_out_folder_is_checked_before_any_scene(tmp_path: Path, model_file:
     assert (foreign / "catalog.json").read_text() == '{"type": "Catalog", "id": "someone-elses"}'
 
 
+@pytest.mark.skipif(not STAC_SCHEMAS.is_dir(), reason=f"{STAC_SCHEMAS} not found (offline STAC extension schemas live in ../shared/data)")
 def test_results_catalog_validates_against_the_stac_schemas(tmp_path: Path, model_file: Path) -> None:
-    """pystac's validator with the STAC 1.1 core schemas it ships (offline: no extensions used)."""
+    """pystac's validator, offline: its STAC 1.1 core schemas and the extension schemas of
+    ../shared/data in its cache (tests/test_stac_out.py checks every document the same way)."""
     pytest.importorskip("jsonschema", reason="pystac's validator needs jsonschema (pip install 'geounet[dev]')")
+    from pystac.validation import (
+        JsonSchemaSTACValidator,
+        RegisteredValidator,
+        set_validator,
+        validate_all_dict,
+        validate_dict,
+    )
+
+    validator = JsonSchemaSTACValidator()
+    for path in STAC_SCHEMAS.glob("*/v*/schema.json"):
+        url = f"https://stac-extensions.github.io/{path.parts[-3]}/{path.parts[-2]}/schema.json"
+        validator.schema_cache[url] = json.loads(path.read_text())
     catalog, _ = make_archive(tmp_path / "archive", count=2)
     summary = run_batch([catalog], tmp_path / "out", model=model_file, config=CONFIG, mask=True, stac_out=tmp_path / "stac")
     assert summary.catalog == tmp_path / "stac" / "catalog.json"
-    root = pystac.read_file(str(summary.catalog))
-    root.validate()
-    assert root.validate_all() == 2  # items validated
-    for item in root.get_items(recursive=True):
-        assert item.validate()  # the schema URIs it was checked against
+    previous = RegisteredValidator.get_validator()
+    set_validator(validator)
+    try:  # the JSON as written (pystac.read_file would migrate extensions to newer versions)
+        validate_all_dict(json.loads(summary.catalog.read_text()), str(summary.catalog))
+        docs = sorted((tmp_path / "stac").rglob("*.json"))
+        assert len(docs) == 5  # the catalog, the collection, two results and the model
+        for path in docs:
+            data = json.loads(path.read_text())
+            assert len(validate_dict(data, href=str(path))) == 1 + len(data.get("stac_extensions", []))
+    finally:
+        set_validator(previous)

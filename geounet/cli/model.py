@@ -110,11 +110,23 @@ def export(path: str, out: Path, opset: int, fixed_size: int | None, overwrite: 
 @model.command()
 @click.argument("path", metavar="MODEL")
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
-def info(path: str, as_json: bool) -> None:
-    """Print a model's input contract and provenance (a file or a bundled model's name)."""
+@click.option("--stac", "stac_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the model as a STAC Item (MLM extension) to this JSON file, and print its path.")
+@overwrite_opt
+def info(path: str, as_json: bool, stac_out: Path | None, overwrite: bool) -> None:
+    """Print a model's input contract and provenance (a file or a bundled model's name).
+
+    \b
+    geounet model info buildings
+    geounet model info buildings --stac buildings.json
+    """
     from geounet.checkpoint import is_onnx, read_meta, resolve_model
     from geounet.normalize import describe
 
+    if stac_out is not None:
+        from geounet.stac_model import write_model_item
+
+        click.echo(str(write_model_item(path, stac_out, overwrite=overwrite)))
+        return
     resolved = resolve_model(path)
     meta = read_meta(resolved)
     onnx_line = _onnx_line(resolved) if is_onnx(resolved) else None
