@@ -492,9 +492,10 @@ def write_results_catalog(
     catalog.make_all_asset_hrefs_relative()
     # Links to what lies outside the catalog are added once the hrefs are laid out, so that
     # pystac does not read them (a source raster is no STAC object; a remote item, no wait).
+    kept_link = _KeptLink(pystac)
     for entry, item in zip(items, results, strict=True):
         for link in _source_links(entry):
-            item.add_link(_KeptLink(pystac).from_dict(link))
+            item.add_link(kept_link.from_dict(link))
         here = os.path.dirname(item.get_self_href())
         item.add_link(
             pystac.Link(
@@ -788,7 +789,7 @@ def _source_links(entry: ResultItem) -> list[dict[str, Any]]:
         href = source.source if "://" in source.source else os.path.abspath(source.source)
         title = f"STAC item {source.item_id} of this ItemCollection"
     common = {"href": href, "type": "application/geo+json", "title": title}
-    source_link = {"rel": "source", **common}
+    source_link: dict[str, Any] = {"rel": "source", **common}
     if source.asset_key:
         source_link["label:assets"] = [source.asset_key]
     return [source_link, {"rel": "derived_from", **common}]

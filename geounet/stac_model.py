@@ -77,7 +77,7 @@ def data_license(meta: ModelMeta) -> tuple[str, list[dict[str, Any]]]:
     data = meta.provenance.get("data")
     sources = [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
     providers = []
-    ids = set()
+    ids: set[str | None] = set()
     for source in sources:
         licence = str(source.get("licence") or source.get("license") or "unknown licence")
         name = str(source.get("name") or source.get("attribution") or "training data")
@@ -89,8 +89,8 @@ def data_license(meta: ModelMeta) -> tuple[str, list[dict[str, Any]]]:
             }
         )
         ids.add(spdx_license(licence))
-    licence = ids.pop() if len(ids) == 1 and None not in ids else "other"
-    return licence, providers
+    single = ids.pop() if len(ids) == 1 else None
+    return single or "other", providers
 
 
 def mlm_name(name: str) -> str:

@@ -26,8 +26,12 @@ from geounet.stac_model import MLM_EXTENSION, data_license, model_item, write_mo
 from geounet.synthetic import make_scene
 
 pystac = pytest.importorskip("pystac")
-jsonschema = pytest.importorskip("jsonschema", reason="validation needs jsonschema (pip install 'geounet[dev]')")
-referencing = pytest.importorskip("referencing", reason="validation needs referencing (pip install 'geounet[dev]')")
+jsonschema = pytest.importorskip(
+    "jsonschema", reason="validation needs jsonschema (pip install 'geounet[dev]')"
+)
+referencing = pytest.importorskip(
+    "referencing", reason="validation needs referencing (pip install 'geounet[dev]')"
+)
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "stac-extension-schemas"
 requires_schemas = pytest.mark.skipif(
@@ -84,7 +88,9 @@ class Validator:
         """Validate; return the schema URLs checked. Raises jsonschema's ValidationError."""
         urls = [self.core_url(doc), *doc.get("stac_extensions", [])]
         for url in urls:
-            assert url in self.schemas, f"{url} has no offline schema: use the versions in {SCHEMAS}"
+            assert url in self.schemas, (
+                f"{url} has no offline schema: use the versions in {SCHEMAS}"
+            )
             cls = jsonschema.validators.validator_for(self.schemas[url])
             cls(self.schemas[url], registry=self.registry).validate(doc)
         return urls
@@ -127,34 +133,75 @@ def archive(root: Path, count: int = 2) -> tuple[Path, list[Path]]:
     """``count`` scenes and a static catalog over them: catalog -> collection -> items, each
     item with a ``collection`` link, hrefs relative."""
     scenes = [
-        make_scene(root / "scenes" / f"scene{i}.tif", width=128, height=128, seed=i, building_density=3.0).path
+        make_scene(
+            root / "scenes" / f"scene{i}.tif", width=128, height=128, seed=i, building_density=3.0
+        ).path
         for i in range(count)
     ]
-    write_json(root / "stac" / "catalog.json", {
-        "type": "Catalog", "stac_version": "1.0.0", "id": "archive", "description": "archive",
-        "links": [{"rel": "child", "href": "./col/collection.json"}],
-    })
-    write_json(root / "stac" / "col" / "collection.json", {
-        "type": "Collection", "stac_version": "1.0.0", "id": "col", "description": "scenes", "license": "CC0-1.0",
-        "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}},
-        "links": [{"rel": "item", "href": f"./item{i}/item{i}.json"} for i in range(count)],
-    })
+    write_json(
+        root / "stac" / "catalog.json",
+        {
+            "type": "Catalog",
+            "stac_version": "1.0.0",
+            "id": "archive",
+            "description": "archive",
+            "links": [{"rel": "child", "href": "./col/collection.json"}],
+        },
+    )
+    write_json(
+        root / "stac" / "col" / "collection.json",
+        {
+            "type": "Collection",
+            "stac_version": "1.0.0",
+            "id": "col",
+            "description": "scenes",
+            "license": "CC0-1.0",
+            "extent": {
+                "spatial": {"bbox": [[-180, -90, 180, 90]]},
+                "temporal": {"interval": [[None, None]]},
+            },
+            "links": [{"rel": "item", "href": f"./item{i}/item{i}.json"} for i in range(count)],
+        },
+    )
     for i in range(count):
-        write_json(root / "stac" / "col" / f"item{i}" / f"item{i}.json", {
-            "type": "Feature", "stac_version": "1.0.0", "id": f"item{i}", "geometry": None,
-            "properties": {"datetime": f"2023-0{i + 1}-01T10:00:00Z"}, "collection": "col",
-            "links": [{"rel": "collection", "href": "../collection.json"}],
-            "assets": {"image": {"href": f"../../../scenes/scene{i}.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]}},
-        })
+        write_json(
+            root / "stac" / "col" / f"item{i}" / f"item{i}.json",
+            {
+                "type": "Feature",
+                "stac_version": "1.0.0",
+                "id": f"item{i}",
+                "geometry": None,
+                "properties": {"datetime": f"2023-0{i + 1}-01T10:00:00Z"},
+                "collection": "col",
+                "links": [{"rel": "collection", "href": "../collection.json"}],
+                "assets": {
+                    "image": {
+                        "href": f"../../../scenes/scene{i}.tif",
+                        "type": "image/tiff; application=geotiff",
+                        "roles": ["data"],
+                    }
+                },
+            },
+        )
     return root / "stac" / "catalog.json", scenes
 
 
-def test_results_catalog_is_valid_stac_with_its_extensions(tmp_path: Path, model_file: Path, validate: Validator) -> None:
+def test_results_catalog_is_valid_stac_with_its_extensions(
+    tmp_path: Path, model_file: Path, validate: Validator
+) -> None:
     catalog, _ = archive(tmp_path / "archive")
-    loose = make_scene(tmp_path / "loose" / "extra.tif", width=128, height=128, seed=7, building_density=3.0).path
+    loose = make_scene(
+        tmp_path / "loose" / "extra.tif", width=128, height=128, seed=7, building_density=3.0
+    ).path
     out = tmp_path / "out"
     summary = run_batch(
-        [catalog, loose], out, model=model_file, config=CONFIG, mask=True, probabilities=True, fmt="geojson",
+        [catalog, loose],
+        out,
+        model=model_file,
+        config=CONFIG,
+        mask=True,
+        probabilities=True,
+        fmt="geojson",
         stac_out=out / "stac",
     )
     assert summary.catalog == out / "stac" / "catalog.json"
@@ -171,7 +218,9 @@ def test_results_catalog_is_valid_stac_with_its_extensions(tmp_path: Path, model
     ]
     assert checked["roofs/roofs.json"][1:] == [MLM_EXTENSION]
     for name in ("item0", "extra"):
-        assert set(checked[f"geounet-results-roofs/{name}/{name}.json"][1:]) == set(EXTENSIONS.values())
+        assert set(checked[f"geounet-results-roofs/{name}/{name}.json"][1:]) == set(
+            EXTENSIONS.values()
+        )
 
     records = {rec.name: rec for rec in read_manifest(out / "manifest.jsonl").values()}
     meta = read_meta(model_file)
@@ -195,7 +244,9 @@ def test_results_catalog_is_valid_stac_with_its_extensions(tmp_path: Path, model
         assert props["label:type"] == "vector" and props["label:properties"] == ["class"]
         assert props["label:classes"] == [{"name": "class", "classes": ["building"]}]
         assert props["label:tasks"] == ["segmentation"] and props["label:methods"] == ["automated"]
-        assert props["label:overviews"][0]["counts"] == [{"name": "building", "count": rec.features}]
+        assert props["label:overviews"][0]["counts"] == [
+            {"name": "building", "count": rec.features}
+        ]
         assert props["processing:software"]["geounet"]
         assert file_hash(model_file) in props["processing:lineage"]
         assert props["processing:expression"]["expression"] == rec.params
@@ -203,13 +254,21 @@ def test_results_catalog_is_valid_stac_with_its_extensions(tmp_path: Path, model
         # Roles and the classification of the mask.
         assets = item.assets
         assert {k: a.roles for k, a in assets.items()} == {
-            "vectors": ["data", "labels"], "mask": ["data", "classification"], "probabilities": ["data", "probability"],
+            "vectors": ["data", "labels"],
+            "mask": ["data", "classification"],
+            "probabilities": ["data", "probability"],
         }
         classes = assets["mask"].extra_fields["classification:classes"]
-        assert [(c["value"], c["name"]) for c in classes] == [(0, "background"), (1, "building"), (255, "nodata")]
+        assert [(c["value"], c["name"]) for c in classes] == [
+            (0, "background"),
+            (1, "building"),
+            (255, "nodata"),
+        ]
         assert classes[1]["color_hint"] == meta.colours[0].lstrip("#")
         with rasterio.open(assets["mask"].get_absolute_href()) as src:
-            assert assets["mask"].extra_fields["raster:bands"] == [{"data_type": "uint8", "nodata": src.nodata}]
+            assert assets["mask"].extra_fields["raster:bands"] == [
+                {"data_type": "uint8", "nodata": src.nodata}
+            ]
             assert set(src.read(1).ravel().tolist()) <= {c["value"] for c in classes}
         # GeoJSON in a projected CRS is not typed as RFC 7946 GeoJSON.
         assert assets["vectors"].media_type == "application/json"
@@ -218,7 +277,9 @@ def test_results_catalog_is_valid_stac_with_its_extensions(tmp_path: Path, model
         derived = [link.get_absolute_href() for link in item.get_links("derived_from")]
         assert model.get_self_href() in derived
         (source,) = item.get_links("source")
-        href = source.get_href(transform_href=False)  # as written: absolute (pystac shows it relative)
+        href = source.get_href(
+            transform_href=False
+        )  # as written: absolute (pystac shows it relative)
         if name == "extra":
             assert href == str(loose) and len(derived) == 1
         else:
@@ -226,18 +287,28 @@ def test_results_catalog_is_valid_stac_with_its_extensions(tmp_path: Path, model
             assert source.extra_fields["label:assets"] == ["image"]
             assert href in derived
     # The collection: extent over the items, licence and providers, summaries, source collection.
-    assert collection.extent.spatial.bboxes[0] == pytest.approx([
-        min(i.bbox[0] for i in items.values()), min(i.bbox[1] for i in items.values()),
-        max(i.bbox[2] for i in items.values()), max(i.bbox[3] for i in items.values()),
-    ])
-    assert collection.license == data_license(meta)[0] == "other"  # an untrained model names no data
+    assert collection.extent.spatial.bboxes[0] == pytest.approx(
+        [
+            min(i.bbox[0] for i in items.values()),
+            min(i.bbox[1] for i in items.values()),
+            max(i.bbox[2] for i in items.values()),
+            max(i.bbox[3] for i in items.values()),
+        ]
+    )
+    assert (
+        collection.license == data_license(meta)[0] == "other"
+    )  # an untrained model names no data
     assert [p.name for p in collection.providers] == ["geounet"]
     assert collection.summaries.get_list("label:type") == ["vector"]
     (col_link,) = collection.get_links("derived_from")
-    assert col_link.get_href(transform_href=False) == str(tmp_path / "archive" / "stac" / "col" / "collection.json")
+    assert col_link.get_href(transform_href=False) == str(
+        tmp_path / "archive" / "stac" / "col" / "collection.json"
+    )
 
 
-def test_results_move_with_relative_links_and_keep_absolute_sources(tmp_path: Path, model_file: Path) -> None:
+def test_results_move_with_relative_links_and_keep_absolute_sources(
+    tmp_path: Path, model_file: Path
+) -> None:
     """derived_from into the results (the model item) is relative; to sources outside, absolute."""
     catalog, _ = archive(tmp_path / "archive", count=1)
     out = tmp_path / "out"
@@ -258,24 +329,47 @@ def test_results_move_with_relative_links_and_keep_absolute_sources(tmp_path: Pa
         assert Path(asset.get_absolute_href()).is_file(), key
 
 
-def test_item_collection_without_self_links_links_its_source(tmp_path: Path, model_file: Path) -> None:
-    scene = make_scene(tmp_path / "data" / "s.tif", width=96, height=96, seed=3, building_density=3.0).path
-    features = [{
-        "type": "Feature", "stac_version": "1.0.0", "id": "search-hit", "geometry": None,
-        "properties": {"datetime": "2024-03-01T00:00:00Z"},
-        "links": [{"rel": "collection", "href": "https://example.com/collections/scenes"}],
-        "assets": {"image": {"href": "data/s.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]}},
-    }]
-    found = write_json(tmp_path / "search.json", {"type": "FeatureCollection", "features": features})
+def test_item_collection_without_self_links_links_its_source(
+    tmp_path: Path, model_file: Path
+) -> None:
+    scene = make_scene(
+        tmp_path / "data" / "s.tif", width=96, height=96, seed=3, building_density=3.0
+    ).path
+    features = [
+        {
+            "type": "Feature",
+            "stac_version": "1.0.0",
+            "id": "search-hit",
+            "geometry": None,
+            "properties": {"datetime": "2024-03-01T00:00:00Z"},
+            "links": [{"rel": "collection", "href": "https://example.com/collections/scenes"}],
+            "assets": {
+                "image": {
+                    "href": "data/s.tif",
+                    "type": "image/tiff; application=geotiff",
+                    "roles": ["data"],
+                }
+            },
+        }
+    ]
+    found = write_json(
+        tmp_path / "search.json", {"type": "FeatureCollection", "features": features}
+    )
     out = tmp_path / "out"
     run_batch([found], out, model=model_file, config=CONFIG, stac_out=out / "stac")
     collection = pystac.read_file(str(out / "stac" / "geounet-results-roofs" / "collection.json"))
     (item,) = collection.get_items()
     assert item.id == "search-hit"
     (source,) = item.get_links("source")
-    assert source.get_href(transform_href=False) == str(found) and source.extra_fields["label:assets"] == ["image"]
-    assert str(found) in [link.get_href(transform_href=False) for link in item.get_links("derived_from")]
-    assert [link.get_href(transform_href=False) for link in collection.get_links("derived_from")] == ["https://example.com/collections/scenes"]
+    assert source.get_href(transform_href=False) == str(found) and source.extra_fields[
+        "label:assets"
+    ] == ["image"]
+    assert str(found) in [
+        link.get_href(transform_href=False) for link in item.get_links("derived_from")
+    ]
+    assert [
+        link.get_href(transform_href=False) for link in collection.get_links("derived_from")
+    ] == ["https://example.com/collections/scenes"]
     assert scene.is_file()
 
 
@@ -283,10 +377,14 @@ def test_item_collection_without_self_links_links_its_source(tmp_path: Path, mod
 # The model item
 
 
-def test_model_item_describes_the_model(tmp_path: Path, model_file: Path, validate: Validator) -> None:
+def test_model_item_describes_the_model(
+    tmp_path: Path, model_file: Path, validate: Validator
+) -> None:
     out = tmp_path / "stac" / "roofs.json"
     out.parent.mkdir()
-    r = CliRunner().invoke(cli, ["model", "info", str(model_file), "--stac", str(out)], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli, ["model", "info", str(model_file), "--stac", str(out)], catch_exceptions=False
+    )
     assert r.exit_code == 0, r.stderr
     assert r.stdout.strip() == str(out)
     doc = json.loads(out.read_text())
@@ -298,7 +396,10 @@ def test_model_item_describes_the_model(tmp_path: Path, model_file: Path, valida
     assert inp["bands"] == meta.band_names == [b["name"] for b in props["bands"]]
     assert inp["input"]["shape"] == [-1, meta.bands, meta.tile_size, meta.tile_size]
     # Raw mean/std scaling: one z-score per band.
-    assert inp["value_scaling"] == [{"type": "z-score", "mean": m, "stddev": s} for m, s in zip(meta.mean, meta.std, strict=True)]
+    assert inp["value_scaling"] == [
+        {"type": "z-score", "mean": m, "stddev": s}
+        for m, s in zip(meta.mean, meta.std, strict=True)
+    ]
     (output,) = props["mlm:output"]
     assert [c["name"] for c in output["classification:classes"]] == ["background", "building"]
     weights = doc["assets"]["model"]
@@ -315,7 +416,9 @@ def test_model_item_describes_the_model(tmp_path: Path, model_file: Path, valida
     assert json.loads(out.read_text())["assets"]["model"]["href"] == "roofs.safetensors"
 
 
-def test_model_item_of_the_bundled_model_and_its_onnx_export(tmp_path: Path, validate: Validator) -> None:
+def test_model_item_of_the_bundled_model_and_its_onnx_export(
+    tmp_path: Path, validate: Validator
+) -> None:
     """The bundled model: its per-scene stretch, its training data's licences; and as ONNX."""
     pytest.importorskip("onnx", reason="ONNX export needs pip install 'geounet[onnx]'")
     from geounet.export import export_onnx
@@ -325,7 +428,10 @@ def test_model_item_of_the_bundled_model_and_its_onnx_export(tmp_path: Path, val
     props = item["properties"]
     (inp,) = props["mlm:input"]
     assert inp["value_scaling"] is None and "percentiles" in inp["description"]
-    assert inp["pre_processing_function"] == {"format": "python", "expression": "geounet.normalize:scene_scaling"}
+    assert inp["pre_processing_function"] == {
+        "format": "python",
+        "expression": "geounet.normalize:scene_scaling",
+    }
     assert inp["resize_type"] == "interpolation-linear" and props["gsd"] == 0.3
     assert len(props["providers"]) == 2 and props["license"] == "other"  # CC BY-SA 4.0 and another
     assert "CC BY-SA 4.0" in props["providers"][0]["description"]
@@ -335,6 +441,11 @@ def test_model_item_of_the_bundled_model_and_its_onnx_export(tmp_path: Path, val
     (inp,) = onnx_item["properties"]["mlm:input"]
     assert onnx_item["properties"]["mlm:framework"] == "ONNX"
     assert inp["input"]["shape"] == [-1, 3, 256, 256]
-    assert onnx_item["properties"]["mlm:output"][0]["result"]["shape"] == [-1, 1, 256, 256]  # no core channel
+    assert onnx_item["properties"]["mlm:output"][0]["result"]["shape"] == [
+        -1,
+        1,
+        256,
+        256,
+    ]  # no core channel
     assert onnx_item["assets"]["model"]["type"].endswith("profile=onnx")
     assert os.path.isabs(onnx_item["assets"]["model"]["href"])
