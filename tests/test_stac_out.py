@@ -106,17 +106,33 @@ def documents(folder: Path) -> dict[Path, dict[str, Any]]:
 
 
 def test_validator_catches_a_broken_extension_field(validate: Validator, model_file: Path) -> None:
-    """The validator does reject: a bad MLM and a bad projection document fail."""
+    """The validator does reject: bad MLM and projection fields, and an unknown extension."""
     item = model_item(model_file)
     validate(item)
-    broken = json.loads(json.dumps(item))
-    broken["properties"]["mlm:tasks"] = ["guessing"]
-    with pytest.raises(jsonschema.ValidationError):
-        validate(broken)
-    broken = json.loads(json.dumps(item))
-    del broken["assets"]["model"]["mlm:artifact_type"]
-    with pytest.raises(jsonschema.ValidationError):
-        validate(broken)
+
+    def broken(change: Any) -> dict[str, Any]:
+        copy = json.loads(json.dumps(item))
+        change(copy)
+        return copy
+
+    for bad in (
+        broken(lambda d: d["properties"].update({"mlm:tasks": ["guessing"]})),
+        broken(lambda d: d["assets"]["model"].pop("mlm:artifact_type")),
+        broken(lambda d: d["properties"].pop("mlm:input")),
+        broken(
+            lambda d: (
+                d["stac_extensions"].append(EXTENSIONS["projection"]),
+                d["properties"].update({"proj:shape": [1, 2, 3]}),
+            )
+        ),
+        broken(lambda d: d["properties"].update({"license": "not a licence"})),  # the core schema
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            validate(bad)
+    with pytest.raises(AssertionError, match="no offline schema"):
+        validate(
+            broken(lambda d: d["stac_extensions"].append(f"{EXTENSION_URL}eo/v1.1.0/schema.json"))
+        )
 
 
 # --------------------------------------------------------------------------------------------
