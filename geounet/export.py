@@ -5,38 +5,52 @@ The graph
     ``probabilities``, float32 ``(batch, outputs, size, size)``: the sigmoid (one output
     channel, binary models) or the softmax over the channels (multi-class) of the U-Net's
     logits, which the graph keeps as the named tensor ``logits`` (the activation's input). The
-    batch and the size are dynamic (the size must be a multiple of ``2**depth``, like every
-    geounet tile); both spatial axes carry the one symbol ``size``, as Deepness expects square
-    tiles. ``fixed_size`` pins them for Deepness versions that read the tile size off the input
-    shape. BatchNorm is folded into the convolutions, as :class:`~geounet.predict.Predictor`
-    runs the network.
+    batch is dynamic. The size is fixed by default, to the model's tile size (``fixed_size``
+    chooses another multiple of ``2**depth``): Deepness reads its tile size off the input shape
+    (``input_shape[-1]``, into an integer field) and refuses a symbolic one. ``dynamic_size``
+    makes both spatial axes the one symbol ``size`` instead (any multiple of ``2**depth``, for
+    onnxruntime users). ``geounet predict -m model.onnx`` runs either: a fixed-size graph is
+    tiled at its size (:meth:`geounet.predict.Predictor.plan`). BatchNorm is folded into the
+    convolutions, as :class:`~geounet.predict.Predictor` runs the network.
 
 The input convention (normalization as metadata, not in the graph)
     The input is the standardized tile, exactly what the PyTorch U-Net takes: geounet computes
     ``(x - offset) / scale`` per band from raw pixel values ``x``
-    (:func:`geounet.normalize.scene_scaling`), including each scene's percentile stretch for
-    models that stretch scenes, which no fixed graph could do. Deepness always divides pixel
-    values by 255 and then standardizes with the ``standardization_mean``/``standardization_std``
-    of the metadata, ``(x / 255 - mean) / std``; so those keys hold ``offset / 255`` and
-    ``scale / 255``, and Deepness feeds the graph what geounet feeds it. For a model that
-    stretches each scene (``normalization.mode = scene``, the bundled ``buildings``) Deepness
-    cannot stretch; the keys assume the stretch that 8-bit imagery using its full 0-255 range
-    has, ``lo = 0, hi = 255`` (``mean``/``std`` as stored), so QGIS results match
-    ``geounet predict`` on scenes whose 2nd-98th percentiles span about 0-255 and drift from it
-    on dull or dark ones.
+    (:func:`geounet.normalize.scene_scaling`). Deepness always divides pixel values by 255 and
+    then standardizes with the ``standardization_mean``/``standardization_std`` of the
+    metadata, ``(x / 255 - mean) / std``; so those keys hold ``offset / 255`` and
+    ``scale / 255``, and Deepness feeds the graph what geounet feeds it (for any data type: the
+    division by 255 cancels). Raw mean/std and ``dataset`` stretches are fixed maps and fold in
+    exactly. A model that stretches each scene by its own percentiles
+    (``normalization.mode = scene``, the bundled ``buildings``) needs the scene, which Deepness
+    never sees whole; the stretch is affine, so a chosen ``lo``/``hi`` per band folds in
+    exactly: ``mean' = (lo + mean * (hi - lo)) / 255``, ``std' = std * (hi - lo) / 255``. The
+    export takes, in this order: the percentiles of one scene (``stretch_from``, for a user who
+    runs the model over one mosaic: Deepness then sees exactly what ``geounet predict`` feeds
+    the network on that scene); else the model's recorded typical stretch
+    (``typical_lo``/``typical_hi``, the median over its training images of each image's
+    percentiles, :mod:`geounet.normalize`); else, for older files, ``0..255``. The
+    ``geounet_onnx`` record says which (``stretch``).
 
 The metadata (``metadata_props``, every value JSON, as Deepness parses them)
     ``model_type`` ``"Segmentor"``; ``class_names`` ``{"0": "background", "1": "building"}``
     (mask values; a binary model's one channel is thresholded to 0/1 by Deepness);
     ``resolution`` in cm per pixel (only when the model knows its pixel size); ``tiles_size`` (the
     documented name) and ``tile_size`` (the name Deepness' code reads) in pixels;
-    ``tiles_overlap`` in percent of the tile; ``seg_thresh`` (the binary threshold, 0 = plain
+    ``tiles_overlap`` in percent of the tile, twice the model's overlap because Deepness keeps
+    tile centres with hard seams (:func:`deepness_overlap`); ``seg_thresh`` (the binary threshold, 0 = plain
     argmax for multi-class models, as geounet); ``seg_small_segment`` 0 (geounet does not
     filter small segments); ``standardization_mean``/``standardization_std`` as above. Plus
     geounet's own: ``geounet`` (the whole :class:`~geounet.checkpoint.ModelMeta`: bands, dtype,
     normalization, classes, colours, tile size, pixel size, provenance) and ``geounet_onnx``
-    (tensor names, activation, fixed size, source file and its SHA-256), so that
-    ``geounet predict -m model.onnx`` runs it through onnxruntime with the same contract.
+    (tensor names, activation, fixed size, the folded stretch, source file and its SHA-256), so
+    that ``geounet predict -m model.onnx`` runs it through onnxruntime with the same contract
+    (and each scene's own stretch, as for the safetensors file).
+
+What Deepness still does its own way (see the README and ``benchmarks/deepness.py``): it pads
+the layer past its right and top edges with zeros to whole tiles (geounet masks padding, which
+the network sees as the band mean) and keeps each tile's centre with hard seams (geounet blends
+overlapping tiles), and it cannot cut touching objects apart (``split_seeds``).
 
 The exporter is PyTorch's TorchScript-based one (``dynamo=False``): it needs only ``onnx``, and
 traces this fixed-shape network exactly; the newer exporter would add ``onnxscript``. The file is
@@ -57,12 +71,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from geounet import normalize
 from geounet.checkpoint import ModelMeta, file_hash, load_model, resolve_model
 from geounet.errors import CheckpointError, GeounetError, TilingError
 from geounet.model import UNet, drop_core_channel, fuse_batchnorm
-from geounet.raster import AtomicOutputs
+from geounet.raster import AtomicOutputs, open_scene, resolve_bands
 from geounet.tiling import check_tile_size
 
 logger = logging.getLogger(__name__)
@@ -99,42 +115,88 @@ def require_onnx(what: str, *, runtime: bool = True) -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def deepness_standardization(meta: ModelMeta) -> tuple[list[float], list[float]]:
+def deepness_standardization(
+    meta: ModelMeta, stretch: tuple[npt.ArrayLike, npt.ArrayLike] | None = None
+) -> tuple[list[float], list[float]]:
     """Per-band ``(mean, std)`` for Deepness' ``(x / 255 - mean) / std``.
 
     Raw mean/std and ``dataset`` stretches are fixed maps ``(x - offset) / scale``, given exactly
-    as ``offset / 255`` and ``scale / 255``. A ``scene`` stretch depends on the scene; it is
-    taken as 0..255 (see the module docstring), which makes the keys the model's own mean/std.
+    as ``offset / 255`` and ``scale / 255``. A ``scene`` stretch is folded in with ``stretch``
+    (one scene's ``(lo, hi)``), else the model's typical stretch, else ``0..255`` (see the
+    module docstring and :func:`folded_stretch`).
     """
     norm = meta.normalization
     if norm.get("mode") == "scene":
-        return [float(m) for m in meta.mean], [float(s) for s in meta.std]
-    if norm.get("mode") == "dataset":
-        lo = np.asarray(norm["lo"], np.float64)
-        span = np.asarray(norm["hi"], np.float64) - lo
-        offset = lo + np.asarray(meta.mean, np.float64) * span
-        scale = np.asarray(meta.std, np.float64) * span
+        lo, hi = stretch if stretch is not None else folded_stretch(meta)[:2]
+        offset, scale = normalize.affine(lo, hi, meta.mean, meta.std)
     else:
-        offset, scale = np.asarray(meta.mean, np.float64), np.asarray(meta.std, np.float64)
-    return [float(v) / 255 for v in offset], [float(v) / 255 for v in scale]
+        offset, scale = normalize.fixed_scaling(norm, meta.mean, meta.std)
+    return [float(v) / 255 for v in np.asarray(offset, np.float64)], [float(v) / 255 for v in np.asarray(scale, np.float64)]
 
 
-def onnx_metadata(meta: ModelMeta, *, threshold: float = 0.5, extra: dict[str, Any] | None = None) -> dict[str, str]:
+def folded_stretch(meta: ModelMeta) -> tuple[list[float], list[float], str]:
+    """The ``(lo, hi, source)`` a ``scene`` model's export folds in without ``stretch_from``:
+    the recorded typical stretch (``typical``), else ``0..255`` (``full range``)."""
+    typical = normalize.typical_bounds(meta.normalization)
+    if typical is not None:
+        return [float(v) for v in typical[0]], [float(v) for v in typical[1]], "typical"
+    return [0.0] * meta.bands, [255.0] * meta.bands, "full range"
+
+
+def scene_stretch(meta: ModelMeta, scene_path: str | os.PathLike[str]) -> tuple[list[float], list[float]]:
+    """One scene's own ``(lo, hi)`` per band, as ``geounet predict`` stretches it for this model.
+
+    Raises:
+        GeounetError: The model does not stretch each scene, or the scene does not fit it
+            (bands; see :func:`geounet.raster.resolve_bands`).
+    """
+    if meta.normalization.get("mode") != "scene":
+        raise GeounetError(
+            "--stretch-from applies to models that stretch each scene; this model's scaling is fixed and exports exactly"
+        )
+    scene = open_scene(scene_path)
+    bands = resolve_bands(scene, None, meta.bands, meta.band_names)
+    norm = meta.normalization
+    lo, hi = normalize.image_stretch(scene, bands, float(norm["low"]), float(norm["high"]))
+    return [float(v) for v in lo], [float(v) for v in hi]
+
+
+def deepness_overlap(meta: ModelMeta) -> int:
+    """Deepness' ``tiles_overlap`` in percent of the tile: twice the model's overlap, at most 50.
+
+    Deepness does not blend: each tile writes its centre, cutting half the overlap off every side
+    that has a neighbour. With twice the model's overlap every pixel it keeps lies at least the
+    model's overlap inside its tile, where geounet's blending gives a tile its full weight
+    (:mod:`geounet.blend`); with the model's own overlap (13 % for the bundled model) the hard
+    seams cost Deepness about half a percent of agreement with ``geounet predict`` on 0.3 m
+    aerial scenes (``benchmarks/deepness.py``), for 1.35 times the tiles.
+    """
+    return max(0, min(50, int(np.floor(100 * 2 * meta.overlap / meta.tile_size + 0.5))))
+
+
+def onnx_metadata(
+    meta: ModelMeta,
+    *,
+    threshold: float = 0.5,
+    extra: dict[str, Any] | None = None,
+    stretch: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+) -> dict[str, str]:
     """The ``metadata_props`` of an exported model: Deepness' keys and geounet's own, as JSON.
 
     Args:
         meta: The model's contract.
         threshold: Deepness' ``seg_thresh`` for a binary model (multi-class models get 0: argmax).
-        extra: The ``geounet_onnx`` record (tensor names, source, fixed size).
+        extra: The ``geounet_onnx`` record (tensor names, source, fixed size, stretch).
+        stretch: A ``scene`` model's ``(lo, hi)`` to fold into the standardization (None: the
+            model's typical stretch, see :func:`deepness_standardization`).
     """
-    mean, std = deepness_standardization(meta)
-    overlap_pct = int(np.floor(100 * meta.overlap / meta.tile_size + 0.5))
+    mean, std = deepness_standardization(meta, stretch)
     props: dict[str, Any] = {
         "model_type": "Segmentor",
         "class_names": {str(i): name for i, name in enumerate(meta.mask_classes)},
         "tiles_size": meta.tile_size,
         "tile_size": meta.tile_size,
-        "tiles_overlap": max(0, min(99, overlap_pct)),
+        "tiles_overlap": deepness_overlap(meta),
         "seg_thresh": float(threshold) if meta.binary else 0.0,
         "seg_small_segment": 0,
         "standardization_mean": mean,
@@ -169,7 +231,9 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     fixed_size: int | None = None,
+    dynamic_size: bool = False,
     threshold: float = 0.5,
+    stretch_from: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a model as an ONNX file with Deepness and geounet metadata (see the module docstring).
@@ -179,10 +243,15 @@ def export_onnx(
             loaded ``(UNet, ModelMeta)`` pair (left unchanged).
         out: The ``.onnx`` file to write (atomically: a temporary file beside it, then renamed).
         opset: ONNX opset (13..20 with the TorchScript exporter; 17 by default).
-        fixed_size: Pin the input's height and width to this many pixels (a multiple of
-            ``2**depth``; the model's tile size becomes it); None keeps them dynamic. The batch
-            stays dynamic.
+        fixed_size: The input's height and width in pixels (a multiple of ``2**depth``; the
+            model's tile size becomes it). None: the model's tile size, unless ``dynamic_size``.
+            The batch stays dynamic.
+        dynamic_size: Leave height and width symbolic (any multiple of ``2**depth``); Deepness
+            cannot load such a file.
         threshold: Deepness' default probability threshold for a binary model.
+        stretch_from: A scene whose own percentile stretch is folded into Deepness'
+            standardization (models that stretch each scene only; default: the model's typical
+            stretch).
         overwrite: Replace an existing ``out``.
 
     Returns:
@@ -193,6 +262,8 @@ def export_onnx(
             (:class:`~geounet.errors.OutputError`), or an export that disagrees with PyTorch.
     """
     onnx, ort = require_onnx("exporting to ONNX")
+    if dynamic_size and fixed_size is not None:
+        raise GeounetError(f"a dynamic size and a fixed size of {fixed_size} px exclude each other; give one")
     if not 13 <= opset <= 20:
         raise GeounetError(f"opset {opset} is not supported; use 13..20 (default {DEFAULT_OPSET})")
     if not 0.0 <= threshold <= 1.0:
@@ -200,7 +271,12 @@ def export_onnx(
     out = Path(out)
     with AtomicOutputs() as outputs:
         target = outputs.reserve(out, overwrite=overwrite)  # an unwritable output fails first
-        target.write_bytes(_build(onnx, ort, model, opset=opset, fixed_size=fixed_size, threshold=threshold))
+        target.write_bytes(
+            _build(
+                onnx, ort, model, opset=opset, fixed_size=fixed_size, dynamic_size=dynamic_size, threshold=threshold,
+                stretch_from=stretch_from,
+            )
+        )
     return out
 
 
@@ -211,7 +287,9 @@ def _build(
     *,
     opset: int,
     fixed_size: int | None,
+    dynamic_size: bool,
     threshold: float,
+    stretch_from: str | os.PathLike[str] | None,
 ) -> bytes:
     """The serialized, checked and verified ONNX model (see :func:`export_onnx`)."""
     if isinstance(model, tuple):
@@ -221,6 +299,8 @@ def _build(
         path = resolve_model(model)
         net, meta = load_model(path)
         source = {"source": path.name, "source_sha256": file_hash(path)}
+    if not dynamic_size and fixed_size is None:
+        fixed_size = meta.tile_size
     if fixed_size is not None:
         check_tile_size(fixed_size, min(meta.overlap, fixed_size // 2), multiple=2**meta.depth)
         meta.tile_size = fixed_size
@@ -232,6 +312,13 @@ def _build(
         meta.arch_args = {**meta.arch_args, "classes": meta.class_channels}
         meta.core_m = 0.0
     net = fuse_batchnorm(net.float()).eval()
+    stretch: dict[str, Any] | None = None
+    if stretch_from is not None:
+        lo, hi = scene_stretch(meta, stretch_from)
+        stretch = {"source": f"scene {Path(stretch_from).name}", "lo": lo, "hi": hi}
+    elif meta.normalization.get("mode") == "scene":
+        lo, hi, what = folded_stretch(meta)
+        stretch = {"source": what, "lo": lo, "hi": hi}
     extra = {
         "format_version": ONNX_FORMAT_VERSION,
         "input": INPUT,
@@ -240,10 +327,12 @@ def _build(
         "activation": "sigmoid" if meta.binary else "softmax",
         "fixed_size": fixed_size,
         "opset": opset,
+        **({"stretch": stretch} if stretch else {}),
         **source,
     }
+    folded = (stretch["lo"], stretch["hi"]) if stretch else None
     proto = _trace(onnx, net, meta, opset=opset, fixed_size=fixed_size)
-    for key, value in onnx_metadata(meta, threshold=threshold, extra=extra).items():
+    for key, value in onnx_metadata(meta, threshold=threshold, extra=extra, stretch=folded).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     from geounet import __version__
@@ -426,8 +515,7 @@ class OnnxNet(torch.nn.Module):
         if size is not None and tuple(x.shape[-2:]) != (size, size):
             raise TilingError(
                 f"{self.name} was exported for {size} px tiles, got {x.shape[-2]} x {x.shape[-1]}; "
-                f"pass --tile-size {size} (and --resample off if the scene's pixel size differs), "
-                f"or export again without --fixed-size"
+                f"predict tiles a scene at that size, or export again with --dynamic-size"
             )
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (y,) = self.session.run([LOGITS], {INPUT: arr})

@@ -16,20 +16,30 @@ A model stores a ``normalization`` record beside its per-band ``mean`` and ``std
 
 Each is an affine map per band, ``(x - offset) / scale``, which :func:`scene_scaling` returns
 for a given scene.
+
+A ``scene`` record may also carry ``typical_lo`` and ``typical_hi``: per band, the median over
+the model's training images of each image's ``low`` and ``high`` percentile (the stretch of a
+typical training image; :func:`typical_stretch`). geounet itself never uses them to predict:
+they are the fixed stretch that stands in for the per-scene one where a runtime cannot compute
+percentiles (an ONNX export for QGIS Deepness folds them into its standardization; see
+:mod:`geounet.export`). The median, not the mean, so that one odd image (an all-dark chip, a
+saturated one) does not move them.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import rasterio
 from rasterio.windows import Window
 
 from geounet.errors import GeounetError
-from geounet.raster import Scene, read_window
+from geounet.raster import Scene, gdal_path, open_scene, read_window
 
 #: Normalization modes a model may record.
 MODES = ("scene", "dataset")
@@ -84,6 +94,63 @@ def stretch_bounds(
     return lo, hi
 
 
+def image_stretch(
+    image: Scene | str | os.PathLike[str], bands: Sequence[int], low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The per-band ``low``/``high`` percentiles of one image, as ``predict`` computes a scene's
+    stretch (:func:`sample_pixels`, :func:`stretch_bounds`).
+
+    Args:
+        image: An opened :class:`~geounet.raster.Scene`, or a file
+            :func:`geounet.raster.open_scene` opens.
+        bands: 1-based bands, in the model's order.
+        low, high: Percentiles (0..100).
+    """
+    scene = image if isinstance(image, Scene) else open_scene(image)
+    with rasterio.open(gdal_path(scene.path)) as src:
+        values = sample_pixels(src, scene, bands)
+    return stretch_bounds(values, low, high)
+
+
+def typical_stretch(
+    bounds: Sequence[tuple[npt.ArrayLike, npt.ArrayLike]],
+) -> tuple[list[float], list[float]]:
+    """The typical stretch of a set of images: per band, the median of their ``lo`` and of
+    their ``hi`` (each image's own percentiles, e.g. from :func:`image_stretch`).
+
+    Raises:
+        GeounetError: No images.
+    """
+    if not bounds:
+        raise GeounetError("no images to take a typical stretch from")
+    los = np.asarray([np.asarray(lo, np.float64) for lo, _ in bounds])
+    his = np.asarray([np.asarray(hi, np.float64) for _, hi in bounds])
+    lo, hi = np.median(los, axis=0), np.median(his, axis=0)
+    hi = np.where(hi > lo, hi, lo + 1.0)  # medians of valid stretches can still meet
+    return [float(v) for v in lo], [float(v) for v in hi]
+
+
+def with_typical(
+    normalization: Mapping[str, Any], bounds: Sequence[tuple[npt.ArrayLike, npt.ArrayLike]]
+) -> dict[str, Any]:
+    """A ``scene`` record with the typical stretch of these images (``typical_lo``/``typical_hi``,
+    see the module docstring); other records come back unchanged."""
+    record = dict(normalization)
+    if record.get("mode") != "scene" or not bounds:
+        return record
+    record["typical_lo"], record["typical_hi"] = typical_stretch(bounds)
+    return record
+
+
+def typical_bounds(
+    normalization: Mapping[str, Any],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """The recorded typical ``(lo, hi)`` of a ``scene`` record, or None where it has none."""
+    if normalization.get("mode") != "scene" or "typical_lo" not in normalization:
+        return None
+    return np.asarray(normalization["typical_lo"], np.float64), np.asarray(normalization["typical_hi"], np.float64)
+
+
 def check(normalization: Mapping[str, Any], bands: int, source: str = "model") -> None:
     """Validate a model's normalization record.
 
@@ -102,6 +169,18 @@ def check(normalization: Mapping[str, Any], bands: int, source: str = "model") -
         lo, hi = normalization.get("lo"), normalization.get("hi")
         if not (isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == bands):
             raise GeounetError(f"{source}: dataset normalization needs lo and hi for each of {bands} bands")
+    if "typical_lo" in normalization or "typical_hi" in normalization:
+        lo, hi = normalization.get("typical_lo"), normalization.get("typical_hi")
+        if not (
+            mode == "scene"
+            and isinstance(lo, list)
+            and isinstance(hi, list)
+            and len(lo) == len(hi) == bands
+            and all(isinstance(a, int | float) and isinstance(b, int | float) and b > a for a, b in zip(lo, hi, strict=True))
+        ):
+            raise GeounetError(
+                f"{source}: typical_lo/typical_hi belong to a scene normalization, one value each for {bands} bands, hi above lo"
+            )
 
 
 def stretch_for(
@@ -164,4 +243,8 @@ def describe(normalization: Mapping[str, Any]) -> str:
     if not mode:
         return "mean/std (raw units)"
     where = "each scene's" if mode == "scene" else "the training set's"
-    return f"{where} {normalization['low']:g}-{normalization['high']:g} percentile stretch, then mean/std"
+    typical = typical_bounds(normalization)
+    note = ""
+    if typical is not None:
+        note = " (typical: lo " + "/".join(f"{v:g}" for v in typical[0]) + ", hi " + "/".join(f"{v:g}" for v in typical[1]) + ")"
+    return f"{where} {normalization['low']:g}-{normalization['high']:g} percentile stretch{note}, then mean/std"

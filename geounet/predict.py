@@ -31,7 +31,7 @@ from geounet.blend import Strip, StripAssembler
 from geounet.centerline import CenterlineOptions, StripCenterliner
 from geounet.checkpoint import ModelMeta, is_onnx, load_model, resolve_model
 from geounet.cog import StripWriter
-from geounet.errors import BandMismatchError, GeounetError, OutputError
+from geounet.errors import BandMismatchError, GeounetError, OutputError, TilingError
 from geounet.export import OnnxNet, load_onnx
 from geounet.model import UNet, autocast_dtype, fuse_batchnorm
 from geounet.raster import (
@@ -634,7 +634,14 @@ class Predictor:
             GeounetError: A scene the model cannot read (bands, dtype, tile size).
         """
         meta = self.meta
-        tile_size = cfg.tile_size or meta.tile_size
+        # An ONNX graph exported with a fixed size takes tiles of that size only.
+        fixed = self.net.fixed_size if isinstance(self.net, OnnxNet) else None
+        if fixed and cfg.tile_size not in (None, fixed):
+            raise TilingError(
+                f"{self.net.name} takes {fixed} px tiles only (exported with a fixed size); "
+                f"drop --tile-size, or export the model again with --dynamic-size"
+            )
+        tile_size = fixed or cfg.tile_size or meta.tile_size
         overlap = meta.overlap if cfg.overlap is None else cfg.overlap
         multiple = 2**meta.depth
         check_tile_size(tile_size, overlap, multiple=multiple)
@@ -645,12 +652,14 @@ class Predictor:
         # model tile covers; the network still sees tile_size pixels.
         factor = resample_factor(meta, scene, cfg.resample)
         # A scene smaller than a tile (in model pixels) gets a tile of its own size, not a frame
-        # of padding around it.
+        # of padding around it; a fixed-size graph cannot take that tile, so the reader pads
+        # the scene to its size and masks the padding instead.
         extent = math.ceil(max(scene.height, scene.width) / factor - 1e-6)
-        fitted, overlap = fit_tile(tile_size, overlap, extent, multiple=multiple)
-        if fitted != tile_size:
-            logger.info("scene smaller than a %d px tile: one tile of %d px", tile_size, fitted)
-            tile_size = fitted
+        if not fixed:
+            fitted, overlap = fit_tile(tile_size, overlap, extent, multiple=multiple)
+            if fitted != tile_size:
+                logger.info("scene smaller than a %d px tile: one tile of %d px", tile_size, fitted)
+                tile_size = fitted
         net_size = tile_size if factor != 1.0 else None
         if factor != 1.0:
             tile_size, overlap = max(1, round(tile_size * factor)), round(overlap * factor)

@@ -61,7 +61,7 @@ from geounet.dataset import (
 from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
 from geounet.labels import LabelSpec, read_label_sources
 from geounet.model import add_core_channel, autocast_dtype, drop_core_channel
-from geounet.normalize import any_dtype
+from geounet.normalize import any_dtype, image_stretch, with_typical
 from geounet.predict import resolve_device
 from geounet.raster import AtomicOutputs, band_names, expand_rasters, open_scene, pixel_size_m, resolve_bands
 from geounet.tiling import check_tile_size
@@ -782,6 +782,11 @@ def train_model(
         train_entries = [e for e in entries if not e.all_val] or entries
         norm, mean, std = fit_normalization(train_entries, cfg.normalization, 2.0, 98.0)
         set_stretch([e for e in entries if e.all_val], norm)
+    if norm.get("mode") == "scene":
+        # The stretch of a typical training image (each image's percentiles as predict takes
+        # them), for runtimes that cannot stretch each scene (the ONNX export for Deepness).
+        fit_on = [e for e in entries if not e.all_val] or entries
+        norm = with_typical(norm, [image_stretch(e.scene, e.bands, norm["low"], norm["high"]) for e in fit_on])
     augment = cfg.augment
     if not norm and augment.photometric:  # raw-unit models (older files): no stretch to jitter in
         augment = Augment(flips=augment.flips, scale=augment.scale, colour=False, noise=False)

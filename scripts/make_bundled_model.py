@@ -15,7 +15,8 @@ on the held-out images with and without regularized outlines and with and withou
 along probability valleys or between predicted cores (``predict --split-seeds``), turns each on by default when it raises
 object F1, stores the weights as float16, scores the float16 file again (the figures that ship are
 those of the file that ships) and writes the model with its provenance: data sources and
-licences, the command, the commit, the validation figures per source. Needs
+licences, the command, the commit, the validation figures per source, and with the typical
+stretch of its training images (for the ONNX export to QGIS Deepness). Needs
 ../shared/data/buildings-rgb (its README gives the sources).
 """
 
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -107,6 +109,23 @@ def widened(model: Path, width: int, seed: int, work: Path) -> Path:
     return out
 
 
+def with_typical_stretch(meta: Any, images: list[Path]) -> None:
+    """Record in ``meta.normalization`` the typical stretch of the training images (per band, the
+    median of each image's 2nd and 98th percentiles, as predict computes a scene's stretch;
+    ``geounet.normalize.typical_stretch``), which the ONNX export folds into Deepness'
+    standardization. The model's own stretch stays per scene."""
+    from geounet import normalize
+    from geounet.raster import open_scene, resolve_bands
+
+    norm = meta.normalization
+    bounds = []
+    for path in images:
+        scene = open_scene(path)
+        bands = resolve_bands(scene, None, meta.bands, meta.band_names)
+        bounds.append(normalize.image_stretch(scene, bands, float(norm["low"]), float(norm["high"])))
+    meta.normalization = normalize.with_typical(norm, bounds)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=buildings.DATA)
@@ -156,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         meta.band_names = ["red", "green", "blue"]
         # Prediction tiles: larger than the training windows (more context, fewer seams).
         meta.tile_size, meta.overlap = 512, 64
+        with_typical_stretch(meta, train)
         staged = work / "staged.safetensors"
         save_model(net, meta, staged)
         # Both switches off explicitly: a --from-model file may carry a valley cut of its own.

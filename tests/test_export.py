@@ -73,7 +73,7 @@ def deepness_probabilities(path: Path, tiles_hwc: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("classes", [1, 3])
 def test_logits_match_pytorch_on_random_tiles(tmp_path: Path, classes: int) -> None:
     net, meta = lively_model(classes=classes)
-    path = export_onnx((net, meta), tmp_path / "m.onnx")
+    path = export_onnx((net, meta), tmp_path / "m.onnx", dynamic_size=True)
     onnx_net, onnx_meta = load_onnx(path)
     assert onnx_meta == meta
     rng = np.random.default_rng(1)
@@ -89,7 +89,7 @@ def test_logits_match_pytorch_on_random_tiles(tmp_path: Path, classes: int) -> N
 
 @requires_buildings_rgb
 def test_logits_match_pytorch_on_real_tiles_with_the_bundled_model(tmp_path: Path) -> None:
-    path = export_onnx("buildings", tmp_path / "buildings.onnx")
+    path = export_onnx("buildings", tmp_path / "buildings.onnx", dynamic_size=True)
     # float32 on both sides (auto is bf16 on CPUs with native bf16; the ONNX graph is float32)
     ref, onnx = Predictor("buildings", device="cpu", precision="fp32"), Predictor(str(path), device="cpu")
     for name in ("inria/chicago1_4.tif", "rio/rio_53.tif"):
@@ -115,7 +115,8 @@ def test_metadata_has_deepness_keys_and_types(tmp_path: Path) -> None:
     assert sorted(int(k) for k in props["class_names"]) == [0, 1]  # consecutive, as Deepness checks
     assert props["resolution"] == 25.0 and isinstance(props["resolution"], float)
     assert props["tiles_size"] == props["tile_size"] == 64 and isinstance(props["tiles_size"], int)
-    assert props["tiles_overlap"] == 25 and isinstance(props["tiles_overlap"], int)
+    # twice the model's 16 of 64 px: Deepness keeps tile centres without blending
+    assert props["tiles_overlap"] == 50 and isinstance(props["tiles_overlap"], int)
     assert props["seg_thresh"] == 0.4 and isinstance(props["seg_thresh"], float)
     assert props["seg_small_segment"] == 0
     # create_model's raw-unit mean/std (127.5, 63.75) in Deepness' units: pixel / 255
@@ -125,7 +126,8 @@ def test_metadata_has_deepness_keys_and_types(tmp_path: Path) -> None:
     assert props["geounet_onnx"]["activation"] == "sigmoid"
     sess = session(path)
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
-    assert inp.shape == ["batch", 3, "size", "size"] and inp.type == "tensor(float)"
+    # Deepness reads an integer tile size off the input: fixed to the model's tile size by default
+    assert inp.shape == ["batch", 3, 64, 64] and inp.type == "tensor(float)"
     assert len(out.shape) == 4 and out.shape[1] == 1 and out.shape[2] == out.shape[3]  # Deepness' checks
 
 
@@ -136,9 +138,9 @@ def test_multiclass_metadata_and_softmax_output(tmp_path: Path) -> None:
     assert props["class_names"] == {"0": "background", "1": "water", "2": "trees"}
     assert props["seg_thresh"] == 0.0  # Deepness then takes the plain argmax, as geounet does
     assert "resolution" not in props  # the model does not know its pixel size
-    x = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    x = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
     probs = deepness_probabilities(path, x)
-    assert probs.shape == (2, 3, 32, 32)
+    assert probs.shape == (2, 3, 64, 64)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
@@ -157,7 +159,7 @@ def test_deepness_input_convention_gives_geounets_probabilities(tmp_path: Path, 
         meta.mean, meta.std = [0.45, 0.46, 0.43], [0.29, 0.29, 0.28]
         tiles[:, :, :2, :] = 0  # more than 2 % of each band at 0 and at 255: the stretch is 0..255
         tiles[:, :, -2:, :] = 255
-    path = export_onnx((net, meta), tmp_path / "m.onnx")
+    path = export_onnx((net, meta), tmp_path / "m.onnx", dynamic_size=True)
     logits = Predictor(str(path), device="cpu").forward(tiles.astype(np.float32), np.ones((2, 32, 32), bool))
     expected = 1 / (1 + np.exp(-logits))
     got = deepness_probabilities(path, np.transpose(tiles, (0, 2, 3, 1)))
@@ -203,7 +205,7 @@ def test_cli_export_info_and_predict_end_to_end(make_raster: MakeRaster, model_f
     assert read_onnx_meta(onnx_path) == read_meta(model_file)
     r = run("model", "info", str(onnx_path))
     assert r.exit_code == 0, r.stderr
-    assert "opset 17, input (batch, bands, size, size); Deepness Segmentor" in r.stdout
+    assert "opset 17, input (batch, bands, 64, 64); Deepness Segmentor" in r.stdout
     assert "width=4 depth=2 outputs=1 binary" in r.stdout
     r = run("predict", str(scene), "-o", str(tmp_path / "b.geojson"), "-m", str(onnx_path), "--mask", str(tmp_path / "m.tif"))
     assert r.exit_code == 0, r.stderr
@@ -224,7 +226,7 @@ def test_fixed_size_export(make_raster: MakeRaster, model_file: Path, tmp_path: 
     assert session(path).get_inputs()[0].shape == ["batch", 3, 32, 32]
     assert metadata(path)["tile_size"] == 32 and read_onnx_meta(path).tile_size == 32
     predictor = Predictor(str(path), device="cpu")
-    with pytest.raises(TilingError, match="exported for 32 px tiles, got 64 x 64; pass --tile-size 32"):
+    with pytest.raises(TilingError, match="exported for 32 px tiles, got 64 x 64; predict tiles a scene at that size"):
         predictor.forward(np.zeros((1, 3, 64, 64), np.float32), np.ones((1, 64, 64), bool))
     result = predictor.run(make_raster(width=70, height=50), tmp_path / "o.gpkg", config=PredictConfig(device="cpu"))
     assert result.tiles > 1
@@ -289,3 +291,107 @@ def test_export_leaves_the_callers_model_alone(tmp_path: Path) -> None:
     export_onnx((net, meta_for(net)), tmp_path / "m.onnx")
     after = net.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_default_export_is_fixed_to_the_tile_size_and_dynamic_size_is_asked_for(model_file: Path, tmp_path: Path) -> None:
+    fixed, dynamic = tmp_path / "fixed.onnx", tmp_path / "dynamic.onnx"
+    assert run("model", "export", str(model_file), "-o", str(fixed)).exit_code == 0
+    assert session(fixed).get_inputs()[0].shape == ["batch", 3, 64, 64]
+    assert json.loads(onnx.load(str(fixed)).metadata_props[-1].value)["fixed_size"] == 64
+    r = run("model", "export", str(model_file), "-o", str(dynamic), "--dynamic-size")
+    assert r.exit_code == 0, r.stderr
+    assert session(dynamic).get_inputs()[0].shape == ["batch", 3, "size", "size"]
+    r = run("model", "info", str(dynamic))
+    assert "input (batch, bands, size, size)" in r.stdout
+    r = run("model", "export", str(model_file), "-o", str(tmp_path / "x.onnx"), "--dynamic-size", "--fixed-size", "32")
+    assert r.exit_code == 2 and "--fixed-size and --dynamic-size exclude each other" in r.stderr
+    with pytest.raises(GeounetError, match="exclude each other"):
+        export_onnx(model_file, tmp_path / "x.onnx", fixed_size=32, dynamic_size=True)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_fixed_size_graph_is_tiled_at_its_size_padded_and_resampled(make_raster: MakeRaster, tmp_path: Path) -> None:
+    net, meta = lively_model()  # tiles of 64, depth 3
+    meta.gsd = 0.5
+    model = tmp_path / "m.safetensors"
+    save_model(net, meta, model)
+    fixed = Predictor(str(export_onnx(model, tmp_path / "fixed.onnx")), device="cpu")
+    dynamic = Predictor(str(export_onnx(model, tmp_path / "dynamic.onnx", dynamic_size=True)), device="cpu")
+    cfg = PredictConfig(device="cpu")
+    # A scene smaller than a tile: PyTorch and a dynamic graph fit the tile to it (40 px); the
+    # fixed graph reads one 64 px tile, the scene padded and the padding masked.
+    small = make_raster(name="small.tif", width=40, height=30, data=np.random.default_rng(4).integers(0, 256, (3, 30, 40)).astype(np.uint8))
+    assert dynamic.plan(small, cfg).tile_size == 40
+    plan = fixed.plan(small, cfg)
+    assert (plan.tile_size, len(plan.tiles), plan.net_size) == (64, 1, None)
+    fixed.run(small, probabilities=tmp_path / "p.tif", config=cfg)
+    with rasterio.open(tmp_path / "p.tif") as src:
+        got = src.read(1)
+    with rasterio.open(small) as src:
+        raw = src.read().astype(np.float32)
+    tile = np.zeros((1, 3, 64, 64), np.float32)
+    tile[0, :, :30, :40] = raw
+    valid = np.zeros((1, 64, 64), bool)
+    valid[0, :30, :40] = True
+    logits = Predictor((net, meta), device="cpu", precision="fp32").forward(tile, valid)[0, 0, :30, :40]
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-logits)), rtol=0, atol=1e-5)
+    # Another tile size is refused before any work, with what to do.
+    with pytest.raises(TilingError, match=r"fixed\.onnx takes 64 px tiles only .* --dynamic-size"):
+        fixed.plan(small, PredictConfig(device="cpu", tile_size=32))
+    # Scene pixels of 0.25 m for a 0.5 m model: windows of 128 scene pixels, 64 for the network.
+    data = np.random.default_rng(5).integers(0, 256, (3, 150, 170)).astype(np.uint8)
+    fine = make_raster(name="fine.tif", width=170, height=150, data=data, transform=rasterio.transform.from_origin(500000, 5000000, 0.25, 0.25))
+    plan = fixed.plan(fine, cfg)
+    assert (plan.tile_size, plan.net_size) == (128, 64) and plan.factor == pytest.approx(2.0)
+    for name, predictor in (("f", fixed), ("d", dynamic)):
+        predictor.run(fine, probabilities=tmp_path / f"{name}.tif", config=cfg)
+    with rasterio.open(tmp_path / "f.tif") as a, rasterio.open(tmp_path / "d.tif") as b:
+        np.testing.assert_allclose(a.read(1), b.read(1), rtol=0, atol=1e-5)
+
+
+def test_a_scene_stretch_folds_into_deepness_standardization(make_raster: MakeRaster, tmp_path: Path) -> None:
+    """A model that stretches each scene: the export folds the recorded typical stretch, or with
+    stretch_from one scene's own, exactly into Deepness' mean/std (applied after /255)."""
+    from geounet.normalize import scene_scaling
+    from geounet.raster import open_scene
+
+    net, meta = lively_model()
+    meta.mean, meta.std = [0.45, 0.46, 0.43], [0.29, 0.29, 0.28]
+    lo, hi = [20.0, 30.0, 40.0], [200.0, 210.0, 220.0]
+    meta.normalization = {"mode": "scene", "low": 2, "high": 98, "typical_lo": lo, "typical_hi": hi}
+    props = metadata(export_onnx((net, meta), tmp_path / "typical.onnx"))
+    span = np.subtract(hi, lo)
+    assert props["standardization_mean"] == pytest.approx(list((np.add(lo, np.multiply(meta.mean, span))) / 255))
+    assert props["standardization_std"] == pytest.approx(list(np.multiply(meta.std, span) / 255))
+    assert props["geounet_onnx"]["stretch"] == {"source": "typical", "lo": lo, "hi": hi}
+    assert ModelMeta.from_dict(props["geounet"]).normalization == meta.normalization  # geounet keeps its per-scene stretch
+
+    data = np.random.default_rng(6).integers(40, 180, (3, 96, 80)).astype(np.uint8)
+    scene = make_raster(width=80, height=96, data=data)
+    path = export_onnx((net, meta), tmp_path / "own.onnx", stretch_from=scene)
+    props = metadata(path)
+    assert props["geounet_onnx"]["stretch"]["source"] == "scene scene.tif"
+    with rasterio.open(scene) as src:
+        offset, scale = scene_scaling(meta.normalization, meta.mean, meta.std, src, open_scene(scene), [1, 2, 3])
+    window = data[:, :64, :64].astype(np.float32)
+    geounet_input = (window - offset[:, None, None]) / scale[:, None, None]
+    # Deepness' preprocessing of the same pixels with the file's keys: /255, then standardize
+    x = np.float32(np.transpose(data[:, :64, :64], (1, 2, 0)) * 1.0 / 255.0)
+    deepness_input = np.transpose((x - np.float32(props["standardization_mean"])) / np.float32(props["standardization_std"]), (2, 0, 1))
+    np.testing.assert_allclose(deepness_input, geounet_input, rtol=0, atol=1e-5)
+    logits = Predictor(str(path), device="cpu").forward(window[None], np.ones((1, 64, 64), bool), scaling=(offset, scale))
+    got = deepness_probabilities(path, np.transpose(data[:, :64, :64], (1, 2, 0))[None])
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-logits)), rtol=0, atol=1e-5)
+    r = run("model", "info", str(path))
+    assert "stretch scene scene.tif folded into its standardization" in r.stdout
+
+    meta.normalization = {"mode": "scene", "low": 2, "high": 98}  # an older file: the full 0..255 range
+    props = metadata(export_onnx((net, meta), tmp_path / "old.onnx"))
+    assert props["standardization_mean"] == pytest.approx(meta.mean) and props["geounet_onnx"]["stretch"]["source"] == "full range"
+    raw_net, raw_meta = lively_model()
+    with pytest.raises(GeounetError, match="--stretch-from applies to models that stretch each scene"):
+        export_onnx((raw_net, raw_meta), tmp_path / "raw.onnx", stretch_from=scene)
+    for bad in ({"typical_lo": [1.0, 2.0], "typical_hi": [9.0, 9.0]}, {"typical_lo": [5.0] * 3, "typical_hi": [5.0] * 3}):
+        meta.normalization = {"mode": "scene", "low": 2, "high": 98, **bad}
+        with pytest.raises(CheckpointError, match="typical_lo/typical_hi"):
+            meta.validate()

@@ -124,8 +124,12 @@ def test_training_reaches_iou_and_records_everything(trained: tuple[Path, object
     assert meta.provenance["metrics"]["val_iou"] == pytest.approx(kept["val_iou"], abs=1e-6)
     assert meta.provenance["epochs"] == result.kept_epoch and meta.provenance["kept"] == "auto"  # type: ignore[attr-defined]
     assert meta.provenance["separation_m"] == 0  # several classes: no background seams by default
-    # Each scene stretched by its own percentiles, then standardized by the training pixels' stats.
-    assert meta.normalization == {"mode": "scene", "low": 2.0, "high": 98.0}
+    # Each scene stretched by its own percentiles, then standardized by the training pixels' stats;
+    # the typical stretch of the training images (here one) is recorded for the ONNX export.
+    from geounet.normalize import image_stretch
+
+    lo, hi = image_stretch(out.parent / "a.tif", [1, 2, 3])
+    assert meta.normalization == {"mode": "scene", "low": 2.0, "high": 98.0, "typical_lo": lo.tolist(), "typical_hi": hi.tolist()}
     assert len(meta.mean) == 3 and all(0.05 < s < 1 for s in meta.std)
     lines = [json.loads(x) for x in result.metrics_file.read_text().splitlines()]  # type: ignore[attr-defined]
     assert [r["epoch"] for r in lines] == list(range(1, 9))

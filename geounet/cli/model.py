@@ -90,21 +90,29 @@ def list_(as_json: bool) -> None:
 @click.argument("path", metavar="MODEL")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="ONNX file to write (.onnx).")
 @click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset.")
-@click.option("--fixed-size", type=click.IntRange(min=16), help="Fix the input's height and width to this many pixels (batch stays dynamic), for Deepness versions that take the tile size from the input shape [default: dynamic].")
+@click.option("--fixed-size", type=click.IntRange(min=16), help="The input's height and width in pixels (batch stays dynamic) [default: the model's tile size].")
+@click.option("--dynamic-size", is_flag=True, help="Leave the input's height and width symbolic (any multiple of 2**depth, for onnxruntime); QGIS Deepness cannot load such a file.")
+@click.option("--stretch-from", "stretch_from", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="For a model that stretches each scene: fold this scene's own percentile stretch into Deepness' standardization [default: the model's typical stretch].")
 @overwrite_opt
-def export(path: str, out: Path, opset: int, fixed_size: int | None, overwrite: bool) -> None:
+def export(path: str, out: Path, opset: int, fixed_size: int | None, dynamic_size: bool, stretch_from: Path | None, overwrite: bool) -> None:
     """Export a model (a file or a bundled name) to ONNX, for QGIS (Deepness) and onnxruntime.
 
     The file carries Deepness' metadata (Segmentor, class names, resolution, tile size and
     overlap, threshold, standardization) and geounet's whole contract, so
-    `geounet predict -m OUT.onnx` runs it too. Needs `pip install 'geounet[onnx]'`.
+    `geounet predict -m OUT.onnx` runs it too. Its input is fixed to the model's tile size, as
+    Deepness needs. Needs `pip install 'geounet[onnx]'`.
 
     \b
     geounet model export buildings -o buildings.onnx
     """
     from geounet.export import export_onnx
 
-    click.echo(str(export_onnx(path, out, opset=opset, fixed_size=fixed_size, overwrite=overwrite)))
+    if dynamic_size and fixed_size is not None:
+        raise click.UsageError("--fixed-size and --dynamic-size exclude each other; give one")
+    written = export_onnx(
+        path, out, opset=opset, fixed_size=fixed_size, dynamic_size=dynamic_size, stretch_from=stretch_from, overwrite=overwrite
+    )
+    click.echo(str(written))
 
 
 @model.command()
@@ -172,8 +180,10 @@ def _onnx_line(path: Path) -> str:
     p = onnx_properties(path)
     size = p["geounet_onnx"].get("fixed_size")
     resolution = f"{p['resolution']:g} cm/px" if "resolution" in p else "no resolution"
+    stretch = p["geounet_onnx"].get("stretch")
     return (
         f"onnx:       opset {p['opset']}, input (batch, bands, {size or 'size'}, {size or 'size'}); "
         f"Deepness {p.get('model_type')}: {resolution}, tiles {p.get('tiles_size')} px, "
         f"overlap {p.get('tiles_overlap')} %, threshold {p.get('seg_thresh')}"
+        + (f", stretch {stretch['source']} folded into its standardization" if stretch else "")
     )
