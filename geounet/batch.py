@@ -13,8 +13,9 @@ the coordinating process only, under an exclusive lock, flushed and fsync'd. It 
 into place, so a killed run is resumed by running the same command again: scenes done with the
 same input (path, and size and mtime for local files), model hash and parameters whose outputs
 still exist are skipped; failed, changed, missing and never-finished scenes are (re)done.
-A scene from a STAC item is keyed on its asset's href and also records the item id; it is named
-after the item.
+A scene from a STAC item is keyed on the item (its JSON's path or URL) and records the asset's key
+and href; it is named after the item. It keeps its key, and so its name, when it fails, when it is
+fixed and when its asset's href changes (which redoes it into the same files).
 
 A scene that fails (corrupt file, no CRS, wrong bands, or an unexpected exception) is recorded as
 failed with a one-line error and has no outputs in the directory; the others go on.
@@ -88,10 +89,11 @@ class SceneRecord:
 
     Attributes:
         input: The scene as expanded (absolute path for local files, URL or ``/vsi`` path); for
-            a STAC item without a usable asset, the item's JSON.
+            a scene from a STAC item, the item (:attr:`geounet.stac.StacScene.input`).
         name: The output name stem (outputs are ``NAME.<format>``, ``NAME.mask.tif``...).
         status: ``done`` or ``failed``.
         item_id: The STAC item the scene came from (left out of the line for other scenes).
+        asset_key: The STAC asset's key (left out likewise).
         asset_href: The STAC asset's href as resolved (the raster read; left out likewise).
         outputs: File names inside the output directory, by kind (``vectors``,
             ``probabilities``, ``mask``).
@@ -114,6 +116,7 @@ class SceneRecord:
     name: str
     status: Status
     item_id: str | None = None
+    asset_key: str | None = None
     asset_href: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     model: str = ""
@@ -133,7 +136,7 @@ class SceneRecord:
     def to_json(self) -> str:
         """The record as one line of JSON (no newline)."""
         data = dataclasses.asdict(self)
-        for key in ("item_id", "asset_href"):  # only scenes from STAC have them
+        for key in ("item_id", "asset_key", "asset_href"):  # only scenes from STAC have them
             if data[key] is None:
                 del data[key]
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -215,7 +218,8 @@ class SceneTask:
     """Everything a worker needs to predict one scene (picklable, sent to Dask workers).
 
     Attributes:
-        input: The scene (absolute local path, URL or ``/vsi`` path).
+        input: The scene's key (absolute local path, URL or ``/vsi`` path; for a STAC item, the
+            item).
         name: Output name stem.
         out_dir: Absolute output directory.
         outputs: Output file names inside ``out_dir``, by kind.
@@ -226,7 +230,8 @@ class SceneTask:
         input_size: Bytes of a local input (None for remote).
         input_mtime_ns: Modification time of a local input (None for remote).
         item_id: The STAC item of the scene, if any.
-        asset_href: The STAC asset's href (the same as ``input``), if any.
+        asset_key: The STAC asset's key, if any.
+        asset_href: The STAC asset's href (the raster read), if any.
     """
 
     input: str
@@ -240,7 +245,13 @@ class SceneTask:
     input_size: int | None
     input_mtime_ns: int | None
     item_id: str | None = None
+    asset_key: str | None = None
     asset_href: str | None = None
+
+    @property
+    def raster(self) -> str:
+        """The raster to read: the STAC asset's href, else the input itself."""
+        return self.asset_href or self.input
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +392,10 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, SceneRecord]:
         raise OutputError(f"cannot read {p} ({exc}); move it away to start afresh") from exc
 
 
-def _parse_manifest(lines: Iterable[str], path: Path) -> dict[str, SceneRecord]:
+def _parse_manifest(
+    lines: Iterable[str], path: Path, *, done: dict[str, SceneRecord] | None = None
+) -> dict[str, SceneRecord]:
+    """The last record per input; ``done`` (if given) gets the last ``done`` record per input."""
     records: dict[str, SceneRecord] = {}
     bad = 0
     for line in lines:
@@ -393,6 +407,9 @@ def _parse_manifest(lines: Iterable[str], path: Path) -> dict[str, SceneRecord]:
             continue
         records.pop(rec.input, None)  # keep the order of the latest records
         records[rec.input] = rec
+        if done is not None and rec.status == "done":
+            done.pop(rec.input, None)
+            done[rec.input] = rec
     if bad:
         logger.warning("%s: ignored %d unreadable line(s)", path, bad)
     return records
@@ -433,7 +450,10 @@ class _Manifest:
         except (OSError, UnicodeDecodeError) as exc:
             self._file.close()
             raise OutputError(f"cannot read {path} ({exc}); move it away to start afresh") from exc
-        self.records = _parse_manifest(text.splitlines(), path)
+        #: The last done record per input (the results catalog lists a scene done before
+        #: whose item broke since).
+        self.done: dict[str, SceneRecord] = {}
+        self.records = _parse_manifest(text.splitlines(), path, done=self.done)
         if text and not text.endswith("\n"):  # a line cut off by a kill: end it first
             self._write("\n")
 
@@ -443,6 +463,9 @@ class _Manifest:
         self.appended += 1
         self.records.pop(record.input, None)
         self.records[record.input] = record
+        if record.status == "done":
+            self.done.pop(record.input, None)
+            self.done[record.input] = record
 
     def _write(self, text: str) -> None:
         try:
@@ -492,7 +515,8 @@ def process_scene(
 
     Returns:
         A ``done`` record, or a ``failed`` one with a one-line error (stale outputs of the scene
-        are then removed, so the directory only holds outputs of done scenes).
+        are then removed, so the directory only holds outputs of done scenes). The error of a
+        scene from a STAC item names the item and the asset.
     """
     t0 = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -505,7 +529,7 @@ def process_scene(
         # The batch owns its outputs: a redone scene replaces the previous ones.
         config = dataclasses.replace(task.config, overwrite=True)
         result = pred.run(  # remote inputs get their GDAL options in Predictor.run
-            task.input,
+            task.raster,
             paths["vectors"],
             probabilities=paths.get("probabilities"),
             mask=paths.get("mask"),
@@ -528,6 +552,8 @@ def process_scene(
             timings={k: round(v, 3) for k, v in result.timings.items()},
             device=device,
         )
+    if task.asset_key is not None:  # the raster's name alone does not say which asset it was
+        error = f"item {task.item_id}, asset {task.asset_key!r}: {error}"
     for path in paths.values():
         for stale in (path, *_sidecars(path)):
             try:
@@ -556,6 +582,7 @@ def _record(task: SceneTask, status: Status, **fields: Any) -> SceneRecord:
         name=task.name,
         status=status,
         item_id=task.item_id,
+        asset_key=task.asset_key,
         asset_href=task.asset_href,
         outputs=dict(task.outputs),
         model=task.model,
@@ -641,7 +668,7 @@ def run_batch(
     workers: int = 0,
     scheduler: str | None = None,
     progress: BatchProgressCallback | None = None,
-    asset: str | None = None,
+    asset: str | Sequence[str] | None = None,
     stac_out: str | os.PathLike[str] | None = None,
 ) -> BatchSummary:
     """Predict every scene of an archive into ``out_dir``, skipping those already done.
@@ -666,10 +693,14 @@ def run_batch(
             submit the scenes to.
         progress: Called with a :class:`BatchProgress` at the start, per tile (single-process
             runs) and per finished scene.
-        asset: The asset key of STAC items to segment (default: each item's first GeoTIFF asset
-            with role ``data`` or ``visual``). An item without it is recorded as failed.
+        asset: The asset key of STAC items to segment, or several in order of preference
+            (each item gives the first it has; an item with none of them is recorded as
+            failed). Default: the asset :func:`~geounet.stac.choose_asset` picks, which prefers
+            one with as many bands as the model (or as ``config.bands`` needs).
         stac_out: Also write a static STAC catalog of the done scenes into this folder (see
-            :func:`~geounet.stac.write_results_catalog`), after the scenes ran.
+            :func:`~geounet.stac.write_results_catalog`), after the scenes ran: every scene of
+            this batch whose last ``done`` record (with this model) still has its outputs, also
+            one that failed in this run without touching them (a STAC item gone broken).
 
     Returns:
         The done, skipped and failed scenes, the manifest path and the catalog path. Scene
@@ -693,12 +724,12 @@ def run_batch(
     if fmt == "parquet":
         _require_pyarrow()
     out_path = Path(out_dir).expanduser().resolve()
-    expanded, sources = _expand_inputs(inputs, asset=asset)
+    model_path = Path(model).expanduser().resolve()
+    meta = read_meta(model_path)  # its band count steers the choice of STAC assets
+    expanded, sources = _expand_inputs(inputs, asset=asset, bands=meta.bands, band_indexes=cfg.bands)
     scenes = _drop_own_outputs(expanded, out_path)
     stac_dest = check_catalog_dest(stac_out, outputs=out_path) if stac_out is not None else None
 
-    model_path = Path(model).expanduser().resolve()
-    meta = read_meta(model_path)
     tile_size = cfg.tile_size or meta.tile_size
     overlap = meta.overlap if cfg.overlap is None else cfg.overlap
     check_tile_size(tile_size, overlap, multiple=2**meta.depth)
@@ -711,7 +742,8 @@ def run_batch(
     manifest = _Manifest(out / MANIFEST_NAME)
     try:
         stems = {scene: source.item_id for scene, source in sources.items()}
-        names = assign_names(scenes, manifest.records, stems=stems)
+        previous = _previous_records(manifest.records, sources)
+        names = assign_names(scenes, previous, stems=stems)
         tasks = [
             _make_task(
                 scene, names[scene], out, model_path, model_hash, cfg, params, fmt, probabilities, mask,
@@ -727,7 +759,7 @@ def run_batch(
             if source is not None and source.error is not None:
                 broken.append((task, source.error))
                 continue
-            rec = manifest.records.get(task.input)
+            rec = previous.get(task.input)
             if rec is not None and _is_done(rec, task, out):
                 skipped.append(rec)
             else:
@@ -779,19 +811,24 @@ def run_batch(
                 _run_local(todo, finish, predictor, len(skipped), total, progress)
         catalog = None
         if stac_dest is not None:
-            catalog = _write_catalog(stac_dest, tasks, [*skipped, *done], sources, out, model_path, model_hash)
+            finished = _previous_records(manifest.done, sources)
+            catalog = _write_catalog(stac_dest, tasks, finished, sources, out, model_path, model_hash)
     finally:
         manifest.close()
     return BatchSummary(done=done, skipped=skipped, failed=failed, manifest=manifest.path, catalog=catalog)
 
 
 def _expand_inputs(
-    inputs: Iterable[str | os.PathLike[str]], *, asset: str | None
+    inputs: Iterable[str | os.PathLike[str]],
+    *,
+    asset: str | Sequence[str] | None,
+    bands: int | None = None,
+    band_indexes: Sequence[int] | None = None,
 ) -> tuple[list[str], dict[str, StacScene]]:
-    """The scenes of the inputs, and the STAC item of each scene that came from one.
+    """The scenes of the inputs, and the STAC item of each scene that came from one (by key).
 
-    A scene reached twice (a path also listed as a STAC asset, one asset in two items) is kept
-    once, where it first appears.
+    A raster reached twice (a path also listed as a STAC asset, one asset in two items), or an
+    item reached twice, is kept once, where it first appears.
     """
     scenes: list[str] = []
     sources: dict[str, StacScene] = {}
@@ -804,45 +841,87 @@ def _expand_inputs(
                 scenes.append(entry)
             continue
         stac_given = True
-        for item in read_stac_scenes(entry, asset=asset):
-            if item.input in seen:
-                logger.warning("%s (item %s) is already an input; segmenting it once", item.input, item.item_id)
+        for item in read_stac_scenes(entry, asset=asset, bands=bands, band_indexes=band_indexes):
+            twice = item.input if item.input in seen else item.href if item.href in seen else None
+            if twice is not None:
+                logger.warning("%s (item %s) is already an input; segmenting it once", twice, item.item_id)
                 continue
-            seen.add(item.input)
+            seen.update(k for k in (item.input, item.href) if k is not None)
             sources[item.input] = item
             scenes.append(item.input)
     if asset is not None and not stac_given:
+        keys = asset if isinstance(asset, str) else ",".join(asset)
         raise GeounetError(
-            f"--asset {asset} picks an asset of STAC items, but no input is a STAC JSON (.json "
+            f"--asset {keys} picks an asset of STAC items, but no input is a STAC JSON (.json "
             f"catalog, collection or item); leave it out"
         )
     return scenes, sources
 
 
+def _previous_records(
+    records: Mapping[str, SceneRecord], sources: Mapping[str, StacScene]
+) -> dict[str, SceneRecord]:
+    """Manifest records by input, with those of STAC items moved to the items' keys.
+
+    Manifests written before scenes from STAC items were keyed on the item have a done item
+    under its asset's href; such a record (same item id and href) counts as the item's, so an
+    upgrade neither redoes nor renames it.
+    """
+    found = dict(records)
+    old_keys = {
+        (rec.item_id, rec.input): key
+        for key, rec in records.items()
+        if rec.item_id is not None and rec.input == rec.asset_href
+    }
+    for key, source in sources.items():
+        old = old_keys.get((source.item_id, source.href or ""))
+        if old is None or old == key:
+            continue
+        rec = found.pop(old)
+        found.setdefault(key, rec)
+    return found
+
+
 def _write_catalog(
     dest: Path,
     tasks: Sequence[SceneTask],
-    records: Sequence[SceneRecord],
+    finished: Mapping[str, SceneRecord],
     sources: Mapping[str, StacScene],
     out: Path,
     model: Path,
     model_hash: str,
 ) -> Path:
-    """The results catalog of this batch's done scenes (done now or before), in input order."""
-    by_input = {rec.input: rec for rec in records}
-    items = [
-        ResultItem(
-            id=rec.name,
-            scene=rec.input,
-            assets={kind: out / name for kind, name in rec.outputs.items()},
-            created=rec.finished,
-            features=rec.features,
-            params=rec.params,
-            source=sources.get(rec.input),
+    """The results catalog of this batch's scenes, in input order: each one's last ``done``
+    record (``finished``, by input) made with this model whose outputs are all still there.
+
+    A scene that failed after it was done keeps its place while its outputs stay: a STAC item
+    that broke (its asset gone) is recorded as failed without touching them, while a scene that
+    failed to segment has its outputs removed.
+    """
+    items: list[ResultItem] = []
+    for task in tasks:
+        rec = finished.get(task.input)
+        if rec is None or rec.model_hash != model_hash:
+            continue
+        if not all((out / name).is_file() for name in rec.outputs.values()):
+            continue
+        source = sources.get(task.input)
+        if source is not None and (source.error is not None or source.href != rec.asset_href):
+            # Describe the asset the outputs were made from, not what the item holds now.
+            source = dataclasses.replace(
+                source, asset_key=rec.asset_key or source.asset_key, href=rec.asset_href, error=None
+            )
+        items.append(
+            ResultItem(
+                id=rec.name,
+                scene=rec.asset_href or rec.input,
+                assets={kind: out / name for kind, name in rec.outputs.items()},
+                created=rec.finished,
+                features=rec.features,
+                params=rec.params,
+                source=source,
+            )
         )
-        for task in tasks
-        if (rec := by_input.get(task.input)) is not None
-    ]
     catalog = write_results_catalog(dest, items, model=model, model_hash=model_hash, meta=read_meta(model))
     logger.info("STAC catalog of %d scenes: %s", len(items), catalog)
     return catalog
@@ -898,9 +977,10 @@ def _make_task(
     source: StacScene | None = None,
 ) -> SceneTask:
     size = mtime = None
-    if not is_remote(scene):
+    raster = scene if source is None else source.href  # None: a STAC item without a raster
+    if raster is not None and not is_remote(raster):
         try:
-            st = os.stat(scene)
+            st = os.stat(raster)
             size, mtime = st.st_size, st.st_mtime_ns
         except OSError:
             pass  # reported by the scene itself ("no such file")
@@ -916,6 +996,7 @@ def _make_task(
         input_size=size,
         input_mtime_ns=mtime,
         item_id=source.item_id if source is not None else None,
+        asset_key=source.asset_key if source is not None else None,
         asset_href=source.href if source is not None else None,
     )
 

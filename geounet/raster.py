@@ -341,10 +341,22 @@ def open_scene(path: str | os.PathLike[str]) -> Scene:
                 # Read one pixel of the last block to catch truncated files early.
                 src.read(1, window=Window(src.width - 1, src.height - 1, 1, 1))
     except RasterioError as exc:
+        reason = short_error(exc)
+        if is_remote(path) and _NO_RANGES in reason.lower():
+            raise RasterReadError(
+                f"{path}: the server does not serve byte ranges (HTTP Range requests), which GDAL "
+                f"needs to read a remote raster by windows; download the file and pass its local "
+                f"path, or serve it from a server that supports ranges"
+            ) from exc
         raise RasterReadError(
-            f"{path} is not a readable raster ({short_error(exc)}); check that it is a complete GeoTIFF"
+            f"{path} is not a readable raster ({reason}); check that it is a complete GeoTIFF"
         ) from exc
     return scene
+
+
+# GDAL's /vsicurl/ error for a server that answers a Range request with the whole file (it
+# reads small files whole instead, so only larger ones fail).
+_NO_RANGES = "range downloading not supported"
 
 
 def short_error(exc: BaseException) -> str:

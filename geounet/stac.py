@@ -3,10 +3,13 @@ static STAC catalog of a batch's results.
 
 Reading: :func:`read_stac_scenes` turns a STAC JSON (a local file or an http(s) URL) into one
 :class:`StacScene` per item, walking catalogs and collections recursively. Each item gives one
-raster asset: the one named by ``asset``, or else the first GeoTIFF asset with role ``data`` or
-``visual``. Relative hrefs are resolved against the JSON that holds them, so a static catalog can
-be moved or served as a whole. A broken item (unreadable JSON, no fitting asset, an href to a
-missing file) becomes a scene with an ``error`` instead of stopping the walk.
+raster asset: the first of the keys given in ``asset`` that it has, or else the GeoTIFF asset a
+user would pick (:func:`choose_asset`: never a ``labels``, ``thumbnail``, ``overview`` or
+``metadata`` one; one whose band count fits the model; ``visual``, then ``data``; a lone raster
+asset with no roles, as ``rio stac`` writes, as it is). Relative hrefs are resolved against the
+JSON that holds them, so a static catalog can be moved or served as a whole. A broken item
+(unreadable JSON, no fitting asset, an href to a missing file) becomes a scene with an ``error``
+instead of stopping the walk.
 
 Writing: :func:`write_results_catalog` writes a self-contained static catalog that a STAC API
 (pgstac, stac-fastapi) loads and STAC Browser shows: ``catalog.json`` at the top, a Collection of
@@ -45,8 +48,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Asset roles that mark the raster to segment when no asset key is given.
-DEFAULT_ROLES = ("data", "visual")
+#: Asset roles preferred, in this order, when no asset key is given.
+DEFAULT_ROLES = ("visual", "data")
+
+#: Asset roles that are never segmented unless named with ``asset`` (masks, previews, documents).
+SKIPPED_ROLES = ("labels", "thumbnail", "overview", "metadata")
+
+#: Asset fields that list an asset's bands (STAC 1.1 common ``bands``, eo and raster extensions).
+_BAND_FIELDS = ("bands", "eo:bands", "raster:bands")
 
 #: Seconds to wait for an http(s) STAC document.
 HTTP_TIMEOUT_S = 60
@@ -105,10 +114,16 @@ class StacScene:
 
     @property
     def input(self) -> str:
-        """The scene's key in a batch: the raster's href, else where the item was found."""
-        if self.href is not None:
-            return self.href
-        return self.item_href or f"{self.source}#{self.item_id}"
+        """The scene's key in a batch: the item itself, whatever its asset.
+
+        The item's own JSON (absolute path or URL), or for an item inside an ItemCollection, the
+        collection's ``#`` the item's id. An item keeps this key when it fails, when it is fixed
+        and when its asset's href changes, so a batch keeps its output name across runs.
+        """
+        if self.item_href is not None:
+            return self.item_href
+        source = self.source if "://" in self.source else os.path.abspath(os.path.expanduser(self.source))
+        return f"{source}#{self.item_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +186,13 @@ def _stac_io(pystac: Any) -> Any:
     return _TimeoutStacIO()
 
 
-def read_stac_scenes(source: str | os.PathLike[str], *, asset: str | None = None) -> list[StacScene]:
+def read_stac_scenes(
+    source: str | os.PathLike[str],
+    *,
+    asset: str | Sequence[str] | None = None,
+    bands: int | None = None,
+    band_indexes: Sequence[int] | None = None,
+) -> list[StacScene]:
     """The scenes of a STAC Item, ItemCollection, Catalog or Collection.
 
     Catalogs and collections are walked recursively (``child`` and ``item`` links, each read
@@ -179,9 +200,12 @@ def read_stac_scenes(source: str | os.PathLike[str], *, asset: str | None = None
 
     Args:
         source: A local STAC JSON file or an http(s) URL.
-        asset: The asset key to segment; None takes each item's first GeoTIFF asset
-            (``image/tiff; application=geotiff`` media type, or a ``.tif``/``.tiff`` href when
-            the media type says nothing more) with role ``data`` or ``visual``.
+        asset: Asset keys in order of preference (one key, or several); each item gives the
+            first it has, whatever its type or roles. None: :func:`choose_asset` picks one.
+        bands: The number of bands the model reads, so that the default choice prefers an
+            asset with as many (None: band counts play no part).
+        band_indexes: The 1-based bands the model reads (``--bands``); an asset then fits when
+            it has the highest of them.
 
     Returns:
         One scene per item, in link order; broken items carry an ``error``.
@@ -211,16 +235,21 @@ def read_stac_scenes(source: str | os.PathLike[str], *, asset: str | None = None
             f"{text} is not a STAC Item, ItemCollection, Catalog or Collection (its 'type' is "
             f"{data.get('type') if isinstance(data, dict) else type(data).__name__!r})"
         )
+    choice = _Choice(
+        keys=(asset,) if isinstance(asset, str) else tuple(asset or ()),
+        bands=max(band_indexes) if band_indexes else bands,
+        exact=not band_indexes,
+    )
     try:
         if data["type"] == "FeatureCollection":
             collection = pystac.ItemCollection.from_dict(data, preserve_dict=False)
             scenes = [
-                _item_scene(item, base=item.get_self_href() or href, source=text, asset=asset)
+                _item_scene(item, base=item.get_self_href() or href, source=text, choice=choice)
                 for item in collection
             ]
         else:
             obj = pystac.read_dict(data, href=href, stac_io=io)
-            scenes = list(_walk(obj, io, source=text, asset=asset, seen={href}))
+            scenes = list(_walk(obj, io, source=text, choice=choice, seen={href}))
     except (KeyError, TypeError, ValueError, pystac.STACError, pystac.STACTypeError) as exc:
         raise GeounetError(f"{text} is not valid STAC ({_reason(exc)})") from exc
     if not scenes:
@@ -228,7 +257,16 @@ def read_stac_scenes(source: str | os.PathLike[str], *, asset: str | None = None
     return scenes
 
 
-def _walk(obj: Any, io: Any, *, source: str, asset: str | None, seen: set[str]) -> Iterator[StacScene]:
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """How to choose each item's asset: keys named by the user, else by bands and roles."""
+
+    keys: tuple[str, ...] = ()
+    bands: int | None = None  # the bands an asset needs (None: any)
+    exact: bool = True  # exactly ``bands`` (the model's count), or at least (``--bands``)
+
+
+def _walk(obj: Any, io: Any, *, source: str, choice: _Choice, seen: set[str]) -> Iterator[StacScene]:
     """The scenes of an item, or of every item below a catalog (depth first, in link order).
 
     Children are read here, through ``io``, rather than by pystac's link resolution, which reads
@@ -237,7 +275,7 @@ def _walk(obj: Any, io: Any, *, source: str, asset: str | None, seen: set[str]) 
     import pystac
 
     if isinstance(obj, pystac.Item):
-        yield _item_scene(obj, base=obj.get_self_href(), source=source, asset=asset)
+        yield _item_scene(obj, base=obj.get_self_href(), source=source, choice=choice)
         return
     if not isinstance(obj, pystac.Catalog):  # Collections are Catalogs
         return
@@ -261,10 +299,10 @@ def _walk(obj: Any, io: Any, *, source: str, asset: str | None, seen: set[str]) 
                 error=f"cannot read STAC {what} {href}: {_reason(exc)}",
             )
             continue
-        yield from _walk(target, io, source=source, asset=asset, seen=seen)
+        yield from _walk(target, io, source=source, choice=choice, seen=seen)
 
 
-def _item_scene(item: Any, *, base: str | None, source: str, asset: str | None) -> StacScene:
+def _item_scene(item: Any, *, base: str | None, source: str, choice: _Choice) -> StacScene:
     props = item.properties
     times = {k: props.get(k) for k in ("datetime", "start_datetime", "end_datetime")}
     common: dict[str, Any] = {
@@ -273,7 +311,7 @@ def _item_scene(item: Any, *, base: str | None, source: str, asset: str | None) 
         "item_href": item.get_self_href(),
         **{k: v if isinstance(v, str) else None for k, v in times.items()},
     }
-    chosen = _choose_asset(item, asset)
+    chosen = choose_asset(item, choice.keys, bands=choice.bands, exact=choice.exact)
     if isinstance(chosen, str):
         return StacScene(asset_key=None, href=None, error=chosen, **common)
     key, raw = chosen
@@ -287,8 +325,12 @@ def _item_scene(item: Any, *, base: str | None, source: str, asset: str | None) 
     return StacScene(asset_key=key, href=None, error=error, **common)
 
 
+def _media_type(asset: Any) -> str:
+    return str(asset.media_type or "").lower().replace(" ", "")
+
+
 def _is_geotiff(asset: Any) -> bool:
-    media = (asset.media_type or "").lower().replace(" ", "")
+    media = _media_type(asset)
     if media:
         if not media.startswith("image/tiff"):
             return False
@@ -299,21 +341,77 @@ def _is_geotiff(asset: Any) -> bool:
     return path.lower().endswith((".tif", ".tiff"))
 
 
-def _choose_asset(item: Any, key: str | None) -> tuple[str, str] | str:
-    """(asset key, raw href) of the raster to segment, or why there is none."""
+def asset_band_count(asset: Any) -> int | None:
+    """The bands an asset lists (``bands``, ``eo:bands`` or ``raster:bands``); None if none does."""
+    fields = asset.extra_fields
+    for name in _BAND_FIELDS:
+        listed = fields.get(name)
+        if isinstance(listed, list) and listed:
+            return len(listed)
+    return None
+
+
+def choose_asset(
+    item: Any, keys: Sequence[str] = (), *, bands: int | None = None, exact: bool = True
+) -> tuple[str, str] | str:
+    """The asset of a STAC item to segment, as (key, raw href), or why there is none (one line).
+
+    With ``keys``, the first of them the item has, whatever its type or roles. Without, as a user
+    would choose: among the GeoTIFF assets (a GeoTIFF media type, or a ``.tif``/``.tiff`` href
+    when the media type says nothing more) that have none of the :data:`SKIPPED_ROLES`, the
+    first by
+
+    1. band count: one that fits the model, or lists no bands, before one that lists other
+       counts (a 1-band ``aot`` or ``mask`` asset for an RGB model);
+    2. role: ``visual``, then ``data``, then the rest;
+    3. the item's order.
+
+    An item with a single asset that has no media type (or a TIFF or JPEG 2000 one) and no
+    skipped role gives that asset as it is, whatever its href.
+
+    Args:
+        item: A pystac Item.
+        keys: Asset keys in order of preference (``--asset visual,image``).
+        bands: The bands an asset needs (None: band counts play no part).
+        exact: Whether an asset fits with exactly ``bands`` (the model's count) or at least
+            (``--bands`` picks some of them).
+    """
     assets = dict(item.assets)
     listed = ", ".join(assets) or "none"
-    if key is not None:
-        if key in assets:
-            return key, assets[key].href
-        return f"item {item.id} has no asset {key!r} (its assets: {listed}); pass another --asset"
-    for name, candidate in assets.items():
-        if _is_geotiff(candidate) and set(candidate.roles or ()) & set(DEFAULT_ROLES):
-            return name, candidate.href
-    return (
-        f"item {item.id} has no GeoTIFF asset with role {' or '.join(DEFAULT_ROLES)} "
-        f"(its assets: {listed}); choose one with --asset KEY"
-    )
+    if keys:
+        for key in keys:
+            if key in assets:
+                return key, str(assets[key].href)
+        if len(keys) == 1:
+            return f"item {item.id} has no asset {keys[0]!r} (its assets: {listed}); pass another --asset"
+        named = ", ".join(repr(k) for k in keys)
+        return f"item {item.id} has none of the assets {named} (its assets: {listed}); pass others with --asset"
+
+    def usable(asset: Any) -> bool:
+        return not set(asset.roles or ()) & set(SKIPPED_ROLES)
+
+    candidates = [(key, a) for key, a in assets.items() if usable(a) and _is_geotiff(a)]
+    if not candidates and len(assets) == 1:
+        ((key, lone),) = assets.items()
+        media = _media_type(lone)
+        if usable(lone) and (not media or media.startswith(("image/tiff", "image/jp2"))):
+            return key, str(lone.href)
+    if not candidates:
+        return (
+            f"item {item.id} has no GeoTIFF asset to segment (its assets: {listed}; assets with "
+            f"role {', '.join(SKIPPED_ROLES)} are passed over); choose one with --asset KEY"
+        )
+
+    def rank(entry: tuple[int, tuple[str, Any]]) -> tuple[int, int, int]:
+        order, (_, asset) = entry
+        count = asset_band_count(asset)
+        misfit = bands is not None and count is not None and (count != bands if exact else count < bands)
+        roles = set(asset.roles or ())
+        role = next((i for i, r in enumerate(DEFAULT_ROLES) if r in roles), len(DEFAULT_ROLES))
+        return int(misfit), role, order
+
+    _, (key, chosen) = min(enumerate(candidates), key=rank)
+    return key, str(chosen.href)
 
 
 def _resolve_href(href: str, base: str | None) -> str | None:
@@ -924,9 +1022,12 @@ __all__ = [
     "COG_MEDIA_TYPE",
     "DEFAULT_ROLES",
     "EXTENSIONS",
+    "SKIPPED_ROLES",
     "ResultItem",
     "StacScene",
+    "asset_band_count",
     "check_catalog_dest",
+    "choose_asset",
     "is_stac_source",
     "read_stac_scenes",
     "scene_footprint",

@@ -449,3 +449,48 @@ def test_remote_scene_over_http_is_read_by_windows(tmp_path: Path, model_file: P
     assert max(n for _, n in served) < size / 2
     again = run_batch(inputs, out, model=model_file, config=config, mask=True, fmt="geojson")
     assert len(again.skipped) == 3 and len(again.failed) == 1
+
+
+@pytest.fixture
+def plain_http_root(http_root: tuple[str, Path, list[tuple[str | None, int]]]) -> Iterator[tuple[str, Path]]:
+    """(base URL, folder) of Python's own ``http.server`` on 127.0.0.1 over the folder ``http_root``
+    serves: it answers a Range request with the whole file, as servers without byte ranges do.
+
+    A process of its own, so that the test serves exactly what ``python -m http.server`` does.
+    """
+    _, root, _ = http_root
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = re.search(r"port (\d+)", server.stdout.readline())
+        assert port is not None, "http.server did not say its port"
+        yield f"http://127.0.0.1:{port[1]}", root
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_server_without_byte_ranges_is_named_as_such(
+    make_raster: Any, model_file: Path, http_root: tuple[str, Path, list[tuple[str | None, int]]], plain_http_root: tuple[str, Path]
+) -> None:
+    from geounet.errors import RasterReadError
+    from geounet.raster import gdal_options, open_scene
+
+    ranged, root, _ = http_root
+    plain, _ = plain_http_root
+    make_raster("www/big.tif", width=1000, height=1000)  # 3 MB: GDAL reads smaller files whole
+
+    def open_remote(url: str) -> Any:
+        with rasterio.Env(**gdal_options(url)):  # as Predictor.run opens remote scenes
+            return open_scene(url)
+
+    assert open_remote(f"{ranged}/big.tif").width == 1000
+    message = f"{plain}/big.tif: the server does not serve byte ranges (HTTP Range requests)"
+    with pytest.raises(RasterReadError, match=re.escape(message) + ".*download the file and pass its local path") as info:
+        open_remote(f"{plain}/big.tif")
+    assert "complete GeoTIFF" not in str(info.value)
+    summary = run_batch([f"{plain}/big.tif"], root.parent / "out", model=model_file)
+    assert [r.error for r in summary.failed] == [str(info.value)]

@@ -136,7 +136,7 @@ def test_read_catalog_walks_collections_and_resolves_relative_hrefs(tmp_path: Pa
 
 
 def test_item_collection_and_the_default_asset_choice(tmp_path: Path) -> None:
-    """ItemCollection hrefs resolve against its file; the first GeoTIFF with role data or visual."""
+    """ItemCollection hrefs resolve against its file; a GeoTIFF that is no label or preview."""
     tif = make_scene(tmp_path / "data" / "s.tif", width=64, height=64).path
     features = [
         stac_item("cog-data", {  # JPEG 2000 data and a PNG come first; the COG is taken
@@ -149,6 +149,10 @@ def test_item_collection_and_the_default_asset_choice(tmp_path: Path) -> None:
             "image": {"href": "./data/s.TIF", "roles": ["visual"]},
         }),
         stac_item("no-role", {"image": {"href": "data/s.tif", "type": GEOTIFF}}),
+        stac_item("labels-only", {
+            "mask": {"href": "data/s.tif", "type": GEOTIFF, "roles": ["data", "labels"]},
+            "thumbnail": {"href": "data/s.png", "type": "image/png"},
+        }),
         stac_item("absolute-file-url", {"image": {"href": tif.as_uri(), "type": GEOTIFF, "roles": ["data"]}}),
         stac_item("remote", {"image": {"href": "https://example.com/a/b.tif", "type": GEOTIFF, "roles": ["data"]}}),
         stac_item("odd-scheme", {"image": {"href": "ftp://example.com/b.tif", "type": GEOTIFF, "roles": ["data"]}}),
@@ -160,14 +164,26 @@ def test_item_collection_and_the_default_asset_choice(tmp_path: Path) -> None:
     assert (got["untyped"].asset_key, got["untyped"].href) == ("image", str(tmp_path / "data" / "s.TIF"))
     assert got["absolute-file-url"].href == str(tif)
     assert got["remote"].href == "https://example.com/a/b.tif" and got["remote"].error is None
-    no_role = got["no-role"]
-    assert no_role.href is None and no_role.input == f"{path}#no-role"
-    assert no_role.error == "item no-role has no GeoTIFF asset with role data or visual (its assets: image); choose one with --asset KEY"
+    # A lone GeoTIFF asset without roles is taken as it is.
+    assert (got["no-role"].asset_key, got["no-role"].href, got["no-role"].error) == ("image", str(tif), None)
+    assert got["no-role"].input == f"{path}#no-role"  # the item's key: its ItemCollection and id
+    labels_only = got["labels-only"]
+    assert labels_only.href is None and labels_only.input == f"{path}#labels-only"
+    assert labels_only.error == (
+        "item labels-only has no GeoTIFF asset to segment (its assets: mask, thumbnail; assets with role "
+        "labels, thumbnail, overview, metadata are passed over); choose one with --asset KEY"
+    )
     assert got["odd-scheme"].href is None and "ftp://example.com/b.tif" in (got["odd-scheme"].error or "")
     # --asset names the asset, whatever its type or role.
     named = {s.item_id: s for s in read_stac_scenes(path, asset="image")}
     assert named["no-role"].href == str(tif) and named["no-role"].error is None
     assert named["cog-data"].error == "item cog-data has no asset 'image' (its assets: B01, preview, cog); pass another --asset"
+    assert named["labels-only"].error == "item labels-only has no asset 'image' (its assets: mask, thumbnail); pass another --asset"
+    # Several keys: the first each item has.
+    ranked = {s.item_id: s.asset_key for s in read_stac_scenes(path, asset=["nothing", "mask", "image", "cog"])}
+    assert ranked["labels-only"] == "mask" and ranked["no-role"] == "image" and ranked["cog-data"] == "cog"
+    lost = {s.item_id: s.error for s in read_stac_scenes(path, asset=("red", "nir"))}
+    assert lost["no-role"] == "item no-role has none of the assets 'red', 'nir' (its assets: image); pass others with --asset"
 
 
 @pytest.mark.parametrize(
@@ -207,7 +223,8 @@ def test_catalog_gives_the_same_outputs_as_the_scenes_as_paths_and_resumes(tmp_p
     by_path = run_batch([str(p) for p in scenes], tmp_path / "path-out", model=model_file, config=CONFIG, mask=True)
     assert len(by_stac.done) == len(by_path.done) == 3 and not by_stac.failed
     for rec, plain in zip(by_stac.done, by_path.done, strict=True):
-        assert rec.input == rec.asset_href == plain.input  # the asset's raster, resolved
+        assert rec.asset_href == plain.input  # the asset's raster, resolved
+        assert rec.input == str(tmp_path / "archive" / "stac" / "col" / rec.item_id / f"{rec.item_id}.json")  # keyed on the item
         assert rec.item_id == rec.name == f"item{scenes.index(Path(plain.input))}"  # named after the item
         assert rec.features == plain.features > 0
         np.testing.assert_array_equal(
@@ -232,7 +249,8 @@ def test_catalog_gives_the_same_outputs_as_the_scenes_as_paths_and_resumes(tmp_p
     redo = run_batch([catalog], tmp_path / "stac-out", model=model_file, config=CONFIG, mask=True)
     assert [(r.item_id, r.asset_href) for r in redo.done] == [("item1", str(moved))]
     assert len(redo.skipped) == 2
-    assert redo.done[0].name.startswith("item1")  # the old outputs of item1 stay with their record
+    assert redo.done[0].name == "item1"  # the same item keeps its name: its outputs are replaced
+    assert {p.name.split(".")[0] for p in (tmp_path / "stac-out").iterdir()} == {"manifest", "item0", "item1", "item2"}
 
 
 def test_catalog_served_over_http_gives_the_same_outputs(
@@ -244,7 +262,8 @@ def test_catalog_served_over_http_gives_the_same_outputs(
     url = f"{base}/stac/catalog.json"
     remote = run_batch([url], tmp_path / "remote", model=model_file, config=CONFIG, mask=True)
     assert len(remote.done) == 3 and not remote.failed
-    assert [r.input for r in remote.done] == [f"{base}/scenes/scene{i}.tif" for i in range(3)]
+    assert [r.asset_href for r in remote.done] == [f"{base}/scenes/scene{i}.tif" for i in range(3)]
+    assert [r.input for r in remote.done] == [f"{base}/stac/col/item{i}/item{i}.json" for i in range(3)]
     assert [r.item_id for r in remote.done] == [r.item_id for r in local.done]
     for rec, plain in zip(remote.done, local.done, strict=True):
         assert rec.input_size is None and rec.features == plain.features
@@ -282,7 +301,7 @@ def test_broken_items_are_recorded_as_failed_and_the_others_finish(tmp_path: Pat
     assert by_item["item0"].status == by_item["item1"].status == "done"
     assert by_item["nohref"].status == "failed"
     assert by_item["nohref"].error == f"item nohref: asset 'visual' points to {scenes[0].parent / 'gone.tif'}, which does not exist"
-    assert by_item["noasset"].error is not None and "has no GeoTIFF asset with role data or visual" in by_item["noasset"].error
+    assert by_item["noasset"].error is not None and "has no GeoTIFF asset to segment" in by_item["noasset"].error
     assert by_item["lost"].error is not None and by_item["lost"].error == (
         f"cannot read STAC item {col / 'lost' / 'lost.json'}: No such file or directory"
     )
@@ -292,14 +311,17 @@ def test_broken_items_are_recorded_as_failed_and_the_others_finish(tmp_path: Pat
         assert f"{rec.error}\n" in r.stderr  # listed as "failed: [INPUT: ]ERROR"
     assert {p.name.split(".")[0] for p in out.iterdir()} == {"manifest", "item0", "item1"}
 
-    # --asset: items without that asset fail, with a reason; a run again skips the done ones.
+    # --asset: items without that asset fail, with a reason. The items are keyed on themselves,
+    # so their last records are now these failures: a run without --asset redoes them, into the
+    # same names.
     r = invoke(*args, "--asset", "thumbnail")
     assert r.exit_code == 1
     assert "0 done, 0 skipped (already done), 5 failed" in r.stderr  # the thumbnails are not there
     assert "item nohref has no asset 'thumbnail' (its assets: visual); pass another --asset" in r.stderr
     assert "item item0: asset 'thumbnail' points to" in r.stderr
     r = invoke(*args)
-    assert r.exit_code == 1 and "0 done, 2 skipped (already done), 3 failed" in r.stderr
+    assert r.exit_code == 1 and "2 done, 0 skipped (already done), 3 failed" in r.stderr
+    assert {p.name.split(".")[0] for p in out.iterdir()} == {"manifest", "item0", "item1"}
 
 
 def test_stac_input_errors_are_one_line(tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,7 +398,7 @@ def test_stac_out_catalog_describes_the_results(tmp_path: Path, model_file: Path
         if name == "extra":  # a plain raster: its own path (absolute, outside the results)
             assert source.get_href(transform_href=False) == rec.input
         # The footprint: the scene's bounds in longitude and latitude.
-        with rasterio.open(rec.input) as src:
+        with rasterio.open(rec.asset_href or rec.input) as src:
             expected = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
         np.testing.assert_allclose(item.bbox, expected, atol=1e-7)
         assert item.geometry["type"] == "Polygon" and len(item.geometry["coordinates"][0]) == 21
@@ -447,3 +469,188 @@ def test_results_catalog_validates_against_the_stac_schemas(tmp_path: Path, mode
             assert len(validate_dict(data, href=str(path))) == 1 + len(data.get("stac_extensions", []))
     finally:
         set_validator(previous)
+
+
+# --------------------------------------------------------------------------------------------
+# Catalogs of other STAC tools, the asset a user would choose, and names kept across runs
+
+
+def rio_stac_item(path: Path) -> dict[str, Any]:
+    """The item ``rio stac PATH -o item.json`` writes: rio-stac's own ``create_stac_item`` called
+    as its command line calls it (one asset ``asset`` without roles or media type, its href the
+    raster's path, raster/eo/projection extensions, no links)."""
+    rio_stac = pytest.importorskip("rio_stac", reason="rio-stac writes these items (pip install 'geounet[dev]')")
+    item = rio_stac.create_stac_item(str(path), asset_media_type=None, with_proj=True, with_raster=True, with_eo=True)
+    data: dict[str, Any] = json.loads(json.dumps(item.to_dict(), separators=(",", ":")))
+    return data
+
+
+def rio_stac_catalog(root: Path, scenes: list[Path]) -> Path:
+    """A static catalog of ``rio stac`` items as pystac saves it (self-contained, relative links)."""
+    catalog = pystac.Catalog(id="rio-stac", description="items written by rio stac")
+    for scene in scenes:
+        catalog.add_item(pystac.Item.from_dict(rio_stac_item(scene)))
+    catalog.normalize_hrefs(str(root))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+def write_bands(path: Path, scene: Path, count: int) -> Path:
+    """The first ``count`` bands of ``scene`` as a GeoTIFF of their own (a 1-band mask, a 4-band image)."""
+    with rasterio.open(scene) as src:
+        data = src.read()
+        profile = src.profile | {"count": count}
+    data = np.concatenate([data] * (1 + count // data.shape[0]))[:count]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_rio_stac_items_run_with_no_flags(tmp_path: Path, model_file: Path) -> None:
+    scenes = [make_scene(tmp_path / "tifs" / f"tile_{i}.tif", width=128, height=128, seed=i, building_density=3.0).path for i in range(2)]
+    written = rio_stac_item(scenes[0])
+    assert list(written["assets"]) == ["asset"] and written["assets"]["asset"]["roles"] == []
+    assert "type" not in written["assets"]["asset"] and written["links"] == [] and written["id"] == "tile_0.tif"
+    (tmp_path / "tile_0.json").write_text(json.dumps(written, separators=(",", ":")))
+    (only,) = read_stac_scenes(tmp_path / "tile_0.json")
+    assert (only.asset_key, only.href, only.error) == ("asset", str(scenes[0]), None)
+
+    catalog = rio_stac_catalog(tmp_path / "stac", scenes)
+    r = invoke("batch", str(catalog), "-o", str(tmp_path / "out"), "-m", str(model_file), "--tile-size", "96")
+    assert r.exit_code == 0, r.stderr
+    assert "2 done, 0 skipped (already done), 0 failed" in r.stderr
+    recs = sorted(read_manifest(tmp_path / "out" / MANIFEST_NAME).values(), key=lambda rec: rec.name)
+    assert [(rec.name, rec.asset_key, rec.asset_href) for rec in recs] == [
+        ("tile_0.tif", "asset", str(scenes[0])), ("tile_1.tif", "asset", str(scenes[1]))
+    ]
+    assert all(rec.features and rec.input == str(tmp_path / "stac" / rec.item_id / f"{rec.item_id}.json") for rec in recs)
+
+
+def test_default_asset_is_the_one_a_user_would_choose(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path / "data" / "rgb.tif", width=64, height=64).path
+    one, four = write_bands(tmp_path / "data" / "one.tif", scene, 1), write_bands(tmp_path / "data" / "four.tif", scene, 4)
+    cog = f"{GEOTIFF}; profile=cloud-optimized"
+
+    def asset(href: Path, roles: list[str], **bands: Any) -> dict[str, Any]:
+        fields = {k.replace("_", ":"): [{"name": f"b{i}"} for i in range(n)] for k, n in bands.items()}
+        return {"href": href.name, "type": cog, "roles": roles, **fields}
+
+    features = [
+        stac_item("mask-first", {  # a 1-band label mask listed first, as some catalogs do
+            "mask": asset(one, ["data", "labels"]),
+            "visual": asset(scene, ["visual"]),
+            "thumbnail": {"href": "rgb.png", "type": "image/png", "roles": ["thumbnail"]},
+        }),
+        stac_item("sentinel-2", {  # single-band data assets before visual; counts in three fields
+            "aot": asset(one, ["data"], raster_bands=1),
+            "blue": asset(one, ["data"], eo_bands=1),
+            "nir": asset(one, ["data", "reflectance"], bands=1),
+            "rgbn": asset(four, ["data"], eo_bands=4),
+            "visual": asset(scene, ["visual"], eo_bands=3),
+            "granule_metadata": {"href": "meta.xml", "type": "application/xml", "roles": ["metadata"]},
+        }),
+    ]
+    for feature in features:
+        feature["links"] = [{"rel": "self", "href": str(tmp_path / "data" / f"{feature['id']}.json")}]
+    path = write_json(tmp_path / "search.json", {"type": "FeatureCollection", "features": features})
+
+    def chosen(**kw: Any) -> dict[str, str | None]:
+        return {s.item_id: s.asset_key for s in read_stac_scenes(path, **kw)}
+
+    assert chosen() == {"mask-first": "visual", "sentinel-2": "visual"}  # visual, then data
+    assert chosen(bands=3) == {"mask-first": "visual", "sentinel-2": "visual"}
+    assert chosen(bands=1) == {"mask-first": "visual", "sentinel-2": "aot"}  # fits; the mask stays a label
+    assert chosen(bands=4) == {"mask-first": "visual", "sentinel-2": "rgbn"}
+    assert chosen(bands=3, band_indexes=(4, 3, 2)) == {"mask-first": "visual", "sentinel-2": "rgbn"}
+    assert chosen(bands=3, band_indexes=(1, 2, 3)) == {"mask-first": "visual", "sentinel-2": "visual"}  # both fit
+    assert chosen(asset=["nir", "visual"]) == {"mask-first": "visual", "sentinel-2": "nir"}
+
+
+def test_batch_picks_the_image_over_a_mask_and_names_the_asset_in_errors(tmp_path: Path, model_file: Path) -> None:
+    scene = make_scene(tmp_path / "data" / "rgb.tif", width=128, height=128, seed=2, building_density=3.0).path
+    write_bands(tmp_path / "data" / "mask.tif", scene, 1)
+    cog = f"{GEOTIFF}; profile=cloud-optimized"
+    write_json(tmp_path / "data" / "scene.json", stac_item("scene", {
+        "mask": {"href": "mask.tif", "type": cog, "roles": ["data", "labels"]},
+        "visual": {"href": "rgb.tif", "type": cog, "roles": ["visual"]},
+        "thumbnail": {"href": "rgb.png", "type": "image/png", "roles": ["thumbnail"]},
+    }))
+    write_json(tmp_path / "data" / "pan.json", stac_item("pan", {"pan": {"href": "mask.tif", "type": cog, "roles": ["data"]}}))
+    out = tmp_path / "out"
+    summary = run_batch([tmp_path / "data" / "scene.json", tmp_path / "data" / "pan.json"], out, model=model_file, config=CONFIG)
+    assert [(r.item_id, r.asset_key) for r in summary.done] == [("scene", "visual")]
+    (failed,) = summary.failed
+    assert failed.error is not None and failed.error.startswith("item pan, asset 'pan': model expects 3 bands, mask.tif has 1")
+    # --asset takes keys in order of preference, on the command line too.
+    args = ("batch", str(tmp_path / "data" / "scene.json"), "-o", str(tmp_path / "cli"), "-m", str(model_file), "--tile-size", "96")
+    r = invoke(*args, "--asset", "image, mask,visual")
+    assert r.exit_code == 1 and "\nfailed: item scene, asset 'mask': model expects 3 bands, mask.tif has 1" in f"\n{r.stderr}"
+    r = invoke(*args, "--asset", " , ")
+    assert r.exit_code == 2 and "names no asset; give asset keys separated by commas" in r.stderr
+
+
+def test_stac_items_keep_their_names_across_failures_fixes_and_new_hrefs(tmp_path: Path, model_file: Path) -> None:
+    catalog, scenes = make_archive(tmp_path / "archive", count=2)
+    item1 = tmp_path / "archive" / "stac" / "col" / "item1" / "item1.json"
+    good = item1.read_text()
+    out, stac_dir = tmp_path / "out", tmp_path / "stac"
+
+    def run() -> Any:
+        return run_batch([catalog], out, model=model_file, config=CONFIG, mask=True, stac_out=stac_dir)
+
+    def catalogued() -> dict[str, Any]:
+        return {item.id: item for item in check_results_catalog(stac_dir / "catalog.json", out)}
+
+    def names_on_disk() -> set[str]:
+        return {p.name.split(".")[0] for p in out.iterdir()} - {"manifest"}
+
+    item1.write_text(good.replace("scene1.tif", "gone.tif"))  # 1: item1's asset is missing
+    first = run()
+    assert [r.name for r in first.done] == ["item0"] and [r.name for r in first.failed] == ["item1"]
+    assert sorted(catalogued()) == ["item0"] and names_on_disk() == {"item0"}
+    item1.write_text(good)
+    scenes[1].rename(scenes[1].with_suffix(".bak"))
+    scenes[1].write_bytes(b"II*\0 not a GeoTIFF")  # 2: there, but broken
+    second = run()
+    assert [r.name for r in second.failed] == ["item1"] and len(second.skipped) == 1
+    assert (second.failed[0].error or "").startswith("item item1, asset 'visual': ")
+    assert names_on_disk() == {"item0"}
+    scenes[1].with_suffix(".bak").replace(scenes[1])  # 3: fixed
+    third = run()
+    assert [(r.name, r.asset_href) for r in third.done] == [("item1", str(scenes[1]))]
+    assert sorted(catalogued()) == ["item0", "item1"] and names_on_disk() == {"item0", "item1"}
+    # 4: the item points elsewhere: redone into the same files.
+    moved = shutil.copy(scenes[1], tmp_path / "archive" / "scenes" / "moved.tif")
+    item1.write_text(good.replace("scene1.tif", "moved.tif"))
+    fourth = run()
+    assert [(r.name, r.asset_href) for r in fourth.done] == [("item1", str(moved))]
+    assert sorted(catalogued()) == ["item0", "item1"] and names_on_disk() == {"item0", "item1"}
+    # 5: item1 breaks again (no asset at all): its outputs stay, and so does its catalog item.
+    broken = json.loads(good)
+    del broken["assets"]["visual"]
+    item1.write_text(json.dumps(broken))
+    fifth = run()
+    assert [r.name for r in fifth.failed] == ["item1"] and "has no GeoTIFF asset" in (fifth.failed[0].error or "")
+    items = catalogued()
+    assert sorted(items) == ["item0", "item1"]
+    (source,) = items["item1"].get_links("source")  # described as it was made, from asset visual
+    assert source.extra_fields["label:assets"] == ["visual"] and source.get_absolute_href() == str(item1)
+    assert items["item1"].assets["mask"].get_absolute_href() == str(out / "item1.mask.tif")
+    last = read_manifest(out / MANIFEST_NAME)
+    assert [rec.status for rec in last.values()] == ["done", "failed"] and len(last) == 2
+
+
+def test_manifests_keyed_on_the_asset_href_still_resume(tmp_path: Path, model_file: Path) -> None:
+    """Manifests from before items were keyed on themselves: done items are neither redone nor renamed."""
+    catalog, _ = make_archive(tmp_path / "archive", count=2)
+    out = tmp_path / "out"
+    run_batch([catalog], out, model=model_file, config=CONFIG)
+    lines = [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()]
+    for line in lines:
+        line["input"] = line["asset_href"]
+        del line["asset_key"]
+    (out / MANIFEST_NAME).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    again = run_batch([catalog], out, model=model_file, config=CONFIG, stac_out=tmp_path / "stac")
+    assert (len(again.done), len(again.skipped)) == (0, 2)
+    assert sorted(item.id for item in check_results_catalog(tmp_path / "stac" / "catalog.json", out)) == ["item0", "item1"]

@@ -251,7 +251,7 @@ def test_results_catalog_is_valid_stac_with_its_extensions(
         assert item.collection_id == collection.id
         props = item.properties
         # Projection: the scene's grid.
-        with rasterio.open(rec.input) as src:
+        with rasterio.open(rec.asset_href or rec.input) as src:
             assert props["proj:code"] == f"EPSG:{src.crs.to_epsg()}"
             assert props["proj:shape"] == [src.height, src.width]
             assert props["proj:transform"] == list(src.transform)[:6]

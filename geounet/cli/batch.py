@@ -20,6 +20,21 @@ FORMATS = ("gpkg", "geojson", "fgb", "parquet")
 MAX_LISTED_FAILURES = 10
 
 
+class AssetKeys(click.ParamType):
+    """A comma-separated list of STAC asset keys in order of preference, e.g. ``visual,image``."""
+
+    name = "KEYS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        """The keys, each once, in the order given."""
+        if isinstance(value, tuple):
+            return value
+        keys = tuple(dict.fromkeys(k.strip() for k in str(value).split(",") if k.strip()))
+        if not keys:
+            self.fail(f"{value!r} names no asset; give asset keys separated by commas (e.g. visual,image)", param, ctx)
+        return keys
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR", help="Output folder (created if missing): NAME.<format> per scene and manifest.jsonl.")
@@ -45,17 +60,17 @@ MAX_LISTED_FAILURES = 10
 @click.option("--simplify", type=click.FloatRange(min=0), default=0.0, help="Simplify polygons, tolerance in pixels.")
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS].")
 @click.option("--overwrite", is_flag=True, help="Replace files with output names already in a DIR that has no manifest.jsonl (outputs of earlier batch runs are always replaced when redone).")
-@click.option("--asset", metavar="KEY", help="STAC inputs: the asset to segment in each item [default: the first GeoTIFF asset with role data or visual].")
+@click.option("--asset", type=AssetKeys(), metavar="KEY[,KEY...]", help="STAC inputs: the asset to segment in each item, or several in order of preference (visual,image,B04) [default: a GeoTIFF asset that is no label, thumbnail, overview or metadata, with the model's band count if listed, visual before data; a lone asset as it is].")
 @click.option("--stac-out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Also write a static STAC catalog of the results into DIR (DIR/catalog.json, one item per scene).")
 @click.pass_context
-def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool, asset: str | None, stac_out: Path | None) -> None:
+def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool, asset: tuple[str, ...] | None, stac_out: Path | None) -> None:
     """Segment many scenes into one folder; re-run the same command to resume.
 
     INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one
     path or URL per line, relative to the file), URLs that GDAL reads window by window
     (https://, s3://, /vsicurl/...) and STAC JSON files or http(s) URLs (*.json: a catalog or
-    collection, walked recursively, an item collection or an item; one scene per item, the
-    asset chosen by --asset). Each scene gives DIR/NAME.<format> (and NAME.mask.tif,
+    collection, walked recursively, an item collection or an item, such as `rio stac` writes;
+    one scene per item, the asset chosen by --asset). Each scene gives DIR/NAME.<format> (and NAME.mask.tif,
     NAME.probabilities.tif), NAME being its file name without suffix (a STAC item's id), plus a
     short hash when two inputs share one. DIR/manifest.jsonl records every scene. Scenes already
     done with the same input, model and options are skipped; a scene that fails (or a STAC item
@@ -64,7 +79,7 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     \b
     geounet batch 'archive/**/*.tif' -o out/ -m buildings.safetensors --mask
     geounet batch @scenes.txt -o out/ -m buildings.safetensors --workers 4
-    geounet batch stac/catalog.json -o out/ -m buildings --asset visual --stac-out out/stac
+    geounet batch stac/catalog.json -o out/ -m buildings --asset visual,image --stac-out out/stac
     geounet batch @scenes.txt -o /shared/out -m /shared/m.safetensors --scheduler tcp://head:8786
     """
     from geounet.batch import run_batch
@@ -100,7 +115,8 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
         click.echo(str(summary.catalog))
     for record in summary.failed[:MAX_LISTED_FAILURES]:
         error = record.error or "unknown error"
-        named = Path(record.input).name in error  # most errors name the file already
+        # Most errors name the file (or the STAC item) already.
+        named = Path(record.input).name in error or (record.item_id is not None and f"item {record.item_id}" in error)
         click.echo(f"failed: {error}" if named else f"failed: {record.input}: {error}", err=True)
     if len(summary.failed) > MAX_LISTED_FAILURES:
         click.echo(f"... and {len(summary.failed) - MAX_LISTED_FAILURES} more failed", err=True)
