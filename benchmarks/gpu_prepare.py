@@ -220,7 +220,12 @@ def relink_pyogrio(dest: Path) -> None:
                 [exe, "--replace-needed", Path(ogr_gdal).name, Path(rio_gdal).name, str(path)],
                 check=True,
             )
-            subprocess.run([exe, "--set-rpath", "$ORIGIN/../rasterio.libs", str(path)], check=True)
+            # DT_RPATH, as rasterio's own modules have (not DT_RUNPATH): it also serves the search
+            # for GDAL's own libraries when pyogrio is imported before rasterio.
+            subprocess.run(
+                [exe, "--force-rpath", "--set-rpath", "$ORIGIN/../rasterio.libs", str(path)],
+                check=True,
+            )
             files[name] = path.read_bytes()
     for n in list(files):
         if n in own or n.startswith(("pyogrio/gdal_data/", "pyogrio/proj_data/")):
@@ -286,7 +291,8 @@ def check(python: str, dest: Path, data: Path) -> None:
         )
         script = f"""
 import sys, tempfile, os
-import rasterio, pyogrio, geopandas, shapely, pyproj
+import pyogrio  # first: its modules must find GDAL's libraries without rasterio loaded
+import rasterio, geopandas, shapely, pyproj
 from rasterio.warp import transform_bounds
 print("python", sys.version.split()[0], "rasterio", rasterio.__version__, "GDAL", rasterio.__gdal_version__,
       "pyogrio", pyogrio.__version__, "GDAL", pyogrio.__gdal_version_string__, "geopandas", geopandas.__version__)
