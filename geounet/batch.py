@@ -891,21 +891,27 @@ def _write_catalog(
     model: Path,
     model_hash: str,
 ) -> Path:
-    """The results catalog of this batch's scenes, in input order: each one's last ``done``
-    record (``finished``, by input) made with this model whose outputs are all still there.
+    """The results catalog of every result in ``out`` made with this model: each scene's last
+    ``done`` record (``finished``, by input) whose outputs are all still there, this batch's
+    scenes first in input order, then those of earlier runs over other inputs in manifest order.
 
     A scene that failed after it was done keeps its place while its outputs stay: a STAC item
     that broke (its asset gone) is recorded as failed without touching them, while a scene that
     failed to segment has its outputs removed.
     """
     items: list[ResultItem] = []
-    for task in tasks:
-        rec = finished.get(task.input)
+    inputs = [task.input for task in tasks]
+    given = set(inputs)
+    inputs += [key for key in finished if key not in given]
+    for key in inputs:
+        rec = finished.get(key)
         if rec is None or rec.model_hash != model_hash:
             continue
         if not all((out / name).is_file() for name in rec.outputs.values()):
             continue
-        source = sources.get(task.input)
+        source = sources.get(key)
+        if source is None and rec.item_id is not None:  # an item of an earlier run's input
+            source = _record_source(rec)
         if source is not None and (source.error is not None or source.href != rec.asset_href):
             # Describe the asset the outputs were made from, not what the item holds now.
             source = dataclasses.replace(
@@ -925,6 +931,23 @@ def _write_catalog(
     catalog = write_results_catalog(dest, items, model=model, model_hash=model_hash, meta=read_meta(model))
     logger.info("STAC catalog of %d scenes: %s", len(items), catalog)
     return catalog
+
+
+def _record_source(rec: SceneRecord) -> StacScene:
+    """The STAC item a done record came from, as far as the manifest tells (no datetime)."""
+    item_id = rec.item_id or rec.name
+    suffix = f"#{item_id}"
+    if rec.input.endswith(suffix):  # an item of an ItemCollection: no JSON of its own
+        source, item_href = rec.input[: -len(suffix)], None
+    else:
+        source, item_href = rec.input, rec.input
+    return StacScene(
+        item_id=item_id,
+        source=source,
+        item_href=item_href,
+        asset_key=rec.asset_key,
+        href=rec.asset_href,
+    )
 
 
 def _require_pyarrow() -> None:

@@ -639,6 +639,15 @@ def test_stac_items_keep_their_names_across_failures_fixes_and_new_hrefs(tmp_pat
     assert items["item1"].assets["mask"].get_absolute_href() == str(out / "item1.mask.tif")
     last = read_manifest(out / MANIFEST_NAME)
     assert [rec.status for rec in last.values()] == ["done", "failed"] and len(last) == 2
+    # 6: a later run over another input: the catalog still lists every result on disk that the
+    # manifest has as done, the items of the earlier runs with their sources.
+    plain = make_scene(tmp_path / "loose" / "plain.tif", width=96, height=96, seed=5, building_density=3.0).path
+    sixth = run_batch([plain], out, model=model_file, config=CONFIG, mask=True, stac_out=stac_dir)
+    assert [r.name for r in sixth.done] == ["plain"]
+    items = catalogued()
+    assert list(items) == ["plain", "item0", "item1"]
+    (source,) = items["item1"].get_links("source")
+    assert source.get_absolute_href() == str(item1)
 
 
 def test_manifests_keyed_on_the_asset_href_still_resume(tmp_path: Path, model_file: Path) -> None:
