@@ -55,7 +55,9 @@ class ModelMeta:
         gsd: Ground sample distance in metres the model was trained at (None if unknown).
         provenance: Free-form training record (data, epochs, metrics, time).
         normalization: How raw values are stretched before ``mean``/``std`` (see
-            :mod:`geounet.normalize`); empty: ``mean``/``std`` are in raw units.
+            :mod:`geounet.normalize`); empty: ``mean``/``std`` are in raw units. A per-scene
+            stretch also records the typical stretch of the training images
+            (``typical_lo``/``typical_hi``), which the ONNX export folds in for Deepness.
         regularize: Square polygon outlines by default when predicting (building models).
         min_area_m2: Drop polygons smaller than this by default when predicting.
         split_m: Split polygons at necks narrower than this (metres) by default when
