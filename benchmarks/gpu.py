@@ -8,7 +8,7 @@ Parts, in order, each bounded in time, with progress lines as they go and ``OUT/
 
 1. ``forward``: the seed-size U-Net (``geounet.model.UNet``, width 64, depth 4) on a batch of
    512 x 512 tiles on the device, BatchNorm folded and channels_last as ``Predictor`` runs it:
-   bf16 autocast and float32 with TF32 (and, at the very end of the run if a minute is left,
+   bf16 autocast and float32 with TF32 (and, at the very end of the run if 90 s are left,
    bf16 through ``torch.compile``, whose compilation time is not known in advance); Mpx/s, the achieved
    TFLOP/s (the convolutions' multiply-adds counted by forward hooks, 2 FLOPs each) and their
    fraction of the card's nominal dense peak and of a measured large matrix product.
@@ -543,11 +543,13 @@ class Probe:
         epoch_start = end - record["seconds"]
         n = len([s for s in self.steps if s <= end])
         steps = self.steps[:n]
-        later = [b - a for a, b in itertools.pairwise(steps[1:])] or [steps[-1] - epoch_start]
+        # The mean after the first step, not the median: loader processes deliver batches in
+        # bursts (one from each process at about the same time), so most gaps are short.
+        per_step = (steps[-1] - steps[0]) / (n - 1) if n > 1 else steps[0] - epoch_start
         return {
             "setup_s": epoch_start - self.start,
             "first_step_s": steps[0] - epoch_start,
-            "seconds_per_step": statistics.median(later),
+            "seconds_per_step": per_step,
             "validation_s": end - steps[-1],
             "steps": n,
         }
@@ -902,7 +904,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--compile-min-s",
         type=float,
-        default=60.0,
+        default=90.0,
         help="the compiled variant runs last, only with this much time left before the deadline",
     )
     g.add_argument(
@@ -950,7 +952,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="share of the budget for the core-channel stage",
     )
     g.add_argument(
-        "--probe-steps", type=int, default=None, help="steps of the timing probe (default 40)"
+        "--probe-steps", type=int, default=None, help="steps of the timing probe (default 60)"
     )
     g.add_argument(
         "--max-epochs",
@@ -988,7 +990,7 @@ def resolve_defaults(args: argparse.Namespace, device: str) -> None:
         "batch_size": 32,
         "tile_size": 256,
         "max_val_windows": 256,
-        "probe_steps": 40,
+        "probe_steps": 60,
         "budget_s": 240.0,
         "max_epochs": 200,
         "score_reserve_s": 90.0,

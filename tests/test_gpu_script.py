@@ -209,3 +209,15 @@ def test_repacked_wheels_install_with_pip_and_list_their_requirements(tmp_path: 
         capture_output=True,
     )
     assert (target / "demo_pkg" / "__init__.py").read_text() == "VALUE = 42\n"
+
+
+def test_the_probe_takes_the_mean_step_of_bursty_loaders() -> None:
+    probe = gpu.Probe()
+    probe.start = 0.0
+    probe.steps = [5.0, 5.01, 5.02, 6.0, 6.01, 6.02, 7.0]  # three loader processes: bursts of three
+    probe.epochs = [(8.0, {"seconds": 4.0})]  # the epoch began at 4 s and ended at 8 s
+    t = probe.timing()
+    assert t["setup_s"] == 4.0 and t["first_step_s"] == 1.0 and t["validation_s"] == 1.0
+    assert t["steps"] == 7 and t["seconds_per_step"] == pytest.approx(
+        2.0 / 6
+    )  # the median gap would say 0.01
