@@ -271,6 +271,15 @@ def scene_stem(scene: str) -> str:
     return safe_name(PurePosixPath(text.replace("\\", "/")).stem)
 
 
+def item_stem(item_id: str) -> str:
+    """A STAC item id as an output name stem: ids that are file names (``rio stac`` gives the
+    raster's, ``scene.tif``) lose their raster suffix, so outputs read ``scene.gpkg``."""
+    for suffix in (".tif", ".tiff", ".TIF", ".TIFF"):
+        if item_id.endswith(suffix) and len(item_id) > len(suffix):
+            return item_id[: -len(suffix)]
+    return item_id
+
+
 def safe_name(text: str) -> str:
     """``text`` as a file name stem: no path separators, control or reserved characters."""
     stem = _UNSAFE_NAME_CHARS.sub("_", text).lstrip(".").strip()
@@ -741,7 +750,7 @@ def run_batch(
     out = _make_out_dir(out_path)
     manifest = _Manifest(out / MANIFEST_NAME)
     try:
-        stems = {scene: source.item_id for scene, source in sources.items()}
+        stems = {scene: item_stem(source.item_id) for scene, source in sources.items()}
         previous = _previous_records(manifest.records, sources)
         names = assign_names(scenes, previous, stems=stems)
         tasks = [

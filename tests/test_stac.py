@@ -522,8 +522,9 @@ def test_rio_stac_items_run_with_no_flags(tmp_path: Path, model_file: Path) -> N
     assert "2 done, 0 skipped (already done), 0 failed" in r.stderr
     recs = sorted(read_manifest(tmp_path / "out" / MANIFEST_NAME).values(), key=lambda rec: rec.name)
     assert [(rec.name, rec.asset_key, rec.asset_href) for rec in recs] == [
-        ("tile_0.tif", "asset", str(scenes[0])), ("tile_1.tif", "asset", str(scenes[1]))
-    ]
+        ("tile_0", "asset", str(scenes[0])), ("tile_1", "asset", str(scenes[1]))
+    ]  # ids that are file names lose the raster suffix as output names: tile_0.gpkg
+    assert (tmp_path / "out" / "tile_0.gpkg").is_file() and [rec.item_id for rec in recs] == ["tile_0.tif", "tile_1.tif"]
     assert all(rec.features and rec.input == str(tmp_path / "stac" / rec.item_id / f"{rec.item_id}.json") for rec in recs)
 
 
