@@ -605,11 +605,11 @@ def _record(task: SceneTask, status: Status, **fields: Any) -> SceneRecord:
 
 
 # One loaded model per worker process, kept between tasks: {(path, hash, device): predictor}.
-_PREDICTORS: dict[tuple[str, str, str, str], Predictor] = {}
+_PREDICTORS: dict[tuple[str, str, str, str, str], Predictor] = {}
 _PREDICTORS_LOCK = threading.Lock()
 
 
-def worker_predictor(model: str, model_hash: str, device: str, precision: str = "auto") -> Predictor:
+def worker_predictor(model: str, model_hash: str, device: str, precision: str = "auto", backend: str = "auto") -> Predictor:
     """The predictor of this worker process for a model, loaded on first use and then kept.
 
     Only one model is kept: asking for another one releases the previous (and its GPU memory).
@@ -617,7 +617,7 @@ def worker_predictor(model: str, model_hash: str, device: str, precision: str = 
     Raises:
         CheckpointError: The model file does not load, or is not the one the batch started with.
     """
-    key = (model, model_hash, device, precision)
+    key = (model, model_hash, device, precision, backend)
     with _PREDICTORS_LOCK:
         predictor = _PREDICTORS.get(key)
         if predictor is None:
@@ -629,7 +629,7 @@ def worker_predictor(model: str, model_hash: str, device: str, precision: str = 
                     f"re-run the batch"
                 )
             _PREDICTORS.clear()
-            predictor = Predictor(model, device=_worker_device(device), precision=precision)  # type: ignore[arg-type]
+            predictor = Predictor(model, device=_worker_device(device), precision=precision, backend=backend)  # type: ignore[arg-type]
             _PREDICTORS[key] = predictor
         return predictor
 
@@ -657,7 +657,7 @@ def _worker_device(device: str) -> str:
 def run_task(task: SceneTask) -> SceneRecord:
     """The Dask task: predict one scene with this worker's cached predictor."""
     return process_scene(
-        task, lambda: worker_predictor(task.model, task.model_hash, task.config.device, task.config.precision)
+        task, lambda: worker_predictor(task.model, task.model_hash, task.config.device, task.config.precision, task.config.backend)
     )
 
 
@@ -815,7 +815,7 @@ def run_batch(
 
                 _run_dask(todo, finish, started, workers=workers, scheduler=scheduler)
             else:
-                predictor = Predictor(model_path, device=cfg.device, compile=cfg.compile, precision=cfg.precision)
+                predictor = Predictor(model_path, device=cfg.device, compile=cfg.compile, precision=cfg.precision, backend=cfg.backend)
                 manifest.started = True
                 _run_local(todo, finish, predictor, len(skipped), total, progress)
         catalog = None

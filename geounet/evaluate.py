@@ -214,7 +214,7 @@ def evaluate(
         vector_pred = None
         if model is not None:
             cfg = config or PredictConfig()
-            predictor = Predictor(model, device=cfg.device, precision=cfg.precision)
+            predictor = Predictor(model, device=cfg.device, precision=cfg.precision, backend=cfg.backend)
             polygons = PolygonOptions.resolve(config, predictor.meta)
             meta = predictor.meta
             line_names = [n for n in meta.mask_classes[1:] if meta.geometry_of(n) == "line" and n in names]

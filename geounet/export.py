@@ -391,7 +391,11 @@ def _verify(ort: Any, data: bytes, net: UNet, meta: ModelMeta, fixed_size: int |
     Raises:
         GeounetError: They differ by more than float32 rounding of this network can explain.
     """
-    session = _session(ort, _logits_graph(data), cuda=False)
+    _compare(_session(ort, _logits_graph(data), cuda=False), net, meta, fixed_size)
+
+
+def _compare(session: Any, net: torch.nn.Module, meta: ModelMeta, fixed_size: int | None) -> None:
+    """Compare a logits session with ``net`` on two random tiles (see :func:`_verify`)."""
     size = fixed_size or 2 ** meta.depth * 2
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, meta.bands, size, size), dtype=np.float32))
     with torch.no_grad():
@@ -555,3 +559,130 @@ def load_onnx(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[Onn
         raise CheckpointError(f"onnxruntime cannot load {p.name}: {str(exc).splitlines()[0][:160]}") from exc
     fixed = extra.get("fixed_size")
     return OnnxNet(session, fixed_size=int(fixed) if fixed else None, name=p.name), meta
+
+
+#: Environment variable that overrides the cache directory of :func:`cache_dir`.
+CACHE_ENV = "GEOUNET_CACHE"
+
+
+def cache_dir() -> Path:
+    """geounet's cache directory: ``$GEOUNET_CACHE``, else ``$XDG_CACHE_HOME/geounet``, else
+    ``~/.cache/geounet``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "geounet"
+
+
+def onnxruntime_available() -> bool:
+    """Whether the onnxruntime backend can run here (``onnx`` and ``onnxruntime`` installed)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+def backend_cache_entry(model_path: str | os.PathLike[str], ort_version: str) -> Path:
+    """Where :func:`load_backend` keeps a model file's exported graph: keyed by the file's SHA-256,
+    geounet's version and onnxruntime's version (any of them changed: a new export)."""
+    from geounet import __version__
+
+    return cache_dir() / "onnx" / f"{file_hash(model_path)}-geounet{__version__}-ort{ort_version}.onnx"
+
+
+def _backend_graph(onnx: Any, ort: Any, net: UNet, meta: ModelMeta) -> bytes:
+    """The logits graph of ``net`` (BatchNorm folded, every output channel kept, core included),
+    any multiple of ``2**depth`` in size, checked against PyTorch's logits."""
+    proto = _trace(onnx, net, meta, opset=DEFAULT_OPSET, fixed_size=None)
+    data = _logits_graph(bytes(proto.SerializeToString()))
+    _compare(_session(ort, data, cuda=False), net, meta, None)
+    return data
+
+
+def load_backend(
+    model: str | os.PathLike[str] | tuple[UNet, ModelMeta], *, device: str = "cpu", cache: bool = True
+) -> tuple[OnnxNet, ModelMeta]:
+    """A PyTorch model run by onnxruntime: exported in memory, cached on disk by the file's hash.
+
+    The graph is the network's logits (every channel, a core channel included, so masks and
+    polygons follow as with PyTorch), BatchNorm folded, with a dynamic batch and size
+    (:func:`geounet.tiling.fit_tile` keeps working). A model file's graph is kept in
+    ``cache_dir() / "onnx"`` (:func:`backend_cache_entry`; written atomically), so later runs skip
+    the export; an entry that onnxruntime cannot load or whose logits differ from PyTorch's is
+    rebuilt, and a cache directory that cannot be written leaves the graph in memory (one log line).
+
+    Args:
+        model: A model file (``.safetensors``), a bundled model's name, or a loaded
+            ``(UNet, ModelMeta)`` pair (exported in memory, not cached).
+        device: ``cpu``, or ``cuda`` (onnxruntime's CUDA provider, ``onnxruntime-gpu``).
+        cache: Read and write the on-disk cache.
+
+    Returns:
+        The network (called like the U-Net, see :class:`OnnxNet`) and the model's contract.
+
+    Raises:
+        GeounetError: onnx/onnxruntime missing, no CUDA provider for ``cuda``, or an export that
+            fails or disagrees with PyTorch.
+    """
+    ort = _require_onnxruntime()
+    cuda = device.startswith("cuda")
+    if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise GeounetError(
+            "--backend onnxruntime on CUDA needs onnxruntime's CUDA provider (pip install onnxruntime-gpu); "
+            "or use --backend torch"
+        )
+    if isinstance(model, tuple):
+        net, meta, path = copy.deepcopy(model[0]), model[1], None
+    else:
+        path = resolve_model(model)
+        net, meta = load_model(path)
+    net = fuse_batchnorm(net.float()).eval()
+    name = path.name if path is not None else "in-memory model"
+    entry = backend_cache_entry(path, ort.__version__) if path is not None and cache else None
+    data: bytes | None = None
+    session: Any = None
+    if entry is not None and entry.is_file():
+        try:
+            data = entry.read_bytes()
+            session = _session(ort, data, cuda=False)
+            _compare(session, net, meta, None)
+        except Exception as exc:  # noqa: BLE001 (unreadable, not ONNX, or wrong logits: export again)
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            logger.info("rebuilding the onnxruntime graph of %s (cache entry %s: %s)", name, entry, reason)
+            data = session = None
+    if data is None:
+        onnx, _ = require_onnx("--backend onnxruntime")
+        data = _backend_graph(onnx, ort, net, meta)
+        if entry is not None:
+            _write_cache(entry, data)
+    try:
+        if session is None or cuda:
+            session = _session(ort, data, cuda=cuda)
+    except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented
+        raise GeounetError(f"onnxruntime cannot run {name}: {str(exc).splitlines()[0][:160]}; use --backend torch") from exc
+    return OnnxNet(session, fixed_size=None, name=name), meta
+
+
+def _require_onnxruntime() -> Any:
+    """The ``onnxruntime`` module (a cached graph needs no ``onnx``, which is slow to import)."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise GeounetError(f"--backend onnxruntime needs onnxruntime: {EXTRA_HINT}") from exc
+    return onnxruntime
+
+
+def _write_cache(entry: Path, data: bytes) -> None:
+    """Write a cache entry atomically; an unwritable cache leaves it out (one log line)."""
+    tmp: str | None = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=entry.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, entry)
+        tmp = None
+    except OSError as exc:
+        logger.warning("cannot cache the onnxruntime graph in %s (%s); exported in memory for this run", entry.parent, exc.strerror or exc)
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

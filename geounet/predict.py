@@ -32,7 +32,7 @@ from geounet.centerline import CenterlineOptions, StripCenterliner
 from geounet.checkpoint import ModelMeta, is_onnx, load_model, resolve_model
 from geounet.cog import StripWriter
 from geounet.errors import BandMismatchError, GeounetError, OutputError, TilingError
-from geounet.export import OnnxNet, load_onnx
+from geounet.export import OnnxNet, load_backend, load_onnx, onnxruntime_available
 from geounet.model import UNet, autocast_dtype, fuse_batchnorm
 from geounet.raster import (
     AtomicOutputs,
@@ -81,6 +81,7 @@ def split_px(split_m: float, scene: Scene) -> float:
 ProbDtype = Literal["float32", "uint8"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
+Backend = Literal["auto", "torch", "onnxruntime"]
 
 #: What ``precision="auto"`` runs on a CPU with native bf16 (AVX512-BF16 or AMX). bf16: on the
 #: bundled model's 12 held-out images its masks agree with float32's on 99.967 % of pixels, with
@@ -183,6 +184,9 @@ class PredictConfig:
         precision: The network's arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16
             on CUDA and on CPUs with native bf16 (see :data:`CPU_AUTO_PRECISION`), float32 on
             other CPUs, where bf16 is emulated.
+        backend: What runs the network: ``torch``, ``onnxruntime`` (the model exported in memory
+            and cached, :func:`geounet.export.load_backend`) or ``auto`` (see
+            :func:`choose_backend`).
     """
 
     tile_size: int | None = None
@@ -205,6 +209,7 @@ class PredictConfig:
     split_m: float | None = None
     split_seeds: float | None = None
     precision: Precision = "auto"
+    backend: Backend = "auto"
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,30 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def choose_backend(backend: str, device: torch.device, amp: torch.dtype | None, *, compile: bool) -> str:
+    """The backend that runs a PyTorch model: ``torch`` or ``onnxruntime``.
+
+    ``auto`` picks onnxruntime on the CPU in float32 when onnx and onnxruntime are installed and
+    the network is not compiled; PyTorch otherwise (CUDA, bf16). On this project's 2-core AVX2
+    CPUs onnxruntime ran the bundled model's 512 px tiles faster than PyTorch float32 in
+    interleaved runs (benchmarks/README.md, "Backends: PyTorch or onnxruntime").
+
+    Raises:
+        GeounetError: An unknown backend, or ``onnxruntime`` with bf16 or ``compile``.
+    """
+    if backend not in ("auto", "torch", "onnxruntime"):
+        raise GeounetError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
+    if backend == "onnxruntime":
+        if amp is not None and device.type == "cpu":
+            raise GeounetError("--backend onnxruntime runs float32 on the CPU; use --precision fp32 or --backend torch")
+        if compile:
+            raise GeounetError("--compile applies to --backend torch")
+        return backend
+    if backend == "auto" and device.type == "cpu" and amp is None and not compile and onnxruntime_available():
+        return "onnxruntime"
+    return "torch"
+
+
 def check_dtype(scene: Scene, meta: ModelMeta) -> None:
     """Refuse a scene whose dtype differs from the one the model was trained on, unless the
     model stretches each scene by its own percentiles (``normalization`` mode ``scene``, as the
@@ -339,6 +368,8 @@ class Predictor:
         device: ``auto``, ``cpu`` or ``cuda``.
         compile: Run the network through ``torch.compile`` (worth it for long runs on a GPU).
         precision: ``auto``, ``fp32`` or ``bf16`` (see :class:`PredictConfig`).
+        backend: ``auto``, ``torch`` or ``onnxruntime`` (see :func:`choose_backend`); an
+            ``.onnx`` file always runs in onnxruntime.
 
     On CUDA the network runs in bf16 autocast (unless ``precision="fp32"``) with channels_last
     tensors, inputs are copied from pinned memory without blocking, cuDNN picks its fastest
@@ -352,8 +383,10 @@ class Predictor:
         *,
         compile: bool = False,
         precision: Precision = "auto",
+        backend: Backend = "auto",
     ) -> None:
         self.device = resolve_device(device)
+        self.backend = "torch"
         self._auto_batch: dict[int, int] = {}
         self.net: torch.nn.Module
         self.amp: torch.dtype | None = inference_dtype(self.device, precision)
@@ -363,10 +396,23 @@ class Predictor:
                 raise GeounetError("--compile applies to PyTorch models; an ONNX model runs in onnxruntime")
             if precision == "bf16":
                 raise GeounetError("--precision bf16 applies to PyTorch models; an ONNX model runs in float32")
+            if backend == "torch":
+                raise GeounetError("--backend torch runs .safetensors models; an ONNX model runs in onnxruntime")
             self.amp = None
             onnx_net, self.meta = load_onnx(path, device=device)
-            self.net, self.device = onnx_net, onnx_net.device
+            self.net, self.device, self.backend = onnx_net, onnx_net.device, "onnxruntime"
             return
+        if choose_backend(backend, self.device, self.amp, compile=compile) == "onnxruntime":
+            try:
+                onnx_net, self.meta = load_backend(model if path is None else path, device=self.device.type)
+            except GeounetError as exc:
+                if backend == "onnxruntime":
+                    raise
+                logger.info("running PyTorch: the onnxruntime backend is not available (%s)", exc)
+            else:
+                self.amp = None
+                self.net, self.device, self.backend = onnx_net, onnx_net.device, "onnxruntime"
+                return
         if isinstance(model, tuple):  # a copy: the caller's network stays as it was
             net, self.meta = copy.deepcopy(model[0]), model[1]
         else:
@@ -1166,6 +1212,6 @@ def predict_raster(
         GeounetError: Any bad input or unwritable output; no output is left behind.
     """
     cfg = config or PredictConfig()
-    return Predictor(model, device=cfg.device, compile=cfg.compile, precision=cfg.precision).run(
+    return Predictor(model, device=cfg.device, compile=cfg.compile, precision=cfg.precision, backend=cfg.backend).run(
         scene, out, probabilities=probabilities, mask=mask, config=cfg, progress=progress
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from geounet.cli.options import BandList, announce_model, device_opt, model_opt, seeds_opt, split_opt, tta_opt
+from geounet.cli.options import BandList, announce_model, backend_opt, device_opt, model_opt, seeds_opt, split_opt, tta_opt
 
 if TYPE_CHECKING:
     from geounet.batch import BatchProgress
@@ -48,6 +48,7 @@ class AssetKeys(click.ParamType):
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 4 CPU, 16 CUDA].")
 @device_opt
+@backend_opt
 @tta_opt
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when a scene's differs by more than 1.5x.")
 @split_opt
@@ -63,7 +64,7 @@ class AssetKeys(click.ParamType):
 @click.option("--asset", type=AssetKeys(), metavar="KEY[,KEY...]", help="STAC inputs: the asset to segment in each item, or several in order of preference (visual,image,B04) [default: a GeoTIFF asset that is no label, thumbnail, overview or metadata, with the model's band count if listed, visual before data; a lone asset as it is].")
 @click.option("--stac-out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Also write a static STAC catalog of the results into DIR (DIR/catalog.json, one item per scene).")
 @click.pass_context
-def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool, asset: tuple[str, ...] | None, stac_out: Path | None) -> None:
+def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, backend: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool, asset: tuple[str, ...] | None, stac_out: Path | None) -> None:
     """Segment many scenes into one folder; re-run the same command to resume.
 
     INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one
@@ -89,7 +90,7 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
         threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, tta=tta, resample=resample, regularize=regularize, split_m=split_m, split_seeds=split_seeds,  # type: ignore[arg-type]
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, backend=backend, tta=tta, resample=resample, regularize=regularize, split_m=split_m, split_seeds=split_seeds,  # type: ignore[arg-type]
     )
     if workers or scheduler:
         _quiet_dask()

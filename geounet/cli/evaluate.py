@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import device_opt, tile_progress, tta_opt
+from geounet.cli.options import backend_opt, device_opt, tile_progress, tta_opt
 
 
 @click.command()
@@ -24,10 +24,11 @@ from geounet.cli.options import device_opt, tile_progress, tta_opt
 @click.option("--tile-size", type=click.IntRange(min=1), help="Tile size when running a model.")
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap when running a model.")
 @device_opt
+@backend_opt
 @tta_opt
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
 @click.pass_context
-def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | None, prediction: Path | None, class_field: str | None, classes: str | None, line_width_m: float, point_radius_m: float, iou_threshold: float, line_buffer_m: float | None, tile_size: int | None, overlap: int | None, device: str, tta: bool, json_path: Path | None) -> None:
+def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | None, prediction: Path | None, class_field: str | None, classes: str | None, line_width_m: float, point_radius_m: float, iou_threshold: float, line_buffer_m: float | None, tile_size: int | None, overlap: int | None, device: str, backend: str, tta: bool, json_path: Path | None) -> None:
     """Pixel and object metrics of a model (or a prediction) against vector labels.
 
     \b
@@ -45,7 +46,7 @@ def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | Non
     with AtomicOutputs() as outputs:
         tmp_json = outputs.reserve(json_path, overwrite=True) if json_path else None
         try:
-            report = run_evaluate(scene, labels, model=model_path, prediction=prediction, spec=spec, config=PredictConfig(tile_size=tile_size, overlap=overlap, device=device, tta=tta), iou_threshold=iou_threshold, line_buffer_m=line_buffer_m, progress=update)  # type: ignore[arg-type]
+            report = run_evaluate(scene, labels, model=model_path, prediction=prediction, spec=spec, config=PredictConfig(tile_size=tile_size, overlap=overlap, device=device, backend=backend, tta=tta), iou_threshold=iou_threshold, line_buffer_m=line_buffer_m, progress=update)  # type: ignore[arg-type]
         finally:
             close()
         if tmp_json is not None:

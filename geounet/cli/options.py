@@ -15,6 +15,15 @@ device_opt = click.option(
     show_default=True,
     help="Where the model runs (auto: CUDA when present).",
 )
+backend_opt = click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="What runs the network: PyTorch, or onnxruntime (the model exported once and cached in "
+    "~/.cache/geounet or $GEOUNET_CACHE); auto: onnxruntime on the CPU in float32 when installed, "
+    "PyTorch otherwise.",
+)
 
 
 split_opt = click.option(

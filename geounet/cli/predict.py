@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import BandList, announce_model, device_opt, model_opt, overwrite_opt, seeds_opt, split_opt, tile_progress, tta_opt
+from geounet.cli.options import BandList, announce_model, backend_opt, device_opt, model_opt, overwrite_opt, seeds_opt, split_opt, tile_progress, tta_opt
 
 
 @click.command()
@@ -19,6 +19,7 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster on long GPU runs).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="The network's arithmetic: bf16 autocast or float32 (auto: bf16 on CUDA and on CPUs with native bf16, float32 elsewhere).")
 @device_opt
+@backend_opt
 @tta_opt
 @click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).")
 @split_opt
@@ -34,7 +35,7 @@ from geounet.cli.options import BandList, announce_model, device_opt, model_opt,
 @click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
 @overwrite_opt
 @click.pass_context
-def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, precision: str, device: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, precision: str, device: str, backend: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
     """Segment SCENE and write polygons in its CRS.
 
     \b
@@ -48,7 +49,7 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | 
     config = PredictConfig(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
         threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, precision=precision, tta=tta, resample=resample, regularize=regularize, split_m=split_m, split_seeds=split_seeds,  # type: ignore[arg-type]
+        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, precision=precision, backend=backend, tta=tta, resample=resample, regularize=regularize, split_m=split_m, split_seeds=split_seeds,  # type: ignore[arg-type]
     )
     model_path = announce_model(ctx, model_path)
     update, close = tile_progress(ctx, Path(scene).name)
