@@ -17,6 +17,10 @@ the repository root:
 
     python benchmarks/backends.py --speed [--repeats 9] [--tiles 3] [--tile 512]
     python benchmarks/backends.py [--data ../shared/data/buildings-rgb] [--int8 model-int8.onnx]
+    python benchmarks/backends.py --quantize /tmp/int8.onnx     # int8 trial, then scored
+
+``--quantize`` writes an int8 copy of the backend graph (:func:`quantize`) and adds it to either
+mode.
 """
 
 from __future__ import annotations
