@@ -39,7 +39,7 @@ def ms_per_tile(net: torch.nn.Module, x: torch.Tensor) -> float:
 
 def compare(name: str, model: Path, tmp: Path, *, tile: int, batches: list[int], repeats: int) -> None:
     onnx_path = export_onnx(model, tmp / f"{model.stem}.onnx", overwrite=True)
-    reference = Predictor(str(model), device="cpu")
+    reference = Predictor(str(model), device="cpu", backend="torch")
     nets = {"pytorch": reference.net, "onnxruntime": Predictor(str(onnx_path), device="cpu").net}
     bands = reference.meta.bands
     for batch in batches:

@@ -117,7 +117,7 @@ def compare_inference(model: str | None, limit: int | None) -> int:
     _, images = held_out(DATA)
     images = images[:limit] if limit else images
     print(f"model {model_path}; native bf16 on this CPU: {cpu_supports_bf16()}; {len(images)} held-out images")
-    predictors = {p: Predictor(model_path, device="cpu", precision=p) for p in ("fp32", "bf16")}  # type: ignore[arg-type]
+    predictors = {p: Predictor(model_path, device="cpu", precision=p, backend="torch") for p in ("fp32", "bf16")}  # type: ignore[arg-type]
     opts = PolygonOptions.resolve(None, predictors["fp32"].meta)
     cfg = PredictConfig(device="cpu", regularize=opts.regularize, split_m=opts.split_m, min_area_m2=opts.min_area_m2)
     same = valid = 0
