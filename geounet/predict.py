@@ -303,11 +303,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def choose_backend(backend: str, device: torch.device, amp: torch.dtype | None, *, compile: bool) -> str:
+def choose_backend(
+    backend: str, device: torch.device, amp: torch.dtype | None, *, compile: bool, model_file: bool = True
+) -> str:
     """The backend that runs a PyTorch model: ``torch`` or ``onnxruntime``.
 
-    ``auto`` picks onnxruntime on the CPU in float32 when onnx and onnxruntime are installed and
-    the network is not compiled; PyTorch otherwise (CUDA, bf16). On this project's 2-core AVX2
+    ``auto`` picks onnxruntime for a model file on the CPU in float32 when onnx and onnxruntime
+    are installed and the network is not compiled; PyTorch otherwise (CUDA, bf16, and a loaded
+    ``(UNet, ModelMeta)`` pair, which has no file to key the export's cache by). On this project's 2-core AVX2
     CPUs onnxruntime ran the bundled model's 512 px tiles faster than PyTorch float32 in
     interleaved runs (benchmarks/README.md, "Backends: PyTorch or onnxruntime").
 
@@ -322,7 +325,7 @@ def choose_backend(backend: str, device: torch.device, amp: torch.dtype | None, 
         if compile:
             raise GeounetError("--compile applies to --backend torch")
         return backend
-    if backend == "auto" and device.type == "cpu" and amp is None and not compile and onnxruntime_available():
+    if backend == "auto" and model_file and device.type == "cpu" and amp is None and not compile and onnxruntime_available():
         return "onnxruntime"
     return "torch"
 
@@ -402,7 +405,7 @@ class Predictor:
             onnx_net, self.meta = load_onnx(path, device=device)
             self.net, self.device, self.backend = onnx_net, onnx_net.device, "onnxruntime"
             return
-        if choose_backend(backend, self.device, self.amp, compile=compile) == "onnxruntime":
+        if choose_backend(backend, self.device, self.amp, compile=compile, model_file=path is not None) == "onnxruntime":
             try:
                 onnx_net, self.meta = load_backend(model if path is None else path, device=self.device.type)
             except GeounetError as exc:
@@ -412,6 +415,7 @@ class Predictor:
             else:
                 self.amp = None
                 self.net, self.device, self.backend = onnx_net, onnx_net.device, "onnxruntime"
+                logger.info("the network runs in onnxruntime (%s); --backend torch runs PyTorch", self.device.type)
                 return
         if isinstance(model, tuple):  # a copy: the caller's network stays as it was
             net, self.meta = copy.deepcopy(model[0]), model[1]

@@ -106,11 +106,16 @@ def test_auto_rule_and_refusals(tmp_path: Path) -> None:
     assert choose_backend("auto", cpu, None, compile=True) == "torch"
     assert choose_backend("auto", torch.device("cuda"), torch.bfloat16, compile=False) == "torch"
     assert choose_backend("torch", cpu, None, compile=False) == "torch"
+    assert choose_backend("auto", cpu, None, compile=False, model_file=False) == "torch"
+    assert choose_backend("onnxruntime", cpu, None, compile=False, model_file=False) == "onnxruntime"
     with pytest.raises(GeounetError, match="runs float32 on the CPU"):
         choose_backend("onnxruntime", cpu, torch.bfloat16, compile=False)
     model = lively_file(tmp_path / "m.safetensors")
     assert Predictor(str(model), device="cpu").backend == "onnxruntime"
     assert Predictor(str(model), device="cpu", backend="torch").backend == "torch"
+    loaded = load_model(model)
+    assert Predictor(loaded, device="cpu").backend == "torch"
+    assert Predictor(loaded, device="cpu", backend="onnxruntime").backend == "onnxruntime"
     onnx_file = export_onnx(str(model), tmp_path / "m.onnx")
     with pytest.raises(GeounetError, match=r"--backend torch runs \.safetensors models"):
         Predictor(str(onnx_file), device="cpu", backend="torch")
