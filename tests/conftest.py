@@ -23,6 +23,16 @@ requires_shared_data = pytest.mark.skipif(
 MakeRaster = Callable[..., Path]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The onnxruntime backend's graph cache in a folder of the test session's own (shared by its
+    tests and their subprocesses), never the user's ~/.cache/geounet."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GEOUNET_CACHE", str(tmp_path_factory.mktemp("geounet-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def make_raster(tmp_path: Path) -> MakeRaster:
     """Factory: ``make(name=, width=, height=, count=, dtype=, crs=, transform=, nodata=, data=)``."""

@@ -91,7 +91,8 @@ def test_logits_match_pytorch_on_random_tiles(tmp_path: Path, classes: int) -> N
 def test_logits_match_pytorch_on_real_tiles_with_the_bundled_model(tmp_path: Path) -> None:
     path = export_onnx("buildings", tmp_path / "buildings.onnx", dynamic_size=True)
     # float32 on both sides (auto is bf16 on CPUs with native bf16; the ONNX graph is float32)
-    ref, onnx = Predictor("buildings", device="cpu", precision="fp32"), Predictor(str(path), device="cpu")
+    ref = Predictor("buildings", device="cpu", precision="fp32", backend="torch")
+    onnx = Predictor(str(path), device="cpu")
     for name in ("inria/chicago1_4.tif", "rio/rio_53.tif"):
         with rasterio.open(BUILDINGS_RGB / name) as src:
             tile = src.read(window=((0, 256), (0, 256))).astype(np.float32)[None]
@@ -176,7 +177,8 @@ def test_predict_with_onnx_gives_the_same_mask_and_polygons(make_raster: MakeRas
     cfg = PredictConfig(device="cpu", tta=tta)
     outputs = {}
     for name, m in (("pt", model), ("onnx", onnx_path)):
-        result = Predictor(str(m), device="cpu", precision="fp32").run(
+        backend = "torch" if name == "pt" else "onnxruntime"  # PyTorch against the file
+        result = Predictor(str(m), device="cpu", precision="fp32", backend=backend).run(
             scene, tmp_path / f"{name}.gpkg", probabilities=tmp_path / f"{name}_p.tif", mask=tmp_path / f"{name}_m.tif", config=cfg
         )
         with rasterio.open(tmp_path / f"{name}_m.tif") as src:
