@@ -1,0 +1,60 @@
+"""The fixed cost of a command: heavy libraries stay out of imports that do not need them.
+
+Each check runs a fresh interpreter (``sys.modules`` of this test process already holds everything).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def loaded(statement: str, candidates: tuple[str, ...]) -> list[str]:
+    """Which of ``candidates`` a fresh interpreter has in ``sys.modules`` after ``statement``."""
+    code = (
+        f"import sys; {statement}; print(' '.join(m for m in {candidates!r} if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return proc.stdout.split()
+
+
+def test_the_cli_imports_no_library_before_a_command_runs() -> None:
+    # `geounet --help` and argument errors pay for click alone; each command imports its library.
+    heavy = (
+        "torch",
+        "numpy",
+        "rasterio",
+        "scipy",
+        "shapely",
+        "geopandas",
+        "pandas",
+        "pyogrio",
+        "matplotlib",
+        "dask",
+        "distributed",
+        "pystac",
+        "onnx",
+        "onnxruntime",
+        "safetensors",
+    )
+    assert loaded("import geounet.cli.main", heavy) == []
+
+
+@pytest.mark.parametrize("module", ["geounet.predict", "geounet.batch"])
+def test_prediction_imports_leave_outputs_and_extras_to_their_use(module: str) -> None:
+    # The vector writers load with the first vector file, onnx only for an export (a cached
+    # onnxruntime graph needs onnxruntime alone), dask/pystac only for a cluster or STAC input.
+    lazy = (
+        "geopandas",
+        "pandas",
+        "pyogrio",
+        "matplotlib",
+        "dask",
+        "distributed",
+        "pystac",
+        "onnx",
+        "onnxruntime",
+    )
+    assert loaded(f"import {module}", lazy) == []
