@@ -35,7 +35,7 @@ import json, sys, time
 t0 = time.perf_counter()
 from geounet.predict import PredictConfig, Predictor, predict_raster
 t1 = time.perf_counter()
-Predictor("buildings", PredictConfig())
+Predictor("buildings")
 t2 = time.perf_counter()
 r = predict_raster(sys.argv[1], sys.argv[2], model="buildings", config=PredictConfig(overwrite=True))
 t3 = time.perf_counter()

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 import json
 import logging
 import os
@@ -394,14 +395,29 @@ def _verify(ort: Any, data: bytes, net: UNet, meta: ModelMeta, fixed_size: int |
     _compare(_session(ort, _logits_graph(data), cuda=False), net, meta, fixed_size)
 
 
-def _compare(session: Any, net: torch.nn.Module, meta: ModelMeta, fixed_size: int | None) -> None:
-    """Compare a logits session with ``net`` on two random tiles (see :func:`_verify`)."""
-    size = fixed_size or 2 ** meta.depth * 2
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, meta.bands, size, size), dtype=np.float32))
+def _compare(session: Any, net: torch.nn.Module, meta: ModelMeta, fixed_size: int | None) -> npt.NDArray[np.float32]:
+    """Compare a logits session with ``net`` on two random tiles (see :func:`_verify`).
+
+    Returns:
+        PyTorch's logits of the two tiles (what :func:`_compare_stored` takes later).
+    """
+    x = _probe(meta, fixed_size)
     with torch.no_grad():
-        expected = net(x).numpy()
-    (got,) = session.run([LOGITS], {INPUT: x.numpy()})
-    diff = float(np.abs(got - expected).max())
+        expected = net(torch.from_numpy(x)).numpy()
+    _compare_stored(session, meta, fixed_size, expected)
+    return expected
+
+
+def _probe(meta: ModelMeta, fixed_size: int | None) -> npt.NDArray[np.float32]:
+    """The two seeded random tiles that :func:`_compare` runs."""
+    size = fixed_size or 2 ** meta.depth * 2
+    return np.random.default_rng(0).standard_normal((2, meta.bands, size, size), dtype=np.float32)
+
+
+def _compare_stored(session: Any, meta: ModelMeta, fixed_size: int | None, expected: npt.NDArray[np.float32]) -> None:
+    """Compare a logits session with PyTorch's logits of :func:`_probe`'s tiles, computed before."""
+    (got,) = session.run([LOGITS], {INPUT: _probe(meta, fixed_size)})
+    diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     if not diff <= 1e-3 * max(1.0, float(np.abs(expected).max())):
         raise GeounetError(f"the exported graph's logits differ from PyTorch's by {diff:.3g}; not written")
 
@@ -589,13 +605,12 @@ def backend_cache_entry(model_path: str | os.PathLike[str], ort_version: str) ->
     return cache_dir() / "onnx" / f"{file_hash(model_path)}-geounet{__version__}-ort{ort_version}.onnx"
 
 
-def _backend_graph(onnx: Any, ort: Any, net: UNet, meta: ModelMeta) -> bytes:
+def _backend_graph(onnx: Any, ort: Any, net: UNet, meta: ModelMeta) -> tuple[bytes, npt.NDArray[np.float32]]:
     """The logits graph of ``net`` (BatchNorm folded, every output channel kept, core included),
-    any multiple of ``2**depth`` in size, checked against PyTorch's logits."""
+    any multiple of ``2**depth`` in size, checked against PyTorch's logits (returned with it)."""
     proto = _trace(onnx, net, meta, opset=DEFAULT_OPSET, fixed_size=None)
     data = _logits_graph(bytes(proto.SerializeToString()))
-    _compare(_session(ort, data, cuda=False), net, meta, None)
-    return data
+    return data, _compare(_session(ort, data, cuda=False), net, meta, None)
 
 
 def load_backend(
@@ -607,8 +622,10 @@ def load_backend(
     polygons follow as with PyTorch), BatchNorm folded, with a dynamic batch and size
     (:func:`geounet.tiling.fit_tile` keeps working). A model file's graph is kept in
     ``cache_dir() / "onnx"`` (:func:`backend_cache_entry`; written atomically), so later runs skip
-    the export; an entry that onnxruntime cannot load or whose logits differ from PyTorch's is
-    rebuilt, and a cache directory that cannot be written leaves the graph in memory (one log line).
+    the export; next to it (``.npy``) PyTorch's logits of the check's two tiles, so a later run
+    checks the entry without a PyTorch forward pass (about a second of a small prediction; the
+    first run on a CPU pays for PyTorch's kernels). An entry that onnxruntime cannot load or whose
+    logits differ from PyTorch's is rebuilt, and a cache directory that cannot be written leaves the graph in memory (one log line).
 
     Args:
         model: A model file (``.safetensors``), a bundled model's name, or a loaded
@@ -644,16 +661,16 @@ def load_backend(
         try:
             data = entry.read_bytes()
             session = _session(ort, data, cuda=False)
-            _compare(session, net, meta, None)
+            _check_entry(session, net, meta, entry)
         except Exception as exc:  # noqa: BLE001 (unreadable, not ONNX, or wrong logits: export again)
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
             logger.info("rebuilding the onnxruntime graph of %s (cache entry %s: %s)", name, entry, reason)
             data = session = None
     if data is None:
         onnx, _ = require_onnx("--backend onnxruntime")
-        data = _backend_graph(onnx, ort, net, meta)
-        if entry is not None:
-            _write_cache(entry, data)
+        data, expected = _backend_graph(onnx, ort, net, meta)
+        if entry is not None and _write_cache(entry, data):
+            _write_cache(_logits_entry(entry), _npy_bytes(expected))
     try:
         if session is None or cuda:
             session = _session(ort, data, cuda=cuda)
@@ -671,18 +688,48 @@ def _require_onnxruntime() -> Any:
     return onnxruntime
 
 
-def _write_cache(entry: Path, data: bytes) -> None:
-    """Write a cache entry atomically; an unwritable cache leaves it out (one log line)."""
+def _logits_entry(entry: Path) -> Path:
+    """Where PyTorch's logits of :func:`_probe`'s tiles sit next to a cached graph."""
+    return entry.with_suffix(".npy")
+
+
+def _npy_bytes(array: npt.NDArray[np.float32]) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_entry(session: Any, net: UNet, meta: ModelMeta, entry: Path) -> None:
+    """Check a cached graph against the logits stored with it, or (none stored, or unreadable)
+    against a PyTorch forward pass, then storing those logits for the next run."""
+    try:
+        expected = np.load(_logits_entry(entry), allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        expected = None
+    if isinstance(expected, np.ndarray) and expected.dtype == np.float32:
+        _compare_stored(session, meta, None, expected)
+    else:
+        _write_cache(_logits_entry(entry), _npy_bytes(_compare(session, net, meta, None)))
+
+
+def _write_cache(entry: Path, data: bytes) -> bool:
+    """Write a cache entry atomically; an unwritable cache leaves it out (one log line).
+
+    Returns:
+        Whether it was written.
+    """
     tmp: str | None = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=entry.parent)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=entry.suffix, dir=entry.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, entry)
         tmp = None
+        return True
     except OSError as exc:
         logger.warning("cannot cache the onnxruntime graph in %s (%s); exported in memory for this run", entry.parent, exc.strerror or exc)
+        return False
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

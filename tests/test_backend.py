@@ -156,3 +156,27 @@ def test_the_bundled_model_agrees_across_backends(tmp_path: Path) -> None:
     valid = masks["torch"] != 255
     assert valid.all() and (masks["torch"] == 1).sum() > 1000
     assert (masks["torch"][valid] == masks["onnxruntime"][valid]).mean() >= 0.999
+
+
+def test_a_cached_entry_is_checked_against_the_logits_stored_with_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A warm run checks the cached graph against PyTorch's logits stored at export (no PyTorch
+    # forward pass); stored logits that disagree make it rebuild, missing ones are written back.
+    model = lively_file(tmp_path / "m.safetensors")
+    entry = backend_cache_entry(model, onnxruntime.__version__)
+    load_backend(model)
+    stored = entry.with_suffix(".npy")
+    expected = np.load(stored)
+    size = expected.shape[-1]
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size), dtype=np.float32)
+    np.testing.assert_allclose(expected, torch_logits(model, x), atol=1e-4, rtol=1e-4)
+    np.save(stored, expected + 1)
+    with caplog.at_level(logging.INFO, logger="geounet.export"):
+        load_backend(model)
+    assert "rebuilding the onnxruntime graph" in caplog.text and "differ from PyTorch's" in caplog.text
+    np.testing.assert_allclose(np.load(stored), expected, atol=1e-5)
+    caplog.clear()
+    stored.unlink()
+    with caplog.at_level(logging.INFO, logger="geounet.export"):
+        load_backend(model)
+    assert "rebuilding" not in caplog.text
+    np.testing.assert_allclose(np.load(stored), expected, atol=1e-5)
