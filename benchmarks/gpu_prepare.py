@@ -268,27 +268,33 @@ def travelling_bytes() -> dict[str, int]:
     return sizes
 
 
+def install_wheels(python: str, wheels: list[Path], target: str | Path) -> None:
+    """Install ``wheels`` into ``target`` with ``python``, as the device command does."""
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(target),
+            *map(str, wheels),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def check(python: str, dest: Path, data: Path) -> None:
     """Install the wheels with ``python`` as the device command does, then use them."""
     with tempfile.TemporaryDirectory() as site:
-        subprocess.run(
-            [
-                python,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-index",
-                "--no-deps",
-                "--no-compile",
-                "--no-cache-dir",
-                "--upgrade",
-                "--target",
-                site,
-                *map(str, sorted(dest.glob("*.whl"))),
-            ],
-            check=True,
-        )
+        install_wheels(python, sorted(dest.glob("*.whl")), site)
         script = f"""
 import sys, tempfile, os
 import pyogrio  # first: its modules must find GDAL's libraries without rasterio loaded

@@ -192,22 +192,7 @@ def test_repacked_wheels_install_with_pip_and_list_their_requirements(tmp_path: 
         record = z.read(f"{info}/RECORD").decode().splitlines()
     assert gpu_prepare.record_line("demo_pkg/__init__.py", b"VALUE = 42\n") in record
     target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--no-deps",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    gpu_prepare.install_wheels(sys.executable, [wheel], target)  # as the device command does
     assert (target / "demo_pkg" / "__init__.py").read_text() == "VALUE = 42\n"
 
 

@@ -10,6 +10,20 @@ import sys
 
 import pytest
 
+#: What loads only with its use: the vector writers with the first vector file, onnx for an
+#: export (a cached onnxruntime graph needs onnxruntime alone), dask/pystac for a cluster or STAC.
+LAZY = (
+    "geopandas",
+    "pandas",
+    "pyogrio",
+    "matplotlib",
+    "dask",
+    "distributed",
+    "pystac",
+    "onnx",
+    "onnxruntime",
+)
+
 
 def loaded(statement: str, candidates: tuple[str, ...]) -> list[str]:
     """Which of ``candidates`` a fresh interpreter has in ``sys.modules`` after ``statement``."""
@@ -22,39 +36,10 @@ def loaded(statement: str, candidates: tuple[str, ...]) -> list[str]:
 
 def test_the_cli_imports_no_library_before_a_command_runs() -> None:
     # `geounet --help` and argument errors pay for click alone; each command imports its library.
-    heavy = (
-        "torch",
-        "numpy",
-        "rasterio",
-        "scipy",
-        "shapely",
-        "geopandas",
-        "pandas",
-        "pyogrio",
-        "matplotlib",
-        "dask",
-        "distributed",
-        "pystac",
-        "onnx",
-        "onnxruntime",
-        "safetensors",
-    )
+    heavy = ("torch", "numpy", "rasterio", "scipy", "shapely", "safetensors", *LAZY)
     assert loaded("import geounet.cli.main", heavy) == []
 
 
 @pytest.mark.parametrize("module", ["geounet.predict", "geounet.batch"])
 def test_prediction_imports_leave_outputs_and_extras_to_their_use(module: str) -> None:
-    # The vector writers load with the first vector file, onnx only for an export (a cached
-    # onnxruntime graph needs onnxruntime alone), dask/pystac only for a cluster or STAC input.
-    lazy = (
-        "geopandas",
-        "pandas",
-        "pyogrio",
-        "matplotlib",
-        "dask",
-        "distributed",
-        "pystac",
-        "onnx",
-        "onnxruntime",
-    )
-    assert loaded(f"import {module}", lazy) == []
+    assert loaded(f"import {module}", LAZY) == []
