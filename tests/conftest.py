@@ -20,6 +20,11 @@ requires_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not found (the real SpaceNet samples live in ../shared/data)"
 )
 
+BUILDINGS_RGB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "buildings-rgb"
+requires_buildings_rgb = pytest.mark.skipif(
+    not BUILDINGS_RGB.is_dir(), reason=f"{BUILDINGS_RGB} not found (the real RGB samples live in ../shared/data)"
+)
+
 MakeRaster = Callable[..., Path]
 
 

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from conftest import BUILDINGS_RGB, requires_buildings_rgb
 
 from geounet.checkpoint import create_model, file_hash, load_model, save_model
 from geounet.cli.main import cli
@@ -22,10 +23,6 @@ pytest.importorskip("onnxruntime")
 import onnxruntime
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILDINGS_RGB = ROOT.parent / "shared" / "data" / "buildings-rgb"
-requires_buildings_rgb = pytest.mark.skipif(
-    not BUILDINGS_RGB.is_dir(), reason=f"{BUILDINGS_RGB} not found (the real RGB samples live in ../shared/data)"
-)
 
 
 @pytest.fixture(autouse=True)

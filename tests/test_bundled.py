@@ -10,6 +10,7 @@ import geopandas as gpd
 import pytest
 import rasterio
 from click.testing import CliRunner
+from conftest import BUILDINGS_RGB, requires_buildings_rgb
 
 import geounet
 from geounet.checkpoint import DEFAULT_MODEL, bundled_models, load_model, read_meta, resolve_model
@@ -17,10 +18,6 @@ from geounet.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rio_55.tif"
-BUILDINGS_RGB = ROOT.parent / "shared" / "data" / "buildings-rgb"
-requires_buildings_rgb = pytest.mark.skipif(
-    not BUILDINGS_RGB.is_dir(), reason=f"{BUILDINGS_RGB} not found (the real RGB samples live in ../shared/data)"
-)
 
 
 def test_the_bundled_model_ships_inside_the_package() -> None:

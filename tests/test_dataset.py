@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from conftest import BUILDINGS_RGB, MakeRaster, requires_buildings_rgb
 from rasterio.transform import from_origin
 
-from conftest import MakeRaster
 from geounet import normalize
 from geounet.dataset import (
     IGNORE_INDEX,
@@ -26,11 +26,6 @@ from geounet.dataset import (
 from geounet.errors import GeounetError
 from geounet.labels import read_labels
 from geounet.raster import open_scene, pixel_size_m
-
-BUILDINGS_RGB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "buildings-rgb"
-requires_buildings_rgb = pytest.mark.skipif(
-    not BUILDINGS_RGB.is_dir(), reason=f"{BUILDINGS_RGB} not found (the real RGB samples live in ../shared/data)"
-)
 
 
 def _entries(paths: list[Path], labels_path: Path) -> list[ImageEntry]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import BUILDINGS_RGB, requires_buildings_rgb
 
 from geounet.checkpoint import read_meta
 from geounet.export import export_onnx, onnx_metadata, scene_stretch
@@ -26,11 +27,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import deepness  # benchmarks/deepness.py: the stand-in
 
-BUILDINGS_RGB = ROOT.parent / "shared" / "data" / "buildings-rgb"
-requires_buildings_rgb = pytest.mark.skipif(
-    not BUILDINGS_RGB.is_dir(),
-    reason=f"{BUILDINGS_RGB} not found (the real RGB samples live in ../shared/data)",
-)
 #: Share of pixels on which Deepness and ``geounet predict`` must agree over the two cities'
 #: scenes together (96.9-97.2 % before the export folded the typical stretch in and asked for a
 #: wider overlap), and on each scene alone (a borderline building flips with the last bits of the

@@ -16,7 +16,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import MakeRaster, meta_for, threshold_unet
+from conftest import BUILDINGS_RGB, MakeRaster, meta_for, requires_buildings_rgb, threshold_unet
 
 from geounet.checkpoint import ModelMeta, create_model, load_model, read_meta, save_model
 from geounet.cli.main import cli
@@ -24,11 +24,6 @@ from geounet.errors import CheckpointError, GeounetError, OutputError, TilingErr
 from geounet.export import export_onnx, load_onnx, read_onnx_meta
 from geounet.model import UNet, calibrate_batchnorm, fuse_batchnorm
 from geounet.predict import PredictConfig, Predictor
-
-BUILDINGS_RGB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "buildings-rgb"
-requires_buildings_rgb = pytest.mark.skipif(
-    not BUILDINGS_RGB.is_dir(), reason=f"{BUILDINGS_RGB} not found (the real RGB samples live in ../shared/data)"
-)
 
 
 def run(*args: str) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import BUILDINGS_RGB, requires_buildings_rgb
 
 from geounet.checkpoint import load_model, read_meta
 from geounet.model import UNet
@@ -21,12 +22,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu  # benchmarks/gpu.py
 import gpu_prepare  # benchmarks/gpu_prepare.py
-
-BUILDINGS_RGB = ROOT.parent / "shared" / "data" / "buildings-rgb"
-requires_buildings_rgb = pytest.mark.skipif(
-    not BUILDINGS_RGB.is_dir(),
-    reason=f"{BUILDINGS_RGB} not found (the candidate trains on the real RGB samples in ../shared/data)",
-)
 
 
 @pytest.fixture(scope="module")
