@@ -1,6 +1,6 @@
 """Draw predicted polygons (and optionally labels) over a scene, to a PNG.
 
-    python examples/plot_prediction.py scene.tif buildings.geojson out.png [--labels truth.geojson]
+python examples/plot_prediction.py scene.tif buildings.geojson out.png [--labels truth.geojson]
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import argparse
 from pathlib import Path
 
 
-def plot(scene: Path, polygons: Path, out: Path, labels: Path | None = None, title: str | None = None) -> None:
+def plot(
+    scene: Path, polygons: Path, out: Path, labels: Path | None = None, title: str | None = None
+) -> None:
     import geopandas as gpd
     import matplotlib
 
@@ -24,7 +26,9 @@ def plot(scene: Path, polygons: Path, out: Path, labels: Path | None = None, tit
         extent = plotting_extent(src)
         crs = src.crs
     lo, hi = np.percentile(rgb, [1, 99], axis=(1, 2))
-    rgb = np.clip((rgb - lo[:, None, None]) / np.maximum(hi - lo, 1)[:, None, None], 0, 1).transpose(1, 2, 0)
+    rgb = np.clip(
+        (rgb - lo[:, None, None]) / np.maximum(hi - lo, 1)[:, None, None], 0, 1
+    ).transpose(1, 2, 0)
     fig, ax = plt.subplots(figsize=(7, 7 * rgb.shape[0] / rgb.shape[1]), dpi=110)
     ax.imshow(rgb, extent=extent)
     if labels is not None:

@@ -35,10 +35,16 @@ def run(*args: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE / "output", help="Where to write everything.")
-    parser.add_argument("--epochs", type=int, default=6, help="Training epochs (about 10 s each on a CPU).")
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "output", help="Where to write everything."
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=6, help="Training epochs (about 10 s each on a CPU)."
+    )
     parser.add_argument("--size", type=int, default=1024, help="Example scene size in pixels.")
-    parser.add_argument("--no-synthetic", action="store_true", help="Only the bundled model on the real image.")
+    parser.add_argument(
+        "--no-synthetic", action="store_true", help="Only the bundled model on the real image."
+    )
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +55,9 @@ def main() -> None:
     run("predict", str(real), "-o", str(found_real), "--overwrite")
     import geopandas as gpd
 
-    print(f"\nThe bundled model found {len(gpd.read_file(found_real))} buildings in {real.name}: {found_real}\n")
+    print(
+        f"\nThe bundled model found {len(gpd.read_file(found_real))} buildings in {real.name}: {found_real}\n"
+    )
     if args.no_synthetic:
         return
 
@@ -59,22 +67,68 @@ def main() -> None:
     scene = out / "scene.tif"
     labels = out / "buildings_labels.geojson"
     info = make_scene(scene, width=args.size, height=args.size, labels_path=labels, seed=0)
-    print(f"example scene: {scene} ({info.width}x{info.height} px, {info.crs}), {len(info.buildings)} labelled buildings in {labels}")
+    print(
+        f"example scene: {scene} ({info.width}x{info.height} px, {info.crs}), {len(info.buildings)} labelled buildings in {labels}"
+    )
 
     model = out / "buildings.safetensors"
     run(
-        "train", "--images", str(scene), "--labels", str(labels), "-o", str(model),
-        "--tile-size", "128", "--width", "16", "--batch-size", "8", "--epochs", str(args.epochs),
-        "--samples-per-epoch", "160", "--classes", "building", "--overwrite",
+        "train",
+        "--images",
+        str(scene),
+        "--labels",
+        str(labels),
+        "-o",
+        str(model),
+        "--tile-size",
+        "128",
+        "--width",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        str(args.epochs),
+        "--samples-per-epoch",
+        "160",
+        "--classes",
+        "building",
+        "--overwrite",
     )
     predicted = out / "predicted_buildings.geojson"
     run(
-        "predict", str(scene), "-o", str(predicted), "-m", str(model), "--mask", str(out / "mask.tif"),
-        "--probabilities", str(out / "probabilities.tif"), "--prob-dtype", "uint8",
-        "--min-area", "10", "--simplify", "1", "--overwrite",
+        "predict",
+        str(scene),
+        "-o",
+        str(predicted),
+        "-m",
+        str(model),
+        "--mask",
+        str(out / "mask.tif"),
+        "--probabilities",
+        str(out / "probabilities.tif"),
+        "--prob-dtype",
+        "uint8",
+        "--min-area",
+        "10",
+        "--simplify",
+        "1",
+        "--overwrite",
     )
     report = out / "evaluation.json"
-    print(run("evaluate", str(scene), "--labels", str(labels), "--classes", "building", "-m", str(model), "--json", str(report)))
+    print(
+        run(
+            "evaluate",
+            str(scene),
+            "--labels",
+            str(labels),
+            "--classes",
+            "building",
+            "-m",
+            str(model),
+            "--json",
+            str(report),
+        )
+    )
 
     import json
 

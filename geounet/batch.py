@@ -320,7 +320,9 @@ def assign_names(
             names[scene] = rec.name
             used.add(rec.name.casefold())
     given = stems or {}
-    wanted = {s: safe_name(given[s]) if s in given else scene_stem(s) for s in scenes if s not in names}
+    wanted = {
+        s: safe_name(given[s]) if s in given else scene_stem(s) for s in scenes if s not in names
+    }
     counts = Counter(stem.casefold() for stem in wanted.values())
     for scene, stem in wanted.items():
         key = stem.casefold()
@@ -335,7 +337,9 @@ def assign_names(
     return names
 
 
-def output_names(name: str, *, fmt: VectorFormat, probabilities: bool, mask: bool) -> dict[str, str]:
+def output_names(
+    name: str, *, fmt: VectorFormat, probabilities: bool, mask: bool
+) -> dict[str, str]:
     """The output file names of one scene, by kind."""
     names = {"vectors": f"{name}.{fmt}"}
     if probabilities:
@@ -345,7 +349,9 @@ def output_names(name: str, *, fmt: VectorFormat, probabilities: bool, mask: boo
     return names
 
 
-def batch_params(config: PredictConfig, *, fmt: VectorFormat, probabilities: bool, mask: bool) -> dict[str, Any]:
+def batch_params(
+    config: PredictConfig, *, fmt: VectorFormat, probabilities: bool, mask: bool
+) -> dict[str, Any]:
     """The parameters that shape a scene's outputs (a change redoes the scene).
 
     Device, batch size, reader threads and ``overwrite`` are left out: they change how fast, not
@@ -609,7 +615,9 @@ _PREDICTORS: dict[tuple[str, str, str, str, str], Predictor] = {}
 _PREDICTORS_LOCK = threading.Lock()
 
 
-def worker_predictor(model: str, model_hash: str, device: str, precision: str = "auto", backend: str = "auto") -> Predictor:
+def worker_predictor(
+    model: str, model_hash: str, device: str, precision: str = "auto", backend: str = "auto"
+) -> Predictor:
     """The predictor of this worker process for a model, loaded on first use and then kept.
 
     Only one model is kept: asking for another one releases the previous (and its GPU memory).
@@ -629,7 +637,9 @@ def worker_predictor(model: str, model_hash: str, device: str, precision: str = 
                     f"re-run the batch"
                 )
             _PREDICTORS.clear()
-            predictor = Predictor(model, device=_worker_device(device), precision=precision, backend=backend)  # type: ignore[arg-type]
+            predictor = Predictor(
+                model, device=_worker_device(device), precision=precision, backend=backend
+            )  # type: ignore[arg-type]
             _PREDICTORS[key] = predictor
         return predictor
 
@@ -657,7 +667,14 @@ def _worker_device(device: str) -> str:
 def run_task(task: SceneTask) -> SceneRecord:
     """The Dask task: predict one scene with this worker's cached predictor."""
     return process_scene(
-        task, lambda: worker_predictor(task.model, task.model_hash, task.config.device, task.config.precision, task.config.backend)
+        task,
+        lambda: worker_predictor(
+            task.model,
+            task.model_hash,
+            task.config.device,
+            task.config.precision,
+            task.config.backend,
+        ),
     )
 
 
@@ -725,7 +742,9 @@ def run_batch(
     """
     cfg = config or PredictConfig()
     if fmt not in get_args(VectorFormat):
-        raise OutputError(f"unknown vector format {fmt!r}; use one of {', '.join(get_args(VectorFormat))}")
+        raise OutputError(
+            f"unknown vector format {fmt!r}; use one of {', '.join(get_args(VectorFormat))}"
+        )
     if workers < 0:
         raise GeounetError(f"workers must be 0 or more, got {workers}")
     if workers and scheduler:
@@ -735,7 +754,9 @@ def run_batch(
     out_path = Path(out_dir).expanduser().resolve()
     model_path = Path(model).expanduser().resolve()
     meta = read_meta(model_path)  # its band count steers the choice of STAC assets
-    expanded, sources = _expand_inputs(inputs, asset=asset, bands=meta.bands, band_indexes=cfg.bands)
+    expanded, sources = _expand_inputs(
+        inputs, asset=asset, bands=meta.bands, band_indexes=cfg.bands
+    )
     scenes = _drop_own_outputs(expanded, out_path)
     stac_dest = check_catalog_dest(stac_out, outputs=out_path) if stac_out is not None else None
 
@@ -755,7 +776,16 @@ def run_batch(
         names = assign_names(scenes, previous, stems=stems)
         tasks = [
             _make_task(
-                scene, names[scene], out, model_path, model_hash, cfg, params, fmt, probabilities, mask,
+                scene,
+                names[scene],
+                out,
+                model_path,
+                model_hash,
+                cfg,
+                params,
+                fmt,
+                probabilities,
+                mask,
                 sources.get(scene),
             )
             for scene in scenes
@@ -789,7 +819,9 @@ def run_batch(
             if record.status == "failed":
                 logger.warning("%s failed: %s", record.input, record.error)
             else:
-                logger.info("%s: %s features in %.1f s", record.input, record.features, record.seconds)
+                logger.info(
+                    "%s: %s features in %.1f s", record.input, record.features, record.seconds
+                )
             if progress is not None:
                 progress(
                     BatchProgress(
@@ -815,16 +847,26 @@ def run_batch(
 
                 _run_dask(todo, finish, started, workers=workers, scheduler=scheduler)
             else:
-                predictor = Predictor(model_path, device=cfg.device, compile=cfg.compile, precision=cfg.precision, backend=cfg.backend)
+                predictor = Predictor(
+                    model_path,
+                    device=cfg.device,
+                    compile=cfg.compile,
+                    precision=cfg.precision,
+                    backend=cfg.backend,
+                )
                 manifest.started = True
                 _run_local(todo, finish, predictor, len(skipped), total, progress)
         catalog = None
         if stac_dest is not None:
             finished = _previous_records(manifest.done, sources)
-            catalog = _write_catalog(stac_dest, tasks, finished, sources, out, model_path, model_hash)
+            catalog = _write_catalog(
+                stac_dest, tasks, finished, sources, out, model_path, model_hash
+            )
     finally:
         manifest.close()
-    return BatchSummary(done=done, skipped=skipped, failed=failed, manifest=manifest.path, catalog=catalog)
+    return BatchSummary(
+        done=done, skipped=skipped, failed=failed, manifest=manifest.path, catalog=catalog
+    )
 
 
 def _expand_inputs(
@@ -853,7 +895,9 @@ def _expand_inputs(
         for item in read_stac_scenes(entry, asset=asset, bands=bands, band_indexes=band_indexes):
             twice = item.input if item.input in seen else item.href if item.href in seen else None
             if twice is not None:
-                logger.warning("%s (item %s) is already an input; segmenting it once", twice, item.item_id)
+                logger.warning(
+                    "%s (item %s) is already an input; segmenting it once", twice, item.item_id
+                )
                 continue
             seen.update(k for k in (item.input, item.href) if k is not None)
             sources[item.input] = item
@@ -937,7 +981,9 @@ def _write_catalog(
                 source=source,
             )
         )
-    catalog = write_results_catalog(dest, items, model=model, model_hash=model_hash, meta=read_meta(model))
+    catalog = write_results_catalog(
+        dest, items, model=model, model_hash=model_hash, meta=read_meta(model)
+    )
     logger.info("STAC catalog of %d scenes: %s", len(items), catalog)
     return catalog
 
@@ -979,7 +1025,9 @@ def _drop_own_outputs(scenes: list[str], out: Path) -> list[str]:
             continue
         kept.append(scene)
     if not kept:
-        raise GeounetError(f"the inputs are all outputs of this batch in {out}; pass the scenes instead")
+        raise GeounetError(
+            f"the inputs are all outputs of this batch in {out}; pass the scenes instead"
+        )
     return kept
 
 
@@ -1089,8 +1137,12 @@ def _run_local(
         tiles: Callable[[int, int], None] | None = None
         if progress is not None:
 
-            def tiles(done: int, n: int, scene: str = task.input, finished: int = skipped + i) -> None:
-                progress(BatchProgress(finished, total, scene=scene, tiles_done=done, tiles_total=n))
+            def tiles(
+                done: int, n: int, scene: str = task.input, finished: int = skipped + i
+            ) -> None:
+                progress(
+                    BatchProgress(finished, total, scene=scene, tiles_done=done, tiles_total=n)
+                )
 
         finish(process_scene(task, predictor, progress=tiles))
 
@@ -1124,7 +1176,11 @@ def _run_dask(
                 f"check the address (e.g. tcp://host:8786) and that `dask scheduler` runs"
             ) from exc
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
         cluster = dask.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,

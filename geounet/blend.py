@@ -172,7 +172,9 @@ class Stitcher:
         wsum = self._wsum[:n]
         valid = wsum > 0
         logits = np.divide(
-            self._acc[:, :n], wsum, out=np.zeros((self.channels, n, self.width), np.float32),
+            self._acc[:, :n],
+            wsum,
+            out=np.zeros((self.channels, n, self.width), np.float32),
             where=valid,
         )
         # Shift the rest of the buffer up (numpy handles the overlapping copy).
@@ -199,7 +201,9 @@ class StripAssembler:
         height, width, channels, overlap: As for :class:`Stitcher`.
     """
 
-    def __init__(self, tiles: Sequence[Tile], height: int, width: int, channels: int, overlap: int) -> None:
+    def __init__(
+        self, tiles: Sequence[Tile], height: int, width: int, channels: int, overlap: int
+    ) -> None:
         self.stitcher = Stitcher(height, width, channels, overlap)
         self._height = height
         self._last = {t.row: i for i, t in enumerate(tiles)}  # index of each row's last tile
@@ -207,7 +211,12 @@ class StripAssembler:
         self._rows = len(self._start)
         self._next_row = 0  # first grid row not yet flushed
 
-    def add(self, tile: Tile, logits: npt.NDArray[np.floating], valid: npt.NDArray[np.bool_] | None = None) -> None:
+    def add(
+        self,
+        tile: Tile,
+        logits: npt.NDArray[np.floating],
+        valid: npt.NDArray[np.bool_] | None = None,
+    ) -> None:
         """Blend one tile (see :meth:`Stitcher.add`)."""
         self.stitcher.add(tile, logits, valid)
 

@@ -125,7 +125,9 @@ def thin(mask: npt.NDArray[np.bool_], max_steps: int) -> npt.NDArray[np.bool_]:
     return skel.astype(bool)
 
 
-def skeletonize(mask: npt.NDArray[np.bool_], *, smooth: int = 1, max_width_px: int = 32) -> npt.NDArray[np.bool_]:
+def skeletonize(
+    mask: npt.NDArray[np.bool_], *, smooth: int = 1, max_width_px: int = 32
+) -> npt.NDArray[np.bool_]:
     """Smoothed, thinned mask (steps 1 and 2 of the module docstring) of a whole array."""
     return thin(smooth_mask(mask, smooth), max_width_px + 2)
 
@@ -201,7 +203,9 @@ class CenterlineOptions:
             "prune_px": (self.prune_m if self.prune_m is not None else 2 * w) / mpp,
             "bridge_px": (self.bridge_m if self.bridge_m is not None else 2 * w) / mpp,
             "merge_px": (self.merge_m if self.merge_m is not None else w) / mpp,
-            "max_width_px": max(16.0, (self.max_width_m if self.max_width_m is not None else 4 * w) / mpp),
+            "max_width_px": max(
+                16.0, (self.max_width_m if self.max_width_m is not None else 4 * w) / mpp
+            ),
         }
 
 
@@ -236,7 +240,12 @@ class StripCenterliner:
         self.max_width_px = math.ceil(px["max_width_px"])
         self.halo = self.options.smooth + self.max_width_px + 2
         self._classes = sorted({int(c) for c in line_classes})
-        self._graphs = {c: _LineGraph(px["prune_px"], px["bridge_px"], px["merge_px"], self.options.bridge_angle) for c in self._classes}
+        self._graphs = {
+            c: _LineGraph(
+                px["prune_px"], px["bridge_px"], px["merge_px"], self.options.bridge_angle
+            )
+            for c in self._classes
+        }
         self._row = 0  # rows received
         self._done = 0  # rows thinned
         self._buf0 = 0  # first row held in the buffers
@@ -250,7 +259,9 @@ class StripCenterliner:
         """Finished lines not yet taken."""
         return len(self._out)
 
-    def add(self, row_off: int, mask: npt.NDArray[np.integer], score: npt.NDArray[np.floating] | None) -> None:
+    def add(
+        self, row_off: int, mask: npt.NDArray[np.integer], score: npt.NDArray[np.floating] | None
+    ) -> None:
         """Trace the next strip (rows ``row_off`` onward; must follow the previous one).
 
         Args:
@@ -261,7 +272,11 @@ class StripCenterliner:
         if row_off != self._row:
             raise ValueError(f"strip at row {row_off}, expected {self._row}")
         m = np.asarray(mask, dtype=np.uint8)
-        s = np.ones(m.shape, dtype=np.float32) if score is None else np.asarray(score, dtype=np.float32)
+        s = (
+            np.ones(m.shape, dtype=np.float32)
+            if score is None
+            else np.asarray(score, dtype=np.float32)
+        )
         self._mask = m if self._mask is None else np.concatenate([self._mask, m])
         self._score = s if self._score is None else np.concatenate([self._score, s])
         self._row += m.shape[0]
@@ -277,7 +292,9 @@ class StripCenterliner:
         for cls, graph in self._graphs.items():
             window = mask == cls
             if window.any():
-                skel = skeletonize(window, smooth=self.options.smooth, max_width_px=self.max_width_px)[keep0:keep1]
+                skel = skeletonize(
+                    window, smooth=self.options.smooth, max_width_px=self.max_width_px
+                )[keep0:keep1]
             else:
                 skel = np.zeros((keep1 - keep0, mask.shape[1]), dtype=bool)
             score = self._score[a + keep0 : a + keep1]
@@ -323,8 +340,17 @@ class StripCenterliner:
         """Every line not taken yet (columns ``class``, ``class_id``, ``score``, ``length_m``,
         ``geometry``: LineStrings), sorted by position."""
         frame = self.take(final=True)
-        return frame if frame is not None else lines_frame(
-            [], class_ids=[], scores=[], transform=self.transform, crs=self.crs, class_names=self.class_names
+        return (
+            frame
+            if frame is not None
+            else lines_frame(
+                [],
+                class_ids=[],
+                scores=[],
+                transform=self.transform,
+                crs=self.crs,
+                class_names=self.class_names,
+            )
         )
 
 
@@ -344,7 +370,9 @@ def lines_frame(
 
     if len(pixel_lines):
         offsets = np.concatenate([[0], np.cumsum([len(xy) for xy in pixel_lines])]).astype(np.int64)
-        geoms = shapely.from_ragged_array(shapely.GeometryType.LINESTRING, np.concatenate(pixel_lines), (offsets,))
+        geoms = shapely.from_ragged_array(
+            shapely.GeometryType.LINESTRING, np.concatenate(pixel_lines), (offsets,)
+        )
     else:
         geoms = np.empty(0, dtype=object)
     if simplify > 0 and len(geoms):
@@ -415,7 +443,9 @@ class _Cluster:
 
 
 class _LineGraph:
-    def __init__(self, prune_px: float, bridge_px: float, merge_px: float, bridge_angle: float) -> None:
+    def __init__(
+        self, prune_px: float, bridge_px: float, merge_px: float, bridge_angle: float
+    ) -> None:
         self.prune_px, self.bridge_px, self.merge_px = prune_px, bridge_px, merge_px
         self.cos_angle = math.cos(math.radians(bridge_angle))
         self.width = 0
@@ -472,7 +502,9 @@ class _LineGraph:
         return ra
 
     # -- bands
-    def add(self, row0: int, skel: npt.NDArray[np.bool_], score: npt.NDArray[np.float32]) -> list[tuple[npt.NDArray[np.float64], float]]:
+    def add(
+        self, row0: int, skel: npt.NDArray[np.bool_], score: npt.NDArray[np.float32]
+    ) -> list[tuple[npt.NDArray[np.float64], float]]:
         if row0 != self._f:
             raise ValueError(f"skeleton rows at {row0}, expected {self._f}")
         if self._rows is None:
@@ -595,7 +627,9 @@ class _LineGraph:
         out: list[tuple[npt.NDArray[np.float64], float]] = []
         for pix, e0, e1 in chains:
             idx = np.asarray(pix, dtype=np.int64)
-            ssum = float(np.rint(scores[idx // w - p + 1, idx % w].astype(np.float64) * SCORE_UNITS).sum())
+            ssum = float(
+                np.rint(scores[idx // w - p + 1, idx % w].astype(np.float64) * SCORE_UNITS).sum()
+            )
             out.extend(self._piece(_Piece(pix, [e0, e1], ssum), p))
 
         self._prev_deg = deg[-1].copy() if q > p else prev_deg
@@ -650,12 +684,18 @@ class _LineGraph:
         if len(pix) < 3:
             return []
         cl = _Cluster(chains=[(pix, None, None, piece.ssum)])
-        return _cluster_lines(cl, self.width, self.prune_px, self.bridge_px, self.merge_px, self.cos_angle)
+        return _cluster_lines(
+            cl, self.width, self.prune_px, self.bridge_px, self.merge_px, self.cos_angle
+        )
 
     def _release_ready(self, q: int) -> list[tuple[npt.NDArray[np.float64], float]]:
         out: list[tuple[npt.NDArray[np.float64], float]] = []
         reach = self.bridge_px
-        for root in [r for r, cl in self._clusters.items() if cl.open == 0 and cl.max_row < q - 1 and cl.max_end_row + reach < q - 1]:
+        for root in [
+            r
+            for r, cl in self._clusters.items()
+            if cl.open == 0 and cl.max_row < q - 1 and cl.max_end_row + reach < q - 1
+        ]:
             out.extend(self._release(root))
         return out
 
@@ -668,7 +708,9 @@ class _LineGraph:
                     lst.remove(key)
                     if not lst:
                         del self._ends_by_row[key // self.width]
-        return _cluster_lines(cl, self.width, self.prune_px, self.bridge_px, self.merge_px, self.cos_angle)
+        return _cluster_lines(
+            cl, self.width, self.prune_px, self.bridge_px, self.merge_px, self.cos_angle
+        )
 
 
 def _join(a: _Piece, b: _Piece, key: tuple[int, int]) -> _Piece:
@@ -720,7 +762,13 @@ def _cluster_lines(
 
     kept: list[list[Any]] = []  # [pix, a, b, ssum, n]
     for pix, a, b, ssum in chains:
-        if a is not None and b is not None and deg[a] >= 3 and deg[b] >= 3 and plen(pix) <= merge_px:
+        if (
+            a is not None
+            and b is not None
+            and deg[a] >= 3
+            and deg[b] >= 3
+            and plen(pix) <= merge_px
+        ):
             ra, rb = find(a), find(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
@@ -729,7 +777,13 @@ def _cluster_lines(
     members: dict[int, list[int]] = {}
     for k in deg:
         members.setdefault(find(k), []).append(k)
-    rep = {g: (float(np.mean([m % width for m in ms])) + 0.5, float(np.mean([m // width for m in ms])) + 0.5) for g, ms in members.items()}
+    rep = {
+        g: (
+            float(np.mean([m % width for m in ms])) + 0.5,
+            float(np.mean([m // width for m in ms])) + 0.5,
+        )
+        for g, ms in members.items()
+    }
     for ch in kept:
         if ch[1] is not None:
             ch[1], ch[2] = find(ch[1]), find(ch[2])
@@ -852,7 +906,9 @@ def _cluster_lines(
     return [o for o in out if o is not None]  # type: ignore[misc]
 
 
-def _canonical(pts: list[tuple[float, float]], ssum: float, n: int, *, closed: bool) -> tuple[npt.NDArray[np.float64], float] | None:
+def _canonical(
+    pts: list[tuple[float, float]], ssum: float, n: int, *, closed: bool
+) -> tuple[npt.NDArray[np.float64], float] | None:
     """A line's vertices in a canonical order (start at the smaller end, or a ring at its
     smallest vertex, turning towards the smaller neighbour), and its mean score."""
     xy = np.asarray(pts, dtype=np.float64)

@@ -32,7 +32,14 @@ META_KEY = "geounet"
 CLASS_GEOMETRIES = ("polygon", "line")
 
 DEFAULT_COLOURS = [
-    "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf",
+    "#e41a1c",
+    "#377eb8",
+    "#4daf4a",
+    "#984ea3",
+    "#ff7f00",
+    "#ffff33",
+    "#a65628",
+    "#f781bf",
 ]
 
 
@@ -136,12 +143,16 @@ class ModelMeta:
     @property
     def line_class_ids(self) -> list[int]:
         """Mask values of the line classes (see :attr:`mask_classes`)."""
-        return [i for i, n in enumerate(self.mask_classes) if i > 0 and self.geometry_of(n) == "line"]
+        return [
+            i for i, n in enumerate(self.mask_classes) if i > 0 and self.geometry_of(n) == "line"
+        ]
 
     @property
     def polygon_class_ids(self) -> list[int]:
         """Mask values of the polygon classes."""
-        return [i for i, n in enumerate(self.mask_classes) if i > 0 and self.geometry_of(n) == "polygon"]
+        return [
+            i for i, n in enumerate(self.mask_classes) if i > 0 and self.geometry_of(n) == "polygon"
+        ]
 
     def to_json(self) -> str:
         """The metadata as one JSON document."""
@@ -183,19 +194,25 @@ class ModelMeta:
             )
         args = self.arch_args
         if args.get("in_channels") != self.bands:
-            raise CheckpointError(f"{source}: {self.bands} band names for {args.get('in_channels')} inputs")
+            raise CheckpointError(
+                f"{source}: {self.bands} band names for {args.get('in_channels')} inputs"
+            )
         if len(self.mean) != self.bands or len(self.std) != self.bands:
             raise CheckpointError(f"{source}: mean/std must have one value per band ({self.bands})")
         if any(s <= 0 for s in self.std):
             raise CheckpointError(f"{source}: std values must be positive")
         n_out = args.get("classes", 0) - (1 if self.core_m > 0 else 0)
         if self.core_m < 0 or (self.core_m > 0 and n_out != 1):
-            raise CheckpointError(f"{source}: a core channel (core_m {self.core_m}) needs a binary model")
+            raise CheckpointError(
+                f"{source}: a core channel (core_m {self.core_m}) needs a binary model"
+            )
         if (n_out == 1 and len(self.classes) != 1) or (n_out > 1 and len(self.classes) != n_out):
             raise CheckpointError(f"{source}: {len(self.classes)} class names for {n_out} outputs")
         for name, kind in self.class_geometry.items():
             if name not in self.classes:
-                raise CheckpointError(f"{source}: class_geometry names {name!r}, not a class ({', '.join(self.classes)})")
+                raise CheckpointError(
+                    f"{source}: class_geometry names {name!r}, not a class ({', '.join(self.classes)})"
+                )
             if kind not in CLASS_GEOMETRIES:
                 raise CheckpointError(
                     f"{source}: class {name!r} has geometry {kind!r}; use one of {', '.join(CLASS_GEOMETRIES)}"
@@ -267,7 +284,9 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     bundled = bundled_models()
     if model is None:
         if DEFAULT_MODEL not in bundled:
-            raise CheckpointError(f"no model given and the bundled {DEFAULT_MODEL!r} model is not installed; pass -m MODEL")
+            raise CheckpointError(
+                f"no model given and the bundled {DEFAULT_MODEL!r} model is not installed; pass -m MODEL"
+            )
         return bundled[DEFAULT_MODEL]
     p = Path(model)
     if p.exists() or str(model) not in bundled:
@@ -322,7 +341,9 @@ def read_meta(path: str | os.PathLike[str] | None) -> ModelMeta:
     return ModelMeta.from_dict(data, source=p.name)
 
 
-def load_model(path: str | os.PathLike[str] | None, *, device: str | torch.device = "cpu") -> tuple[UNet, ModelMeta]:
+def load_model(
+    path: str | os.PathLike[str] | None, *, device: str | torch.device = "cpu"
+) -> tuple[UNet, ModelMeta]:
     """Load a model file (or bundled model): metadata, then weights into a freshly built network
     (float32, eval mode; weights stored as float16 are widened).
 

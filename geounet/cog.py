@@ -53,9 +53,7 @@ def overview_factors(width: int, height: int, block: int) -> list[int]:
     return factors
 
 
-def halve(
-    array: npt.NDArray[Any], resampling: str, nodata: float | None
-) -> npt.NDArray[Any]:
+def halve(array: npt.NDArray[Any], resampling: str, nodata: float | None) -> npt.NDArray[Any]:
     """Halve (bands, rows, cols) in both directions (odd edges keep their last row/column).
 
     ``average`` is the mean of the valid pixels of each 2x2 block (nodata where none is valid,
@@ -79,7 +77,9 @@ def halve(
     v = np.where(valid, a, np.float32(0))
     total = v[:, 0::2, 0::2] + v[:, 1::2, 0::2] + v[:, 0::2, 1::2] + v[:, 1::2, 1::2]
     count = (
-        valid[:, 0::2, 0::2].astype(np.float32) + valid[:, 1::2, 0::2] + valid[:, 0::2, 1::2]
+        valid[:, 0::2, 0::2].astype(np.float32)
+        + valid[:, 1::2, 0::2]
+        + valid[:, 0::2, 1::2]
         + valid[:, 1::2, 1::2]
     )
     fill = np.float32(nodata)  # NaN or the nodata value
@@ -216,7 +216,9 @@ class StripWriter:
             for factor in overview_factors(scene.width, scene.height, block) if tiled else []:
                 w, h = -(-scene.width // factor), -(-scene.height // factor)
                 level = dict(
-                    profile, width=w, height=h,
+                    profile,
+                    width=w,
+                    height=h,
                     transform=scene.transform * Affine.scale(scene.width / w, scene.height / h),
                 )
                 level = _layout(level, tiled=min(w, h) >= block, block=block)

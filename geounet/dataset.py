@@ -203,9 +203,7 @@ NO_AUGMENT = Augment(flips=False, scale=1.0, colour=False, noise=False)
 def _blocks(height: int, width: int, block: int) -> list[Window]:
     rows = range(0, height, block)
     cols = range(0, width, block)
-    return [
-        Window(c, r, min(block, width - c), min(block, height - r)) for r in rows for c in cols
-    ]
+    return [Window(c, r, min(block, width - c), min(block, height - r)) for r in rows for c in cols]
 
 
 @dataclass
@@ -256,7 +254,9 @@ class SpatialSplit:
         self.block = 0
         self._val_rects: dict[str, list[Rect]] = {}
         if val_images:
-            option = _Option("val-images", tile_size if gap is None else gap, all_val=set(val_images))
+            option = _Option(
+                "val-images", tile_size if gap is None else gap, all_val=set(val_images)
+            )
             self._apply(option)
             if self.coverage() == 0:
                 raise GeounetError(
@@ -270,10 +270,17 @@ class SpatialSplit:
             for option in self._options(val_fraction, seed, gap):
                 self._apply(option)
                 cov = self.coverage()
-                if cov >= self.MIN_COVERAGE or (option.kind == "band" and option.gap == 0 and cov > 0):
+                if cov >= self.MIN_COVERAGE or (
+                    option.kind == "band" and option.gap == 0 and cov > 0
+                ):
                     chosen = option
                     break
-                logger.debug("split %s (gap %d) leaves %.0f %% of positions; next", option.kind, option.gap, 100 * cov)
+                logger.debug(
+                    "split %s (gap %d) leaves %.0f %% of positions; next",
+                    option.kind,
+                    option.gap,
+                    100 * cov,
+                )
             if chosen is None:
                 small = min(entries, key=lambda e: e.scene.width * e.scene.height).scene
                 raise GeounetError(
@@ -328,7 +335,8 @@ class SpatialSplit:
                 (i, w)
                 for i, e in enumerate(entries)
                 for w in _blocks(e.scene.height, e.scene.width, e.source_size(block))
-                if w.width >= e.source_size(self.tile_size) // 2 and w.height >= e.source_size(self.tile_size) // 2
+                if w.width >= e.source_size(self.tile_size) // 2
+                and w.height >= e.source_size(self.tile_size) // 2
             ]
             if len(candidates) >= 5 or block <= self.tile_size:
                 break
@@ -502,7 +510,9 @@ def plan_epoch(
         [0.0 if e.all_val else e.scene.width * e.scene.height / e.scale**2 for e in entries]
     )
     if weights.sum() == 0:
-        raise GeounetError("no training images left after the validation split; lower --val-fraction")
+        raise GeounetError(
+            "no training images left after the validation split; lower --val-fraction"
+        )
     weights /= weights.sum()
     positives = [e.labels.centroids_px() if not e.all_val else np.zeros((0, 2)) for e in entries]
     log_a = math.log(aug.scale) if aug.scale > 1 else 0.0
@@ -576,7 +586,9 @@ def fit_normalization(
         if mode == "dataset":
             e.lo, e.hi = lo, hi
         else:
-            e.lo, e.hi = normalize.stretch_bounds(values, low, high) if values.shape[1] else (None, None)
+            e.lo, e.hi = (
+                normalize.stretch_bounds(values, low, high) if values.shape[1] else (None, None)
+            )
         if values.shape[1] and e.lo is not None and e.hi is not None:
             stretched.append((values - e.lo[:, None]) / (e.hi - e.lo)[:, None])
     allv = np.concatenate(stretched, axis=1)
@@ -651,9 +663,13 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             if e.core_px:
                 target_small = mark_borders(target_small, _inner(ids, r - e.core_px), e.core_px)
             if e.contact_px:
-                target_small = mark_contacts(target_small, _inner(ids, r - e.contact_px), e.contact_px)
+                target_small = mark_contacts(
+                    target_small, _inner(ids, r - e.contact_px), e.contact_px
+                )
         if e.lo is not None and e.hi is not None:
-            raw = (raw - e.lo[:, None, None].astype(np.float32)) / (e.hi - e.lo)[:, None, None].astype(np.float32)
+            raw = (raw - e.lo[:, None, None].astype(np.float32)) / (e.hi - e.lo)[
+                :, None, None
+            ].astype(np.float32)
         if s.aug:
             raw = photometric(raw, np.random.default_rng(s.aug), self.augment)
         img = np.zeros((len(e.bands), size, size), dtype=np.float32)
@@ -689,7 +705,9 @@ def _disc(r: int) -> npt.NDArray[np.bool_]:
     return yy**2 + xx**2 <= r * r + r  # r + 1/4 squared, rounded: a round disc even for r = 1
 
 
-def mark_borders(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], radius: int) -> npt.NDArray[np.uint8]:
+def mark_borders(
+    target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], radius: int
+) -> npt.NDArray[np.uint8]:
     """Mark the foreground outside each object's core: :data:`BORDER_INDEX` where a foreground
     pixel has background or another object within ``radius`` pixels (a disc).
 
@@ -723,7 +741,9 @@ def mark_borders(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], radi
     return out
 
 
-def mark_contacts(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], radius: int) -> npt.NDArray[np.uint8]:
+def mark_contacts(
+    target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], radius: int
+) -> npt.NDArray[np.uint8]:
     """Mark the background between close objects: :data:`CONTACT_INDEX` where a background
     pixel has two different objects within ``radius`` pixels (a disc), and along the edge
     where two objects touch (the pixels of the one with the lower id that have the other
@@ -745,7 +765,9 @@ def mark_contacts(target: npt.NDArray[np.uint8], ids: npt.NDArray[np.int32], rad
     disc = _disc(r)
     big = np.iinfo(np.int32).max
     hi = ndimage.maximum_filter(ids, footprint=disc, mode="constant", cval=0)[r : r + h, r : r + w]
-    lo = ndimage.minimum_filter(np.where(ids > 0, ids, big), footprint=disc, mode="constant", cval=big)
+    lo = ndimage.minimum_filter(
+        np.where(ids > 0, ids, big), footprint=disc, mode="constant", cval=big
+    )
     lo = lo[r : r + h, r : r + w]
     contact = (target == 0) & (hi > 0) & (lo < big) & (lo != hi)
     # Objects that touch (no background between them): the lower id's pixels along the
@@ -767,7 +789,9 @@ def resample_window(
     the target nearest (pixel centres), so both stay aligned on the same ground extent."""
     src = img.shape[-1]
     x = torch.from_numpy(np.ascontiguousarray(img))[None]
-    out = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < src)
+    out = F.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < src
+    )
     # Nearest by pixel centres: output pixel k covers source (k + 0.5) * src / size.
     idx = np.minimum(((np.arange(size) + 0.5) * src / size).astype(np.int64), src - 1)
     return out[0].numpy(), target[np.ix_(idx, idx)]

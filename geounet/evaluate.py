@@ -39,7 +39,10 @@ STRIP_ROWS = 512
 
 
 def match_pairs(
-    predicted: Sequence[shapely.Geometry], truth: Sequence[shapely.Geometry], *, iou_threshold: float = 0.5
+    predicted: Sequence[shapely.Geometry],
+    truth: Sequence[shapely.Geometry],
+    *,
+    iou_threshold: float = 0.5,
 ) -> tuple[list[tuple[int, int, float]], npt.NDArray[np.float64]]:
     """The one-to-one matches of :func:`match_objects`, and each prediction's best IoU.
 
@@ -77,7 +80,10 @@ def match_pairs(
 
 
 def match_objects(
-    predicted: Sequence[shapely.Geometry], truth: Sequence[shapely.Geometry], *, iou_threshold: float = 0.5
+    predicted: Sequence[shapely.Geometry],
+    truth: Sequence[shapely.Geometry],
+    *,
+    iou_threshold: float = 0.5,
 ) -> dict[str, float]:
     """SpaceNet-style one-to-one matching of polygons at an IoU threshold (:func:`match_pairs`).
 
@@ -115,11 +121,19 @@ def match_lines(
     ``quality``: matched predicted length / (predicted length + unmatched true length).
     Lengths are in CRS units; ``length_true``/``length_pred`` are reported too.
     """
-    pred = shapely.union_all(np.asarray([g for g in predicted if g is not None and not g.is_empty], dtype=object))
-    true = shapely.union_all(np.asarray([g for g in truth if g is not None and not g.is_empty], dtype=object))
+    pred = shapely.union_all(
+        np.asarray([g for g in predicted if g is not None and not g.is_empty], dtype=object)
+    )
+    true = shapely.union_all(
+        np.asarray([g for g in truth if g is not None and not g.is_empty], dtype=object)
+    )
     lp, lt = float(pred.length), float(true.length)
-    matched_true = float(shapely.intersection(true, shapely.buffer(pred, buffer)).length) if lp and lt else 0.0
-    matched_pred = float(shapely.intersection(pred, shapely.buffer(true, buffer)).length) if lp and lt else 0.0
+    matched_true = (
+        float(shapely.intersection(true, shapely.buffer(pred, buffer)).length) if lp and lt else 0.0
+    )
+    matched_pred = (
+        float(shapely.intersection(pred, shapely.buffer(true, buffer)).length) if lp and lt else 0.0
+    )
     denom = lp + lt - matched_true
     return {
         "completeness": matched_true / lt if lt else float("nan"),
@@ -134,7 +148,12 @@ def match_lines(
 def _metric_frame(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """The frame in metres: its own CRS when projected in metres, else its UTM zone."""
     crs = frame.crs
-    if crs is not None and crs.is_projected and crs.axis_info and crs.axis_info[0].unit_conversion_factor == 1.0:
+    if (
+        crs is not None
+        and crs.is_projected
+        and crs.axis_info
+        and crs.axis_info[0].unit_conversion_factor == 1.0
+    ):
         return frame
     return frame.to_crs(frame.estimate_utm_crs())
 
@@ -201,7 +220,9 @@ def evaluate(
         raise GeounetError("give either a model or a prediction to evaluate")
     src_scene = open_scene(scene)
     lab = read_labels(labels, spec or LabelSpec())
-    rl = lab.for_raster(src_scene.crs, src_scene.transform, src_scene.width, src_scene.height, name=src_scene.name)
+    rl = lab.for_raster(
+        src_scene.crs, src_scene.transform, src_scene.width, src_scene.height, name=src_scene.name
+    )
     if rl.empty:
         raise LabelsError(
             f"{Path(labels).name} has no feature inside {src_scene.name}; check the label file's CRS and extent"
@@ -214,10 +235,14 @@ def evaluate(
         vector_pred = None
         if model is not None:
             cfg = config or PredictConfig()
-            predictor = Predictor(model, device=cfg.device, precision=cfg.precision, backend=cfg.backend)
+            predictor = Predictor(
+                model, device=cfg.device, precision=cfg.precision, backend=cfg.backend
+            )
             polygons = PolygonOptions.resolve(config, predictor.meta)
             meta = predictor.meta
-            line_names = [n for n in meta.mask_classes[1:] if meta.geometry_of(n) == "line" and n in names]
+            line_names = [
+                n for n in meta.mask_classes[1:] if meta.geometry_of(n) == "line" and n in names
+            ]
             if lab.binary and meta.binary and meta.line_class_ids:
                 line_names = list(names[1:])
             line_width = meta.line_width_m or line_width
@@ -227,7 +252,9 @@ def evaluate(
         else:
             pred = Path(prediction)  # type: ignore[arg-type]
             if not pred.exists():
-                raise GeounetError(f"{pred}: prediction not found; pass a mask GeoTIFF or a vector file")
+                raise GeounetError(
+                    f"{pred}: prediction not found; pass a mask GeoTIFF or a vector file"
+                )
             if pred.suffix.lower() in VECTOR_FORMATS:
                 vector_pred = _read_prediction(pred, src_scene.crs)
                 vector_pred["class_id"] = _vector_class_ids(vector_pred, names, lab.binary)
@@ -238,10 +265,20 @@ def evaluate(
                 mask_path = pred
                 mapping = _class_mapping(_mask_class_names(pred) or names, names, lab.binary)
         line_ids = [names.index(n) for n in line_names]
-        cl = StripCenterliner(
-            src_scene.transform, src_scene.crs, names, line_ids, CenterlineOptions(line_width_m=line_width)
-        ) if line_ids and vector_pred is None else None
-        cm, vec = _pixel_confusion(mask_path, rl, src_scene, mapping, polygons.vectorizer(src_scene, names), cl)
+        cl = (
+            StripCenterliner(
+                src_scene.transform,
+                src_scene.crs,
+                names,
+                line_ids,
+                CenterlineOptions(line_width_m=line_width),
+            )
+            if line_ids and vector_pred is None
+            else None
+        )
+        cm, vec = _pixel_confusion(
+            mask_path, rl, src_scene, mapping, polygons.vectorizer(src_scene, names), cl
+        )
         pred_frame = vector_pred if vector_pred is not None else vec.finish()
         line_frame = cl.finish() if cl is not None else vector_pred
     pixel = scores_from_confusion(cm, names)
@@ -256,20 +293,29 @@ def evaluate(
         if not sel.any():
             continue
         pred_cls = pred_frame[pred_frame["class_id"] == k]
-        objects[name] = match_objects(list(pred_cls.geometry), list(truth_geoms[sel]), iou_threshold=iou_threshold)
+        objects[name] = match_objects(
+            list(pred_cls.geometry), list(truth_geoms[sel]), iou_threshold=iou_threshold
+        )
     lines: dict[str, dict[str, float]] = {}
     if line_names and line_frame is not None:
         true_geoms, true_ids = lab.line_parts(src_scene.crs)
         buffer = line_buffer_m if line_buffer_m is not None else line_width / 2
         for name in line_names:
             k = names.index(name)
-            pred = line_frame[(line_frame["class_id"] == k) & line_frame.geom_type.isin(["LineString", "MultiLineString"])]
-            true = gpd.GeoDataFrame(geometry=gpd.GeoSeries(true_geoms[true_ids == k], crs=src_scene.crs))
+            pred = line_frame[
+                (line_frame["class_id"] == k)
+                & line_frame.geom_type.isin(["LineString", "MultiLineString"])
+            ]
+            true = gpd.GeoDataFrame(
+                geometry=gpd.GeoSeries(true_geoms[true_ids == k], crs=src_scene.crs)
+            )
             # Truth is clipped to the scene's footprint (labels may run beyond it).
             true = true.clip(shapely.box(*src_scene.bounds))
             metric_true = _metric_frame(true)
             metric_pred = pred.to_crs(metric_true.crs) if len(pred) else pred
-            lines[name] = match_lines(list(metric_pred.geometry), list(metric_true.geometry), buffer=buffer)
+            lines[name] = match_lines(
+                list(metric_pred.geometry), list(metric_true.geometry), buffer=buffer
+            )
     return {
         "scene": str(scene),
         "labels": str(labels),
@@ -283,10 +329,19 @@ def evaluate(
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else (round(v, 6) if isinstance(v, float) else v)) for k, v in d.items()}
+    return {
+        k: (
+            None
+            if isinstance(v, float) and math.isnan(v)
+            else (round(v, 6) if isinstance(v, float) else v)
+        )
+        for k, v in d.items()
+    }
 
 
-def _class_mapping(pred_names: Sequence[str], label_names: Sequence[str], binary: bool) -> npt.NDArray[np.int64]:
+def _class_mapping(
+    pred_names: Sequence[str], label_names: Sequence[str], binary: bool
+) -> npt.NDArray[np.int64]:
     """Lookup table: predicted mask value -> label class id (binary: foreground -> 1)."""
     table = np.full(256, 0, dtype=np.int64)
     table[MASK_NODATA] = MASK_NODATA
@@ -312,7 +367,9 @@ def _mask_class_names(path: Path) -> list[str] | None:
     return found if found and names[0] is not None else None
 
 
-def _vector_class_ids(frame: gpd.GeoDataFrame, names: Sequence[str], binary: bool) -> npt.NDArray[np.int64]:
+def _vector_class_ids(
+    frame: gpd.GeoDataFrame, names: Sequence[str], binary: bool
+) -> npt.NDArray[np.int64]:
     """Label class ids of predicted polygons, by their ``class`` name (any name when binary)."""
     if binary or "class" not in frame:
         return np.ones(len(frame), dtype=np.int64)
@@ -328,14 +385,33 @@ def _vector_class_ids(frame: gpd.GeoDataFrame, names: Sequence[str], binary: boo
 def _rasterize_vectors(frame: gpd.GeoDataFrame, scene: Any, path: Path) -> None:
     from rasterio.features import rasterize
 
-    shapes = [(g, int(i)) for g, i in zip(frame.geometry, frame["class_id"], strict=True) if g is not None and not g.is_empty]
-    profile = {"driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": "uint8", "crs": scene.crs, "transform": scene.transform, "tiled": True, "compress": "deflate"}
+    shapes = [
+        (g, int(i))
+        for g, i in zip(frame.geometry, frame["class_id"], strict=True)
+        if g is not None and not g.is_empty
+    ]
+    profile = {
+        "driver": "GTiff",
+        "width": scene.width,
+        "height": scene.height,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": scene.crs,
+        "transform": scene.transform,
+        "tiled": True,
+        "compress": "deflate",
+    }
     with rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, scene.height, STRIP_ROWS):
             h = min(STRIP_ROWS, scene.height - r0)
             win = Window(0, r0, scene.width, h)
             arr = (
-                rasterize(shapes, out_shape=(h, scene.width), transform=rasterio.windows.transform(win, scene.transform), dtype="uint8")
+                rasterize(
+                    shapes,
+                    out_shape=(h, scene.width),
+                    transform=rasterio.windows.transform(win, scene.transform),
+                    dtype="uint8",
+                )
                 if shapes
                 else np.zeros((h, scene.width), np.uint8)
             )

@@ -92,8 +92,16 @@ INPUT, OUTPUT, LOGITS = "input", "probabilities", "logits"
 EXTRA_HINT = "pip install 'geounet[onnx]'"
 #: Keys of ``metadata_props`` that Deepness reads (besides ``class_names``).
 DEEPNESS_KEYS = (
-    "model_type", "class_names", "resolution", "tiles_size", "tile_size", "tiles_overlap",
-    "seg_thresh", "seg_small_segment", "standardization_mean", "standardization_std",
+    "model_type",
+    "class_names",
+    "resolution",
+    "tiles_size",
+    "tile_size",
+    "tiles_overlap",
+    "seg_thresh",
+    "seg_small_segment",
+    "standardization_mean",
+    "standardization_std",
 )
 
 
@@ -132,7 +140,9 @@ def deepness_standardization(
         offset, scale = normalize.affine(lo, hi, meta.mean, meta.std)
     else:
         offset, scale = normalize.fixed_scaling(norm, meta.mean, meta.std)
-    return [float(v) / 255 for v in np.asarray(offset, np.float64)], [float(v) / 255 for v in np.asarray(scale, np.float64)]
+    return [float(v) / 255 for v in np.asarray(offset, np.float64)], [
+        float(v) / 255 for v in np.asarray(scale, np.float64)
+    ]
 
 
 def folded_stretch(meta: ModelMeta) -> tuple[list[float], list[float], str]:
@@ -144,7 +154,9 @@ def folded_stretch(meta: ModelMeta) -> tuple[list[float], list[float], str]:
     return [0.0] * meta.bands, [255.0] * meta.bands, "full range"
 
 
-def scene_stretch(meta: ModelMeta, scene_path: str | os.PathLike[str]) -> tuple[list[float], list[float]]:
+def scene_stretch(
+    meta: ModelMeta, scene_path: str | os.PathLike[str]
+) -> tuple[list[float], list[float]]:
     """One scene's own ``(lo, hi)`` per band, as ``geounet predict`` stretches it for this model.
 
     Raises:
@@ -264,7 +276,9 @@ def export_onnx(
     """
     onnx, ort = require_onnx("exporting to ONNX")
     if dynamic_size and fixed_size is not None:
-        raise GeounetError(f"a dynamic size and a fixed size of {fixed_size} px exclude each other; give one")
+        raise GeounetError(
+            f"a dynamic size and a fixed size of {fixed_size} px exclude each other; give one"
+        )
     if not 13 <= opset <= 20:
         raise GeounetError(f"opset {opset} is not supported; use 13..20 (default {DEFAULT_OPSET})")
     if not 0.0 <= threshold <= 1.0:
@@ -274,7 +288,13 @@ def export_onnx(
         target = outputs.reserve(out, overwrite=overwrite)  # an unwritable output fails first
         target.write_bytes(
             _build(
-                onnx, ort, model, opset=opset, fixed_size=fixed_size, dynamic_size=dynamic_size, threshold=threshold,
+                onnx,
+                ort,
+                model,
+                opset=opset,
+                fixed_size=fixed_size,
+                dynamic_size=dynamic_size,
+                threshold=threshold,
                 stretch_from=stretch_from,
             )
         )
@@ -348,7 +368,9 @@ def _build(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
-        raise GeounetError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+        raise GeounetError(
+            f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}"
+        ) from exc
     data = bytes(proto.SerializeToString())
     _verify(ort, data, net, meta, fixed_size)
     return data
@@ -356,7 +378,7 @@ def _build(
 
 def _trace(onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int | None) -> Any:
     """Trace ``net`` + activation to an ONNX ``ModelProto`` with one output, ``probabilities``."""
-    size = fixed_size or 2 ** meta.depth * 2
+    size = fixed_size or 2**meta.depth * 2
     sample = torch.zeros((1, meta.bands, size, size))
     axes = {0: "batch"} if fixed_size else {0: "batch", 2: "size", 3: "size"}
     kwargs: dict[str, Any] = {
@@ -377,7 +399,9 @@ def _trace(onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int
                 warnings.simplefilter("ignore")
                 torch.onnx.export(_ExportedNet(net, meta.binary), (sample,), traced, **kwargs)
         except Exception as exc:  # torch.onnx errors are of many types
-            raise GeounetError(f"ONNX export failed (opset {opset}): {str(exc).splitlines()[0][:200]}") from exc
+            raise GeounetError(
+                f"ONNX export failed (opset {opset}): {str(exc).splitlines()[0][:200]}"
+            ) from exc
         proto = onnx.load(str(traced))
     # The logits stay in the graph as the named input of the activation; Deepness takes one output.
     keep = [o for o in proto.graph.output if o.name == OUTPUT]
@@ -395,7 +419,9 @@ def _verify(ort: Any, data: bytes, net: UNet, meta: ModelMeta, fixed_size: int |
     _compare(_session(ort, _logits_graph(data), cuda=False), net, meta, fixed_size)
 
 
-def _compare(session: Any, net: torch.nn.Module, meta: ModelMeta, fixed_size: int | None) -> npt.NDArray[np.float32]:
+def _compare(
+    session: Any, net: torch.nn.Module, meta: ModelMeta, fixed_size: int | None
+) -> npt.NDArray[np.float32]:
     """Compare a logits session with ``net`` on two random tiles (see :func:`_verify`).
 
     Returns:
@@ -410,16 +436,20 @@ def _compare(session: Any, net: torch.nn.Module, meta: ModelMeta, fixed_size: in
 
 def _probe(meta: ModelMeta, fixed_size: int | None) -> npt.NDArray[np.float32]:
     """The two seeded random tiles that :func:`_compare` runs."""
-    size = fixed_size or 2 ** meta.depth * 2
+    size = fixed_size or 2**meta.depth * 2
     return np.random.default_rng(0).standard_normal((2, meta.bands, size, size), dtype=np.float32)
 
 
-def _compare_stored(session: Any, meta: ModelMeta, fixed_size: int | None, expected: npt.NDArray[np.float32]) -> None:
+def _compare_stored(
+    session: Any, meta: ModelMeta, fixed_size: int | None, expected: npt.NDArray[np.float32]
+) -> None:
     """Compare a logits session with PyTorch's logits of :func:`_probe`'s tiles, computed before."""
     (got,) = session.run([LOGITS], {INPUT: _probe(meta, fixed_size)})
     diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     if not diff <= 1e-3 * max(1.0, float(np.abs(expected).max())):
-        raise GeounetError(f"the exported graph's logits differ from PyTorch's by {diff:.3g}; not written")
+        raise GeounetError(
+            f"the exported graph's logits differ from PyTorch's by {diff:.3g}; not written"
+        )
 
 
 def _logits_graph(data: bytes) -> bytes:
@@ -429,7 +459,9 @@ def _logits_graph(data: bytes) -> bytes:
     proto = onnx.load_from_string(data)
     producers = {name: node for node in proto.graph.node for name in node.output}
     if LOGITS not in producers:
-        raise CheckpointError(f"the ONNX graph has no '{LOGITS}' tensor; export it with `geounet model export`")
+        raise CheckpointError(
+            f"the ONNX graph has no '{LOGITS}' tensor; export it with `geounet model export`"
+        )
     value = onnx.helper.make_tensor_value_info(LOGITS, onnx.TensorProto.FLOAT, None)
     del proto.graph.output[:]
     proto.graph.output.append(value)
@@ -459,7 +491,9 @@ def _read_proto(path: Path, onnx: Any) -> Any:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError, OSError
-        raise CheckpointError(f"{path.name} is not a readable ONNX file ({str(exc).splitlines()[0][:120]})") from exc
+        raise CheckpointError(
+            f"{path.name} is not a readable ONNX file ({str(exc).splitlines()[0][:120]})"
+        ) from exc
 
 
 def _records(proto: Any, name: str) -> tuple[ModelMeta, dict[str, Any]]:
@@ -499,7 +533,9 @@ def onnx_properties(path: str | os.PathLike[str]) -> dict[str, Any]:
     props = {e.key: e.value for e in proto.metadata_props}
     out: dict[str, Any] = {k: json.loads(props[k]) for k in DEEPNESS_KEYS if k in props}
     out["geounet_onnx"] = json.loads(props.get("geounet_onnx", "{}"))
-    out["opset"] = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    out["opset"] = max(
+        (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None
+    )
     return out
 
 
@@ -568,11 +604,15 @@ def load_onnx(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[Onn
             "(pip install onnxruntime-gpu); or use --device cpu"
         )
     try:
-        session = _session(ort, _logits_graph(proto.SerializeToString()), cuda=want_cuda and has_cuda)
+        session = _session(
+            ort, _logits_graph(proto.SerializeToString()), cuda=want_cuda and has_cuda
+        )
     except GeounetError:
         raise
     except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented
-        raise CheckpointError(f"onnxruntime cannot load {p.name}: {str(exc).splitlines()[0][:160]}") from exc
+        raise CheckpointError(
+            f"onnxruntime cannot load {p.name}: {str(exc).splitlines()[0][:160]}"
+        ) from exc
     fixed = extra.get("fixed_size")
     return OnnxNet(session, fixed_size=int(fixed) if fixed else None, name=p.name), meta
 
@@ -602,10 +642,14 @@ def backend_cache_entry(model_path: str | os.PathLike[str], ort_version: str) ->
     geounet's version and onnxruntime's version (any of them changed: a new export)."""
     from geounet import __version__
 
-    return cache_dir() / "onnx" / f"{file_hash(model_path)}-geounet{__version__}-ort{ort_version}.onnx"
+    return (
+        cache_dir() / "onnx" / f"{file_hash(model_path)}-geounet{__version__}-ort{ort_version}.onnx"
+    )
 
 
-def _backend_graph(onnx: Any, ort: Any, net: UNet, meta: ModelMeta) -> tuple[bytes, npt.NDArray[np.float32]]:
+def _backend_graph(
+    onnx: Any, ort: Any, net: UNet, meta: ModelMeta
+) -> tuple[bytes, npt.NDArray[np.float32]]:
     """The logits graph of ``net`` (BatchNorm folded, every output channel kept, core included),
     any multiple of ``2**depth`` in size, checked against PyTorch's logits (returned with it)."""
     proto = _trace(onnx, net, meta, opset=DEFAULT_OPSET, fixed_size=None)
@@ -614,7 +658,10 @@ def _backend_graph(onnx: Any, ort: Any, net: UNet, meta: ModelMeta) -> tuple[byt
 
 
 def load_backend(
-    model: str | os.PathLike[str] | tuple[UNet, ModelMeta], *, device: str = "cpu", cache: bool = True
+    model: str | os.PathLike[str] | tuple[UNet, ModelMeta],
+    *,
+    device: str = "cpu",
+    cache: bool = True,
 ) -> tuple[OnnxNet, ModelMeta]:
     """A PyTorch model run by onnxruntime: exported in memory, cached on disk by the file's hash.
 
@@ -664,7 +711,9 @@ def load_backend(
             _check_entry(session, net, meta, entry)
         except Exception as exc:  # noqa: BLE001 (unreadable, not ONNX, or wrong logits: export again)
             reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-            logger.info("rebuilding the onnxruntime graph of %s (cache entry %s: %s)", name, entry, reason)
+            logger.info(
+                "rebuilding the onnxruntime graph of %s (cache entry %s: %s)", name, entry, reason
+            )
             data = session = None
     if data is None:
         onnx, _ = require_onnx("--backend onnxruntime")
@@ -675,7 +724,9 @@ def load_backend(
         if session is None or cuda:
             session = _session(ort, data, cuda=cuda)
     except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented
-        raise GeounetError(f"onnxruntime cannot run {name}: {str(exc).splitlines()[0][:160]}; use --backend torch") from exc
+        raise GeounetError(
+            f"onnxruntime cannot run {name}: {str(exc).splitlines()[0][:160]}; use --backend torch"
+        ) from exc
     return OnnxNet(session, fixed_size=None, name=name), meta
 
 
@@ -728,7 +779,11 @@ def _write_cache(entry: Path, data: bytes) -> bool:
         tmp = None
         return True
     except OSError as exc:
-        logger.warning("cannot cache the onnxruntime graph in %s (%s); exported in memory for this run", entry.parent, exc.strerror or exc)
+        logger.warning(
+            "cannot cache the onnxruntime graph in %s (%s); exported in memory for this run",
+            entry.parent,
+            exc.strerror or exc,
+        )
         return False
     finally:
         if tmp is not None:

@@ -667,7 +667,9 @@ class RasterLabels:
         if self.empty or rows <= 0 or cols <= 0:
             return out
 
-        def polygons(hits: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+        def polygons(
+            hits: npt.NDArray[np.intp],
+        ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
             hits = np.sort(hits[self.polygonal[hits]])
             return hits, hits + 1
 
@@ -679,7 +681,9 @@ class RasterLabels:
         """Burn the class ids of the features near ``window`` into ``out`` (its grid starts at
         the window), in ascending class id."""
 
-        def by_class(hits: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+        def by_class(
+            hits: npt.NDArray[np.intp],
+        ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
             hits = hits[np.argsort(self.class_ids[hits], kind="stable")]
             return hits, self.class_ids[hits]
 
@@ -1759,7 +1763,9 @@ def _as_crs(crs: CRSInput) -> pyproj.CRS:
     try:
         return pyproj.CRS.from_user_input(crs)
     except pyproj.exceptions.CRSError as exc:
-        raise LabelsError(f"unknown CRS {crs!r} ({short_error(exc)}); give e.g. EPSG:32633") from exc
+        raise LabelsError(
+            f"unknown CRS {crs!r} ({short_error(exc)}); give e.g. EPSG:32633"
+        ) from exc
 
 
 def _crs_label(crs: pyproj.CRS) -> str:

@@ -182,7 +182,9 @@ def widen(model: UNet, width: int, *, seed: int = 0, noise: float = 0.01) -> UNe
         mean = (group / count.view(shape)).index_select(in_dim, g_in)
         return w + n - mean
 
-    def conv(dst: nn.Conv2d, src: nn.Conv2d, g_out: torch.Tensor | None, g_in: torch.Tensor | None) -> None:
+    def conv(
+        dst: nn.Conv2d, src: nn.Conv2d, g_out: torch.Tensor | None, g_in: torch.Tensor | None
+    ) -> None:
         w = src.weight if g_out is None else src.weight[g_out]
         dst.weight.copy_(w if g_in is None else spread(w[:, g_in], g_in, 1))
         if src.bias is not None:
@@ -193,7 +195,9 @@ def widen(model: UNet, width: int, *, seed: int = 0, noise: float = 0.01) -> UNe
             getattr(dst, name).copy_(getattr(src, name)[g])
         dst.num_batches_tracked.copy_(src.num_batches_tracked)
 
-    def double(dst: DoubleConv, src: DoubleConv, g_in: torch.Tensor | None, level: int) -> torch.Tensor:
+    def double(
+        dst: DoubleConv, src: DoubleConv, g_in: torch.Tensor | None, level: int
+    ) -> torch.Tensor:
         g_mid, g_out = mapping(level), mapping(level)
         conv(dst[0], src[0], g_mid, g_in)
         norm(dst[1], src[1], g_mid)
@@ -227,7 +231,9 @@ def add_core_channel(model: UNet, *, bias_drop: float = 1.0) -> UNet:
         ValueError: ``model`` has more than one output.
     """
     if model.classes != 1:
-        raise ValueError(f"a core channel goes beside one foreground channel; this U-Net has {model.classes} outputs")
+        raise ValueError(
+            f"a core channel goes beside one foreground channel; this U-Net has {model.classes} outputs"
+        )
     out = UNet(model.in_channels, 2, model.width, model.depth)
     state = model.state_dict()
     w, b = state["head.weight"], state["head.bias"]

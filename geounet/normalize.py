@@ -95,7 +95,10 @@ def stretch_bounds(
 
 
 def image_stretch(
-    image: Scene | str | os.PathLike[str], bands: Sequence[int], low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH
+    image: Scene | str | os.PathLike[str],
+    bands: Sequence[int],
+    low: float = DEFAULT_LOW,
+    high: float = DEFAULT_HIGH,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """The per-band ``low``/``high`` percentiles of one image, as ``predict`` computes a scene's
     stretch (:func:`sample_pixels`, :func:`stretch_bounds`).
@@ -148,7 +151,9 @@ def typical_bounds(
     """The recorded typical ``(lo, hi)`` of a ``scene`` record, or None where it has none."""
     if normalization.get("mode") != "scene" or "typical_lo" not in normalization:
         return None
-    return np.asarray(normalization["typical_lo"], np.float64), np.asarray(normalization["typical_hi"], np.float64)
+    return np.asarray(normalization["typical_lo"], np.float64), np.asarray(
+        normalization["typical_hi"], np.float64
+    )
 
 
 def check(normalization: Mapping[str, Any], bands: int, source: str = "model") -> None:
@@ -161,14 +166,22 @@ def check(normalization: Mapping[str, Any], bands: int, source: str = "model") -
         return
     mode = normalization.get("mode")
     if mode not in MODES:
-        raise GeounetError(f"{source}: unknown normalization mode {mode!r} (known: {', '.join(MODES)})")
+        raise GeounetError(
+            f"{source}: unknown normalization mode {mode!r} (known: {', '.join(MODES)})"
+        )
     low, high = normalization.get("low"), normalization.get("high")
-    if not (isinstance(low, int | float) and isinstance(high, int | float) and 0 <= low < high <= 100):
-        raise GeounetError(f"{source}: normalization percentiles must satisfy 0 <= low < high <= 100")
+    if not (
+        isinstance(low, int | float) and isinstance(high, int | float) and 0 <= low < high <= 100
+    ):
+        raise GeounetError(
+            f"{source}: normalization percentiles must satisfy 0 <= low < high <= 100"
+        )
     if mode == "dataset":
         lo, hi = normalization.get("lo"), normalization.get("hi")
         if not (isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == bands):
-            raise GeounetError(f"{source}: dataset normalization needs lo and hi for each of {bands} bands")
+            raise GeounetError(
+                f"{source}: dataset normalization needs lo and hi for each of {bands} bands"
+            )
     if "typical_lo" in normalization or "typical_hi" in normalization:
         lo, hi = normalization.get("typical_lo"), normalization.get("typical_hi")
         if not (
@@ -176,7 +189,10 @@ def check(normalization: Mapping[str, Any], bands: int, source: str = "model") -
             and isinstance(lo, list)
             and isinstance(hi, list)
             and len(lo) == len(hi) == bands
-            and all(isinstance(a, int | float) and isinstance(b, int | float) and b > a for a, b in zip(lo, hi, strict=True))
+            and all(
+                isinstance(a, int | float) and isinstance(b, int | float) and b > a
+                for a, b in zip(lo, hi, strict=True)
+            )
         ):
             raise GeounetError(
                 f"{source}: typical_lo/typical_hi belong to a scene normalization, one value each for {bands} bands, hi above lo"
@@ -188,7 +204,9 @@ def stretch_for(
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """The (lo, hi) stretch of one scene: its own percentiles, or the model's fixed ones."""
     if normalization.get("mode") == "dataset":
-        return np.asarray(normalization["lo"], np.float64), np.asarray(normalization["hi"], np.float64)
+        return np.asarray(normalization["lo"], np.float64), np.asarray(
+            normalization["hi"], np.float64
+        )
     values = sample_pixels(src, scene, bands)
     return stretch_bounds(values, float(normalization["low"]), float(normalization["high"]))
 
@@ -246,5 +264,11 @@ def describe(normalization: Mapping[str, Any]) -> str:
     typical = typical_bounds(normalization)
     note = ""
     if typical is not None:
-        note = " (typical: lo " + "/".join(f"{v:g}" for v in typical[0]) + ", hi " + "/".join(f"{v:g}" for v in typical[1]) + ")"
+        note = (
+            " (typical: lo "
+            + "/".join(f"{v:g}" for v in typical[0])
+            + ", hi "
+            + "/".join(f"{v:g}" for v in typical[1])
+            + ")"
+        )
     return f"{where} {normalization['low']:g}-{normalization['high']:g} percentile stretch{note}, then mean/std"

@@ -78,6 +78,7 @@ def split_px(split_m: float, scene: Scene) -> float:
     g = pixel_size_m(scene)
     return split_m / g if g else 0.0
 
+
 ProbDtype = Literal["float32", "uint8"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -117,8 +118,16 @@ STRIPS_IN_FLIGHT = 2
 #: process). What strip handling and the tail spent, wherever they ran: ``postprocess``,
 #: ``write``, ``vectorize``.
 TIMINGS = (
-    "read_wait", "model", "stitch", "strips", "strips_wait", "tail", "imports", "postprocess",
-    "write", "vectorize",
+    "read_wait",
+    "model",
+    "stitch",
+    "strips",
+    "strips_wait",
+    "tail",
+    "imports",
+    "postprocess",
+    "write",
+    "vectorize",
 )
 #: progress(done, total): tiles done so far out of total.
 Progress = Callable[[int, int], None]
@@ -228,11 +237,21 @@ class PolygonOptions:
         """The options of a run with ``cfg`` (None: all defaults) and a model ``meta``."""
         cfg = cfg or PredictConfig()
         return cls(
-            min_area_m2=cfg.min_area_m2 if cfg.min_area_m2 is not None else meta.min_area_m2 if meta else 0.0,
-            regularize=cfg.regularize if cfg.regularize is not None else bool(meta and meta.regularize),
+            min_area_m2=cfg.min_area_m2
+            if cfg.min_area_m2 is not None
+            else meta.min_area_m2
+            if meta
+            else 0.0,
+            regularize=cfg.regularize
+            if cfg.regularize is not None
+            else bool(meta and meta.regularize),
             split_m=cfg.split_m if cfg.split_m is not None else meta.split_m if meta else 0.0,
             simplify=cfg.simplify,
-            split_seeds=cfg.split_seeds if cfg.split_seeds is not None else meta.split_seeds if meta else 0.0,
+            split_seeds=cfg.split_seeds
+            if cfg.split_seeds is not None
+            else meta.split_seeds
+            if meta
+            else 0.0,
         )
 
     def vectorizer(self, scene: Scene, class_names: Sequence[str]) -> StripVectorizer:
@@ -299,12 +318,19 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GeounetError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+        raise GeounetError(
+            "--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu"
+        )
     return torch.device(device)
 
 
 def choose_backend(
-    backend: str, device: torch.device, amp: torch.dtype | None, *, compile: bool, model_file: bool = True
+    backend: str,
+    device: torch.device,
+    amp: torch.dtype | None,
+    *,
+    compile: bool,
+    model_file: bool = True,
 ) -> str:
     """The backend that runs a PyTorch model: ``torch`` or ``onnxruntime``.
 
@@ -321,11 +347,20 @@ def choose_backend(
         raise GeounetError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
     if backend == "onnxruntime":
         if amp is not None and device.type == "cpu":
-            raise GeounetError("--backend onnxruntime runs float32 on the CPU; use --precision fp32 or --backend torch")
+            raise GeounetError(
+                "--backend onnxruntime runs float32 on the CPU; use --precision fp32 or --backend torch"
+            )
         if compile:
             raise GeounetError("--compile applies to --backend torch")
         return backend
-    if backend == "auto" and model_file and device.type == "cpu" and amp is None and not compile and onnxruntime_available():
+    if (
+        backend == "auto"
+        and model_file
+        and device.type == "cpu"
+        and amp is None
+        and not compile
+        and onnxruntime_available()
+    ):
         return "onnxruntime"
     return "torch"
 
@@ -346,7 +381,11 @@ def check_dtype(scene: Scene, meta: ModelMeta) -> None:
         logger.warning(
             "%s is %s, the model was trained on %s: it is read through the scene's own %g-%g "
             "percentile stretch, as the model's training images were",
-            scene.name, scene.dtype, meta.dtype, norm.get("low", 2), norm.get("high", 98),
+            scene.name,
+            scene.dtype,
+            meta.dtype,
+            norm.get("low", 2),
+            norm.get("high", 98),
         )
         return
     raise BandMismatchError(
@@ -396,18 +435,31 @@ class Predictor:
         path = None if isinstance(model, tuple) else resolve_model(model)
         if path is not None and is_onnx(path):
             if compile:
-                raise GeounetError("--compile applies to PyTorch models; an ONNX model runs in onnxruntime")
+                raise GeounetError(
+                    "--compile applies to PyTorch models; an ONNX model runs in onnxruntime"
+                )
             if precision == "bf16":
-                raise GeounetError("--precision bf16 applies to PyTorch models; an ONNX model runs in float32")
+                raise GeounetError(
+                    "--precision bf16 applies to PyTorch models; an ONNX model runs in float32"
+                )
             if backend == "torch":
-                raise GeounetError("--backend torch runs .safetensors models; an ONNX model runs in onnxruntime")
+                raise GeounetError(
+                    "--backend torch runs .safetensors models; an ONNX model runs in onnxruntime"
+                )
             self.amp = None
             onnx_net, self.meta = load_onnx(path, device=device)
             self.net, self.device, self.backend = onnx_net, onnx_net.device, "onnxruntime"
             return
-        if choose_backend(backend, self.device, self.amp, compile=compile, model_file=path is not None) == "onnxruntime":
+        if (
+            choose_backend(
+                backend, self.device, self.amp, compile=compile, model_file=path is not None
+            )
+            == "onnxruntime"
+        ):
             try:
-                onnx_net, self.meta = load_backend(model if path is None else path, device=self.device.type)
+                onnx_net, self.meta = load_backend(
+                    model if path is None else path, device=self.device.type
+                )
             except GeounetError as exc:
                 if backend == "onnxruntime":
                     raise
@@ -415,7 +467,10 @@ class Predictor:
             else:
                 self.amp = None
                 self.net, self.device, self.backend = onnx_net, onnx_net.device, "onnxruntime"
-                logger.info("the network runs in onnxruntime (%s); --backend torch runs PyTorch", self.device.type)
+                logger.info(
+                    "the network runs in onnxruntime (%s); --backend torch runs PyTorch",
+                    self.device.type,
+                )
                 return
         if isinstance(model, tuple):  # a copy: the caller's network stays as it was
             net, self.meta = copy.deepcopy(model[0]), model[1]
@@ -464,7 +519,12 @@ class Predictor:
             per_tile = max(1, torch.cuda.max_memory_allocated(self.device) - base)
             free, _total = torch.cuda.mem_get_info(self.device)
             self._auto_batch[tile_size] = int(max(1, min(128, 0.6 * free // per_tile)))
-            logger.info("batch size %d (%.0f MB per tile, %.0f MB free)", self._auto_batch[tile_size], per_tile / 2**20, free / 2**20)
+            logger.info(
+                "batch size %d (%.0f MB per tile, %.0f MB free)",
+                self._auto_batch[tile_size],
+                per_tile / 2**20,
+                free / 2**20,
+            )
         return self._auto_batch[tile_size]
 
     @torch.inference_mode()
@@ -505,14 +565,24 @@ class Predictor:
         x = torch.from_numpy(batch)
         if scaling is None:
             scaling = self.array_scaling(batch, valid)
-        offset, scale = (torch.from_numpy(np.asarray(v, np.float32)).view(1, -1, 1, 1) for v in scaling)
+        offset, scale = (
+            torch.from_numpy(np.asarray(v, np.float32)).view(1, -1, 1, 1) for v in scaling
+        )
         x = (x - offset) / scale
         x = x * torch.from_numpy(valid).unsqueeze(1)
         size = x.shape[-1]
         if net_size is not None and net_size != size:
-            x = F.interpolate(x, size=(net_size, net_size), mode="bilinear", align_corners=False, antialias=net_size < size)
+            x = F.interpolate(
+                x,
+                size=(net_size, net_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=net_size < size,
+            )
             y = self._forward_tta(x, max_batch) if tta else self._forward_plain(x)
-            back = F.interpolate(torch.from_numpy(y), size=(size, size), mode="bilinear", align_corners=False)
+            back = F.interpolate(
+                torch.from_numpy(y), size=(size, size), mode="bilinear", align_corners=False
+            )
             return back.contiguous().numpy()
         if tta:
             return self._forward_tta(x, max_batch)
@@ -523,7 +593,9 @@ class Predictor:
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None
+        ):
             y = self.net(x)
         return y.float().cpu().contiguous().numpy()
 
@@ -544,7 +616,9 @@ class Predictor:
                 ks = group[i : i + per_pass]
                 xs = torch.cat([dihedral(x, k) for k in ks])
                 xs = xs.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None
+                ):
                     ys = self.net(xs).float()
                 for k, y in zip(ks, ys.split(n), strict=True):
                     total += undo_dihedral(y, k)
@@ -567,7 +641,14 @@ class Predictor:
         env: dict[str, Any] = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 64}
         env.update(gdal_options(scene_path))
         with rasterio.Env(**env):
-            return self._run(scene_path, out, probabilities=probabilities, mask=mask, config=config, progress=progress)
+            return self._run(
+                scene_path,
+                out,
+                probabilities=probabilities,
+                mask=mask,
+                config=config,
+                progress=progress,
+            )
 
     def _run(
         self,
@@ -593,23 +674,37 @@ class Predictor:
             line_path, line_layer = line_output(out, self.meta) if out is not None else (None, None)
             lines = None
             if line_path is not None and vectors is not None:
-                lines = (vectors if line_path == Path(out) else outputs.reserve(line_path, overwrite=cfg.overwrite), line_layer)  # type: ignore[arg-type]
+                lines = (
+                    vectors
+                    if line_path == Path(out)
+                    else outputs.reserve(line_path, overwrite=cfg.overwrite),
+                    line_layer,
+                )  # type: ignore[arg-type]
             sinks = StripSinks(
                 self.meta,
                 cfg,
                 scene,
                 lines=lines,
                 vectors=vectors,
-                probabilities=outputs.reserve(probabilities, overwrite=cfg.overwrite) if probabilities else None,
+                probabilities=outputs.reserve(probabilities, overwrite=cfg.overwrite)
+                if probabilities
+                else None,
                 mask=outputs.reserve(mask, overwrite=cfg.overwrite) if mask else None,
                 timings=timings,
                 vector_style=not _style_clash(out, probabilities, mask),
             )
             reader = WindowReader(scene, plan.bands, plan.tile_size)
             scaling = normalize.scene_scaling(
-                self.meta.normalization, self.meta.mean, self.meta.std, reader.handle(), scene, plan.bands
+                self.meta.normalization,
+                self.meta.mean,
+                self.meta.std,
+                reader.handle(),
+                scene,
+                plan.bands,
             )
-            assembler = StripAssembler(tiles, scene.height, scene.width, self.meta.outputs, plan.overlap)
+            assembler = StripAssembler(
+                tiles, scene.height, scene.width, self.meta.outputs, plan.overlap
+            )
             batcher = TileBatcher(plan.batch_size)
             reads = ReadAhead(reader, tiles, threads=cfg.readers, ahead=max(2 * plan.batch_size, 4))
             worker = StripWorker(sinks.handle, background=self._strip_thread(cfg), timings=timings)
@@ -617,7 +712,12 @@ class Predictor:
             def blend(batch: TileBatch) -> None:
                 t0 = time.perf_counter()
                 logits = self.forward(
-                    batch.data, batch.valid, tta=cfg.tta, max_batch=plan.batch_size, scaling=scaling, net_size=plan.net_size
+                    batch.data,
+                    batch.valid,
+                    tta=cfg.tta,
+                    max_batch=plan.batch_size,
+                    scaling=scaling,
+                    net_size=plan.net_size,
                 )
                 t1 = time.perf_counter()
                 for t, lg, vd in zip(batch.tiles, logits, batch.valid, strict=True):
@@ -674,7 +774,9 @@ class Predictor:
             lines=line_path,
             line_features=sinks.line_features,
             bands=tuple(plan.bands),
-            bands_by_colour=tuple(self.meta.band_names) if cfg.bands is None and tuple(plan.bands) != plan.scene.data_bands else (),
+            bands_by_colour=tuple(self.meta.band_names)
+            if cfg.bands is None and tuple(plan.bands) != plan.scene.data_bands
+            else (),
         )
 
     def plan(self, scene_path: str | os.PathLike[str], cfg: PredictConfig) -> RunPlan:
@@ -713,7 +815,12 @@ class Predictor:
         net_size = tile_size if factor != 1.0 else None
         if factor != 1.0:
             tile_size, overlap = max(1, round(tile_size * factor)), round(overlap * factor)
-            logger.info("scene pixels %.3g m, model %.3g m: windows resampled x%.2f", meta.gsd / factor, meta.gsd, 1 / factor)
+            logger.info(
+                "scene pixels %.3g m, model %.3g m: windows resampled x%.2f",
+                meta.gsd / factor,
+                meta.gsd,
+                1 / factor,
+            )
         return RunPlan(
             scene=scene,
             bands=list(bands),
@@ -778,7 +885,9 @@ class TileBatcher:
         self._seen = 0
         self.skipped = 0
 
-    def add(self, index: int, tile: Tile, data: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]) -> bool:
+    def add(
+        self, index: int, tile: Tile, data: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]
+    ) -> bool:
         """Add tile number ``index`` (consecutive from 0); True when the batch is full."""
         self._seen = index + 1
         if not valid.any():
@@ -818,7 +927,9 @@ class StripWorker:
         timings: ``strips`` (inline handling) and ``strips_wait`` (waiting for the thread) add up here.
     """
 
-    def __init__(self, handle: Callable[[Strip], None], *, background: bool, timings: dict[str, float]) -> None:
+    def __init__(
+        self, handle: Callable[[Strip], None], *, background: bool, timings: dict[str, float]
+    ) -> None:
         self._handle = handle
         self.background = background
         self._timings = timings
@@ -828,7 +939,9 @@ class StripWorker:
     def submit(self, strip: Strip) -> None:
         """Handle a strip (strips must come in scene order)."""
         t0 = time.perf_counter()
-        while self._in_flight and (self._in_flight[0].done() or len(self._in_flight) >= STRIPS_IN_FLIGHT):
+        while self._in_flight and (
+            self._in_flight[0].done() or len(self._in_flight) >= STRIPS_IN_FLIGHT
+        ):
             self._in_flight.popleft().result()  # re-raises a failure of the strip thread
         self._timings["strips_wait"] += time.perf_counter() - t0
         if not self.background:
@@ -907,8 +1020,13 @@ class StripSinks:
                 self.probabilities.dataset.scales = [1 / 254] * n_out
         if mask is not None:
             self.mask = StripWriter(
-                mask, scene, count=1, dtype="uint8", nodata=MASK_NODATA,
-                descriptions=["class"], overview_resampling="nearest",
+                mask,
+                scene,
+                count=1,
+                dtype="uint8",
+                nodata=MASK_NODATA,
+                descriptions=["class"],
+                overview_resampling="nearest",
             )
             self.mask.dataset.write_colormap(1, _colormap(meta))
             self.mask.dataset.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(self.names)})
@@ -918,7 +1036,10 @@ class StripSinks:
         # Touching objects cut along probability valleys (binary models; mask and polygons).
         self.seeds = polygon_options.split_seeds if meta.binary else 0.0
         if cfg.split_seeds and not meta.binary:
-            logger.warning("--split-seeds applies to binary models only; this model has %d classes", len(meta.classes))
+            logger.warning(
+                "--split-seeds applies to binary models only; this model has %d classes",
+                len(meta.classes),
+            )
         self.seed_px = max(4, round(SEED_MIN_M2 / (pixel_size_m(scene) or 1.0) ** 2))
         self.centerliner: StripCenterliner | None = None
         self.line_writer: VectorWriter | None = None
@@ -928,11 +1049,19 @@ class StripSinks:
             style = vector_qml(self.names[1:], _class_colours(meta)) if vector_style else None
             self.vector_writer = VectorWriter(vectors, style=style)
         if lines is not None:
-            options = CenterlineOptions(line_width_m=meta.line_width_m or 4.0, simplify=cfg.simplify or 1.0)
-            self.centerliner = StripCenterliner(scene.transform, scene.crs, self.names, meta.line_class_ids, options)
+            options = CenterlineOptions(
+                line_width_m=meta.line_width_m or 4.0, simplify=cfg.simplify or 1.0
+            )
+            self.centerliner = StripCenterliner(
+                scene.transform, scene.crs, self.names, meta.line_class_ids, options
+            )
             colours = {value: colour for value, _, colour in _mask_entries(meta)}
             style = (
-                line_qml([self.names[i] for i in meta.line_class_ids], [colours[i] for i in meta.line_class_ids], meta.line_width_m)
+                line_qml(
+                    [self.names[i] for i in meta.line_class_ids],
+                    [colours[i] for i in meta.line_class_ids],
+                    meta.line_width_m,
+                )
                 if vector_style
                 else None
             )
@@ -958,7 +1087,10 @@ class StripSinks:
             self.counts += np.bincount(cls[r0 : r0 + step].ravel(), minlength=256)[:256]
         t1 = time.perf_counter()
         if self.probabilities is not None:
-            self.probabilities.write(strip.row_off, _prob_array(probs[: self.meta.class_channels], strip.valid, self.cfg.prob_dtype))
+            self.probabilities.write(
+                strip.row_off,
+                _prob_array(probs[: self.meta.class_channels], strip.valid, self.cfg.prob_dtype),
+            )
         if self.mask is not None:
             self.mask.write(strip.row_off, cls[None])
         t2 = time.perf_counter()
@@ -994,7 +1126,9 @@ class StripSinks:
         assert self.centerliner is not None and self.line_writer is not None
         self._drain(self.centerliner, self.line_writer, final=final)
 
-    def _drain(self, source: StripVectorizer | StripCenterliner, writer: VectorWriter, *, final: bool) -> None:
+    def _drain(
+        self, source: StripVectorizer | StripCenterliner, writer: VectorWriter, *, final: bool
+    ) -> None:
         """What ``source`` has finished to ``writer``, a batch at a time (``--to-crs`` applied);
         with ``final``, everything, and an empty file with its columns if nothing came."""
         self.timings["imports"] += import_vector_libraries()
@@ -1016,7 +1150,9 @@ class StripSinks:
         """Finish every output (after the last strip): COG copies on ``worker``'s thread beside
         the vector file, then the QGIS styles."""
         timings = self.timings
-        closing = [worker.call(functools.partial(_timed, w.close, timings, "write")) for w in self.writers]
+        closing = [
+            worker.call(functools.partial(_timed, w.close, timings, "write")) for w in self.writers
+        ]
         if self.vector_writer is not None:
             self._write_polygons(final=True)
             t0 = time.perf_counter()
@@ -1031,7 +1167,9 @@ class StripSinks:
         for fut in closing:
             fut.result()
         if self._prob_path is not None:
-            write_sidecar_qml(self._prob_path, probability_qml(254 if self.cfg.prob_dtype == "uint8" else 1.0))
+            write_sidecar_qml(
+                self._prob_path, probability_qml(254 if self.cfg.prob_dtype == "uint8" else 1.0)
+            )
         if self._mask_path is not None:
             write_sidecar_qml(self._mask_path, mask_qml(_mask_entries(self.meta)))
             write_category_names(self._mask_path, self.names)
@@ -1047,7 +1185,11 @@ class StripSinks:
 
     def class_counts(self) -> dict[str, int]:
         """Pixels of each foreground class so far, by name."""
-        return {name: int(self.counts[i]) for i, name in enumerate(self.names) if i > 0 and self.counts[i]}
+        return {
+            name: int(self.counts[i])
+            for i, name in enumerate(self.names)
+            if i > 0 and self.counts[i]
+        }
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -1092,7 +1234,9 @@ def spare_cores() -> bool:
     return cores > torch.get_num_threads()
 
 
-def _style_clash(out: str | os.PathLike[str] | None, *rasters: str | os.PathLike[str] | None) -> bool:
+def _style_clash(
+    out: str | os.PathLike[str] | None, *rasters: str | os.PathLike[str] | None
+) -> bool:
     """Whether a non-GeoPackage vector output's style file (its ``.qml`` beside it) is the name
     that a raster output of the same stem needs for its own style."""
     if out is None or vector_driver(out) == "GPKG":
@@ -1216,6 +1360,6 @@ def predict_raster(
         GeounetError: Any bad input or unwritable output; no output is left behind.
     """
     cfg = config or PredictConfig()
-    return Predictor(model, device=cfg.device, compile=cfg.compile, precision=cfg.precision, backend=cfg.backend).run(
-        scene, out, probabilities=probabilities, mask=mask, config=cfg, progress=progress
-    )
+    return Predictor(
+        model, device=cfg.device, compile=cfg.compile, precision=cfg.precision, backend=cfg.backend
+    ).run(scene, out, probabilities=probabilities, mask=mask, config=cfg, progress=progress)

@@ -105,7 +105,9 @@ def expand_rasters(inputs: Iterable[str | os.PathLike[str]], *, folders: bool = 
             scenes.extend(_expand_one(text, base=None, source=None, folders=folders))
     unique = list(dict.fromkeys(scenes))
     if not unique:
-        raise GeounetError("no input scenes given; pass paths, globs such as 'archive/**/*.tif', URLs or @list.txt")
+        raise GeounetError(
+            "no input scenes given; pass paths, globs such as 'archive/**/*.tif', URLs or @list.txt"
+        )
     return unique
 
 
@@ -123,7 +125,9 @@ def _read_list(path: Path, folders: bool) -> list[str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        scenes.extend(_expand_one(line, base=path.parent, source=f"{path}:{number}", folders=folders))
+        scenes.extend(
+            _expand_one(line, base=path.parent, source=f"{path}:{number}", folders=folders)
+        )
     if not scenes:
         raise GeounetError(f"@{path} lists no scenes; write one path or URL per line")
     return scenes
@@ -146,10 +150,14 @@ def _expand_one(text: str, *, base: Path | None, source: str | None, folders: bo
         return [os.path.abspath(p) for p in matches]
     if folders and os.path.isdir(path):
         found = sorted(
-            str(p) for p in Path(path).rglob("*") if p.suffix.lower() in RASTER_SUFFIXES and p.is_file()
+            str(p)
+            for p in Path(path).rglob("*")
+            if p.suffix.lower() in RASTER_SUFFIXES and p.is_file()
         )
         if not found:
-            raise GeounetError(f"{text}{where}: no rasters ({', '.join(RASTER_SUFFIXES)}) in this folder")
+            raise GeounetError(
+                f"{text}{where}: no rasters ({', '.join(RASTER_SUFFIXES)}) in this folder"
+            )
         return [os.path.abspath(p) for p in found]
     if source is None:  # given on the command line: a typo should stop the batch
         if not os.path.exists(path):
@@ -239,7 +247,10 @@ def projection_scale(crs: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> npt.NDArra
     ground by 1/cos(latitude): a 0.3 m pixel at 52 deg N spans 0.49 grid metres, and a house's
     grid area is 2.7 times its real one.
     """
-    xs, ys = np.atleast_1d(np.asarray(x, dtype=np.float64)), np.atleast_1d(np.asarray(y, dtype=np.float64))
+    xs, ys = (
+        np.atleast_1d(np.asarray(x, dtype=np.float64)),
+        np.atleast_1d(np.asarray(y, dtype=np.float64)),
+    )
     ones = np.ones(xs.shape, dtype=np.float64)
     if crs is None or crs.is_geographic or not xs.size:
         return ones
@@ -249,7 +260,11 @@ def projection_scale(crs: Any, x: npt.ArrayLike, y: npt.ArrayLike) -> npt.NDArra
     try:
         lon, lat = proj[0].transform(xs, ys)
         # Dimensionless: a grid in feet has the same scale factor as one in metres.
-        k = np.sqrt(np.asarray(proj[1].get_factors(np.asarray(lon), np.asarray(lat), errcheck=False).areal_scale))
+        k = np.sqrt(
+            np.asarray(
+                proj[1].get_factors(np.asarray(lon), np.asarray(lat), errcheck=False).areal_scale
+            )
+        )
     except Exception:  # noqa: BLE001 - PROJ cannot tell here: measure on the grid
         return ones
     k = np.where(np.isfinite(k) & (k > 0), k, 1.0)
@@ -264,7 +279,10 @@ def ground_scale(geoms: npt.NDArray[Any], crs: Any) -> npt.NDArray[np.float64] |
         return 1.0
     x0, y0, x1, y1 = shapely.total_bounds(geoms)
     xm, ym = (x0 + x1) / 2, (y0 + y1) / 2
-    if (projection_scale(crs, [x0, x1, x0, x1, xm, xm, x0, x1], [y0, y0, y1, y1, y0, y1, ym, ym]) == 1).all():
+    if (
+        projection_scale(crs, [x0, x1, x0, x1, xm, xm, x0, x1], [y0, y0, y1, y1, y0, y1, ym, ym])
+        == 1
+    ).all():
         return 1.0
     centres = shapely.centroid(geoms)
     return projection_scale(crs, shapely.get_x(centres), shapely.get_y(centres))
@@ -393,9 +411,11 @@ def _describe(src: Any, path: str, name: str) -> Scene:
         if ci == ColorInterp.alpha:
             alpha = i
     data_bands = tuple(i for i in range(1, src.count + 1) if i != alpha)
-    has_mask = any(
-        MaskFlags.all_valid not in flags for flags in src.mask_flag_enums
-    ) or src.nodata is not None or alpha is not None
+    has_mask = (
+        any(MaskFlags.all_valid not in flags for flags in src.mask_flag_enums)
+        or src.nodata is not None
+        or alpha is not None
+    )
     return Scene(
         path=path,
         name=name,
@@ -414,9 +434,22 @@ def _describe(src: Any, path: str, name: str) -> Scene:
 
 
 #: Colour interpretations that name what a band holds (GDAL's), as opposed to none or a role.
-COLOUR_NAMES = frozenset({
-    "red", "green", "blue", "nir", "rededge", "coastal", "yellow", "pan", "swir", "mwir", "lwir", "tir",
-})
+COLOUR_NAMES = frozenset(
+    {
+        "red",
+        "green",
+        "blue",
+        "nir",
+        "rededge",
+        "coastal",
+        "yellow",
+        "pan",
+        "swir",
+        "mwir",
+        "lwir",
+        "tir",
+    }
+)
 
 
 def _distinct_colours(names: Sequence[str]) -> bool:
@@ -583,11 +616,15 @@ class ReadAhead:
     ``with`` block) cancels queued reads and waits for running ones.
     """
 
-    def __init__(self, reader: WindowReader, tiles: Iterable[Tile], *, threads: int, ahead: int) -> None:
+    def __init__(
+        self, reader: WindowReader, tiles: Iterable[Tile], *, threads: int, ahead: int
+    ) -> None:
         self._read = reader.read
         self._tiles = iter(tiles)
         self._ahead = max(1, ahead)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="geounet-read")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="geounet-read"
+        )
         self._pending: deque[tuple[Tile, Future[tuple[Any, Any]]]] = deque()
         self.wait = 0.0
 

@@ -76,7 +76,11 @@ _MEDIA_TYPES = {
     ".parquet": "application/vnd.apache.parquet",
     ".tif": COG_MEDIA_TYPE,
 }
-_ASSET_TITLES = {"vectors": "Polygons", "mask": "Class mask", "probabilities": "Class probabilities"}
+_ASSET_TITLES = {
+    "vectors": "Polygons",
+    "mask": "Class mask",
+    "probabilities": "Class probabilities",
+}
 #: Segments per side of a scene's outline in the results catalog.
 _FOOTPRINT_STEPS = 5
 _URL_SCHEMES = ("http", "https")
@@ -122,7 +126,11 @@ class StacScene:
         """
         if self.item_href is not None:
             return self.item_href
-        source = self.source if "://" in self.source else os.path.abspath(os.path.expanduser(self.source))
+        source = (
+            self.source
+            if "://" in self.source
+            else os.path.abspath(os.path.expanduser(self.source))
+        )
         return f"{source}#{self.item_id}"
 
 
@@ -226,9 +234,13 @@ def read_stac_scenes(
     try:
         data = json.loads(io.read_text(href))
     except (OSError, UnicodeDecodeError) as exc:
-        raise GeounetError(f"cannot read STAC {text}: {_reason(exc)}; check the path or URL") from exc
+        raise GeounetError(
+            f"cannot read STAC {text}: {_reason(exc)}; check the path or URL"
+        ) from exc
     except ValueError as exc:
-        raise GeounetError(f"{text} is not JSON ({_reason(exc)}); give a STAC catalog or item") from exc
+        raise GeounetError(
+            f"{text} is not JSON ({_reason(exc)}); give a STAC catalog or item"
+        ) from exc
     kinds = ("Feature", "FeatureCollection", "Catalog", "Collection")
     if not isinstance(data, dict) or data.get("type") not in kinds:
         raise GeounetError(
@@ -253,7 +265,9 @@ def read_stac_scenes(
     except (KeyError, TypeError, ValueError, pystac.STACError, pystac.STACTypeError) as exc:
         raise GeounetError(f"{text} is not valid STAC ({_reason(exc)})") from exc
     if not scenes:
-        raise GeounetError(f"{text} holds no STAC items; give a catalog, collection or item with items")
+        raise GeounetError(
+            f"{text} holds no STAC items; give a catalog, collection or item with items"
+        )
     return scenes
 
 
@@ -266,7 +280,9 @@ class _Choice:
     exact: bool = True  # exactly ``bands`` (the model's count), or at least (``--bands``)
 
 
-def _walk(obj: Any, io: Any, *, source: str, choice: _Choice, seen: set[str]) -> Iterator[StacScene]:
+def _walk(
+    obj: Any, io: Any, *, source: str, choice: _Choice, seen: set[str]
+) -> Iterator[StacScene]:
     """The scenes of an item, or of every item below a catalog (depth first, in link order).
 
     Children are read here, through ``io``, rather than by pystac's link resolution, which reads
@@ -405,7 +421,9 @@ def choose_asset(
     def rank(entry: tuple[int, tuple[str, Any]]) -> tuple[int, int, int]:
         order, (_, asset) = entry
         count = asset_band_count(asset)
-        misfit = bands is not None and count is not None and (count != bands if exact else count < bands)
+        misfit = (
+            bands is not None and count is not None and (count != bands if exact else count < bands)
+        )
         roles = set(asset.roles or ())
         role = next((i for i, r in enumerate(DEFAULT_ROLES) if r in roles), len(DEFAULT_ROLES))
         return int(misfit), role, order
@@ -548,16 +566,22 @@ def write_results_catalog(
     model_path = resolve_model(model).resolve()
     meta = meta if meta is not None else read_meta(model_path)
     name = model_path.stem
-    model_stac = pystac.Item.from_dict(model_item(model_path, meta=meta, sha256=model_hash), preserve_dict=False)
+    model_stac = pystac.Item.from_dict(
+        model_item(model_path, meta=meta, sha256=model_hash), preserve_dict=False
+    )
     licence, licensors = data_license(meta)
     collection_id = f"{RESULTS_CATALOG_ID}-{_slug(name)}"
     if collection_id == model_stac.id:
         collection_id += "-results"
-    results = [_result_item(pystac, entry, meta=meta, model=name, model_hash=model_hash) for entry in items]
+    results = [
+        _result_item(pystac, entry, meta=meta, model=name, model_hash=model_hash) for entry in items
+    ]
     described = f"by geounet {__version__} with the model {name} (SHA-256 {model_hash})"
     count = f"{len(items)} scene{'s' if len(items) != 1 else ''}"
     catalog = pystac.Catalog(
-        id=RESULTS_CATALOG_ID, title="geounet results", description=f"Segmentation of {count} {described}."
+        id=RESULTS_CATALOG_ID,
+        title="geounet results",
+        description=f"Segmentation of {count} {described}.",
     )
     collection = pystac.Collection(
         id=collection_id,
@@ -582,7 +606,9 @@ def write_results_catalog(
     collection.stac_extensions = sorted({ext for item in results for ext in item.stac_extensions})
     collection.extra_fields["item_assets"] = _item_assets(meta, mask_classes(meta))
     for href, title in _source_collections(items):
-        collection.add_link(pystac.Link("derived_from", href, media_type="application/json", title=title))
+        collection.add_link(
+            pystac.Link("derived_from", href, media_type="application/json", title=title)
+        )
     catalog.add_child(collection)
     catalog.add_item(model_stac)
     collection.add_items(results)
@@ -659,7 +685,9 @@ def _swap_folder(tmp: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _result_item(pystac: Any, entry: ResultItem, *, meta: ModelMeta, model: str, model_hash: str) -> Any:
+def _result_item(
+    pystac: Any, entry: ResultItem, *, meta: ModelMeta, model: str, model_hash: str
+) -> Any:
     from pystac.utils import datetime_to_str, str_to_datetime
 
     from geounet.stac_model import mask_classes
@@ -668,8 +696,16 @@ def _result_item(pystac: Any, entry: ResultItem, *, meta: ModelMeta, model: str,
     geometry, bbox = _footprint(grid)
     source = entry.source
     params = entry.params or {}
-    tile = f", tiles of {params['tile_size']} px overlapping by {params['overlap']} px" if "tile_size" in params else ""
-    what = f"the STAC item {source.item_id} (asset {source.asset_key})" if source is not None else entry.scene
+    tile = (
+        f", tiles of {params['tile_size']} px overlapping by {params['overlap']} px"
+        if "tile_size" in params
+        else ""
+    )
+    what = (
+        f"the STAC item {source.item_id} (asset {source.asset_key})"
+        if source is not None
+        else entry.scene
+    )
     properties: dict[str, Any] = {
         "created": entry.created,
         "label:type": "vector" if "vectors" in entry.assets else "raster",
@@ -692,11 +728,16 @@ def _result_item(pystac: Any, entry: ResultItem, *, meta: ModelMeta, model: str,
             properties["label:overviews"] = [{"property_key": "class", "counts": counts}]
     else:
         properties["label:properties"] = None
-        properties["label:classes"] = [{"name": None, "classes": [c["value"] for c in classes[1:-1]]}]
+        properties["label:classes"] = [
+            {"name": None, "classes": [c["value"] for c in classes[1:-1]]}
+        ]
     if entry.created:
         properties["processing:datetime"] = datetime_to_str(str_to_datetime(entry.created))
     if params:
-        properties["processing:expression"] = {"format": "geounet-batch-parameters", "expression": params}
+        properties["processing:expression"] = {
+            "format": "geounet-batch-parameters",
+            "expression": params,
+        }
     if grid is not None:
         properties.update(_projection(grid.crs, grid.transform, grid.height, grid.width))
     when: datetime | None = None
@@ -707,12 +748,16 @@ def _result_item(pystac: Any, entry: ResultItem, *, meta: ModelMeta, model: str,
         properties["end_datetime"] = source.end_datetime
     else:
         when = str_to_datetime(entry.created) if entry.created else datetime.now(timezone.utc)
-    item = pystac.Item(id=entry.id, geometry=geometry, bbox=bbox, datetime=when, properties=properties)
+    item = pystac.Item(
+        id=entry.id, geometry=geometry, bbox=bbox, datetime=when, properties=properties
+    )
     extensions = {EXTENSIONS["label"], EXTENSIONS["processing"]}
     if grid is not None:
         extensions.add(EXTENSIONS["projection"])
     for kind, path in entry.assets.items():
-        asset, used = _result_asset(kind, path, meta=meta, grid=grid, params=params, classes=classes)
+        asset, used = _result_asset(
+            kind, path, meta=meta, grid=grid, params=params, classes=classes
+        )
         item.add_asset(kind, pystac.Asset.from_dict(asset))
         extensions |= used
     item.stac_extensions = sorted(extensions)
@@ -757,7 +802,9 @@ def _result_asset(
         asset["raster:bands"] = bands
         used.add(EXTENSIONS["raster"])
         if out_grid is not None and (grid is None or out_grid != grid):
-            asset.update(_projection(out_grid.crs, out_grid.transform, out_grid.height, out_grid.width))
+            asset.update(
+                _projection(out_grid.crs, out_grid.transform, out_grid.height, out_grid.width)
+            )
             used.add(EXTENSIONS["projection"])
     if kind == "mask":
         asset["roles"] = ["data", "classification"]
@@ -820,7 +867,11 @@ def _raster_info(path: Path) -> tuple[list[dict[str, Any]], _Grid | None] | None
                 if src.scales[i] != 1 or src.offsets[i] != 0:
                     band["scale"], band["offset"] = src.scales[i], src.offsets[i]
                 bands.append(band)
-            grid = _Grid(src.crs, src.transform, src.height, src.width, tuple(src.bounds)) if src.crs else None
+            grid = (
+                _Grid(src.crs, src.transform, src.height, src.width, tuple(src.bounds))
+                if src.crs
+                else None
+            )
     except (RasterioError, OSError) as exc:
         logger.warning("cannot describe %s in the STAC catalog: %s", path, _reason(exc))
         return None
@@ -832,7 +883,9 @@ def _crs_code(crs: Any) -> str | None:
     from pyproj import CRS
 
     try:
-        found = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs).to_authority(min_confidence=90)
+        found = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs).to_authority(
+            min_confidence=90
+        )
     except Exception:  # noqa: BLE001 (pyproj raises CRSError and others for odd input)
         return None
     return f"{found[0]}:{found[1]}" if found else None
@@ -847,7 +900,14 @@ def _projection(crs: Any, transform: Any, height: int, width: int) -> dict[str, 
     fields: dict[str, Any] = {
         "proj:code": code,
         "proj:shape": [height, width],
-        "proj:transform": [transform.a, transform.b, transform.c, transform.d, transform.e, transform.f],
+        "proj:transform": [
+            transform.a,
+            transform.b,
+            transform.c,
+            transform.d,
+            transform.e,
+            transform.f,
+        ],
         "proj:bbox": [west, south, east, north],
     }
     if code is None:
@@ -880,7 +940,14 @@ def _source_links(entry: ResultItem) -> list[dict[str, Any]]:
     source = entry.source
     if source is None:
         href = entry.scene if is_remote(entry.scene) else os.path.abspath(entry.scene)
-        return [{"rel": "source", "href": href, "type": "image/tiff; application=geotiff", "title": "The segmented raster"}]
+        return [
+            {
+                "rel": "source",
+                "href": href,
+                "type": "image/tiff; application=geotiff",
+                "title": "The segmented raster",
+            }
+        ]
     if source.item_href is not None:
         href, title = source.item_href, f"STAC item {source.item_id}"
     else:  # an item of an ItemCollection, which has no href of its own
@@ -905,7 +972,9 @@ def _source_collections(items: Sequence[ResultItem]) -> list[tuple[str, str]]:
         source = entry.source
         if source is None:
             continue
-        doc_href = source.item_href or (source.source if "://" in source.source else os.path.abspath(source.source))
+        doc_href = source.item_href or (
+            source.source if "://" in source.source else os.path.abspath(source.source)
+        )
         if doc_href not in docs:
             try:
                 docs[doc_href] = json.loads(io.read_text(doc_href))
@@ -914,11 +983,22 @@ def _source_collections(items: Sequence[ResultItem]) -> list[tuple[str, str]]:
                 docs[doc_href] = None
         doc = docs[doc_href]
         if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-            doc = next((f for f in doc.get("features", []) if isinstance(f, dict) and f.get("id") == source.item_id), None)
+            doc = next(
+                (
+                    f
+                    for f in doc.get("features", [])
+                    if isinstance(f, dict) and f.get("id") == source.item_id
+                ),
+                None,
+            )
         if not isinstance(doc, dict):
             continue
         for link in doc.get("links", []):
-            if isinstance(link, dict) and link.get("rel") == "collection" and isinstance(link.get("href"), str):
+            if (
+                isinstance(link, dict)
+                and link.get("rel") == "collection"
+                and isinstance(link.get("href"), str)
+            ):
                 href = _resolve_href(link["href"], doc_href)
                 if href is not None and href not in found:
                     found[href] = f"Source collection {doc.get('collection') or _href_stem(href)}"
@@ -929,7 +1009,12 @@ def _extent(pystac: Any, items: Sequence[Any]) -> Any:
     """The union of the items' bounding boxes and times (the whole world when none has one)."""
     boxes = [item.bbox for item in items if item.bbox]
     if boxes:
-        bbox = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+        bbox = [
+            min(b[0] for b in boxes),
+            min(b[1] for b in boxes),
+            max(b[2] for b in boxes),
+            max(b[3] for b in boxes),
+        ]
     else:
         bbox = [-180.0, -90.0, 180.0, 90.0]
     times = []

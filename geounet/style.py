@@ -43,11 +43,11 @@ def vector_qml(class_names: Sequence[str], colours: Sequence[str], *, attr: str 
             "style": "solid",
             "joinstyle": "miter",
         }
-        opts = "".join(
-            f'<Option type="QString" name="{k}" value="{v}"/>' for k, v in props.items()
-        )
+        opts = "".join(f'<Option type="QString" name="{k}" value="{v}"/>' for k, v in props.items())
         legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
-        cats.append(f'<category label={quoteattr(name)} render="true" value={quoteattr(name)} symbol="{i}"/>')
+        cats.append(
+            f'<category label={quoteattr(name)} render="true" value={quoteattr(name)} symbol="{i}"/>'
+        )
         syms.append(
             f'<symbol type="fill" alpha="1" name="{i}" force_rhr="0" clip_to_extent="1">'
             f'<layer enabled="1" class="SimpleFill" locked="0" pass="0">'
@@ -56,7 +56,13 @@ def vector_qml(class_names: Sequence[str], colours: Sequence[str], *, attr: str 
     return _categorized(cats, syms, attr, geometry_type=2)
 
 
-def line_qml(class_names: Sequence[str], colours: Sequence[str], width_m: float | None, *, attr: str = "class") -> str:
+def line_qml(
+    class_names: Sequence[str],
+    colours: Sequence[str],
+    width_m: float | None,
+    *,
+    attr: str = "class",
+) -> str:
     """A categorized line style for centerlines: one solid line per class in its colour, drawn
     ``width_m`` metres wide on the ground (``RenderMetersInMapUnits``, whatever the CRS), or
     0.8 mm on screen when the width is unknown."""
@@ -75,7 +81,9 @@ def line_qml(class_names: Sequence[str], colours: Sequence[str], width_m: float 
         }
         opts = "".join(f'<Option type="QString" name="{k}" value="{v}"/>' for k, v in props.items())
         legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
-        cats.append(f'<category label={quoteattr(name)} render="true" value={quoteattr(name)} symbol="{i}"/>')
+        cats.append(
+            f'<category label={quoteattr(name)} render="true" value={quoteattr(name)} symbol="{i}"/>'
+        )
         syms.append(
             f'<symbol type="line" alpha="1" name="{i}" force_rhr="0" clip_to_extent="1">'
             f'<layer enabled="1" class="SimpleLine" locked="0" pass="0">'
@@ -108,7 +116,8 @@ def probability_qml(max_value: float, *, band: int = 1) -> str:
         f'classificationMin="0" classificationMax="{max_value:g}" alphaBand="-1" nodataColor="">'
         "<minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>"
         f'<rastershader><colorrampshader colorRampType="INTERPOLATED" clip="0" minimumValue="0" '
-        f'maximumValue="{max_value:g}" classificationMode="1">' + "".join(items)
+        f'maximumValue="{max_value:g}" classificationMode="1">'
+        + "".join(items)
         + "</colorrampshader></rastershader></rasterrenderer>"
     )
 
@@ -132,7 +141,9 @@ def write_sidecar_qml(path: str | os.PathLike[str], qml: str) -> Path:
     return side
 
 
-def write_gpkg_style(path: str | os.PathLike[str], layer: str, qml: str, *, name: str = "geounet") -> None:
+def write_gpkg_style(
+    path: str | os.PathLike[str], layer: str, qml: str, *, name: str = "geounet"
+) -> None:
     """Store ``qml`` as the default style of ``layer`` in a GeoPackage's ``layer_styles`` table."""
     con = sqlite3.connect(str(path))
     try:
@@ -182,8 +193,12 @@ def _categorized(cats: list[str], syms: list[str], attr: str, *, geometry_type: 
         _HEADER
         + '<qgis version="3.22" styleCategories="Symbology">'
         + f'<renderer-v2 forceraster="0" type="categorizedSymbol" attr={quoteattr(attr)} symbollevels="0" enableorderby="0">'
-        + "<categories>" + "".join(cats) + "</categories>"
-        + "<symbols>" + "".join(syms) + "</symbols>"
+        + "<categories>"
+        + "".join(cats)
+        + "</categories>"
+        + "<symbols>"
+        + "".join(syms)
+        + "</symbols>"
         + "</renderer-v2><blendMode>0</blendMode><featureBlendMode>0</featureBlendMode>"
         + f"<layerGeometryType>{geometry_type}</layerGeometryType></qgis>\n"
     )

@@ -63,7 +63,14 @@ from geounet.labels import LabelSpec, read_label_sources
 from geounet.model import add_core_channel, autocast_dtype, drop_core_channel
 from geounet.normalize import any_dtype, image_stretch, with_typical
 from geounet.predict import resolve_device
-from geounet.raster import AtomicOutputs, band_names, expand_rasters, open_scene, pixel_size_m, resolve_bands
+from geounet.raster import (
+    AtomicOutputs,
+    band_names,
+    expand_rasters,
+    open_scene,
+    pixel_size_m,
+    resolve_bands,
+)
 from geounet.tiling import check_tile_size
 
 logger = logging.getLogger(__name__)
@@ -213,14 +220,20 @@ class EpochChooser:
         improved = score > self.best_iou or self.best_epoch == 0
         if improved:
             self.best_iou, self.best_epoch, self.best_se = score, epoch, se
-        close = self.keep == "auto" and not math.isnan(self.best_se) and score >= self.best_iou - self.best_se
+        close = (
+            self.keep == "auto"
+            and not math.isnan(self.best_se)
+            and score >= self.best_iou - self.best_se
+        )
         save = improved or self.keep == "last" or close
         if save:
             self.kept_epoch = epoch
         return save
 
 
-def cell_iou_sums(logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool, cell: int = SE_CELL) -> torch.Tensor:
+def cell_iou_sums(
+    logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool, cell: int = SE_CELL
+) -> torch.Tensor:
     """Per-class sums over square cells of a batch, for :func:`iou_standard_error`.
 
     Each window is cut into cells of about ``cell`` pixels a side; for each cell and class,
@@ -240,7 +253,16 @@ def cell_iou_sums(logits: torch.Tensor, target: torch.Tensor, n_classes: int, bi
                 pk, tk = (p == k) & v, (t == k) & v
                 inter = (pk & tk).flatten(1).sum(1).double().cpu()
                 union = (pk | tk).flatten(1).sum(1).double().cpu()
-                out[k] += torch.stack([inter.sum(), union.sum(), (inter**2).sum(), (union**2).sum(), (inter * union).sum(), torch.tensor(float(len(inter)), dtype=torch.float64)])
+                out[k] += torch.stack(
+                    [
+                        inter.sum(),
+                        union.sum(),
+                        (inter**2).sum(),
+                        (union**2).sum(),
+                        (inter * union).sum(),
+                        torch.tensor(float(len(inter)), dtype=torch.float64),
+                    ]
+                )
     return out
 
 
@@ -282,7 +304,9 @@ EpochCallback = Callable[[dict[str, Any]], None]
 InfoCallback = Callable[[str], None]
 
 
-def resolve_class_geometry(found: dict[str, str], overrides: dict[str, str] | None) -> dict[str, str]:
+def resolve_class_geometry(
+    found: dict[str, str], overrides: dict[str, str] | None
+) -> dict[str, str]:
     """Each class's geometry: from its labels (``found``), with ``overrides`` (``--class-geometry``)
     winning; only line classes are listed (a class not listed is a polygon class).
 
@@ -394,7 +418,9 @@ def lr_at(step: int, total: int, base: float, schedule: Schedule) -> float:
     spent its first 140 steps at a learning rate too low to learn (loss 1.68 -> 1.30).
     """
     total = max(total, 1)
-    warm_frac, start, end = (0.1, base / 10, base / 1e4) if schedule == "onecycle" else (0.05, base / 10, base / 100)
+    warm_frac, start, end = (
+        (0.1, base / 10, base / 1e4) if schedule == "onecycle" else (0.05, base / 10, base / 100)
+    )
     warm = max(1, int(total * warm_frac))
     if step < warm:
         return start + (base - start) * step / warm
@@ -425,7 +451,9 @@ def segmentation_loss(
         v = valid.float()
 
         def bce_dice(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            bce = (F.binary_cross_entropy_with_logits(x, t, reduction="none") * weight).sum() / v.sum()
+            bce = (
+                F.binary_cross_entropy_with_logits(x, t, reduction="none") * weight
+            ).sum() / v.sum()
             p = torch.sigmoid(x) * v
             inter = (p * t).sum()
             return bce + 1 - (2 * inter + 1) / (p.sum() + (t * v).sum() + 1)
@@ -436,7 +464,10 @@ def segmentation_loss(
             loss = loss + bce_dice(logits[:, 1], core.float())
         return loss
     ce_px = F.cross_entropy(
-        logits, target.clamp_max(logits.shape[1] - 1).masked_fill(~valid, IGNORE_INDEX), ignore_index=IGNORE_INDEX, reduction="none"
+        logits,
+        target.clamp_max(logits.shape[1] - 1).masked_fill(~valid, IGNORE_INDEX),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
     )
     ce = (ce_px * weight).sum() / valid.sum()
     prob = logits.softmax(dim=1) * valid.unsqueeze(1)
@@ -448,14 +479,18 @@ def segmentation_loss(
     return ce + dice
 
 
-def _scored(logits: torch.Tensor, target: torch.Tensor, binary: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _scored(
+    logits: torch.Tensor, target: torch.Tensor, binary: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Predicted classes, targets (contact pixels as background) and the valid-pixel mask."""
     pred = (logits[:, 0] >= 0).long() if binary else logits.argmax(dim=1)
     target = target.masked_fill(target == CONTACT_INDEX, 0).masked_fill(target == BORDER_INDEX, 1)
     return pred, target, target != IGNORE_INDEX
 
 
-def confusion(logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool) -> torch.Tensor:
+def confusion(
+    logits: torch.Tensor, target: torch.Tensor, n_classes: int, binary: bool
+) -> torch.Tensor:
     """Confusion matrix (true x predicted) over valid pixels, int64 (n_classes, n_classes)."""
     pred, target, valid = _scored(logits, target, binary)
     idx = target[valid] * n_classes + pred[valid]
@@ -513,39 +548,62 @@ def _init_distributed(device: str) -> _Dist:
 
 
 def _save_resume(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], average: nn.Module | None = None
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    average: nn.Module | None = None,
 ) -> None:
     module = getattr(model, "module", model)
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if average is not None:
-        tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in average.state_dict().items()})
+        tensors.update(
+            {f"ema/{k}": v.detach().cpu().contiguous() for k, v in average.state_dict().items()}
+        )
     opt = optimizer.state_dict()
     for pid, pstate in opt["state"].items():
         for key, value in pstate.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim/{pid}/{key}"] = t.detach().cpu().contiguous()
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in opt["param_groups"]
+    ]
     meta = {**state, "param_groups": groups}
     with AtomicOutputs() as outputs:
-        save_file(tensors, str(outputs.reserve(path, overwrite=True)), metadata={RESUME_KEY: json.dumps(meta)})
+        save_file(
+            tensors,
+            str(outputs.reserve(path, overwrite=True)),
+            metadata={RESUME_KEY: json.dumps(meta)},
+        )
 
 
-def _load_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+def _load_resume(
+    path: Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Raw weights, optimizer state and run state; the weight average is in ``state["ema_weights"]``
     (None when the run kept none)."""
     if not path.exists():
-        raise CheckpointError(f"{path}: resume checkpoint not found; it is written as MODEL.resume.safetensors after each epoch")
+        raise CheckpointError(
+            f"{path}: resume checkpoint not found; it is written as MODEL.resume.safetensors after each epoch"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(RESUME_KEY)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise CheckpointError(f"{path.name} is not a geounet resume checkpoint ({str(exc).splitlines()[0][:120]})") from exc
+        raise CheckpointError(
+            f"{path.name} is not a geounet resume checkpoint ({str(exc).splitlines()[0][:120]})"
+        ) from exc
     if raw is None:
-        raise CheckpointError(f"{path.name} is not a geounet resume checkpoint (no {RESUME_KEY} metadata)")
+        raise CheckpointError(
+            f"{path.name} is not a geounet resume checkpoint (no {RESUME_KEY} metadata)"
+        )
     state = json.loads(raw)
-    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    state["ema_weights"] = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")} or None
+    model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    state["ema_weights"] = {
+        k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")
+    } or None
     optim: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim/"):
@@ -612,15 +670,29 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path, kept: int = 0) -
     ax1.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
     ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax1.legend()
+
     def series(key: str) -> np.ndarray:
         return np.array([np.nan if r.get(key) is None else r[key] for r in history], dtype=float)
 
-    for key, style in (("val_iou", "o-"), ("val_f1", "s-"), ("val_precision", ":"), ("val_recall", "--")):
+    for key, style in (
+        ("val_iou", "o-"),
+        ("val_f1", "s-"),
+        ("val_precision", ":"),
+        ("val_recall", "--"),
+    ):
         (line,) = ax2.plot(epochs, series(key), style, label=key[4:])
         se = series("val_iou_se")
         if key == "val_iou" and np.isfinite(se).any():
             iou = series(key)
-            ax2.fill_between(epochs, iou - se, iou + se, color=line.get_color(), alpha=0.2, lw=0, label="iou ± 1 s.e.")
+            ax2.fill_between(
+                epochs,
+                iou - se,
+                iou + se,
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+                label="iou ± 1 s.e.",
+            )
     if kept:
         ax2.axvline(kept, color="0.35", ls="-.", lw=1, label=f"kept: epoch {kept}")
     ax2.set(xlabel="epoch", ylim=(0, 1), title="Validation (foreground)")
@@ -634,7 +706,9 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path, kept: int = 0) -
     return True
 
 
-def _set_contact_px(entries: Sequence[ImageEntry], separation_m: float, core_m: float = 0.0) -> None:
+def _set_contact_px(
+    entries: Sequence[ImageEntry], separation_m: float, core_m: float = 0.0
+) -> None:
     """Each entry's separation distance and core inset in its own pixels (at least 1 when on)."""
     for e in entries:
         g = pixel_size_m(e.scene)
@@ -642,7 +716,9 @@ def _set_contact_px(entries: Sequence[ImageEntry], separation_m: float, core_m: 
         e.core_px = max(1, round(core_m / g)) if core_m > 0 and g else 0
 
 
-def _target_gsd(entries: Sequence[ImageEntry], wanted: float | None, exclude: Sequence[int] = ()) -> float | None:
+def _target_gsd(
+    entries: Sequence[ImageEntry], wanted: float | None, exclude: Sequence[int] = ()
+) -> float | None:
     """The model's pixel size: ``wanted``, or the median of the training images' (those not in
     ``exclude``); sets each entry's ``scale`` (source pixels per model pixel)."""
     sizes = [pixel_size_m(e.scene) for e in entries]
@@ -676,7 +752,9 @@ def train_model(
     if cfg.keep not in KEEP_CHOICES:
         raise GeounetError(f"keep={cfg.keep!r}: use auto, best or last")
     if out.exists() and not (cfg.overwrite or cfg.resume):
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it (or --resume to continue)")
+        raise OutputExistsError(
+            f"{out} exists; pass --overwrite to replace it (or --resume to continue)"
+        )
     if dist.main:  # fail early on an unwritable directory (only the writing rank checks)
         probe = AtomicOutputs()
         probe.reserve(out, overwrite=True)
@@ -696,7 +774,9 @@ def train_model(
         line_width_m=cfg.line_width_m,
         point_radius_m=cfg.point_radius_m,
     )
-    labels = read_label_sources([cfg.labels] if isinstance(cfg.labels, str) else list(cfg.labels), spec)
+    labels = read_label_sources(
+        [cfg.labels] if isinstance(cfg.labels, str) else list(cfg.labels), spec
+    )
     logger.info("labels: %s", labels.describe())
     class_names = list(labels.class_names)
     binary = labels.binary
@@ -712,7 +792,9 @@ def train_model(
     n_classes_out = 1 if binary else len(class_names) + 1
     n_out = n_classes_out + (1 if core_m > 0 else 0)
     if cfg.core_only and (core_m <= 0 or not cfg.init):
-        raise GeounetError("--core-only trains the core channel of an --init model: give --init and --core (or an --init model with a core)")
+        raise GeounetError(
+            "--core-only trains the core channel of an --init model: give --init and --core (or an --init model with a core)"
+        )
     mask_names = ["background", *class_names]
 
     train_paths = expand_rasters(cfg.images, folders=True)
@@ -729,7 +811,9 @@ def train_model(
         if expected_bands is None:
             chosen = tuple(cfg.bands) if cfg.bands else scene.data_bands
             expected_bands = len(chosen)
-        bands = resolve_bands(scene, cfg.bands, expected_bands, init_meta.band_names if init_meta else ())
+        bands = resolve_bands(
+            scene, cfg.bands, expected_bands, init_meta.band_names if init_meta else ()
+        )
         first = init_meta.dtype if init_meta else dtypes[0] if dtypes else scene.dtype
         if not per_scene and np.dtype(scene.dtype) != np.dtype(first):
             raise BandMismatchError(
@@ -749,20 +833,32 @@ def train_model(
     val_idx = [paths.index(p) for p in val_paths]
     gsd = init_meta.gsd if init_meta and init_meta.gsd else cfg.gsd
     gsd = _target_gsd(entries, gsd, exclude=val_idx)
-    split = SpatialSplit(entries, tile_size=cfg.tile_size, val_fraction=cfg.val_fraction, seed=cfg.seed, val_images=val_idx)
+    split = SpatialSplit(
+        entries,
+        tile_size=cfg.tile_size,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        val_images=val_idx,
+    )
     val_plan = split.val_windows(cfg.max_val_windows, cfg.seed)
     info = on_info if on_info is not None and dist.main else (lambda line: logger.info("%s", line))
     info(split.description)
     kinds = sorted(set(dtypes) | ({str(np.dtype(init_meta.dtype))} if init_meta else set()))
     if len(kinds) > 1:
-        info(f"data types {' and '.join(kinds)}: each image is stretched by its own percentiles, so they train together")
+        info(
+            f"data types {' and '.join(kinds)}: each image is stretched by its own percentiles, so they train together"
+        )
     resampled = sorted({round(e.scale, 2) for e in entries if e.scale != 1.0})
     separation_m = cfg.separation_m if cfg.separation_m is not None else (1.0 if binary else 0.0)
     _set_contact_px(entries, separation_m, core_m)
     if gsd:
         info(
             f"model pixel size {gsd:g} m"
-            + (f"; images at other sizes are resampled (x{', x'.join(f'{1 / r:.2f}' for r in resampled)})" if resampled else "")
+            + (
+                f"; images at other sizes are resampled (x{', x'.join(f'{1 / r:.2f}' for r in resampled)})"
+                if resampled
+                else ""
+            )
         )
 
     if init_meta is not None:
@@ -786,20 +882,32 @@ def train_model(
         # The stretch of a typical training image (each image's percentiles as predict takes
         # them), for runtimes that cannot stretch each scene (the ONNX export for Deepness).
         fit_on = [e for e in entries if not e.all_val] or entries
-        norm = with_typical(norm, [image_stretch(e.scene, e.bands, norm["low"], norm["high"]) for e in fit_on])
+        norm = with_typical(
+            norm, [image_stretch(e.scene, e.bands, norm["low"], norm["high"]) for e in fit_on]
+        )
     augment = cfg.augment
     if not norm and augment.photometric:  # raw-unit models (older files): no stretch to jitter in
         augment = Augment(flips=augment.flips, scale=augment.scale, colour=False, noise=False)
 
     meta = ModelMeta(
         architecture="unet",
-        arch_args={**init_meta.arch_args, "classes": n_out} if init_meta else {"in_channels": expected_bands or 1, "classes": n_out, "width": cfg.width, "depth": cfg.depth},
+        arch_args={**init_meta.arch_args, "classes": n_out}
+        if init_meta
+        else {
+            "in_channels": expected_bands or 1,
+            "classes": n_out,
+            "width": cfg.width,
+            "depth": cfg.depth,
+        },
         band_names=list(init_meta.band_names) if init_meta else _band_names(entries),
         dtype=str(dtype),
         mean=mean,
         std=std,
         classes=class_names if binary else mask_names,
-        colours=[DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(len(class_names) if binary else len(mask_names))],
+        colours=[
+            DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+            for i in range(len(class_names) if binary else len(mask_names))
+        ],
         tile_size=max(cfg.tile_size, 256),  # fully convolutional: larger tiles mean fewer seams
         overlap=max(32, cfg.tile_size // 8),
         gsd=gsd,
@@ -822,18 +930,32 @@ def train_model(
         _freeze_all_but_core(net)
     optimizer = _adamw(net, cfg.lr, 0.0 if cfg.core_only else cfg.weight_decay)
 
-    train_area_tiles = sum(
-        (e.scene.width * e.scene.height) / e.scale**2 for e in entries if not e.all_val
-    ) / cfg.tile_size**2
-    samples = math.ceil((cfg.samples_per_epoch or default_samples(train_area_tiles)) / dist.world) * dist.world
+    train_area_tiles = (
+        sum((e.scene.width * e.scene.height) / e.scale**2 for e in entries if not e.all_val)
+        / cfg.tile_size**2
+    )
+    samples = (
+        math.ceil((cfg.samples_per_epoch or default_samples(train_area_tiles)) / dist.world)
+        * dist.world
+    )
     steps_per_epoch = math.ceil(samples / dist.world / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
 
     config_record = {
-        "tile_size": cfg.tile_size, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
-        "samples": samples, "world_size": dist.world, "augment": augment.names, "scale_jitter": augment.scale, "gsd": gsd,
-        "separation_m": separation_m, "contact_weight": cfg.contact_weight, "ema": cfg.ema,
-        "core_m": core_m, "core_only": cfg.core_only,
+        "tile_size": cfg.tile_size,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "samples": samples,
+        "world_size": dist.world,
+        "augment": augment.names,
+        "scale_jitter": augment.scale,
+        "gsd": gsd,
+        "separation_m": separation_m,
+        "contact_weight": cfg.contact_weight,
+        "ema": cfg.ema,
+        "core_m": core_m,
+        "core_only": cfg.core_only,
     }
     start_epoch, step = 0, 0
     chooser = EpochChooser(cfg.keep)
@@ -842,7 +964,9 @@ def train_model(
     if cfg.resume:
         model_state, optim_state, state = _load_resume(Path(cfg.resume))
         for key, value in config_record.items():
-            saved = state.get("config", {}).get(key, {"ema": 0.0, "core_m": 0.0, "core_only": False}.get(key))  # files from before these
+            saved = state.get("config", {}).get(
+                key, {"ema": 0.0, "core_m": 0.0, "core_only": False}.get(key)
+            )  # files from before these
             if saved != value:
                 raise CheckpointError(
                     f"{Path(cfg.resume).name} was trained with {key}={saved}, this run has {value}; "
@@ -851,11 +975,15 @@ def train_model(
         try:
             net.load_state_dict(model_state, strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(f"{Path(cfg.resume).name}: weights do not fit this model ({str(exc).splitlines()[0][:120]})") from exc
+            raise CheckpointError(
+                f"{Path(cfg.resume).name}: weights do not fit this model ({str(exc).splitlines()[0][:120]})"
+            ) from exc
         opt_sd = optimizer.state_dict()
         opt_sd["state"] = {int(pid): v for pid, v in optim_state.items()}
         for g, saved in zip(opt_sd["param_groups"], state["param_groups"], strict=True):
-            g.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"})
+            g.update(
+                {k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"}
+            )
         optimizer.load_state_dict(opt_sd)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         chooser.best_iou, chooser.best_epoch = float(state["best_iou"]), int(state["best_epoch"])
@@ -869,7 +997,9 @@ def train_model(
 
     model: nn.Module = net
     if dist.active:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[dist.local_rank] if device.type == "cuda" else None
+        )
 
     amp_dtype = autocast_dtype(device, cfg.precision)
     use_amp = amp_dtype is not None
@@ -907,10 +1037,24 @@ def train_model(
         metrics_file.unlink()
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.perf_counter()
-        plan = plan_epoch(split, samples=samples, epoch=epoch, seed=cfg.seed, positive_fraction=cfg.positive_fraction, augment=augment)
+        plan = plan_epoch(
+            split,
+            samples=samples,
+            epoch=epoch,
+            seed=cfg.seed,
+            positive_fraction=cfg.positive_fraction,
+            augment=augment,
+        )
         shard = plan[dist.rank :: dist.world]
         loader = DataLoader(
-            WindowDataset(entries, shard, tile_size=cfg.tile_size, mean=meta.mean, std=meta.std, augment=augment),
+            WindowDataset(
+                entries,
+                shard,
+                tile_size=cfg.tile_size,
+                mean=meta.mean,
+                std=meta.std,
+                augment=augment,
+            ),
             batch_size=cfg.batch_size,
             shuffle=False,
             num_workers=cfg.workers,
@@ -941,7 +1085,17 @@ def train_model(
                 progress(i + 1, len(loader))
 
         judged = average.net if average is not None else model
-        cm, cells, val_loss_sum, val_n = _validate(judged, entries, val_plan[dist.rank :: dist.world], cfg, meta, device, n_out, binary, use_amp)
+        cm, cells, val_loss_sum, val_n = _validate(
+            judged,
+            entries,
+            val_plan[dist.rank :: dist.world],
+            cfg,
+            meta,
+            device,
+            n_out,
+            binary,
+            use_amp,
+        )
         train_loss = torch.tensor([loss_sum, loss_n], dtype=torch.float64)
         if dist.active:
             import torch.distributed as tdist
@@ -978,11 +1132,17 @@ def train_model(
                     "epochs_planned": cfg.epochs,
                     "kept": cfg.keep,
                     "best_epoch": chooser.best_epoch,
-                    "metrics": {k: v for k, v in record.items() if k.startswith("val_") or k == "train_loss"},
+                    "metrics": {
+                        k: v for k, v in record.items() if k.startswith("val_") or k == "train_loss"
+                    },
                     "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 }
                 with AtomicOutputs() as outputs:
-                    save_model(average.net if average is not None else net, meta, outputs.reserve(out, overwrite=True))
+                    save_model(
+                        average.net if average is not None else net,
+                        meta,
+                        outputs.reserve(out, overwrite=True),
+                    )
             with metrics_file.open("w") as f:
                 for r in history:
                     f.write(json.dumps(r) + "\n")

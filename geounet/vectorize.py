@@ -100,8 +100,11 @@ def area_m2(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
     geod, factor = metric_of(crs)
     if geod is not None:
         return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms], dtype=np.float64)
-    return np.asarray(shapely.area(geoms), dtype=np.float64) * factor**2 / ground_scale(geoms, crs) ** 2
-
+    return (
+        np.asarray(shapely.area(geoms), dtype=np.float64)
+        * factor**2
+        / ground_scale(geoms, crs) ** 2
+    )
 
 
 def metric_of(crs: CRS) -> tuple[pyproj.Geod | None, float]:
@@ -119,7 +122,10 @@ def pixel_to_map(geoms: npt.NDArray[Any], transform: Affine) -> npt.NDArray[Any]
         return geoms
     a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
     moved: npt.NDArray[Any] = shapely.transform(
-        geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f])
+        geoms,
+        lambda xy: np.column_stack(
+            [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
+        ),
     )
     return moved
 
@@ -141,8 +147,11 @@ def by_position(frame: gpd.GeoDataFrame, transform: Affine, *then: str) -> gpd.G
 def _components(mask: npt.NDArray[np.integer]) -> tuple[npt.NDArray[np.int32], list[int]]:
     """4-connected components of each foreground class: int32 labels (0 = none) and the class
     of each label (label ``i`` is ``classes[i - 1]``)."""
-    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)) if mask.dtype == np.uint8 \
+    present = (
+        np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+        if mask.dtype == np.uint8
         else np.unique(mask)
+    )
     classes = [int(c) for c in present if c != 0 and c != MASK_NODATA]
     labels = np.zeros(mask.shape, dtype=np.int32)
     label_class: list[int] = []
@@ -160,7 +169,10 @@ def _components(mask: npt.NDArray[np.integer]) -> tuple[npt.NDArray[np.int32], l
 
 
 def _rectangles(
-    labels: npt.NDArray[np.int32], count: int, pixels: npt.NDArray[np.int64], fg: npt.NDArray[np.intp],
+    labels: npt.NDArray[np.int32],
+    count: int,
+    pixels: npt.NDArray[np.int64],
+    fg: npt.NDArray[np.intp],
     fg_labels: npt.NDArray[np.int32],
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """Which labels are solid rectangles inside the band (not on its first or last row), and
@@ -195,7 +207,9 @@ def _rectangle_polygons(box: npt.NDArray[np.int64], row_off: int) -> npt.NDArray
     y1 = (box[:, 2] + row_off).astype(np.float64)
     x0 = box[:, 1].astype(np.float64)
     x1 = box[:, 3].astype(np.float64)
-    xy = np.stack([np.stack([x0, x0, x1, x1, x0], axis=1), np.stack([y0, y1, y1, y0, y0], axis=1)], axis=2)
+    xy = np.stack(
+        [np.stack([x0, x0, x1, x1, x0], axis=1), np.stack([y0, y1, y1, y0, y0], axis=1)], axis=2
+    )
     polygons: npt.NDArray[Any] = shapely.polygons(xy)
     return polygons
 
@@ -299,7 +313,9 @@ class StripVectorizer:
         # Ctrl-C and SIGTERM act), whatever the scene's width.
         step = min(rows, band_rows(width))
         for r0 in range(0, rows, step):
-            self._add(row_off + r0, mask[r0 : r0 + step], None if score is None else score[r0 : r0 + step])
+            self._add(
+                row_off + r0, mask[r0 : r0 + step], None if score is None else score[r0 : r0 + step]
+            )
 
     def _add(
         self, row_off: int, mask: npt.NDArray[np.integer], score: npt.NDArray[np.floating] | None
@@ -382,7 +398,9 @@ class StripVectorizer:
             done_geoms = np.concatenate([done_geoms, geoms[free]])
             order = np.argsort(done_labels, kind="stable")
             done_labels, done_geoms = done_labels[order], done_geoms[order]
-            self._push(_Done(classes[done_labels], done_geoms, sums[done_labels], pixels[done_labels]))
+            self._push(
+                _Done(classes[done_labels], done_geoms, sums[done_labels], pixels[done_labels])
+            )
 
         # Every group that an open group or a piece reaching a seam belongs to.
         members: dict[int, list[int]] = {}
@@ -395,7 +413,9 @@ class StripVectorizer:
             gids = values[at] + offset
             on_top = np.isin(gids, np.fromiter(joined, dtype=np.int64, count=len(joined)))
             on_bottom = np.isin(gids, np.fromiter(touching, dtype=np.int64, count=len(touching)))
-            cut = dict(zip(gids.tolist(), _cut_pieces(ragged, at, on_top, on_bottom, s, e), strict=True))
+            cut = dict(
+                zip(gids.tolist(), _cut_pieces(ragged, at, on_top, on_bottom, s, e), strict=True)
+            )
             index = dict(zip(gids.tolist(), at.tolist(), strict=True))
         old_root = np.zeros(width, dtype=np.int64)
         new_root = np.zeros(width, dtype=np.int64)
@@ -457,12 +477,14 @@ class StripVectorizer:
         """The groups closed since the last call to finished polygons."""
         closed, self._closed = self._closed, []
         if closed:
-            self._push(_Done(
-                np.asarray([g.class_id for g in closed], dtype=np.int32),
-                _polygons_from_groups(closed),
-                np.asarray([g.score_sum for g in closed], dtype=np.float64),
-                np.asarray([g.pixels for g in closed], dtype=np.int64),
-            ))
+            self._push(
+                _Done(
+                    np.asarray([g.class_id for g in closed], dtype=np.int32),
+                    _polygons_from_groups(closed),
+                    np.asarray([g.score_sum for g in closed], dtype=np.float64),
+                    np.asarray([g.pixels for g in closed], dtype=np.int64),
+                )
+            )
 
     def _close_all(self) -> None:
         """Close the groups at the bottom edge (the scene's last row)."""
@@ -524,8 +546,17 @@ class StripVectorizer:
             position (top to bottom, then left to right).
         """
         frame = self.take(final=True)
-        return frame if frame is not None else polygons_frame(
-            [], class_ids=[], scores=[], transform=self.transform, crs=self.crs, class_names=self.class_names
+        return (
+            frame
+            if frame is not None
+            else polygons_frame(
+                [],
+                class_ids=[],
+                scores=[],
+                transform=self.transform,
+                crs=self.crs,
+                class_names=self.class_names,
+            )
         )
 
 
@@ -535,7 +566,9 @@ def _map_values(values: npt.NDArray[np.int64], fn: Callable[[int], int]) -> npt.
     return np.asarray([fn(int(v)) for v in distinct], dtype=np.int64)[inverse]
 
 
-def _runs_by_value(row: npt.NDArray[np.int64], where: npt.NDArray[np.bool_]) -> dict[int, list[tuple[int, int]]]:
+def _runs_by_value(
+    row: npt.NDArray[np.int64], where: npt.NDArray[np.bool_]
+) -> dict[int, list[tuple[int, int]]]:
     """Runs of consecutive columns ``(first, end)`` where ``where`` holds, by the value of
     ``row`` there (a run never spans two values)."""
     cols = np.flatnonzero(where)
@@ -548,7 +581,9 @@ def _runs_by_value(row: npt.NDArray[np.int64], where: npt.NDArray[np.bool_]) -> 
     first = np.concatenate([[0], new])
     last = np.concatenate([new, [len(cols)]]) - 1
     runs: dict[int, list[tuple[int, int]]] = {}
-    for v, a, b in zip(vals[first].tolist(), cols[first].tolist(), (cols[last] + 1).tolist(), strict=True):
+    for v, a, b in zip(
+        vals[first].tolist(), cols[first].tolist(), (cols[last] + 1).tolist(), strict=True
+    ):
         runs.setdefault(v, []).append((a, b))
     return runs
 
@@ -561,12 +596,19 @@ def _piece_holes(ragged: Any, k: int) -> _Holes | None:
     if last == first + 1:
         return None
     # A copy: a view would keep the whole band's coordinates alive while the group is open.
-    return _Holes(coords[ring_ends[first + 1] : ring_ends[last]].copy(), np.diff(ring_ends[first + 1 : last + 1]))
+    return _Holes(
+        coords[ring_ends[first + 1] : ring_ends[last]].copy(),
+        np.diff(ring_ends[first + 1 : last + 1]),
+    )
 
 
 def _cut_pieces(
-    ragged: Any, ks: npt.NDArray[np.intp], on_top: npt.NDArray[np.bool_], on_bottom: npt.NDArray[np.bool_],
-    top: float, bottom: float,
+    ragged: Any,
+    ks: npt.NDArray[np.intp],
+    on_top: npt.NDArray[np.bool_],
+    on_bottom: npt.NDArray[np.bool_],
+    top: float,
+    bottom: float,
 ) -> list[list[_Path]]:
     """The exteriors of polygons ``ks`` of a :func:`_polygons` batch, oriented with the polygon
     on their left, cut at the line ``top`` (where ``on_top``) and ``bottom`` (where
@@ -624,14 +666,27 @@ def _cut_pieces(
     wraps = b > n
     end = np.where(wraps, b - n, b)
     # Edges a..b-1, or a..n-1 and 0..end-1 around the ring's closing vertex.
-    area2 = csum[o + np.where(wraps, n, b)] - csum[o + a] + np.where(wraps, csum[o + end] - csum[o], 0.0)
+    area2 = (
+        csum[o + np.where(wraps, n, b)]
+        - csum[o + a]
+        + np.where(wraps, csum[o + end] - csum[o], 0.0)
+    )
     p0, p1 = xy[o + a], xy[o + a + 1]
     q0, q1 = xy[o + end - 1], xy[o + end]
     din = np.sign(p1 - p0).astype(np.int64)
     dout = np.sign(q1 - q0).astype(np.int64)
     rows = zip(
-        r_of.tolist(), (o + a).tolist(), (o + b).tolist(), (o + n).tolist(), o.tolist(), wraps.tolist(),
-        p0.astype(np.int64).tolist(), q1.astype(np.int64).tolist(), din.tolist(), dout.tolist(), area2.tolist(),
+        r_of.tolist(),
+        (o + a).tolist(),
+        (o + b).tolist(),
+        (o + n).tolist(),
+        o.tolist(),
+        wraps.tolist(),
+        p0.astype(np.int64).tolist(),
+        q1.astype(np.int64).tolist(),
+        din.tolist(),
+        dout.tolist(),
+        area2.tolist(),
         strict=True,
     )
     for r, ga, gb, gn, go, wrap, p, q, di, do, ar in rows:
@@ -829,7 +884,9 @@ def split_necks(geom: shapely.Geometry, width: float) -> list[shapely.Geometry]:
     cores = [c for c in shapely.get_parts(core) if c.area >= width * width]
     if len(cores) < 2:
         return [geom]
-    grown = shapely.intersection(shapely.buffer(np.asarray(cores, dtype=object), r, join_style="mitre"), geom)
+    grown = shapely.intersection(
+        shapely.buffer(np.asarray(cores, dtype=object), r, join_style="mitre"), geom
+    )
     out: list[shapely.Geometry] = []
     taken: shapely.Geometry | None = None
     for g in grown:
@@ -842,7 +899,9 @@ def split_necks(geom: shapely.Geometry, width: float) -> list[shapely.Geometry]:
     return out or [geom]
 
 
-def regularize_polygon(geom: shapely.Geometry, tolerance: float = 1.5, min_iou: float = 0.75) -> shapely.Geometry:
+def regularize_polygon(
+    geom: shapely.Geometry, tolerance: float = 1.5, min_iou: float = 0.75
+) -> shapely.Geometry:
     """A building outline squared up: right angles along its dominant orientation, jogs removed.
 
     Each polygon (pixel coordinates) is simplified (Douglas-Peucker, ``tolerance``), its
@@ -870,7 +929,9 @@ def _regularize_part(poly: shapely.Polygon, tolerance: float, min_iou: float) ->
     d = np.diff(ext, axis=0)
     lengths = np.hypot(d[:, 0], d[:, 1])
     angles = np.arctan2(d[:, 1], d[:, 0])
-    theta = 0.25 * np.arctan2((lengths * np.sin(4 * angles)).sum(), (lengths * np.cos(4 * angles)).sum())
+    theta = 0.25 * np.arctan2(
+        (lengths * np.sin(4 * angles)).sum(), (lengths * np.cos(4 * angles)).sum()
+    )
     # The edge histogram's angle, a few close to it, and the minimum rotated rectangle's:
     # the squared outline that overlaps the mask best wins.
     rect = np.asarray(shapely.minimum_rotated_rectangle(simple).exterior.coords)
@@ -914,7 +975,9 @@ def _squared(simple: shapely.Polygon, theta: float, tolerance: float) -> shapely
     return out if out.is_valid and not out.is_empty else None
 
 
-def _orthogonal_ring(xy: npt.NDArray[np.float64], tolerance: float) -> npt.NDArray[np.float64] | None:
+def _orthogonal_ring(
+    xy: npt.NDArray[np.float64], tolerance: float
+) -> npt.NDArray[np.float64] | None:
     """An axis-parallel ring from a closed ring (rotated so the dominant axis is x), or None."""
     d = np.diff(xy, axis=0)
     length = np.hypot(d[:, 0], d[:, 1])
@@ -973,9 +1036,7 @@ def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
         geom = shapely.make_valid(geom)
     if geom.geom_type in ("Polygon", "MultiPolygon"):
         return geom
-    parts = [
-        g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")
-    ]
+    parts = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
     if not parts:
         return shapely.Polygon()
     merged = shapely.union_all(parts)
@@ -1112,7 +1173,12 @@ class VectorWriter:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, style: str | None = None, layer: str | None = None, lines: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        style: str | None = None,
+        layer: str | None = None,
+        lines: bool = False,
     ) -> None:
         self.lines = lines  # LineStrings (centerlines) rather than polygons
         self.path = Path(path)
@@ -1122,7 +1188,9 @@ class VectorWriter:
         self.features = 0
         self._empty: gpd.GeoDataFrame | None = None  # the schema, while nothing is written
         self._scratch = (
-            self.path.with_name(self.path.name + ".batches.gpkg") if self.driver in ("GeoJSON", "FlatGeobuf") else None
+            self.path.with_name(self.path.name + ".batches.gpkg")
+            if self.driver in ("GeoJSON", "FlatGeobuf")
+            else None
         )
         self._parquet: Any = None
         self._crs: Any = None  # of the GeoParquet batches
@@ -1140,11 +1208,24 @@ class VectorWriter:
                 self._write_parquet(frame)
             elif self._scratch is not None:
                 _write_ogr(
-                    frame, self._scratch, "GPKG", "batches", append=self.features > 0,
-                    promote=self.driver != "GeoJSON", scratch=True, lines=self.lines,
+                    frame,
+                    self._scratch,
+                    "GPKG",
+                    "batches",
+                    append=self.features > 0,
+                    promote=self.driver != "GeoJSON",
+                    scratch=True,
+                    lines=self.lines,
                 )
             else:
-                _write_ogr(frame, self.path, self.driver, self.layer, append=self.features > 0, lines=self.lines)
+                _write_ogr(
+                    frame,
+                    self.path,
+                    self.driver,
+                    self.layer,
+                    append=self.features > 0,
+                    lines=self.lines,
+                )
         except Exception as exc:
             raise _write_error(self.path, exc) from exc
         self.features += len(frame)
@@ -1155,7 +1236,9 @@ class VectorWriter:
             if self.features == 0:
                 self._parquet = None
                 if self._empty is not None:
-                    write_vectors(self._empty, self.path, layer=self.layer, style=self.style, lines=self.lines)
+                    write_vectors(
+                        self._empty, self.path, layer=self.layer, style=self.style, lines=self.lines
+                    )
                     return 0
                 raise ValueError("no batch was written, not even an empty one")
             if self.driver == "Parquet":
@@ -1192,7 +1275,10 @@ class VectorWriter:
         import pyarrow as pa
 
         stopped: list[BaseException] = []
-        with pyogrio.raw.open_arrow(self._scratch, use_pyarrow=True, batch_size=WRITE_BATCH) as (meta, reader):
+        with pyogrio.raw.open_arrow(self._scratch, use_pyarrow=True, batch_size=WRITE_BATCH) as (
+            meta,
+            reader,
+        ):
 
             def batches() -> Iterator[Any]:
                 # GDAL pulls each batch through Python: a Ctrl-C or SIGTERM that arrives while it
@@ -1219,14 +1305,19 @@ class VectorWriter:
             logger.warning(
                 "%s: %d features, written without a FlatGeobuf spatial index (GDAL builds it in "
                 "memory, about 100 bytes a feature); write .gpkg for an indexed file this large",
-                self.path.name, self.features,
+                self.path.name,
+                self.features,
             )
         pyogrio.raw.write_arrow(
             stream,
             self.path,
             driver=self.driver,
             geometry_name=meta["geometry_name"] or "wkb_geometry",
-            geometry_type="LineString" if self.lines else "MultiPolygon" if self.driver != "GeoJSON" else "Unknown",
+            geometry_type="LineString"
+            if self.lines
+            else "MultiPolygon"
+            if self.driver != "GeoJSON"
+            else "Unknown",
             crs=meta["crs"],
             encoding="UTF-8" if self.driver != "GeoJSON" else None,
             layer_options=options or None,
@@ -1238,14 +1329,18 @@ class VectorWriter:
 
         geoms = frame.geometry.values
         table = pa.Table.from_pandas(pd_frame(frame), preserve_index=False)
-        table = table.append_column("geometry", pa.array(shapely.to_wkb(np.asarray(geoms)), pa.binary()))
+        table = table.append_column(
+            "geometry", pa.array(shapely.to_wkb(np.asarray(geoms)), pa.binary())
+        )
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self.path, table.schema)
             self._crs = frame.crs
         self._parquet.write_table(table)
         self._types.update(shapely.get_type_id(np.asarray(geoms)).tolist())
         b = frame.total_bounds
-        self._bounds = np.concatenate([np.minimum(self._bounds[:2], b[:2]), np.maximum(self._bounds[2:], b[2:])])
+        self._bounds = np.concatenate(
+            [np.minimum(self._bounds[:2], b[:2]), np.maximum(self._bounds[2:], b[2:])]
+        )
 
     def _close_parquet(self) -> None:
         import json
@@ -1316,7 +1411,14 @@ class _Path:
         dout: tuple[int, int],
         area2: float,
     ) -> None:
-        self.leaves, self.start, self.end, self.din, self.dout, self.area2 = leaves, start, end, din, dout, area2
+        self.leaves, self.start, self.end, self.din, self.dout, self.area2 = (
+            leaves,
+            start,
+            end,
+            din,
+            dout,
+            area2,
+        )
 
     @staticmethod
     def chain(paths: list[_Path]) -> _Path:
@@ -1324,7 +1426,12 @@ class _Path:
         if len(paths) == 1:
             return paths[0]
         return _Path(
-            list(paths), paths[0].start, paths[-1].end, paths[0].din, paths[-1].dout, sum(p.area2 for p in paths)
+            list(paths),
+            paths[0].start,
+            paths[-1].end,
+            paths[0].din,
+            paths[-1].dout,
+            sum(p.area2 for p in paths),
         )
 
     def coords(self) -> npt.NDArray[np.float64]:
@@ -1348,8 +1455,12 @@ def _new_path(v: npt.NDArray[np.float64], area2: float) -> _Path:
     """A path through the vertices ``v`` (at least two)."""
     (x0, y0), (x1, y1), (x2, y2), (x3, y3) = v[[0, 1, -2, -1]].tolist()
     return _Path(
-        [v], (int(x0), int(y0)), (int(x3), int(y3)),
-        (_sign(x1 - x0), _sign(y1 - y0)), (_sign(x3 - x2), _sign(y3 - y2)), area2,
+        [v],
+        (int(x0), int(y0)),
+        (int(x3), int(y3)),
+        (_sign(x1 - x0), _sign(y1 - y0)),
+        (_sign(x3 - x2), _sign(y3 - y2)),
+        area2,
     )
 
 
@@ -1392,7 +1503,16 @@ def _seam_runs(runs: Sequence[tuple[int, int]], below: bool, s: int) -> list[_Pa
     for a, b in runs:
         if not below:
             a, b = b, a
-        out.append(_Path([np.array([[a, s], [b, s]], dtype=np.float64)], (a, s), (b, s), d, d, float(a * s - b * s)))
+        out.append(
+            _Path(
+                [np.array([[a, s], [b, s]], dtype=np.float64)],
+                (a, s),
+                (b, s),
+                d,
+                d,
+                float(a * s - b * s),
+            )
+        )
     return out
 
 
@@ -1458,7 +1578,9 @@ def _loops(ring: npt.NDArray[np.float64]) -> list[npt.NDArray[np.float64]]:
             stack.append(i)
             continue
         idx = [*stack[k:], i]
-        loops.append(np.concatenate([pts[np.asarray(idx[:-1]) % len(pts)], pts[idx[-1] % len(pts)][None]]))
+        loops.append(
+            np.concatenate([pts[np.asarray(idx[:-1]) % len(pts)], pts[idx[-1] % len(pts)][None]])
+        )
         for j in stack[k + 1 :]:
             del where[keys[j]]
         del stack[k + 1 :]
@@ -1529,7 +1651,9 @@ def _clean_rings(
     v = np.flatnonzero(local < size[ring] - 1)  # every vertex but the repeated one
     prev = d[np.where(local[v] == 0, v + size[ring[v]] - 2, v - 1)]
     nxt = d[v]
-    straight = (prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0] == 0) & ((prev * nxt).sum(axis=1) > 0)
+    straight = (prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0] == 0) & (
+        (prev * nxt).sum(axis=1) > 0
+    )
     kept = v[~straight]
     count = np.bincount(ring[kept], minlength=len(rings))
     start = np.concatenate([[0], np.cumsum(count)[:-1]])
@@ -1538,7 +1662,9 @@ def _clean_rings(
     off = np.concatenate([[0], np.cumsum(size)])
     ring = np.repeat(np.arange(len(rings)), size)
     local = np.arange(len(xy)) - off[ring]
-    cross = np.where(local[:-1] < size[ring[:-1]] - 1, xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1], 0.0)
+    cross = np.where(
+        local[:-1] < size[ring[:-1]] - 1, xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1], 0.0
+    )
     csum = np.concatenate([[0.0], np.cumsum(cross)])
     area = (csum[off[1:] - 1] - csum[off[:-1]]).tolist()
     # A vertex twice in one ring: that ring goes through _loops.
@@ -1546,7 +1672,9 @@ def _clean_rings(
     key = xy[v, 0].astype(np.int64) * (1 << 32) + xy[v, 1].astype(np.int64)
     order = np.lexsort((key, ring[v]))
     k_sorted, r_sorted = key[order], ring[v][order]
-    twice = set(r_sorted[1:][(k_sorted[1:] == k_sorted[:-1]) & (r_sorted[1:] == r_sorted[:-1])].tolist())
+    twice = set(
+        r_sorted[1:][(k_sorted[1:] == k_sorted[:-1]) & (r_sorted[1:] == r_sorted[:-1])].tolist()
+    )
     loops: list[list[npt.NDArray[np.float64]]] = []
     areas: list[list[float]] = []
     for r, (a, b) in enumerate(zip(off[:-1].tolist(), off[1:].tolist(), strict=True)):
@@ -1597,7 +1725,12 @@ class _Done:
     def concat(parts: list[_Done]) -> _Done:
         if len(parts) == 1:
             return parts[0]
-        return _Done(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("class_ids", "geoms", "sums", "pixels")))
+        return _Done(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("class_ids", "geoms", "sums", "pixels")
+            )
+        )
 
 
 @dataclass

@@ -46,32 +46,151 @@ SPLIT_SEEDS = 0.7
 #: where their probability is at least this; chosen on the training images with the first
 #: core model (object F1 0.457 without, 0.466 at 0.5, 0.472 at 0.7, 0.465 at 0.85).
 CORE_SEEDS = 0.7
-STAGE_1 = ["--epochs", "16", "--width", "16", "--scale-jitter", "1.5", "--seed", "0", "--separation", "0"]
-STAGE_2 = ["--epochs", "12", "--lr", "1e-3", "--width", "16", "--scale-jitter", "1.5", "--seed", "0", "--separation", "0"]
+STAGE_1 = [
+    "--epochs",
+    "16",
+    "--width",
+    "16",
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "0",
+    "--separation",
+    "0",
+]
+STAGE_2 = [
+    "--epochs",
+    "12",
+    "--lr",
+    "1e-3",
+    "--width",
+    "16",
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "0",
+    "--separation",
+    "0",
+]
 # The third stage teaches the gaps between neighbouring buildings (train --separation).
-STAGE_3 = ["--epochs", "6", "--lr", "5e-4", "--width", "16", "--scale-jitter", "1.5", "--seed", "0", "--separation", "1.0"]
+STAGE_3 = [
+    "--epochs",
+    "6",
+    "--lr",
+    "5e-4",
+    "--width",
+    "16",
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "0",
+    "--separation",
+    "1.0",
+]
 # The fourth: a longer cycle with the separation weight (the curves were still rising).
-STAGE_4 = ["--epochs", "20", "--lr", "1e-3", "--width", "16", "--scale-jitter", "1.5", "--seed", "1", "--separation", "1.0"]
+STAGE_4 = [
+    "--epochs",
+    "20",
+    "--lr",
+    "1e-3",
+    "--width",
+    "16",
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "1",
+    "--separation",
+    "1.0",
+]
 # The fifth: another cycle from the fourth, new windows (seed 2), with the weight average and
 # the 512-window epochs of the training defaults.
-STAGE_5 = ["--epochs", "20", "--lr", "1e-3", "--width", "16", "--scale-jitter", "1.5", "--seed", "2", "--separation", "1.0"]
+STAGE_5 = [
+    "--epochs",
+    "20",
+    "--lr",
+    "1e-3",
+    "--width",
+    "16",
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "2",
+    "--separation",
+    "1.0",
+]
 # The sixth: the fifth-stage network widened to 24 channels (geounet.model.widen: the same
 # function, 2.3x the parameters; the width-16 model underfits), then a cycle at 1e-3, seed 3.
 WIDEN_6 = 24
-STAGE_6 = ["--epochs", "16", "--lr", "1e-3", "--width", str(WIDEN_6), "--scale-jitter", "1.5", "--seed", "3", "--separation", "1.0"]
+STAGE_6 = [
+    "--epochs",
+    "16",
+    "--lr",
+    "1e-3",
+    "--width",
+    str(WIDEN_6),
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "3",
+    "--separation",
+    "1.0",
+]
 # The seventh: a core channel (train --core 1: each building's footprint shrunk by 1 m) learnt
 # alone (--core-only) on the sixth stage's features, whose mask stays exactly as it was; predict
 # parts blobs between the predicted cores. About 8 minutes.
-STAGE_7 = ["--epochs", "8", "--lr", "2e-3", "--width", str(WIDEN_6), "--scale-jitter", "1.5", "--seed", "10", "--separation", "1.0",
-           "--core", "1.0", "--core-only"]
+STAGE_7 = [
+    "--epochs",
+    "8",
+    "--lr",
+    "2e-3",
+    "--width",
+    str(WIDEN_6),
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "10",
+    "--separation",
+    "1.0",
+    "--core",
+    "1.0",
+    "--core-only",
+]
 # The eighth: the seventh-stage network without its core channel, widened again (to 28 channels,
 # 1.36x the parameters; the width-24 model still ended with its training loss near the
 # validation loss), then a cycle of 14 epochs at 1e-3, seed 12.
 WIDEN_8 = 28
-STAGE_8 = ["--epochs", "14", "--lr", "1e-3", "--width", str(WIDEN_8), "--scale-jitter", "1.5", "--seed", "12", "--separation", "1.0"]
+STAGE_8 = [
+    "--epochs",
+    "14",
+    "--lr",
+    "1e-3",
+    "--width",
+    str(WIDEN_8),
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "12",
+    "--separation",
+    "1.0",
+]
 # The ninth: the core channel learnt alone on the eighth stage's features, as in the seventh.
-STAGE_9 = ["--epochs", "8", "--lr", "2e-3", "--width", str(WIDEN_8), "--scale-jitter", "1.5", "--seed", "10", "--separation", "1.0",
-           "--core", "1.0", "--core-only"]
+STAGE_9 = [
+    "--epochs",
+    "8",
+    "--lr",
+    "2e-3",
+    "--width",
+    str(WIDEN_8),
+    "--scale-jitter",
+    "1.5",
+    "--seed",
+    "10",
+    "--separation",
+    "1.0",
+    "--core",
+    "1.0",
+    "--core-only",
+]
 STAGES = [STAGE_1, STAGE_2, STAGE_3, STAGE_4, STAGE_5, STAGE_6, STAGE_7, STAGE_8, STAGE_9]
 #: Stage number -> (the width its starting model is widened to first, the seed of the widening).
 WIDEN = {6: (WIDEN_6, 6), 8: (WIDEN_8, 12)}
@@ -122,17 +241,30 @@ def with_typical_stretch(meta: Any, images: list[Path]) -> None:
     for path in images:
         scene = open_scene(path)
         bands = resolve_bands(scene, None, meta.bands, meta.band_names)
-        bounds.append(normalize.image_stretch(scene, bands, float(norm["low"]), float(norm["high"])))
+        bounds.append(
+            normalize.image_stretch(scene, bands, float(norm["low"]), float(norm["high"]))
+        )
     meta.normalization = normalize.with_typical(norm, bounds)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=buildings.DATA)
-    ap.add_argument("--out", type=Path, default=ROOT / "geounet" / "models" / "buildings.safetensors")
-    ap.add_argument("--work", type=Path, help="folder for the training run (default: a temporary one)")
-    ap.add_argument("--from-model", type=Path, help="package this trained model instead of training")
-    ap.add_argument("--from-stage", type=int, default=1, help=f"start at this stage (2 to {len(STAGES)}), from --init")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "geounet" / "models" / "buildings.safetensors"
+    )
+    ap.add_argument(
+        "--work", type=Path, help="folder for the training run (default: a temporary one)"
+    )
+    ap.add_argument(
+        "--from-model", type=Path, help="package this trained model instead of training"
+    )
+    ap.add_argument(
+        "--from-stage",
+        type=int,
+        default=1,
+        help=f"start at this stage (2 to {len(STAGES)}), from --init",
+    )
     ap.add_argument("--init", type=Path, help="with --from-stage: the previous stage's model")
     ap.add_argument("--note", help="a line for the provenance (how the trained model came about)")
     ap.add_argument("train_args", nargs="*", help="after --: arguments for benchmarks/buildings.py")
@@ -187,36 +319,72 @@ def main(argv: list[str] | None = None) -> int:
         seeded = buildings.score(staged, val, args.data, regularize=regularize, split_seeds=level)
         base = square if regularize else plain
         meta.split_seeds = level if seeded["all"]["object_f1"] > base["all"]["object_f1"] else 0.0
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         meta.provenance = {
             **meta.provenance,
             "images": [p.name for p in train],
             "val_images": [p.name for p in val],
-            "labels": ["rio/buildings.geojson", "inria/buildings_austin.geojson", "inria/buildings_chicago.geojson"],
+            "labels": [
+                "rio/buildings.geojson",
+                "inria/buildings_austin.geojson",
+                "inria/buildings_chicago.geojson",
+            ],
             "data": SOURCES,
-            "command": "python scripts/make_bundled_model.py" + "".join(
-                f" {shlex.join(a)}" for a in (
-                    ["--from-stage", str(args.from_stage), "--init", str(args.init)] if args.from_stage > 1 else [],
+            "command": "python scripts/make_bundled_model.py"
+            + "".join(
+                f" {shlex.join(a)}"
+                for a in (
+                    ["--from-stage", str(args.from_stage), "--init", str(args.init)]
+                    if args.from_stage > 1
+                    else [],
                     ["--", *train_args] if train_args else [],
-                ) if a
+                )
+                if a
             ),
-            "stages": [train_args] if train_args else [
-                STAGE_1, STAGE_2 + ["--init", "<stage 1 model>"], STAGE_3 + ["--init", "<stage 2 model>"],
-                STAGE_4 + ["--init", "<stage 3 model>"], STAGE_5 + ["--init", "<stage 4 model>"],
+            "stages": [train_args]
+            if train_args
+            else [
+                STAGE_1,
+                STAGE_2 + ["--init", "<stage 1 model>"],
+                STAGE_3 + ["--init", "<stage 2 model>"],
+                STAGE_4 + ["--init", "<stage 3 model>"],
+                STAGE_5 + ["--init", "<stage 4 model>"],
                 STAGE_6 + ["--init", f"<stage 5 model widened to {WIDEN_6} channels, seed 6>"],
                 STAGE_7 + ["--init", "<stage 6 model>"],
-                STAGE_8 + ["--init", f"<stage 7 model without its core channel, widened to {WIDEN_8} channels, seed 12>"],
+                STAGE_8
+                + [
+                    "--init",
+                    f"<stage 7 model without its core channel, widened to {WIDEN_8} channels, seed 12>",
+                ],
                 STAGE_9 + ["--init", "<stage 8 model>"],
             ],
             "split_m": SPLIT_M,
             "commit": commit,
             "weights": "float16 (convolutions), float32 BatchNorm",
-            "regularize_object_f1": {"off": plain["all"]["object_f1"], "on": square["all"]["object_f1"]},
-            "split_seeds_object_f1": {"off": base["all"]["object_f1"], f"{level:g}": seeded["all"]["object_f1"]},
-            **({"core_object_f1": {
-                "off": {k: base[k]["object_f1"] for k in ("rio", "austin", "chicago", "all")},
-                "on": {k: seeded[k]["object_f1"] for k in ("rio", "austin", "chicago", "all")},
-            }} if meta.core_m > 0 else {}),
+            "regularize_object_f1": {
+                "off": plain["all"]["object_f1"],
+                "on": square["all"]["object_f1"],
+            },
+            "split_seeds_object_f1": {
+                "off": base["all"]["object_f1"],
+                f"{level:g}": seeded["all"]["object_f1"],
+            },
+            **(
+                {
+                    "core_object_f1": {
+                        "off": {
+                            k: base[k]["object_f1"] for k in ("rio", "austin", "chicago", "all")
+                        },
+                        "on": {
+                            k: seeded[k]["object_f1"] for k in ("rio", "austin", "chicago", "all")
+                        },
+                    }
+                }
+                if meta.core_m > 0
+                else {}
+            ),
             "min_area_m2": MIN_AREA_M2,
         }
         if args.note:
@@ -237,7 +405,16 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with AtomicOutputs() as outputs:
                 save_model(net, meta, outputs.reserve(args.out, overwrite=True), half=True)
-    print(json.dumps({"regularize": regularize, "split_seeds": meta.split_seeds, "validation": meta.provenance["validation"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "regularize": regularize,
+                "split_seeds": meta.split_seeds,
+                "validation": meta.provenance["validation"],
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -15,14 +15,18 @@ import pytest
 import rasterio
 from rasterio.transform import Affine, from_origin
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spacenet-vegas-samples"
+SHARED_DATA = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spacenet-vegas-samples"
+)
 requires_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not found (the real SpaceNet samples live in ../shared/data)"
+    not SHARED_DATA.is_dir(),
+    reason=f"{SHARED_DATA} not found (the real SpaceNet samples live in ../shared/data)",
 )
 
 BUILDINGS_RGB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "buildings-rgb"
 requires_buildings_rgb = pytest.mark.skipif(
-    not BUILDINGS_RGB.is_dir(), reason=f"{BUILDINGS_RGB} not found (the real RGB samples live in ../shared/data)"
+    not BUILDINGS_RGB.is_dir(),
+    reason=f"{BUILDINGS_RGB} not found (the real RGB samples live in ../shared/data)",
 )
 
 MakeRaster = Callable[..., Path]
@@ -61,9 +65,19 @@ def make_raster(tmp_path: Path) -> MakeRaster:
         count, height, width = data.shape
         path = tmp_path / name
         with rasterio.open(
-            path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name,
-            crs=crs, transform=transform if transform is not None else from_origin(500000, 5000000, 0.5, 0.5),
-            nodata=nodata, **profile,
+            path,
+            "w",
+            driver="GTiff",
+            width=width,
+            height=height,
+            count=count,
+            dtype=data.dtype.name,
+            crs=crs,
+            transform=transform
+            if transform is not None
+            else from_origin(500000, 5000000, 0.5, 0.5),
+            nodata=nodata,
+            **profile,
         ) as dst:
             dst.write(data)
         return path
@@ -71,7 +85,15 @@ def make_raster(tmp_path: Path) -> MakeRaster:
     return make
 
 
-def threshold_unet(in_channels: int, *, width: int = 4, depth: int = 2, band: int = 0, gain: float = 4.0, bias: float = -4.0) -> Any:
+def threshold_unet(
+    in_channels: int,
+    *,
+    width: int = 4,
+    depth: int = 2,
+    band: int = 0,
+    gain: float = 4.0,
+    bias: float = -4.0,
+) -> Any:
     """A real U-Net whose hand-set weights compute ``gain * relu(x[band]) + bias`` per pixel.
 
     Only the full-resolution path carries signal (centre taps, identity BatchNorm); every deeper
@@ -104,7 +126,9 @@ def threshold_unet(in_channels: int, *, width: int = 4, depth: int = 2, band: in
     return net.eval()
 
 
-def constant_unet(in_channels: int, value: float, *, classes: int = 1, width: int = 4, depth: int = 2) -> Any:
+def constant_unet(
+    in_channels: int, value: float, *, classes: int = 1, width: int = 4, depth: int = 2
+) -> Any:
     """A U-Net that outputs ``value`` everywhere (all weights zero, head bias ``value``)."""
     import torch
 
@@ -118,13 +142,25 @@ def constant_unet(in_channels: int, value: float, *, classes: int = 1, width: in
     return net.eval()
 
 
-def meta_for(net: Any, *, dtype: str = "uint8", classes: list[str] | None = None, tile_size: int = 64, overlap: int = 16) -> Any:
+def meta_for(
+    net: Any,
+    *,
+    dtype: str = "uint8",
+    classes: list[str] | None = None,
+    tile_size: int = 64,
+    overlap: int = 16,
+) -> Any:
     """Model metadata matching a hand-made network."""
     from geounet.checkpoint import create_model
 
     _, meta = create_model(
-        bands=net.in_channels, classes=classes or (["building"] if net.classes == 1 else net.classes),
-        width=net.width, depth=net.depth, dtype=dtype, tile_size=tile_size, overlap=overlap,
+        bands=net.in_channels,
+        classes=classes or (["building"] if net.classes == 1 else net.classes),
+        width=net.width,
+        depth=net.depth,
+        dtype=dtype,
+        tile_size=tile_size,
+        overlap=overlap,
     )
     return meta
 
@@ -206,7 +242,9 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         else:
             self.send_response(200)
-        self.send_header("Content-Type", mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        self.send_header(
+            "Content-Type", mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        )
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
@@ -221,7 +259,9 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path, list[tuple[str | None, int]]]]:
+def http_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Path, list[tuple[str | None, int]]]]:
     """(base URL, served folder, log of (Range, bytes)) of an HTTP server on 127.0.0.1."""
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")

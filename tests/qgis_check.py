@@ -41,7 +41,12 @@ def describe_raster(path: str) -> dict[str, object]:
     out: dict[str, object] = {"path": path, "valid": layer.isValid()}
     if layer.isValid():
         r = layer.renderer()
-        out.update(crs=layer.crs().authid(), extent=extent(layer), renderer=r.type(), bands=layer.bandCount())
+        out.update(
+            crs=layer.crs().authid(),
+            extent=extent(layer),
+            renderer=r.type(),
+            bands=layer.bandCount(),
+        )
         if r.type() == "paletted":
             out["classes"] = [[int(c.value), c.label, c.color.name()] for c in r.classes()]
         if r.type() == "singlebandpseudocolor":
@@ -57,8 +62,11 @@ def describe_vector(path: str) -> tuple[dict[str, object], object]:
     if layer.isValid():
         r = layer.renderer()
         out.update(
-            crs=layer.crs().authid(), extent=extent(layer), features=layer.featureCount(),
-            renderer=r.type(), geometry=int(layer.geometryType()),
+            crs=layer.crs().authid(),
+            extent=extent(layer),
+            features=layer.featureCount(),
+            renderer=r.type(),
+            geometry=int(layer.geometryType()),
             wkb=QgsWkbTypes.displayString(layer.wkbType()),
             fields=[f.name() for f in layer.fields()],
         )
@@ -67,7 +75,10 @@ def describe_vector(path: str) -> tuple[dict[str, object], object]:
             out["categories"] = [[c.value(), c.symbol().color().name()] for c in r.categories()]
             # Line symbols: [width, unit] of each category's (first) symbol layer.
             out["line_widths"] = [
-                [c.symbol().symbolLayer(0).width(), QgsUnitTypes.encodeUnit(c.symbol().symbolLayer(0).widthUnit())]
+                [
+                    c.symbol().symbolLayer(0).width(),
+                    QgsUnitTypes.encodeUnit(c.symbol().symbolLayer(0).widthUnit()),
+                ]
                 for c in r.categories()
                 if c.symbol().type() == 1  # QgsSymbol.Line
             ]

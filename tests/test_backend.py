@@ -35,7 +35,9 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def lively_file(path: Path, *, classes: int = 1, seed: int = 0) -> Path:
     """A seeded width-8 U-Net with BatchNorm statistics from random batches, saved at ``path``."""
-    net, meta = create_model(bands=3, classes=classes, width=8, depth=3, seed=seed, tile_size=64, overlap=16)
+    net, meta = create_model(
+        bands=3, classes=classes, width=8, depth=3, seed=seed, tile_size=64, overlap=16
+    )
     gen = torch.Generator().manual_seed(seed)
     calibrate_batchnorm(net, [torch.randn(4, 3, 32, 32, generator=gen) for _ in range(3)])
     save_model(net, meta, path)
@@ -62,7 +64,10 @@ def test_the_cache_is_keyed_by_the_file_and_reused(tmp_path: Path, private_cache
         np.testing.assert_allclose(got, torch_logits(model, x), atol=1e-4, rtol=1e-4)
     load_backend(model)
     again = entry.stat()
-    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # not exported again
+    assert (again.st_ino, again.st_mtime_ns) == (
+        first.st_ino,
+        first.st_mtime_ns,
+    )  # not exported again
     other = lively_file(tmp_path / "other.safetensors", seed=1)
     load_backend(other)
     assert len(list((private_cache / "onnx").glob("*.onnx"))) == 2
@@ -81,19 +86,28 @@ def test_a_corrupt_cache_entry_is_rebuilt(tmp_path: Path, caplog: pytest.LogCapt
         assert "rebuilding the onnxruntime graph" in caplog.text
         caplog.clear()
         assert entry.read_bytes() != broken
-        np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), torch_logits(model, x), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(
+            net(torch.from_numpy(x)).numpy(), torch_logits(model, x), atol=1e-4, rtol=1e-4
+        )
 
 
-def test_an_unwritable_cache_falls_back_to_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unwritable_cache_falls_back_to_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     model = lively_file(tmp_path / "m.safetensors")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("GEOUNET_CACHE", str(blocker / "cache"))
     with caplog.at_level(logging.WARNING, logger="geounet.export"):
         net, _ = load_backend(model)
-    assert len(caplog.records) == 1 and "cannot cache the onnxruntime graph" in caplog.records[0].getMessage()
+    assert (
+        len(caplog.records) == 1
+        and "cannot cache the onnxruntime graph" in caplog.records[0].getMessage()
+    )
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
-    np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), torch_logits(model, x), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        net(torch.from_numpy(x)).numpy(), torch_logits(model, x), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_auto_rule_and_refusals(tmp_path: Path) -> None:
@@ -104,7 +118,9 @@ def test_auto_rule_and_refusals(tmp_path: Path) -> None:
     assert choose_backend("auto", torch.device("cuda"), torch.bfloat16, compile=False) == "torch"
     assert choose_backend("torch", cpu, None, compile=False) == "torch"
     assert choose_backend("auto", cpu, None, compile=False, model_file=False) == "torch"
-    assert choose_backend("onnxruntime", cpu, None, compile=False, model_file=False) == "onnxruntime"
+    assert (
+        choose_backend("onnxruntime", cpu, None, compile=False, model_file=False) == "onnxruntime"
+    )
     with pytest.raises(GeounetError, match="runs float32 on the CPU"):
         choose_backend("onnxruntime", cpu, torch.bfloat16, compile=False)
     model = lively_file(tmp_path / "m.safetensors")
@@ -125,13 +141,48 @@ def test_cli_backends_write_the_same_mask(tmp_path: Path, make_raster: object) -
     masks = {}
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / f"{backend}.tif"
-        r = CliRunner().invoke(cli, ["predict", str(scene), "-m", str(model), "--mask", str(out), "--backend", backend, "--device", "cpu"], catch_exceptions=False)
+        r = CliRunner().invoke(
+            cli,
+            [
+                "predict",
+                str(scene),
+                "-m",
+                str(model),
+                "--mask",
+                str(out),
+                "--backend",
+                backend,
+                "--device",
+                "cpu",
+            ],
+            catch_exceptions=False,
+        )
         assert r.exit_code == 0, r.output
         with rasterio.open(out) as src:
             masks[backend] = src.read(1)
     assert (masks["torch"] == masks["onnxruntime"]).mean() >= 0.999
-    r = CliRunner().invoke(cli, ["predict", str(scene), "-m", str(model), "--mask", str(tmp_path / "x.tif"), "--backend", "onnxruntime", "--precision", "bf16", "--device", "cpu"])
-    assert r.exit_code == 1 and "--backend onnxruntime runs float32 on the CPU" in r.stderr and "Traceback" not in r.stderr
+    r = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(scene),
+            "-m",
+            str(model),
+            "--mask",
+            str(tmp_path / "x.tif"),
+            "--backend",
+            "onnxruntime",
+            "--precision",
+            "bf16",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert (
+        r.exit_code == 1
+        and "--backend onnxruntime runs float32 on the CPU" in r.stderr
+        and "Traceback" not in r.stderr
+    )
     assert not (tmp_path / "x.tif").exists()
 
 
@@ -149,13 +200,17 @@ def test_the_bundled_model_agrees_across_backends(tmp_path: Path) -> None:
         with rasterio.open(out) as src:
             masks[backend] = src.read(1)
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
-    assert predictor.net(torch.from_numpy(x)).shape[1] == predictor.meta.outputs == 2  # building + core
+    assert (
+        predictor.net(torch.from_numpy(x)).shape[1] == predictor.meta.outputs == 2
+    )  # building + core
     valid = masks["torch"] != 255
     assert valid.all() and (masks["torch"] == 1).sum() > 1000
     assert (masks["torch"][valid] == masks["onnxruntime"][valid]).mean() >= 0.999
 
 
-def test_a_cached_entry_is_checked_against_the_logits_stored_with_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_cached_entry_is_checked_against_the_logits_stored_with_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # A warm run checks the cached graph against PyTorch's logits stored at export (no PyTorch
     # forward pass); stored logits that disagree make it rebuild, missing ones are written back.
     model = lively_file(tmp_path / "m.safetensors")
@@ -169,7 +224,9 @@ def test_a_cached_entry_is_checked_against_the_logits_stored_with_it(tmp_path: P
     np.save(stored, expected + 1)
     with caplog.at_level(logging.INFO, logger="geounet.export"):
         load_backend(model)
-    assert "rebuilding the onnxruntime graph" in caplog.text and "differ from PyTorch's" in caplog.text
+    assert (
+        "rebuilding the onnxruntime graph" in caplog.text and "differ from PyTorch's" in caplog.text
+    )
     np.testing.assert_allclose(np.load(stored), expected, atol=1e-5)
     caplog.clear()
     stored.unlink()

@@ -43,7 +43,9 @@ def _data(count: int) -> np.ndarray:
         ([C.nir, C.red, C.green, C.blue], (2, 3, 4)),
     ],
 )
-def test_a_colour_model_takes_its_colours_wherever_they_are(make_raster: MakeRaster, colours: list[C], want: tuple[int, ...]) -> None:
+def test_a_colour_model_takes_its_colours_wherever_they_are(
+    make_raster: MakeRaster, colours: list[C], want: tuple[int, ...]
+) -> None:
     scene = open_scene(_tagged(make_raster, "s.tif", _data(len(colours)), colours))
     assert resolve_bands(scene, None, 3, RGB) == want
     # A choice of the user's wins; a model with unnamed bands takes the file order.
@@ -53,7 +55,9 @@ def test_a_colour_model_takes_its_colours_wherever_they_are(make_raster: MakeRas
 
 
 def test_untagged_or_ambiguous_scenes_keep_the_file_order(make_raster: MakeRaster) -> None:
-    untagged = open_scene(_tagged(make_raster, "u.tif", _data(4), [C.gray, C.undefined, C.undefined, C.undefined]))
+    untagged = open_scene(
+        _tagged(make_raster, "u.tif", _data(4), [C.gray, C.undefined, C.undefined, C.undefined])
+    )
     assert colour_bands(untagged, RGB) is None
     with pytest.raises(BandMismatchError, match="model expects 3 bands, u.tif has 4; pass --bands"):
         resolve_bands(untagged, None, 3, RGB)
@@ -63,7 +67,9 @@ def test_untagged_or_ambiguous_scenes_keep_the_file_order(make_raster: MakeRaste
     assert resolve_bands(three, None, 3, RGB) == (1, 2, 3)
 
 
-def test_new_models_name_their_bands_by_colour_when_the_images_agree(make_raster: MakeRaster) -> None:
+def test_new_models_name_their_bands_by_colour_when_the_images_agree(
+    make_raster: MakeRaster,
+) -> None:
     rgb = open_scene(_tagged(make_raster, "a.tif", _data(3), [C.red, C.green, C.blue]))
     bgr = open_scene(_tagged(make_raster, "b.tif", _data(3), [C.blue, C.green, C.red]))
     plain = open_scene(_tagged(make_raster, "c.tif", _data(3), [C.gray, C.undefined, C.undefined]))
@@ -71,7 +77,11 @@ def test_new_models_name_their_bands_by_colour_when_the_images_agree(make_raster
     assert band_names(plain, (1, 2, 3)) == ["band1", "band2", "band3"]
     entry = lambda s, b: SimpleNamespace(scene=s, bands=b)  # noqa: E731
     assert _band_names([entry(rgb, (1, 2, 3)), entry(bgr, (3, 2, 1))]) == RGB
-    assert _band_names([entry(rgb, (1, 2, 3)), entry(plain, (1, 2, 3))]) == ["band1", "band2", "band3"]
+    assert _band_names([entry(rgb, (1, 2, 3)), entry(plain, (1, 2, 3))]) == [
+        "band1",
+        "band2",
+        "band3",
+    ]
 
 
 def test_predict_reads_a_bgr_scene_as_the_rgb_one(make_raster: MakeRaster, tmp_path: Path) -> None:
@@ -93,5 +103,12 @@ def test_predict_reads_a_bgr_scene_as_the_rgb_one(make_raster: MakeRaster, tmp_p
         assert r.exit_code == 0, r.output
         with rasterio.open(mask) as src:
             masks[scene.stem] = src.read(1)
-        assert ("Read bands 3,2,1 of bgr.tif by their colour interpretation (red, green, blue)" in r.stderr) == (scene == bgr)
-    assert (masks["rgb"] == masks["bgr"]).all() and masks["rgb"][10:30, 10:40].all() and not masks["rgb"][40:60, 20:50].any()
+        assert (
+            "Read bands 3,2,1 of bgr.tif by their colour interpretation (red, green, blue)"
+            in r.stderr
+        ) == (scene == bgr)
+    assert (
+        (masks["rgb"] == masks["bgr"]).all()
+        and masks["rgb"][10:30, 10:40].all()
+        and not masks["rgb"][40:60, 20:50].any()
+    )

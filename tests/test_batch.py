@@ -52,15 +52,21 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return roofs_model(tmp_path_factory.mktemp("model") / "roofs.safetensors")
 
 
-def make_scenes(folder: Path, count: int, *, size: int = 128, names: str = "scene{i}.tif") -> list[Path]:
+def make_scenes(
+    folder: Path, count: int, *, size: int = 128, names: str = "scene{i}.tif"
+) -> list[Path]:
     return [
-        make_scene(folder / names.format(i=i), width=size, height=size, seed=i, building_density=3.0).path
+        make_scene(
+            folder / names.format(i=i), width=size, height=size, seed=i, building_density=3.0
+        ).path
         for i in range(count)
     ]
 
 
 def records(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines() if line.strip()
+    ]
 
 
 def mtimes(out: Path) -> dict[str, int]:
@@ -105,7 +111,9 @@ def test_expand_inputs_paths_globs_lists_and_urls(tmp_path: Path) -> None:
     ]
     # Folders (as train takes them): every raster below, sorted; other files ignored.
     assert expand_rasters([tmp_path / "a", tmp_path / "b/three.tif"], folders=True) == [
-        str(tmp_path / "a/deep/two.tif"), str(tmp_path / "a/one.tif"), str(tmp_path / "b/three.tif"),
+        str(tmp_path / "a/deep/two.tif"),
+        str(tmp_path / "a/one.tif"),
+        str(tmp_path / "b/three.tif"),
     ]
     (tmp_path / "c").mkdir()
     with pytest.raises(GeounetError, match="no rasters"):
@@ -135,7 +143,9 @@ def test_names_are_unique_and_stable() -> None:
     a, b, c = "/data/x/scene.tif", "/data/y/scene.tif", "/data/z/other.tif"
     names = assign_names([a, b, c])
     assert names[c] == "other"
-    assert re.fullmatch(r"scene-[0-9a-f]{8}", names[a]) and re.fullmatch(r"scene-[0-9a-f]{8}", names[b])
+    assert re.fullmatch(r"scene-[0-9a-f]{8}", names[a]) and re.fullmatch(
+        r"scene-[0-9a-f]{8}", names[b]
+    )
     assert names[a] != names[b]
     # A name from an earlier run sticks, and is not handed to a new input with the same stem.
     previous = {a: SceneRecord(input=a, name="scene", status="done")}
@@ -159,11 +169,20 @@ def test_resume_skips_done_and_redoes_changed(tmp_path: Path, model_file: Path) 
 
     def run(threshold: float = 0.5, **kw: Any) -> Any:
         config = PredictConfig(threshold=threshold, tile_size=96, overlap=16)  # 4 tiles a scene
-        return run_batch([str(tmp_path / "in" / "**" / "*.tif")], out, model=model_file, config=config, mask=True, **kw)
+        return run_batch(
+            [str(tmp_path / "in" / "**" / "*.tif")],
+            out,
+            model=model_file,
+            config=config,
+            mask=True,
+            **kw,
+        )
 
     first = run(progress=events.append)
     assert (len(first.done), len(first.skipped), len(first.failed)) == (3, 0, 0)
-    assert first.describe() == f"3 done, 0 skipped (already done), 0 failed; see {out / MANIFEST_NAME}"
+    assert (
+        first.describe() == f"3 done, 0 skipped (already done), 0 failed; see {out / MANIFEST_NAME}"
+    )
     assert events[0] == BatchProgress(scenes_done=0, scenes_total=3)
     assert any(e.tiles_total == 4 for e in events) and events[-1].scenes_done == 3
     for rec in first.done:
@@ -196,19 +215,35 @@ def test_polygon_options_are_parameters_only_when_given() -> None:
     # Manifests written before an option existed still match runs that leave it unset.
     base = batch_params(PredictConfig(), fmt="gpkg", probabilities=False, mask=False)
     assert not {"split_m", "split_seeds", "regularize"} & set(base)
-    given = batch_params(PredictConfig(split_seeds=0.7, split_m=0.0), fmt="gpkg", probabilities=False, mask=False)
+    given = batch_params(
+        PredictConfig(split_seeds=0.7, split_m=0.0), fmt="gpkg", probabilities=False, mask=False
+    )
     assert given["split_seeds"] == 0.7 and given["split_m"] == 0.0
     assert {k: v for k, v in given.items() if k not in ("split_seeds", "split_m")} == base
 
 
-def test_tta_is_a_parameter_turning_it_on_or_off_redoes_scenes(tmp_path: Path, model_file: Path) -> None:
+def test_tta_is_a_parameter_turning_it_on_or_off_redoes_scenes(
+    tmp_path: Path, model_file: Path
+) -> None:
     make_scenes(tmp_path / "in", 2)
     out = tmp_path / "out"
-    args = ("batch", str(tmp_path / "in" / "*.tif"), "-o", str(out), "-m", str(model_file), "--mask", "--tile-size", "96")
+    args = (
+        "batch",
+        str(tmp_path / "in" / "*.tif"),
+        "-o",
+        str(out),
+        "-m",
+        str(model_file),
+        "--mask",
+        "--tile-size",
+        "96",
+    )
 
     r = invoke(*args)
     assert r.exit_code == 0, r.stderr
-    assert all("tta" not in rec["params"] for rec in records(out))  # manifests from before --tta still match
+    assert all(
+        "tta" not in rec["params"] for rec in records(out)
+    )  # manifests from before --tta still match
     plain = {name: read_mask(out / f"{name}.mask.tif") for name in ("scene0", "scene1")}
     r = invoke(*args, "--tta")
     assert r.exit_code == 0, r.stderr
@@ -229,14 +264,26 @@ def test_failed_scenes_are_recorded_and_the_batch_goes_on(tmp_path: Path, model_
     truncated.write_bytes(good[0].read_bytes()[:3000])
     (tmp_path / "in" / "text.tif").write_text("this is not a GeoTIFF\n")
     out = tmp_path / "out"
-    args = ("batch", str(tmp_path / "in" / "*.tif"), "-o", str(out), "-m", str(model_file), "--mask", "--tile-size", "96")
+    args = (
+        "batch",
+        str(tmp_path / "in" / "*.tif"),
+        "-o",
+        str(out),
+        "-m",
+        str(model_file),
+        "--mask",
+        "--tile-size",
+        "96",
+    )
 
     r = invoke(*args)
     assert r.exit_code == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout.strip() == str(out / MANIFEST_NAME)
     assert f"2 done, 0 skipped (already done), 2 failed; see {out / MANIFEST_NAME}" in r.stderr
-    assert re.search(r"failed: .*truncated\.tif", r.stderr) and re.search(r"failed: .*text\.tif", r.stderr)
+    assert re.search(r"failed: .*truncated\.tif", r.stderr) and re.search(
+        r"failed: .*text\.tif", r.stderr
+    )
     by_name = {Path(rec["input"]).name: rec for rec in records(out)}
     for name in ("truncated.tif", "text.tif"):
         assert by_name[name]["status"] == "failed" and name in by_name[name]["error"]
@@ -288,8 +335,21 @@ def test_killed_batch_resumes_without_recomputing(tmp_path: Path, model_file: Pa
     make_scenes(tmp_path / "in", 2, names="a{i}.tif")
     make_scenes(tmp_path / "in", 4, size=384, names="b{i}.tif")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "geounet", "batch", str(tmp_path / "in" / "*.tif"), "-o", str(out),
-           "-m", str(model_file), "--mask", "--probabilities", "--prob-dtype", "uint8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geounet",
+        "batch",
+        str(tmp_path / "in" / "*.tif"),
+        "-o",
+        str(out),
+        "-m",
+        str(model_file),
+        "--mask",
+        "--probabilities",
+        "--prob-dtype",
+        "uint8",
+    ]
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -354,17 +414,49 @@ def dask_scheduler(tmp_path: Path) -> Iterator[str]:
         pytest.skip(f"{dask_cmd} not found (install dask[distributed] into this environment)")
     scheduler_file = tmp_path / "scheduler.json"
     logs = (tmp_path / "dask.log").open("w")
-    common: dict[str, Any] = {"stdout": logs, "stderr": subprocess.STDOUT, "start_new_session": True}
+    common: dict[str, Any] = {
+        "stdout": logs,
+        "stderr": subprocess.STDOUT,
+        "start_new_session": True,
+    }
     procs = [
-        subprocess.Popen([str(dask_cmd), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                          "--scheduler-file", str(scheduler_file)], **common)
+        subprocess.Popen(
+            [
+                str(dask_cmd),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            **common,
+        )
     ]
     try:
         for _ in range(2):
-            procs.append(subprocess.Popen(
-                [str(dask_cmd), "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
-                 "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
-                 "--local-directory", str(tmp_path / "dask-workers")], **common))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(dask_cmd),
+                        "worker",
+                        "--scheduler-file",
+                        str(scheduler_file),
+                        "--nworkers",
+                        "1",
+                        "--nthreads",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                        "--local-directory",
+                        str(tmp_path / "dask-workers"),
+                    ],
+                    **common,
+                )
+            )
         with distributed.Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
             client.wait_for_workers(2, timeout=60)
             address = client.scheduler.address
@@ -375,14 +467,27 @@ def dask_scheduler(tmp_path: Path) -> Iterator[str]:
         logs.close()
 
 
-def test_dask_cluster_gives_the_same_outputs(tmp_path: Path, model_file: Path, dask_scheduler: str) -> None:
+def test_dask_cluster_gives_the_same_outputs(
+    tmp_path: Path, model_file: Path, dask_scheduler: str
+) -> None:
     make_scenes(tmp_path / "in", 4)
     glob = str(tmp_path / "in" / "*.tif")
     local, remote = tmp_path / "local", tmp_path / "remote"
     r = invoke("batch", glob, "-o", str(local), "-m", str(model_file), "--mask", "--format", "fgb")
     assert r.exit_code == 0, r.stderr
-    r = invoke("batch", glob, "-o", str(remote), "-m", str(model_file), "--mask", "--format", "fgb",
-               "--scheduler", dask_scheduler)
+    r = invoke(
+        "batch",
+        glob,
+        "-o",
+        str(remote),
+        "-m",
+        str(model_file),
+        "--mask",
+        "--format",
+        "fgb",
+        "--scheduler",
+        dask_scheduler,
+    )
     assert r.exit_code == 0, r.stderr
     assert "4 done, 0 skipped (already done), 0 failed" in r.stderr
     a, b = read_manifest(local / MANIFEST_NAME), read_manifest(remote / MANIFEST_NAME)
@@ -392,9 +497,22 @@ def test_dask_cluster_gives_the_same_outputs(tmp_path: Path, model_file: Path, d
         other = b[scene]
         assert other.status == "done" and other.features == rec.features
         assert len(read_vectors(remote / other.outputs["vectors"])) == rec.features
-        np.testing.assert_array_equal(read_mask(local / rec.outputs["mask"]), read_mask(remote / other.outputs["mask"]))
-    r = invoke("batch", glob, "-o", str(remote), "-m", str(model_file), "--mask", "--format", "fgb",
-               "--scheduler", dask_scheduler)
+        np.testing.assert_array_equal(
+            read_mask(local / rec.outputs["mask"]), read_mask(remote / other.outputs["mask"])
+        )
+    r = invoke(
+        "batch",
+        glob,
+        "-o",
+        str(remote),
+        "-m",
+        str(model_file),
+        "--mask",
+        "--format",
+        "fgb",
+        "--scheduler",
+        dask_scheduler,
+    )
     assert r.exit_code == 0 and "0 done, 4 skipped (already done)" in r.stderr
 
 
@@ -410,7 +528,9 @@ def test_local_worker_processes_give_the_same_outputs(tmp_path: Path, model_file
     pytest.importorskip("onnxruntime")
     from geounet.export import export_onnx
 
-    onnx_model = export_onnx(model_file, tmp_path / "roofs.onnx")  # workers run it through onnxruntime
+    onnx_model = export_onnx(
+        model_file, tmp_path / "roofs.onnx"
+    )  # workers run it through onnxruntime
     many = run_batch([glob], tmp_path / "onnx", model=onnx_model, mask=True, workers=2)
     assert len(many.done) == 3 and not many.failed
     assert sorted(r.features for r in many.done) == sorted(r.features for r in one.done)
@@ -418,7 +538,8 @@ def test_local_worker_processes_give_the_same_outputs(tmp_path: Path, model_file
     for rec in many.done:
         assert rec.features == a[rec.input].features
         np.testing.assert_array_equal(
-            read_mask(tmp_path / "many" / rec.outputs["mask"]), read_mask(tmp_path / "one" / a[rec.input].outputs["mask"])
+            read_mask(tmp_path / "many" / rec.outputs["mask"]),
+            read_mask(tmp_path / "one" / a[rec.input].outputs["mask"]),
         )
 
 
@@ -426,7 +547,9 @@ def test_local_worker_processes_give_the_same_outputs(tmp_path: Path, model_file
 # Remote scenes over HTTP
 
 
-def test_remote_scene_over_http_is_read_by_windows(tmp_path: Path, model_file: Path, http_root: tuple[str, Path, list[tuple[str | None, int]]]) -> None:
+def test_remote_scene_over_http_is_read_by_windows(
+    tmp_path: Path, model_file: Path, http_root: tuple[str, Path, list[tuple[str | None, int]]]
+) -> None:
     base, root, served = http_root
     scene = make_scene(root / "scene.tif", width=512, height=512, seed=3, building_density=3.0).path
     size = scene.stat().st_size
@@ -452,7 +575,9 @@ def test_remote_scene_over_http_is_read_by_windows(tmp_path: Path, model_file: P
 
 
 @pytest.fixture
-def plain_http_root(http_root: tuple[str, Path, list[tuple[str | None, int]]]) -> Iterator[tuple[str, Path]]:
+def plain_http_root(
+    http_root: tuple[str, Path, list[tuple[str | None, int]]],
+) -> Iterator[tuple[str, Path]]:
     """(base URL, folder) of Python's own ``http.server`` on 127.0.0.1 over the folder ``http_root``
     serves: it answers a Range request with the whole file, as servers without byte ranges do.
 
@@ -460,8 +585,20 @@ def plain_http_root(http_root: tuple[str, Path, list[tuple[str | None, int]]]) -
     """
     _, root, _ = http_root
     server = subprocess.Popen(
-        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(root)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -474,7 +611,10 @@ def plain_http_root(http_root: tuple[str, Path, list[tuple[str | None, int]]]) -
 
 
 def test_a_server_without_byte_ranges_is_named_as_such(
-    make_raster: Any, model_file: Path, http_root: tuple[str, Path, list[tuple[str | None, int]]], plain_http_root: tuple[str, Path]
+    make_raster: Any,
+    model_file: Path,
+    http_root: tuple[str, Path, list[tuple[str | None, int]]],
+    plain_http_root: tuple[str, Path],
 ) -> None:
     from geounet.errors import RasterReadError
     from geounet.raster import gdal_options, open_scene
@@ -489,7 +629,9 @@ def test_a_server_without_byte_ranges_is_named_as_such(
 
     assert open_remote(f"{ranged}/big.tif").width == 1000
     message = f"{plain}/big.tif: the server does not serve byte ranges (HTTP Range requests)"
-    with pytest.raises(RasterReadError, match=re.escape(message) + ".*download the file and pass its local path") as info:
+    with pytest.raises(
+        RasterReadError, match=re.escape(message) + ".*download the file and pass its local path"
+    ) as info:
         open_remote(f"{plain}/big.tif")
     assert "complete GeoTIFF" not in str(info.value)
     summary = run_batch([f"{plain}/big.tif"], root.parent / "out", model=model_file)

@@ -45,13 +45,22 @@ def test_weights_are_a_partition_of_unity(height: int, width: int) -> None:
     total = np.zeros((height, width))
     for t in tiles:
         w = blend_weights(t, 16)
-        total[t.row_off : t.row_end, t.col_off : t.col_end] += w / wsum[t.row_off : t.row_end, t.col_off : t.col_end]
+        total[t.row_off : t.row_end, t.col_off : t.col_end] += (
+            w / wsum[t.row_off : t.row_end, t.col_off : t.col_end]
+        )
     np.testing.assert_allclose(total, 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (63, 65), (200, 300), (500, 77)])
 def test_constant_model_stitches_to_the_constant(height: int, width: int) -> None:
-    out, valid, _ = stitch(height, width, 64, 16, lambda t: np.full((2, t.height, t.width), 3.25, np.float32), channels=2)
+    out, valid, _ = stitch(
+        height,
+        width,
+        64,
+        16,
+        lambda t: np.full((2, t.height, t.width), 3.25, np.float32),
+        channels=2,
+    )
     assert valid.all()
     np.testing.assert_allclose(out, 3.25, rtol=1e-6)
 
@@ -60,13 +69,23 @@ def test_stitch_of_a_global_field_reproduces_it() -> None:
     # Each tile reports the true value of a smooth global field: blending must give it back.
     yy, xx = np.mgrid[0:300, 0:260]
     field = np.sin(yy / 17.0) + np.cos(xx / 23.0)
-    out, valid, _ = stitch(300, 260, 64, 16, lambda t: field[None, t.row_off : t.row_end, t.col_off : t.col_end].astype(np.float32))
+    out, valid, _ = stitch(
+        300,
+        260,
+        64,
+        16,
+        lambda t: field[None, t.row_off : t.row_end, t.col_off : t.col_end].astype(np.float32),
+    )
     np.testing.assert_allclose(out[0], field, atol=1e-5)
 
 
 def test_memory_is_bounded_by_a_strip_not_the_scene() -> None:
-    _, _, peak_short = stitch(200, 100, 64, 16, lambda t: np.zeros((1, t.height, t.width), np.float32))
-    _, _, peak_tall = stitch(3200, 100, 64, 16, lambda t: np.zeros((1, t.height, t.width), np.float32))
+    _, _, peak_short = stitch(
+        200, 100, 64, 16, lambda t: np.zeros((1, t.height, t.width), np.float32)
+    )
+    _, _, peak_tall = stitch(
+        3200, 100, 64, 16, lambda t: np.zeros((1, t.height, t.width), np.float32)
+    )
     assert peak_tall == peak_short <= 64
 
 

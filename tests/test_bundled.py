@@ -35,7 +35,9 @@ def test_the_bundled_model_ships_inside_the_package() -> None:
     assert {"data", "command", "commit", "validation"} <= set(prov)
     assert any("CC BY-SA" in d["licence"] for d in prov["data"])
     assert {"rio", "austin", "chicago", "all"} <= set(prov["validation"])
-    assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in net.parameters())  # widened on load
+    assert all(
+        p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in net.parameters()
+    )  # widened on load
 
 
 def test_model_list_and_info_show_it() -> None:
@@ -45,7 +47,11 @@ def test_model_list_and_info_show_it() -> None:
     r = CliRunner().invoke(cli, ["model", "list", "--json"], catch_exceptions=False)
     assert json.loads(r.stdout)[0]["name"] == "buildings"
     r = CliRunner().invoke(cli, ["model", "info", "buildings"], catch_exceptions=False)
-    assert r.exit_code == 0 and "each scene's 2-98 percentile stretch" in r.stdout and "CC BY-SA" in r.stdout
+    assert (
+        r.exit_code == 0
+        and "each scene's 2-98 percentile stretch" in r.stdout
+        and "CC BY-SA" in r.stdout
+    )
 
 
 def test_predict_without_a_model_uses_the_bundled_one(tmp_path: Path) -> None:
@@ -60,12 +66,20 @@ def test_predict_without_a_model_uses_the_bundled_one(tmp_path: Path) -> None:
     assert len(frame) >= 10 and frame.is_valid.all()
     minx, miny, maxx, maxy = frame.total_bounds
     assert left <= minx and maxx <= right and bottom <= miny and maxy <= top
-    assert {"class", "score", "area_m2"} <= set(frame.columns) and (frame["class"] == "building").all()
+    assert {"class", "score", "area_m2"} <= set(frame.columns) and (
+        frame["class"] == "building"
+    ).all()
 
 
 def test_a_missing_model_name_lists_the_bundled_ones(tmp_path: Path) -> None:
-    r = CliRunner().invoke(cli, ["predict", str(EXAMPLE), "-o", str(tmp_path / "x.geojson"), "-m", "nosuchmodel"])
-    assert r.exit_code == 1 and "bundled models: buildings" in r.stderr and not (tmp_path / "x.geojson").exists()
+    r = CliRunner().invoke(
+        cli, ["predict", str(EXAMPLE), "-o", str(tmp_path / "x.geojson"), "-m", "nosuchmodel"]
+    )
+    assert (
+        r.exit_code == 1
+        and "bundled models: buildings" in r.stderr
+        and not (tmp_path / "x.geojson").exists()
+    )
 
 
 @requires_buildings_rgb
@@ -87,4 +101,7 @@ def test_recorded_validation_figures_are_reproduced_by_evaluate() -> None:
             assert got[source][key] == pytest.approx(recorded[key], abs=0.002), (source, key)
         for key in ("tp", "fp", "fn"):
             slack = 4 if source == "all" else 2
-            assert abs(got[source]["objects"][key] - recorded["objects"][key]) <= slack, (source, key)
+            assert abs(got[source]["objects"][key] - recorded["objects"][key]) <= slack, (
+                source,
+                key,
+            )

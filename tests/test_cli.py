@@ -21,20 +21,52 @@ def run(*args: str) -> object:
 
 def test_model_create_and_info(tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
-    r = run("model", "create", "-o", str(out), "--bands", "3", "--classes", "1", "--width", "8", "--depth", "4", "--seed", "0")
+    r = run(
+        "model",
+        "create",
+        "-o",
+        str(out),
+        "--bands",
+        "3",
+        "--classes",
+        "1",
+        "--width",
+        "8",
+        "--depth",
+        "4",
+        "--seed",
+        "0",
+    )
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() == str(out)
     r = run("model", "info", str(out))
     assert r.exit_code == 0
-    assert "width=8 depth=4 outputs=1 binary" in r.stdout and "3 (band1, band2, band3), uint8" in r.stdout
+    assert (
+        "width=8 depth=4 outputs=1 binary" in r.stdout
+        and "3 (band1, band2, band3), uint8" in r.stdout
+    )
     r = run("model", "info", str(out), "--json")
-    assert json.loads(r.stdout)["arch_args"] == {"classes": 1, "depth": 4, "in_channels": 3, "width": 8}
+    assert json.loads(r.stdout)["arch_args"] == {
+        "classes": 1,
+        "depth": 4,
+        "in_channels": 3,
+        "width": 8,
+    }
     r = run("model", "create", "-o", str(out), "--bands", "3")
     assert r.exit_code == 1 and "exists; pass --overwrite" in r.stderr
 
 
 def test_model_create_rejects_bad_tile_size(tmp_path: Path) -> None:
-    r = run("model", "create", "-o", str(tmp_path / "m.safetensors"), "--bands", "3", "--tile-size", "100")
+    r = run(
+        "model",
+        "create",
+        "-o",
+        str(tmp_path / "m.safetensors"),
+        "--bands",
+        "3",
+        "--tile-size",
+        "100",
+    )
     assert r.exit_code == 1
     assert "not divisible by 16" in r.stderr and "use 96 or 112" in r.stderr
     assert not (tmp_path / "m.safetensors").exists()
@@ -48,7 +80,20 @@ def test_predict_end_to_end(make_raster: MakeRaster, model_file: Path, tmp_path:
     data[0, 90:140, 10:50] = 255
     scene = make_raster(data=data)
     out, probs, mask = tmp_path / "b.geojson", tmp_path / "p.tif", tmp_path / "m.tif"
-    r = run("predict", str(scene), "-o", str(out), "-m", str(model_file), "--probabilities", str(probs), "--mask", str(mask), "--prob-dtype", "uint8")
+    r = run(
+        "predict",
+        str(scene),
+        "-o",
+        str(out),
+        "-m",
+        str(model_file),
+        "--probabilities",
+        str(probs),
+        "--mask",
+        str(mask),
+        "--prob-dtype",
+        "uint8",
+    )
     assert r.exit_code == 0, r.stderr
     assert r.stdout.split() == [str(out), str(probs), str(mask)]
     assert "2 polygons" in r.stderr
@@ -62,16 +107,28 @@ def test_predict_end_to_end(make_raster: MakeRaster, model_file: Path, tmp_path:
     [
         (["predict", "{missing}", "-o", "{out}", "-m", "{model}"], "no such file"),
         (["predict", "{scene}", "-o", "{out}", "-m", "{missing}"], "model file not found"),
-        (["predict", "{scene}", "-o", "{tmp}/x.kml", "-m", "{model}"], "unknown vector format '.kml'"),
+        (
+            ["predict", "{scene}", "-o", "{tmp}/x.kml", "-m", "{model}"],
+            "unknown vector format '.kml'",
+        ),
         (["predict", "{scene}", "-o", "{tmp}/nodir/x.gpkg", "-m", "{model}"], "does not exist"),
         (["predict", "{one}", "-o", "{out}", "-m", "{model}"], "model expects 3 bands"),
-        (["predict", "{scene}", "-o", "{out}", "-m", "{model}", "--tile-size", "50"], "not divisible by 4"),
+        (
+            ["predict", "{scene}", "-o", "{out}", "-m", "{model}", "--tile-size", "50"],
+            "not divisible by 4",
+        ),
     ],
 )
-def test_errors_are_one_line_without_traceback(make_raster: MakeRaster, model_file: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_errors_are_one_line_without_traceback(
+    make_raster: MakeRaster, model_file: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     values = {
-        "missing": str(tmp_path / "missing.tif"), "out": str(tmp_path / "o.gpkg"), "model": str(model_file),
-        "scene": str(make_raster()), "one": str(make_raster("one.tif", count=1)), "tmp": str(tmp_path),
+        "missing": str(tmp_path / "missing.tif"),
+        "out": str(tmp_path / "o.gpkg"),
+        "model": str(model_file),
+        "scene": str(make_raster()),
+        "one": str(make_raster("one.tif", count=1)),
+        "tmp": str(tmp_path),
     }
     before = sorted(p.name for p in tmp_path.iterdir())
     r = run(*[a.format(**values) for a in args])
@@ -102,19 +159,46 @@ def test_unwritable_directory(make_raster: MakeRaster, model_file: Path, tmp_pat
 
 def test_debug_shows_traceback(tmp_path: Path, model_file: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "geounet", "--debug", "predict", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o.gpkg"), "-m", str(model_file)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "geounet",
+            "--debug",
+            "predict",
+            str(tmp_path / "nope.tif"),
+            "-o",
+            str(tmp_path / "o.gpkg"),
+            "-m",
+            str(model_file),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "RasterReadError" in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "geounet", "predict", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o.gpkg"), "-m", str(model_file)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "geounet",
+            "predict",
+            str(tmp_path / "nope.tif"),
+            "-o",
+            str(tmp_path / "o.gpkg"),
+            "-m",
+            str(model_file),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"Error: {tmp_path / 'nope.tif'}: no such file; check the path"]
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'nope.tif'}: no such file; check the path"
+    ]
 
 
-@pytest.mark.parametrize(("sig", "code", "word"), [(2, 130, "Interrupted"), (15, 143, "Terminated")])
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(2, 130, "Interrupted"), (15, 143, "Terminated")]
+)
 def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int, word: str) -> None:
     import time
 
@@ -123,14 +207,34 @@ def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int,
 
     scene = make_scene(tmp_path / "big.tif", width=1024, height=2048, seed=3).path
     model = tmp_path / "m.safetensors"
-    net, meta = create_model(bands=3, classes=["building"], width=16, depth=4, tile_size=256, overlap=32)
+    net, meta = create_model(
+        bands=3, classes=["building"], width=16, depth=4, tile_size=256, overlap=32
+    )
     save_model(net, meta, model)
     outdir = tmp_path / "out"
     outdir.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "geounet", "predict", str(scene), "-o", str(outdir / "b.gpkg"), "-m", str(model),
-         "--mask", str(outdir / "m.tif"), "--probabilities", str(outdir / "p.tif"), "--batch-size", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+        [
+            sys.executable,
+            "-m",
+            "geounet",
+            "predict",
+            str(scene),
+            "-o",
+            str(outdir / "b.gpkg"),
+            "-m",
+            str(model),
+            "--mask",
+            str(outdir / "m.tif"),
+            "--probabilities",
+            str(outdir / "p.tif"),
+            "--batch-size",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
     while not any(outdir.glob(".m.tif.geounet-*.tmp/*")) and time.monotonic() < deadline:
@@ -144,7 +248,9 @@ def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int,
     assert list(outdir.iterdir()) == []
 
 
-def test_scene_without_geotransform(make_raster: MakeRaster, model_file: Path, tmp_path: Path) -> None:
+def test_scene_without_geotransform(
+    make_raster: MakeRaster, model_file: Path, tmp_path: Path
+) -> None:
     from rasterio.transform import Affine
 
     scene = make_raster("nogt.tif", transform=Affine.identity())

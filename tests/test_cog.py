@@ -18,14 +18,29 @@ NAN = float("nan")
 
 def scene(width: int, height: int) -> Scene:
     return Scene(
-        path="x.tif", name="x.tif", width=width, height=height, count=1, dtype="float32",
-        crs=rasterio.crs.CRS.from_epsg(32633), transform=from_origin(500000, 5000000, 0.5, 0.5),
-        nodata=None, alpha=None, data_bands=(1,), has_mask=False,
+        path="x.tif",
+        name="x.tif",
+        width=width,
+        height=height,
+        count=1,
+        dtype="float32",
+        crs=rasterio.crs.CRS.from_epsg(32633),
+        transform=from_origin(500000, 5000000, 0.5, 0.5),
+        nodata=None,
+        alpha=None,
+        data_bands=(1,),
+        has_mask=False,
     )
 
 
 def write_strips(path: Path, data: np.ndarray, heights: list[int], **kwargs: object) -> None:
-    w = StripWriter(path, scene(data.shape[2], data.shape[1]), count=data.shape[0], dtype=data.dtype.name, **kwargs)
+    w = StripWriter(
+        path,
+        scene(data.shape[2], data.shape[1]),
+        count=data.shape[0],
+        dtype=data.dtype.name,
+        **kwargs,
+    )
     row = 0
     for h in heights:
         w.write(row, data[:, row : row + h])
@@ -42,8 +57,13 @@ def strip_heights(total: int, rng: np.random.Generator) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize(("size", "levels"), [((512, 512), []), ((513, 100), [2]), ((8192, 8192), [2, 4, 8, 16]), ((3000, 700), [2, 4, 8])])
-def test_overview_factors_stop_when_one_block_holds_the_level(size: tuple[int, int], levels: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("size", "levels"),
+    [((512, 512), []), ((513, 100), [2]), ((8192, 8192), [2, 4, 8, 16]), ((3000, 700), [2, 4, 8])],
+)
+def test_overview_factors_stop_when_one_block_holds_the_level(
+    size: tuple[int, int], levels: list[int]
+) -> None:
     assert overview_factors(*size, block=512) == levels
 
 
@@ -67,11 +87,24 @@ def test_probability_cog_matches_gdal_overviews(tmp_path: Path) -> None:
     data[0, 100:180, 200:260] = np.nan  # nodata block
     out = tmp_path / "p.tif"
     write_strips(out, data, strip_heights(h, rng), nodata=NAN)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "intermediates left behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], (
+        "intermediates left behind"
+    )
 
     ref = tmp_path / "ref.tif"
-    with rasterio.open(ref, "w", driver="GTiff", width=w, height=h, count=1, dtype="float32", nodata=NAN,
-                       tiled=True, blockxsize=512, blockysize=512) as dst:
+    with rasterio.open(
+        ref,
+        "w",
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=1,
+        dtype="float32",
+        nodata=NAN,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+    ) as dst:
         dst.write(data)
         dst.build_overviews([2, 4], Resampling.average)
     with rasterio.open(out) as got, rasterio.open(ref) as want:
@@ -84,7 +117,11 @@ def test_probability_cog_matches_gdal_overviews(tmp_path: Path) -> None:
             a = got.read(out_shape=shape, resampling=Resampling.nearest)
             b = want.read(out_shape=shape, resampling=Resampling.nearest)
             assert np.array_equal(np.isnan(a), np.isnan(b))
-            inner = (slice(None), slice(0, shape[1] - 1), slice(0, shape[2] - 1))  # GDAL's odd edge differs
+            inner = (
+                slice(None),
+                slice(0, shape[1] - 1),
+                slice(0, shape[2] - 1),
+            )  # GDAL's odd edge differs
             np.testing.assert_allclose(a[inner], b[inner], atol=0.02, equal_nan=True)
 
 
@@ -94,7 +131,9 @@ def test_mask_cog_keeps_values_nodata_and_colours(tmp_path: Path) -> None:
     data = rng.integers(0, 3, (1, h, w)).astype(np.uint8)
     data[0, :7] = 255
     out = tmp_path / "m.tif"
-    writer = StripWriter(out, scene(w, h), count=1, dtype="uint8", nodata=255, overview_resampling="nearest")
+    writer = StripWriter(
+        out, scene(w, h), count=1, dtype="uint8", nodata=255, overview_resampling="nearest"
+    )
     writer.dataset.write_colormap(1, {0: (0, 0, 0, 0), 1: (255, 0, 0, 255), 2: (0, 0, 255, 255)})
     writer.dataset.update_tags(1, CLASS_1="building")
     row = 0

@@ -16,7 +16,14 @@ from rasterio.transform import from_origin
 
 from conftest import MakeRaster, meta_for, threshold_unet
 from geounet.checkpoint import ModelMeta, load_model, read_meta, save_model
-from geounet.dataset import BORDER_INDEX, CONTACT_INDEX, ImageEntry, Sample, WindowDataset, mark_borders
+from geounet.dataset import (
+    BORDER_INDEX,
+    CONTACT_INDEX,
+    ImageEntry,
+    Sample,
+    WindowDataset,
+    mark_borders,
+)
 from geounet.errors import CheckpointError, GeounetError
 from geounet.evaluate import evaluate
 from geounet.labels import read_labels
@@ -63,10 +70,14 @@ def test_training_windows_get_borders_and_contacts(make_raster: MakeRaster, tmp_
     data = np.full((3, 64, 64), 40, np.uint8)
     path = make_raster("rows.tif", width=64, height=64, data=data, transform=T)
     labels = tmp_path / "rows.geojson"
-    gpd.GeoDataFrame(geometry=[_box(10, 10, 30, 30), _box(10, 30, 30, 50)], crs="EPSG:32633").to_file(labels)
+    gpd.GeoDataFrame(
+        geometry=[_box(10, 10, 30, 30), _box(10, 30, 30, 50)], crs="EPSG:32633"
+    ).to_file(labels)
     scene = open_scene(path)
     rl = read_labels(labels).for_scene(scene)
-    ds = lambda e: WindowDataset([e], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1])  # noqa: E731
+    ds = lambda e: WindowDataset(
+        [e], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]
+    )  # noqa: E731
     entry = ImageEntry(scene, scene.data_bands, rl, [], contact_px=1, core_px=2)
     _, target = ds(entry).read(Sample(0, 0, 0))
     core = target == 1
@@ -95,9 +106,14 @@ def test_the_core_channel_adds_its_own_loss_and_borders_are_foreground() -> None
     torch.testing.assert_close(one, segmentation_loss(logits[:, :1], foreground, True, 10.0))
     # Channel 1 is the core: the same loss against the core alone, added.
     core_only = torch.where(target == 1, 1, torch.where(target == CONTACT_INDEX, CONTACT_INDEX, 0))
-    torch.testing.assert_close(segmentation_loss(logits, target, True, 10.0), one + segmentation_loss(logits[:, 1:], core_only, True, 10.0))
+    torch.testing.assert_close(
+        segmentation_loss(logits, target, True, 10.0),
+        one + segmentation_loss(logits[:, 1:], core_only, True, 10.0),
+    )
     # Scoring reads channel 0 and counts borders as foreground.
-    torch.testing.assert_close(confusion(logits, target, 2, True), confusion(logits[:, :1], foreground, 2, True))
+    torch.testing.assert_close(
+        confusion(logits, target, 2, True), confusion(logits[:, :1], foreground, 2, True)
+    )
 
 
 def test_a_core_channel_joins_and_leaves_a_binary_unet() -> None:
@@ -124,7 +140,12 @@ def test_model_files_say_what_the_core_channel_is(tmp_path: Path) -> None:
         meta.validate()
     meta.core_m = 1.0
     meta.validate()
-    assert meta.binary and meta.outputs == 2 and meta.class_channels == 1 and meta.mask_classes == ["background", "building"]
+    assert (
+        meta.binary
+        and meta.outputs == 2
+        and meta.class_channels == 1
+        and meta.mask_classes == ["background", "building"]
+    )
     save_model(net, meta, tmp_path / "c.safetensors")
     assert read_meta(tmp_path / "c.safetensors").core_m == 1.0
     # A file that says two outputs but no core channel is refused on reading, not misread.
@@ -156,7 +177,9 @@ def _core_unet() -> UNet:
     return net.eval()
 
 
-def test_predict_grows_touching_houses_from_their_cores(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_predict_grows_touching_houses_from_their_cores(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     # Red is one flat blob over both roofs (no valley in the foreground probability); green
     # marks each roof's core, with a 6-pixel gap where the roofs meet.
     red = np.full((80, 80), 30, np.uint8)
@@ -164,7 +187,13 @@ def test_predict_grows_touching_houses_from_their_cores(make_raster: MakeRaster,
     green = np.full((80, 80), 30, np.uint8)
     green[13:37, 13:28] = 230
     green[13:37, 34:52] = 230
-    scene = make_raster("row.tif", width=80, height=80, data=np.stack([red, green, np.full_like(red, 90)]), transform=T)
+    scene = make_raster(
+        "row.tif",
+        width=80,
+        height=80,
+        data=np.stack([red, green, np.full_like(red, 90)]),
+        transform=T,
+    )
     truth = [_box(10, 10, 40, 31), _box(10, 31, 40, 55)]
     labels = tmp_path / "row.geojson"
     gpd.GeoDataFrame(geometry=truth, crs="EPSG:32633").to_file(labels)
@@ -173,16 +202,28 @@ def test_predict_grows_touching_houses_from_their_cores(make_raster: MakeRaster,
     meta.arch_args["classes"], meta.core_m, meta.split_seeds = 2, 1.0, 0.5
     path = tmp_path / "core.safetensors"
     save_model(net, meta, path)
-    cut = predict_raster(scene, tmp_path / "c.gpkg", probabilities=tmp_path / "p.tif", model=path, config=PredictConfig(device="cpu"))
-    plain = predict_raster(scene, tmp_path / "o.gpkg", model=path, config=PredictConfig(device="cpu", split_seeds=0))
+    cut = predict_raster(
+        scene,
+        tmp_path / "c.gpkg",
+        probabilities=tmp_path / "p.tif",
+        model=path,
+        config=PredictConfig(device="cpu"),
+    )
+    plain = predict_raster(
+        scene, tmp_path / "o.gpkg", model=path, config=PredictConfig(device="cpu", split_seeds=0)
+    )
     assert cut.features == 2 and plain.features == 1
     got = sorted(gpd.read_file(tmp_path / "c.gpkg", layer="c").geometry, key=lambda g: g.bounds[0])
     for g, want in zip(got, truth, strict=True):
         assert g.intersection(want).area / g.union(want).area > 0.85
     with rasterio.open(tmp_path / "p.tif") as src:  # the core channel is not a class: one band
         assert src.count == 1
-    on = evaluate(scene, labels, model=path, config=PredictConfig(device="cpu"))["object"]["foreground"]
-    off = evaluate(scene, labels, model=path, config=PredictConfig(device="cpu", split_seeds=0))["object"]["foreground"]
+    on = evaluate(scene, labels, model=path, config=PredictConfig(device="cpu"))["object"][
+        "foreground"
+    ]
+    off = evaluate(scene, labels, model=path, config=PredictConfig(device="cpu", split_seeds=0))[
+        "object"
+    ]["foreground"]
     assert (on["tp"], on["fp"], on["fn"]) == (2, 0, 0) and off["tp"] <= 1
     # The cut follows the core channel's valley, not the flat foreground probability.
     p = np.full((30, 45), 0.95, np.float32)
@@ -196,7 +237,11 @@ def test_predict_grows_touching_houses_from_their_cores(make_raster: MakeRaster,
     from geounet.cli.main import cli
 
     r = CliRunner().invoke(cli, ["model", "info", str(path)])
-    assert r.exit_code == 0 and "core channel (footprints shrunk by 1 m)" in r.output and "grown from predicted cores >= 0.5" in r.output
+    assert (
+        r.exit_code == 0
+        and "core channel (footprints shrunk by 1 m)" in r.output
+        and "grown from predicted cores >= 0.5" in r.output
+    )
 
 
 def test_onnx_export_leaves_the_core_channel_out(tmp_path: Path) -> None:
@@ -226,11 +271,15 @@ def test_train_with_a_core_channel_and_fine_tune_it_away(tmp_path: Path) -> None
     assert meta.core_m == 1.0 and meta.outputs == 2 and meta.binary and net.classes == 2
     assert meta.provenance["core_m"] == 1.0
     plain = train_model(small_config(scenes, tmp_path / "plain.safetensors", **kw))  # type: ignore[arg-type]
-    assert result.history[0]["train_loss"] > plain.history[0]["train_loss"]  # the core's loss is added
+    assert (
+        result.history[0]["train_loss"] > plain.history[0]["train_loss"]
+    )  # the core's loss is added
     # Fine-tuning keeps the init model's core unless told otherwise; --core 0 drops it.
     kept = train_model(small_config(scenes, tmp_path / "kept.safetensors", init=str(out), **kw))  # type: ignore[arg-type]
     assert read_meta(tmp_path / "kept.safetensors").core_m == 1.0 and kept.history
-    train_model(small_config(scenes, tmp_path / "dropped.safetensors", init=str(out), core_m=0.0, **kw))  # type: ignore[arg-type]
+    train_model(
+        small_config(scenes, tmp_path / "dropped.safetensors", init=str(out), core_m=0.0, **kw)
+    )  # type: ignore[arg-type]
     dropped = read_meta(tmp_path / "dropped.safetensors")
     assert dropped.core_m == 0.0 and dropped.outputs == 1
     with pytest.raises(GeounetError, match="needs one foreground class"):
@@ -251,9 +300,17 @@ def test_core_only_training_changes_the_core_weights_and_nothing_else(tmp_path: 
     b, meta = load_model(out)
     sa, sb = a.state_dict(), b.state_dict()
     for k, v in sa.items():  # every weight and BatchNorm statistic of the init model, exactly
-        torch.testing.assert_close(sb[k][:1].float() if k.startswith("head.") else sb[k].float(), v.float(), rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(
+            sb[k][:1].float() if k.startswith("head.") else sb[k].float(),
+            v.float(),
+            rtol=0,
+            atol=0,
+            msg=k,
+        )
     # The core row started as the foreground's (bias lowered by 1) and has learnt.
     assert not torch.equal(sb["head.weight"][1].float(), sa["head.weight"][0].float())
     assert meta.core_m == 1.0 and meta.provenance["core_only"] is True
     with pytest.raises(GeounetError, match="--core-only"):
-        train_model(small_config(scenes, tmp_path / "x.safetensors", core_m=1.0, core_only=True, **kw))  # type: ignore[arg-type]
+        train_model(
+            small_config(scenes, tmp_path / "x.safetensors", core_m=1.0, core_only=True, **kw)
+        )  # type: ignore[arg-type]

@@ -37,7 +37,14 @@ def _entries(paths: list[Path], labels_path: Path) -> list[ImageEntry]:
     return out
 
 
-def _square_scene(make_raster: MakeRaster, tmp_path: Path, *, size: int = 768, name: str = "s.tif", res: float = 0.5) -> tuple[Path, Path]:
+def _square_scene(
+    make_raster: MakeRaster,
+    tmp_path: Path,
+    *,
+    size: int = 768,
+    name: str = "s.tif",
+    res: float = 0.5,
+) -> tuple[Path, Path]:
     """A scene with a few bright squares (labelled) on a dark ground."""
     data = np.full((3, size, size), 40, np.uint8)
     t = from_origin(500000, 5000000, res, res)
@@ -58,7 +65,9 @@ def _assert_no_leak(split: SpatialSplit, plan: list[Sample]) -> None:
     for s in plan:
         e = split.entries[s.image]
         size = s.size or split.tile_size
-        rect = e.window_rect(s.row, s.col, size).expand(split.gap * e.scale * max(e.scene.res) * 0.99)
+        rect = e.window_rect(s.row, s.col, size).expand(
+            split.gap * e.scale * max(e.scene.res) * 0.99
+        )
         for other in split.entries:
             if other.scene.crs != e.scene.crs:
                 continue
@@ -79,14 +88,26 @@ def test_one_768_scene_at_tile_256_gets_a_split(make_raster: MakeRaster, tmp_pat
     assert 0.05 <= split.val_share() <= 0.4
 
 
-def test_several_images_give_whole_image_validation(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_several_images_give_whole_image_validation(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     paths = []
     labels = None
     for k in range(5):  # five images 1 km apart
         data = np.random.default_rng(k).integers(0, 200, (3, 128, 128)).astype(np.uint8)
-        paths.append(make_raster(f"i{k}.tif", data=data, transform=from_origin(500000 + 1000 * k, 5000000, 0.5, 0.5)))
+        paths.append(
+            make_raster(
+                f"i{k}.tif", data=data, transform=from_origin(500000 + 1000 * k, 5000000, 0.5, 0.5)
+            )
+        )
     labels = tmp_path / "l.geojson"
-    gpd.GeoDataFrame(geometry=[shapely.box(500000 + 1000 * k + 10, 4999970, 500000 + 1000 * k + 20, 4999980) for k in range(5)], crs="EPSG:32633").to_file(labels)
+    gpd.GeoDataFrame(
+        geometry=[
+            shapely.box(500000 + 1000 * k + 10, 4999970, 500000 + 1000 * k + 20, 4999980)
+            for k in range(5)
+        ],
+        crs="EPSG:32633",
+    ).to_file(labels)
     entries = _entries(paths, labels)
     split = SpatialSplit(entries, tile_size=64, val_fraction=0.2, seed=0)
     assert split.kind == "images"
@@ -106,14 +127,24 @@ def test_two_images_of_the_same_place_never_leak(make_raster: MakeRaster, tmp_pa
         _assert_no_leak(split, plan_epoch(split, samples=150, epoch=epoch, seed=3))
 
 
-def test_explicit_val_images_covering_the_training_image_are_refused(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_explicit_val_images_covering_the_training_image_are_refused(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     path_a, labels = _square_scene(make_raster, tmp_path, size=256, name="a.tif")
     path_b, _ = _square_scene(make_raster, tmp_path, size=256, name="b.tif")
     with pytest.raises(GeounetError, match="val-images"):
-        SpatialSplit(_entries([path_a, path_b], labels), tile_size=64, val_fraction=0.2, seed=0, val_images=[1])
+        SpatialSplit(
+            _entries([path_a, path_b], labels),
+            tile_size=64,
+            val_fraction=0.2,
+            seed=0,
+            val_images=[1],
+        )
 
 
-def test_an_image_smaller_than_a_tile_is_refused_only_when_nothing_fits(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_an_image_smaller_than_a_tile_is_refused_only_when_nothing_fits(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     path, labels = _square_scene(make_raster, tmp_path, size=1)
     with pytest.raises(GeounetError, match="cannot split"):
         SpatialSplit(_entries([path], labels), tile_size=64, val_fraction=0.2, seed=0)
@@ -135,8 +166,21 @@ def _bright(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return valid & (grey > grey[valid].mean())
 
 
-@pytest.mark.parametrize("rot,flip,size", [(0, False, 0), (1, False, 0), (2, True, 0), (3, True, 0), (0, False, 96), (1, True, 40), (3, False, 80)])
-def test_augmentations_move_labels_with_the_image(make_raster: MakeRaster, tmp_path: Path, rot: int, flip: bool, size: int) -> None:
+@pytest.mark.parametrize(
+    "rot,flip,size",
+    [
+        (0, False, 0),
+        (1, False, 0),
+        (2, True, 0),
+        (3, True, 0),
+        (0, False, 96),
+        (1, True, 40),
+        (3, False, 80),
+    ],
+)
+def test_augmentations_move_labels_with_the_image(
+    make_raster: MakeRaster, tmp_path: Path, rot: int, flip: bool, size: int
+) -> None:
     # One labelled square, off centre and asymmetric in the window: wherever rotation, mirror
     # and resampling move it, the label must cover the same pixels as the bright image.
     data = np.full((3, 64, 64), 30, np.uint8)
@@ -144,10 +188,19 @@ def test_augmentations_move_labels_with_the_image(make_raster: MakeRaster, tmp_p
     t = from_origin(500000, 5000000, 1.0, 1.0)
     path = make_raster("sq.tif", data=data, transform=t)
     labels = tmp_path / "sq.geojson"
-    gpd.GeoDataFrame(geometry=[shapely.box(500036, 4999974, 500058, 4999990)], crs="EPSG:32633").to_file(labels)
+    gpd.GeoDataFrame(
+        geometry=[shapely.box(500036, 4999974, 500058, 4999990)], crs="EPSG:32633"
+    ).to_file(labels)
     entries = _entries([path], labels)
     entries[0].lo, entries[0].hi = np.zeros(3), np.full(3, 255.0)
-    ds = WindowDataset(entries, [Sample(0, 0, 0, rot, flip, size, aug=7)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment(colour=True, noise=False))
+    ds = WindowDataset(
+        entries,
+        [Sample(0, 0, 0, rot, flip, size, aug=7)],
+        tile_size=64,
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+        augment=Augment(colour=True, noise=False),
+    )
     img, target = (t.numpy() for t in ds[0])
     assert img.shape == (3, 64, 64) and target.shape == (64, 64)
     bright = _bright(img, target != IGNORE_INDEX)
@@ -171,14 +224,20 @@ def test_augmentations_move_labels_with_the_image(make_raster: MakeRaster, tmp_p
         assert (target == IGNORE_INDEX).any()
 
 
-def test_photometric_augmentation_changes_values_not_labels(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_photometric_augmentation_changes_values_not_labels(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     path, labels = _square_scene(make_raster, tmp_path, size=256)
     entries = _entries([path], labels)
     plain = WindowDataset(entries, [Sample(0, 0, 0)], tile_size=128, mean=[0, 0, 0], std=[1, 1, 1])
     n = 40
     plan = [Sample(0, 0, 0, aug=k) for k in range(1, n + 1)]
-    jittered = WindowDataset(entries, plan, tile_size=128, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment())
-    colour_only = WindowDataset(entries, plan, tile_size=128, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment(noise=False))
+    jittered = WindowDataset(
+        entries, plan, tile_size=128, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment()
+    )
+    colour_only = WindowDataset(
+        entries, plan, tile_size=128, mean=[0, 0, 0], std=[1, 1, 1], augment=Augment(noise=False)
+    )
     x0, y0 = plain[0]
     changed = coloured = 0
     for k in range(n):
@@ -194,9 +253,14 @@ def test_photometric_augmentation_changes_values_not_labels(make_raster: MakeRas
 def test_scale_jitter_plans_windows_of_other_sizes(make_raster: MakeRaster, tmp_path: Path) -> None:
     path, labels = _square_scene(make_raster, tmp_path, size=512)
     split = SpatialSplit(_entries([path], labels), tile_size=128, val_fraction=0.2, seed=0)
-    sizes = {s.size or 128 for s in plan_epoch(split, samples=200, epoch=0, seed=0, augment=Augment(scale=1.5))}
+    sizes = {
+        s.size or 128
+        for s in plan_epoch(split, samples=200, epoch=0, seed=0, augment=Augment(scale=1.5))
+    }
     assert min(sizes) < 100 and max(sizes) > 160
-    assert {s.size for s in plan_epoch(split, samples=50, epoch=0, seed=0, augment=Augment(scale=1.0))} == {0}
+    assert {
+        s.size for s in plan_epoch(split, samples=50, epoch=0, seed=0, augment=Augment(scale=1.0))
+    } == {0}
 
 
 def test_augment_parse() -> None:
@@ -207,7 +271,9 @@ def test_augment_parse() -> None:
         Augment.parse("flip,warp")
 
 
-def test_scene_normalization_is_invariant_to_gain_and_offset(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_scene_normalization_is_invariant_to_gain_and_offset(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     # The same ground seen by a brighter, higher-contrast sensor (16-bit) reaches the network
     # with the same values: the stretch is each scene's own percentiles.
     rng = np.random.default_rng(0)
@@ -219,12 +285,18 @@ def test_scene_normalization_is_invariant_to_gain_and_offset(make_raster: MakeRa
     for p in (a, b):
         scene = open_scene(p)
         with rasterio.open(p) as src:
-            offset, scale = normalize.scene_scaling(norm, [0.5] * 3, [0.25] * 3, src, scene, (1, 2, 3))
-            values.append((src.read().astype(np.float32) - offset[:, None, None]) / scale[:, None, None])
+            offset, scale = normalize.scene_scaling(
+                norm, [0.5] * 3, [0.25] * 3, src, scene, (1, 2, 3)
+            )
+            values.append(
+                (src.read().astype(np.float32) - offset[:, None, None]) / scale[:, None, None]
+            )
     np.testing.assert_allclose(values[0], values[1], atol=1e-4)
 
 
-def test_fit_normalization_records_and_standardizes(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_fit_normalization_records_and_standardizes(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     path, labels = _square_scene(make_raster, tmp_path, size=256)
     entries = _entries([path], labels)
     record, mean, std = fit_normalization(entries, "dataset", 2.0, 98.0)
@@ -241,4 +313,6 @@ def test_fit_normalization_records_and_standardizes(make_raster: MakeRaster, tmp
 def test_pixel_size_in_metres_for_geographic_and_projected_scenes() -> None:
     assert pixel_size_m(open_scene(BUILDINGS_RGB / "inria" / "austin1_0.tif")) == pytest.approx(0.3)
     # Rio: 4.49e-6 degrees at 23 S, about half a metre.
-    assert pixel_size_m(open_scene(BUILDINGS_RGB / "rio" / "rio_50.tif")) == pytest.approx(0.48, abs=0.03)
+    assert pixel_size_m(open_scene(BUILDINGS_RGB / "rio" / "rio_50.tif")) == pytest.approx(
+        0.48, abs=0.03
+    )

@@ -38,14 +38,20 @@ T = from_origin(500000, 5000000, 0.5, 0.5)
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under root with its size and mtime."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def invoke(args: list[str]) -> Any:
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
-def assert_clean_failure(result: Any, root: Path, before: dict[str, tuple[int, int]], *must_mention: str) -> None:
+def assert_clean_failure(
+    result: Any, root: Path, before: dict[str, tuple[int, int]], *must_mention: str
+) -> None:
     assert result.exit_code != 0, result.stdout
     err = result.stderr.strip()
     assert err.count("\n") == 0, err
@@ -97,7 +103,14 @@ def _text(w: dict[str, Path], mk: MakeRaster) -> Path:
 
 def _truncated(w: dict[str, Path], mk: MakeRaster) -> Path:
     rng = np.random.default_rng(0)
-    full = mk("full.tif", data=rng.integers(0, 255, (3, 300, 300)).astype(np.uint8), tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    full = mk(
+        "full.tif",
+        data=rng.integers(0, 255, (3, 300, 300)).astype(np.uint8),
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+        compress="deflate",
+    )
     p = w["root"] / "half.tif"
     raw = full.read_bytes()
     p.write_bytes(raw[: len(raw) // 2])
@@ -139,7 +152,10 @@ BAD_SCENES: dict[str, tuple[Callable[..., Path], tuple[str, ...]]] = {
     "no CRS": (_no_crs, ("nocrs.tif", "gdal_edit.py -a_srs")),
     "no geotransform": (_no_geotransform, ("nogt.tif", "no geotransform")),
     "rotated geotransform": (_rotated, ("rotated.tif", "gdalwarp")),
-    "1 band, model wants 3": (_one_band, ("oneband.tif", "model expects 3 bands", "use a model trained")),
+    "1 band, model wants 3": (
+        _one_band,
+        ("oneband.tif", "model expects 3 bands", "use a model trained"),
+    ),
     "uint16 for a uint8 model": (_uint16, ("u16.tif", "uint16", "gdal_translate")),
     "float32 for a uint8 model": (_float32, ("f32.tif", "float32", "gdal_translate")),
 }
@@ -151,26 +167,66 @@ def test_bad_scene(case: str, work: dict[str, Path], make_raster: MakeRaster) ->
     scene = build(work, make_raster)
     before = snapshot(work["root"])
     out = work["out"]
-    r = invoke(["predict", str(scene), "-o", str(out / "b.gpkg"), "-m", str(work["model"]), "--mask", str(out / "m.tif"), "--probabilities", str(out / "p.tif")])
+    r = invoke(
+        [
+            "predict",
+            str(scene),
+            "-o",
+            str(out / "b.gpkg"),
+            "-m",
+            str(work["model"]),
+            "--mask",
+            str(out / "m.tif"),
+            "--probabilities",
+            str(out / "p.tif"),
+        ]
+    )
     assert_clean_failure(r, work["root"], before, *words)
 
 
 def test_one_pixel_scene_works(work: dict[str, Path], make_raster: MakeRaster) -> None:
     scene = make_raster("px.tif", data=np.full((3, 1, 1), 255, np.uint8))
-    r = invoke(["predict", str(scene), "-o", str(work["out"] / "b.geojson"), "-m", str(work["model"]), "--mask", str(work["out"] / "m.tif")])
+    r = invoke(
+        [
+            "predict",
+            str(scene),
+            "-o",
+            str(work["out"] / "b.geojson"),
+            "-m",
+            str(work["model"]),
+            "--mask",
+            str(work["out"] / "m.tif"),
+        ]
+    )
     assert r.exit_code == 0, r.stderr
     frame = gpd.read_file(work["out"] / "b.geojson")
     assert len(frame) == 1 and frame.area.iloc[0] == pytest.approx(0.25)
 
 
-def test_all_nodata_scene_gives_empty_valid_outputs(work: dict[str, Path], make_raster: MakeRaster) -> None:
+def test_all_nodata_scene_gives_empty_valid_outputs(
+    work: dict[str, Path], make_raster: MakeRaster
+) -> None:
     scene = make_raster("nodata.tif", data=np.zeros((3, 100, 100), np.uint8), nodata=0)
     out = work["out"]
     for suffix in (".gpkg", ".geojson", ".fgb", ".shp", ".parquet"):
-        r = invoke(["predict", str(scene), "-o", str(out / f"b{suffix}"), "-m", str(work["model"]), "--overwrite"])
+        r = invoke(
+            [
+                "predict",
+                str(scene),
+                "-o",
+                str(out / f"b{suffix}"),
+                "-m",
+                str(work["model"]),
+                "--overwrite",
+            ]
+        )
         assert r.exit_code == 0, r.stderr
         assert "0 polygons" in r.stderr and "all-nodata skipped" in r.stderr
-        frame = gpd.read_parquet(out / f"b{suffix}") if suffix == ".parquet" else gpd.read_file(out / f"b{suffix}")
+        frame = (
+            gpd.read_parquet(out / f"b{suffix}")
+            if suffix == ".parquet"
+            else gpd.read_file(out / f"b{suffix}")
+        )
         assert len(frame) == 0 and frame.crs.to_epsg() == 32633
     r = invoke(["predict", str(scene), "--mask", str(out / "m.tif"), "-m", str(work["model"])])
     with rasterio.open(out / "m.tif") as src:
@@ -222,7 +278,11 @@ def _model_future(root: Path) -> Path:
     data = json.loads(meta.to_json())
     data["format_version"] = FORMAT_VERSION + 1
     p = root / "future.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(p), metadata={META_KEY: json.dumps(data)})
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        str(p),
+        metadata={META_KEY: json.dumps(data)},
+    )
     return p
 
 
@@ -244,7 +304,10 @@ BAD_MODELS: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "missing": (_model_missing, ("nomodel.safetensors", "not found")),
     "corrupt": (_model_corrupt, ("corrupt.safetensors", "not a safetensors model file")),
     "truncated": (_model_truncated, ("cut.safetensors",)),
-    "safetensors without geounet metadata": (_model_plain, ("plain.safetensors", "no geounet metadata")),
+    "safetensors without geounet metadata": (
+        _model_plain,
+        ("plain.safetensors", "no geounet metadata"),
+    ),
     "metadata from a future version": (_model_future, ("future.safetensors", "upgrade geounet")),
     "pickle crafted to run code": (_model_pickle, ("evil.pt", "never loads pickled")),
 }
@@ -262,9 +325,25 @@ def test_bad_model(case: str, command: str, work: dict[str, Path], tmp_path: Pat
         args = ["model", "info", str(model)]
     else:
         labels = work["root"] / "labels.geojson"
-        gpd.GeoDataFrame(geometry=[shapely.box(500010, 4999980, 500030, 4999995)], crs=32633).to_file(labels)
+        gpd.GeoDataFrame(
+            geometry=[shapely.box(500010, 4999980, 500030, 4999995)], crs=32633
+        ).to_file(labels)
         before = snapshot(work["root"])
-        args = ["train", "--images", str(work["scene"]), "--labels", str(labels), "--init", str(model), "-o", str(work["out"] / "m.safetensors"), "--tile-size", "32", "--epochs", "1"]
+        args = [
+            "train",
+            "--images",
+            str(work["scene"]),
+            "--labels",
+            str(labels),
+            "--init",
+            str(model),
+            "-o",
+            str(work["out"] / "m.safetensors"),
+            "--tile-size",
+            "32",
+            "--epochs",
+            "1",
+        ]
     r = invoke(args)
     assert_clean_failure(r, work["root"], before, *words)
     assert not (work["root"] / "PWNED").exists()
@@ -279,15 +358,37 @@ def _write(frame: gpd.GeoDataFrame, path: Path, **kw: Any) -> Path:
 
 
 @pytest.fixture
-def train_args(work: dict[str, Path], make_raster: MakeRaster) -> Callable[[Path, list[str]], list[str]]:
+def train_args(
+    work: dict[str, Path], make_raster: MakeRaster
+) -> Callable[[Path, list[str]], list[str]]:
     data = np.zeros((3, 256, 256), dtype=np.uint8)
     data[0, 10:40, 20:60] = 255
     scene = make_raster("train_scene.tif", data=data)
 
     def make(labels: Path, extra: list[str]) -> list[str]:
         return [
-            "train", "--images", str(scene), "--labels", str(labels), "-o", str(work["out"] / "m.safetensors"),
-            "--tile-size", "32", "--batch-size", "4", "--epochs", "1", "--samples-per-epoch", "4", "--width", "4", "--depth", "2", "--device", "cpu", *extra,
+            "train",
+            "--images",
+            str(scene),
+            "--labels",
+            str(labels),
+            "-o",
+            str(work["out"] / "m.safetensors"),
+            "--tile-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--samples-per-epoch",
+            "4",
+            "--width",
+            "4",
+            "--depth",
+            "2",
+            "--device",
+            "cpu",
+            *extra,
         ]
 
     return make
@@ -305,24 +406,45 @@ def test_labels_missing(work: dict[str, Path], train_args: Any) -> None:
 def test_labels_empty(work: dict[str, Path], train_args: Any) -> None:
     p = _write(gpd.GeoDataFrame({"c": []}, geometry=[], crs=32633), work["root"] / "empty.gpkg")
     before = snapshot(work["root"])
-    assert_clean_failure(invoke(train_args(p, [])), work["root"], before, "empty.gpkg", "no features")
+    assert_clean_failure(
+        invoke(train_args(p, [])), work["root"], before, "empty.gpkg", "no features"
+    )
 
 
 def test_labels_no_overlap(work: dict[str, Path], train_args: Any) -> None:
-    p = _write(gpd.GeoDataFrame(geometry=[shapely.box(10, 10, 10.01, 10.01)], crs=4326), work["root"] / "far.geojson")
+    p = _write(
+        gpd.GeoDataFrame(geometry=[shapely.box(10, 10, 10.01, 10.01)], crs=4326),
+        work["root"] / "far.geojson",
+    )
     before = snapshot(work["root"])
-    assert_clean_failure(invoke(train_args(p, [])), work["root"], before, "far.geojson", "does not overlap")
+    assert_clean_failure(
+        invoke(train_args(p, [])), work["root"], before, "far.geojson", "does not overlap"
+    )
 
 
 def test_labels_missing_class_field(work: dict[str, Path], train_args: Any) -> None:
-    p = _write(gpd.GeoDataFrame({"kind": ["a"]}, geometry=[BOX], crs=32633), work["root"] / "l.gpkg")
+    p = _write(
+        gpd.GeoDataFrame({"kind": ["a"]}, geometry=[BOX], crs=32633), work["root"] / "l.gpkg"
+    )
     before = snapshot(work["root"])
-    assert_clean_failure(invoke(train_args(p, ["--class-field", "klass"])), work["root"], before, "l.gpkg", "klass", "kind")
+    assert_clean_failure(
+        invoke(train_args(p, ["--class-field", "klass"])),
+        work["root"],
+        before,
+        "l.gpkg",
+        "klass",
+        "kind",
+    )
 
 
 @pytest.mark.parametrize(
     "name",
-    ["wrong CRS but overlapping", "invalid self-intersecting polygons", "mixed geometry types", "non-UTF-8 attribute values"],
+    [
+        "wrong CRS but overlapping",
+        "invalid self-intersecting polygons",
+        "mixed geometry types",
+        "non-UTF-8 attribute values",
+    ],
 )
 def test_odd_but_usable_labels_train(name: str, work: dict[str, Path], train_args: Any) -> None:
     root = work["root"]
@@ -330,14 +452,27 @@ def test_odd_but_usable_labels_train(name: str, work: dict[str, Path], train_arg
     if name == "wrong CRS but overlapping":
         p = _write(gpd.GeoDataFrame(geometry=[BOX], crs=32633).to_crs(3857), root / "l.geojson")
     elif name == "invalid self-intersecting polygons":
-        bowtie = shapely.Polygon([(500010, 4999980), (500030, 4999995), (500030, 4999980), (500010, 4999995)])
+        bowtie = shapely.Polygon(
+            [(500010, 4999980), (500030, 4999995), (500030, 4999980), (500010, 4999995)]
+        )
         assert not bowtie.is_valid
         p = _write(gpd.GeoDataFrame(geometry=[bowtie, BOX], crs=32633), root / "l.gpkg")
     elif name == "mixed geometry types":
-        geoms = [BOX, shapely.LineString([(500000, 4999970), (500040, 4999970)]), shapely.Point(500040, 4999990), shapely.GeometryCollection([BOX.buffer(-2)])]
+        geoms = [
+            BOX,
+            shapely.LineString([(500000, 4999970), (500040, 4999970)]),
+            shapely.Point(500040, 4999990),
+            shapely.GeometryCollection([BOX.buffer(-2)]),
+        ]
         p = _write(gpd.GeoDataFrame(geometry=geoms, crs=32633), root / "l.gpkg")
     else:
-        p = _write(gpd.GeoDataFrame({"kind": ["caf\xe9", "na\xefve"]}, geometry=[BOX, BOX.buffer(-3)], crs=32633), root / "l.shp", encoding="latin1")
+        p = _write(
+            gpd.GeoDataFrame(
+                {"kind": ["caf\xe9", "na\xefve"]}, geometry=[BOX, BOX.buffer(-3)], crs=32633
+            ),
+            root / "l.shp",
+            encoding="latin1",
+        )
         # Declare it UTF-8 while the bytes are latin-1, as broken exports do.
         (root / "l.cpg").write_text("UTF-8")
         extra = ["--class-field", "kind"]
@@ -360,7 +495,18 @@ def test_existing_output_without_overwrite(work: dict[str, Path]) -> None:
 def test_existing_mask_without_overwrite_writes_nothing_else(work: dict[str, Path]) -> None:
     (work["out"] / "m.tif").write_text("precious")
     before = snapshot(work["root"])
-    r = invoke(["predict", str(work["scene"]), "-o", str(work["out"] / "b.gpkg"), "--mask", str(work["out"] / "m.tif"), "-m", str(work["model"])])
+    r = invoke(
+        [
+            "predict",
+            str(work["scene"]),
+            "-o",
+            str(work["out"] / "b.gpkg"),
+            "--mask",
+            str(work["out"] / "m.tif"),
+            "-m",
+            str(work["model"]),
+        ]
+    )
     assert_clean_failure(r, work["root"], before, "m.tif", "--overwrite")
 
 
@@ -379,7 +525,9 @@ def test_read_only_directory(work: dict[str, Path]) -> None:
 
 def test_unknown_suffix(work: dict[str, Path]) -> None:
     before = snapshot(work["root"])
-    r = invoke(["predict", str(work["scene"]), "-o", str(work["out"] / "b.kml"), "-m", str(work["model"])])
+    r = invoke(
+        ["predict", str(work["scene"]), "-o", str(work["out"] / "b.kml"), "-m", str(work["model"])]
+    )
     assert_clean_failure(r, work["root"], before, "b.kml", ".gpkg")
 
 
@@ -394,8 +542,22 @@ def test_disk_full_midway(work: dict[str, Path], make_raster: MakeRaster) -> Non
     scene = make_raster("noisy.tif", data=rng.integers(0, 255, (3, 400, 400)).astype(np.uint8))
     before = snapshot(work["root"])
     proc = subprocess.run(
-        [sys.executable, "-m", "geounet", "predict", str(scene), "-o", str(work["out"] / "b.gpkg"), "-m", str(work["model"]), "--probabilities", str(work["out"] / "p.tif")],
-        capture_output=True, text=True, preexec_fn=_limit_file_size,
+        [
+            sys.executable,
+            "-m",
+            "geounet",
+            "predict",
+            str(scene),
+            "-o",
+            str(work["out"] / "b.gpkg"),
+            "-m",
+            str(work["model"]),
+            "--probabilities",
+            str(work["out"] / "p.tif"),
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size,
     )
     assert proc.returncode == 1, proc.stderr
     err = proc.stderr.strip()
@@ -409,17 +571,46 @@ def test_disk_full_midway(work: dict[str, Path], make_raster: MakeRaster) -> Non
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_training_leaves_no_partial_output_and_resumes(tmp_path: Path, sig: int, code: int) -> None:
+def test_interrupted_training_leaves_no_partial_output_and_resumes(
+    tmp_path: Path, sig: int, code: int
+) -> None:
     from geounet.synthetic import make_scene
 
-    info = make_scene(tmp_path / "s.tif", width=256, height=256, labels_path=tmp_path / "b.geojson", seed=5)
+    info = make_scene(
+        tmp_path / "s.tif", width=256, height=256, labels_path=tmp_path / "b.geojson", seed=5
+    )
     out = tmp_path / "m.safetensors"
     args = [
-        sys.executable, "-m", "geounet", "train", "--images", str(info.path), "--labels", str(tmp_path / "b.geojson"),
-        "-o", str(out), "--tile-size", "64", "--batch-size", "2", "--epochs", "4", "--samples-per-epoch", "24",
-        "--width", "8", "--depth", "3", "--device", "cpu", "--val-fraction", "0.25",
+        sys.executable,
+        "-m",
+        "geounet",
+        "train",
+        "--images",
+        str(info.path),
+        "--labels",
+        str(tmp_path / "b.geojson"),
+        "-o",
+        str(out),
+        "--tile-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "4",
+        "--samples-per-epoch",
+        "24",
+        "--width",
+        "8",
+        "--depth",
+        "3",
+        "--device",
+        "cpu",
+        "--val-fraction",
+        "0.25",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     resume = tmp_path / "m.resume.safetensors"
     deadline = time.monotonic() + 120
     while not resume.exists() and time.monotonic() < deadline:
@@ -437,7 +628,9 @@ def test_interrupted_training_leaves_no_partial_output_and_resumes(tmp_path: Pat
     assert read_meta(out).provenance["epochs"] >= 1
     done = len((tmp_path / "m.metrics.jsonl").read_text().splitlines())
     assert done >= 1
-    proc2 = subprocess.run([*args, "--resume", str(resume)], capture_output=True, text=True, timeout=300)
+    proc2 = subprocess.run(
+        [*args, "--resume", str(resume)], capture_output=True, text=True, timeout=300
+    )
     assert proc2.returncode == 0, proc2.stderr
     lines = [json.loads(x) for x in (tmp_path / "m.metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4]

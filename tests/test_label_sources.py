@@ -57,8 +57,12 @@ def write_raster(
     data = data if data.ndim == 3 else data[None]
     path.parent.mkdir(parents=True, exist_ok=True)
     profile: dict[str, Any] = {
-        "driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
-        "count": data.shape[0], "dtype": data.dtype.name, "nodata": nodata,
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": data.shape[0],
+        "dtype": data.dtype.name,
+        "nodata": nodata,
     }
     if crs is not None:
         profile.update(crs=crs, transform=transform)
@@ -105,7 +109,9 @@ def test_mask_gives_class_ids_and_nodata_and_255_are_ignored(tmp_path: Path) -> 
     m[0:3, :] = 9  # the mask's nodata value
     m[60:, :] = 255  # the default ignore value
     write_raster(tmp_path / "masks" / "x.tif", m, nodata=9)
-    masks = MaskLabels([tmp_path / "masks" / "x.tif"], LabelSpec(class_field="c", classes=("a", "b")))
+    masks = MaskLabels(
+        [tmp_path / "masks" / "x.tif"], LabelSpec(class_field="c", classes=("a", "b"))
+    )
     labels = masks.for_scene(scene)
     assert isinstance(labels, RasterMaskLabels) and not labels.empty
     assert labels.class_names == ["a", "b"] and len(labels) == 2  # two labelled components
@@ -152,7 +158,12 @@ def test_mask_on_a_coarser_unaligned_grid_takes_the_pixel_under_each_centre(tmp_
     coarse = np.random.default_rng(3).integers(0, 3, (30, 30)).astype(np.uint8)
     # 2 m pixels whose grid starts 1 m right of and 1 m below the image's.
     write_raster(tmp_path / "coarse.tif", coarse, transform=from_origin(X0 + 1, Y0 - 1, 2.0, 2.0))
-    out = whole(MaskLabels([tmp_path / "coarse.tif"], LabelSpec(class_field="c", classes=("a", "b"))).for_scene(scene), scene)
+    out = whole(
+        MaskLabels(
+            [tmp_path / "coarse.tif"], LabelSpec(class_field="c", classes=("a", "b"))
+        ).for_scene(scene),
+        scene,
+    )
     centre = np.arange(SIZE) + 0.5  # pixel centres in image pixels = metres from the origin
     idx = np.floor((centre - 1) / 2).astype(int)  # coarse pixel under each centre
     ok = (idx >= 0) & (idx < 30)
@@ -206,10 +217,14 @@ def test_mask_class_names(tmp_path: Path) -> None:
     three = binary * 3
     write_raster(tmp_path / "three.tif", three)
     assert MaskLabels([tmp_path / "bin.tif"]).class_names == [BINARY_CLASS_NAME]
-    assert MaskLabels([tmp_path / "bin.tif"], LabelSpec(classes=("building",))).class_names == ["building"]
+    assert MaskLabels([tmp_path / "bin.tif"], LabelSpec(classes=("building",))).class_names == [
+        "building"
+    ]
     inferred = MaskLabels([tmp_path / "bin.tif", tmp_path / "three.tif"])
     assert inferred.class_names == ["class1", "class2", "class3"] and not inferred.binary
-    with pytest.raises(LabelsError, match=r"three\.tif holds class id 3, but LabelSpec\.classes names 1 class"):
+    with pytest.raises(
+        LabelsError, match=r"three\.tif holds class id 3, but LabelSpec\.classes names 1 class"
+    ):
         MaskLabels([tmp_path / "three.tif"], LabelSpec(classes=("building",)))
     with pytest.raises(LabelsError, match="ignore value 2 is also a class id"):
         MaskLabels([tmp_path / "three.tif"], ignore_value=2)
@@ -221,11 +236,18 @@ def test_a_value_above_the_classes_found_only_in_a_window_is_an_error(tmp_path: 
     m[10:20, 10:20] = 1
     m[40, 40] = 5  # one pixel: the decimated read cannot miss it at this size, so check windows
     write_raster(tmp_path / "m.tif", m)
-    with pytest.raises(LabelsError, match=r"m\.tif holds class id 5, but LabelSpec\.classes names 1"):
+    with pytest.raises(
+        LabelsError, match=r"m\.tif holds class id 5, but LabelSpec\.classes names 1"
+    ):
         MaskLabels([tmp_path / "m.tif"], LabelSpec(classes=("building",)))
     labels = RasterMaskLabels(
-        MaskLabels([tmp_path / "m.tif"]).files[0], crs=scene.crs, transform=scene.transform,
-        width=SIZE, height=SIZE, name=scene.name, class_names=["building"],
+        MaskLabels([tmp_path / "m.tif"]).files[0],
+        crs=scene.crs,
+        transform=scene.transform,
+        width=SIZE,
+        height=SIZE,
+        name=scene.name,
+        class_names=["building"],
     )
     assert labels.rasterize(Window(0, 0, 32, 32)).max() == 1
     with pytest.raises(LabelsError, match=r"m\.tif holds value 5, which is not a class id"):
@@ -262,7 +284,9 @@ def same_place(tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("source", ["masks", "masks/", "masks/*.tif", "**/masks/*.tif"])
-def test_masks_are_matched_by_name_from_a_folder_or_glob(same_place: dict[str, Any], source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_masks_are_matched_by_name_from_a_folder_or_glob(
+    same_place: dict[str, Any], source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(same_place["dir"])
     labels = read_label_sources([source])
     assert labels.describe() == "2 masks" and len(labels.paths) == 2
@@ -284,17 +308,27 @@ def test_a_mask_without_georeferencing_is_matched_by_name_and_size(tmp_path: Pat
     scene = image(tmp_path / "images" / "x.tif", transform=GRID * Affine.translation(500, 0))
     write_raster(tmp_path / "masks" / "x.tif", class_mask(), crs=None)
     write_raster(tmp_path / "small" / "x.tif", class_mask()[:32], crs=None)
-    np.testing.assert_array_equal(whole(read_label_sources([str(tmp_path / "masks")]).for_scene(scene), scene), class_mask())
-    with pytest.raises(LabelsError, match=r"x\.tif is not georeferenced and is 64x32 px but x\.tif is 64x64"):
+    np.testing.assert_array_equal(
+        whole(read_label_sources([str(tmp_path / "masks")]).for_scene(scene), scene), class_mask()
+    )
+    with pytest.raises(
+        LabelsError, match=r"x\.tif is not georeferenced and is 64x32 px but x\.tif is 64x64"
+    ):
         read_label_sources([str(tmp_path / "small")]).for_scene(scene)
 
 
-def test_a_mask_named_like_an_image_elsewhere_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_mask_named_like_an_image_elsewhere_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     scene = image(tmp_path / "images" / "x.tif")
-    write_raster(tmp_path / "masks" / "x.tif", class_mask(), transform=GRID * Affine.translation(1000, 0))
+    write_raster(
+        tmp_path / "masks" / "x.tif", class_mask(), transform=GRID * Affine.translation(1000, 0)
+    )
     write_raster(tmp_path / "masks" / "y.tif", np.ones((SIZE, SIZE), dtype=np.uint8))
     with caplog.at_level(logging.WARNING, logger="geounet.labels"):
-        labels = read_label_sources([str(tmp_path / "masks")], LabelSpec(class_field="c", classes=("a", "b")))
+        labels = read_label_sources(
+            [str(tmp_path / "masks")], LabelSpec(class_field="c", classes=("a", "b"))
+        )
         rl = labels.for_scene(scene)
     assert isinstance(rl, RasterMaskLabels) and rl.mask is not None and rl.mask.name == "y.tif"
     assert "x.tif has the name of x.tif but does not overlap it" in caplog.text
@@ -316,7 +350,9 @@ def test_expand_label_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.chdir(tmp_path)
     vectors, masks = expand_label_sources(["labels/**/*.tif", "labels/*.geojson", "labels/m1.tif"])
     assert [Path(p).name for p in masks] == ["m2.tif", "m1.tif"]  # duplicates dropped
-    assert all(Path(p).is_absolute() for p in masks) and [Path(p).name for p in vectors] == ["v.geojson"]
+    assert all(Path(p).is_absolute() for p in masks) and [Path(p).name for p in vectors] == [
+        "v.geojson"
+    ]
     with pytest.raises(LabelsError, match=r"labels/\*\.gpkg matches no label files"):
         expand_label_sources(["labels/*.gpkg"])
     with pytest.raises(LabelsError, match=r"nope\.gpkg: no such file or folder"):
@@ -333,14 +369,23 @@ def test_expand_label_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_vector_files_in_different_crss_combine(tmp_path: Path) -> None:
     scene = image(tmp_path / "x.tif", size=100)
-    boxes = {"utm": px_box(10, 10, 30, 30), "ll": px_box(50, 10, 70, 20), "merc": px_box(20, 60, 60, 90)}
+    boxes = {
+        "utm": px_box(10, 10, 30, 30),
+        "ll": px_box(50, 10, 70, 20),
+        "merc": px_box(20, 60, 60, 90),
+    }
     kinds = {"utm": "house", "ll": "road", "merc": "house"}
     crss = {"utm": UTM, "ll": "EPSG:4326", "merc": "EPSG:3857"}
     for key, box in boxes.items():
-        gpd.GeoDataFrame({"kind": [kinds[key]]}, geometry=[box], crs=UTM).to_crs(crss[key]).to_file(tmp_path / f"{key}.gpkg")
+        gpd.GeoDataFrame({"kind": [kinds[key]]}, geometry=[box], crs=UTM).to_crs(crss[key]).to_file(
+            tmp_path / f"{key}.gpkg"
+        )
     spec = LabelSpec(class_field="kind", classes=("house", "road"))
     labels = read_label_sources([str(tmp_path / f"{k}.gpkg") for k in boxes], spec)
-    assert labels.describe() == "3 vector files (3 features)" and labels.class_names == ["house", "road"]
+    assert labels.describe() == "3 vector files (3 features)" and labels.class_names == [
+        "house",
+        "road",
+    ]
     assert [v.crs.to_epsg() for v in labels.vectors] == [32633, 4326, 3857]
     rl = labels.for_scene(scene)
     assert type(rl) is RasterLabels and len(rl) == 3
@@ -358,24 +403,45 @@ def test_vector_files_in_different_crss_combine(tmp_path: Path) -> None:
 
 
 def test_mismatching_class_names_across_files_is_an_error(tmp_path: Path) -> None:
-    gpd.GeoDataFrame({"kind": ["house", "road"]}, geometry=[px_box(0, 0, 5, 5), px_box(9, 9, 12, 12)], crs=UTM).to_file(tmp_path / "a.geojson")
-    gpd.GeoDataFrame({"kind": ["house"]}, geometry=[px_box(0, 0, 5, 5)], crs=UTM).to_file(tmp_path / "b.geojson")
+    gpd.GeoDataFrame(
+        {"kind": ["house", "road"]}, geometry=[px_box(0, 0, 5, 5), px_box(9, 9, 12, 12)], crs=UTM
+    ).to_file(tmp_path / "a.geojson")
+    gpd.GeoDataFrame({"kind": ["house"]}, geometry=[px_box(0, 0, 5, 5)], crs=UTM).to_file(
+        tmp_path / "b.geojson"
+    )
     paths = [str(tmp_path / "a.geojson"), str(tmp_path / "b.geojson")]
-    with pytest.raises(LabelsError, match=r"b\.geojson has classes \['house'\] but a\.geojson has \['house', 'road'\]; list the classes"):
+    with pytest.raises(
+        LabelsError,
+        match=r"b\.geojson has classes \['house'\] but a\.geojson has \['house', 'road'\]; list the classes",
+    ):
         read_label_sources(paths, LabelSpec(class_field="kind"))
     # Naming the classes makes them agree.
-    assert read_label_sources(paths, LabelSpec(class_field="kind", classes=("house", "road"))).class_names == ["house", "road"]
+    assert read_label_sources(
+        paths, LabelSpec(class_field="kind", classes=("house", "road"))
+    ).class_names == ["house", "road"]
 
 
 def test_masks_with_more_classes_than_the_vector_labels_is_an_error(tmp_path: Path) -> None:
-    gpd.GeoDataFrame({"kind": ["house"]}, geometry=[px_box(0, 0, 5, 5)], crs=UTM).to_file(tmp_path / "v.geojson")
+    gpd.GeoDataFrame({"kind": ["house"]}, geometry=[px_box(0, 0, 5, 5)], crs=UTM).to_file(
+        tmp_path / "v.geojson"
+    )
     write_raster(tmp_path / "m.tif", class_mask())  # values 0, 1, 2
-    with pytest.raises(LabelsError, match=r"m\.tif holds class id 2, but v\.geojson names 1 class\(es\) \(house\)"):
-        read_label_sources([str(tmp_path / "v.geojson"), str(tmp_path / "m.tif")], LabelSpec(class_field="kind"))
+    with pytest.raises(
+        LabelsError, match=r"m\.tif holds class id 2, but v\.geojson names 1 class\(es\) \(house\)"
+    ):
+        read_label_sources(
+            [str(tmp_path / "v.geojson"), str(tmp_path / "m.tif")], LabelSpec(class_field="kind")
+        )
     # A 0/1 mask takes the vector labels' class name.
     write_raster(tmp_path / "bin.tif", (class_mask() == 1).astype(np.uint8))
-    mixed = read_label_sources([str(tmp_path / "v.geojson"), str(tmp_path / "bin.tif")], LabelSpec(class_field="kind"))
-    assert mixed.class_names == ["house"] and mixed.masks is not None and mixed.masks.class_names == ["house"]
+    mixed = read_label_sources(
+        [str(tmp_path / "v.geojson"), str(tmp_path / "bin.tif")], LabelSpec(class_field="kind")
+    )
+    assert (
+        mixed.class_names == ["house"]
+        and mixed.masks is not None
+        and mixed.masks.class_names == ["house"]
+    )
     with pytest.raises(LabelsError, match=r"the masks \(m\.tif, \.\.\.\) have classes"):
         LabelSet(mixed.vectors, MaskLabels([tmp_path / "m.tif"]))
 
@@ -384,7 +450,10 @@ def test_masks_with_more_classes_than_the_vector_labels_is_an_error(tmp_path: Pa
 
 
 def test_vector_features_are_burnt_over_the_mask(tmp_path: Path) -> None:
-    scenes = [image(tmp_path / "images" / "x.tif"), image(tmp_path / "images" / "far.tif", transform=GRID * Affine.translation(1000, 0))]
+    scenes = [
+        image(tmp_path / "images" / "x.tif"),
+        image(tmp_path / "images" / "far.tif", transform=GRID * Affine.translation(1000, 0)),
+    ]
     m = np.zeros((SIZE, SIZE), dtype=np.uint8)
     m[0:20, 0:20] = 1
     m[:, 50:] = 255  # unlabelled in the mask
@@ -392,7 +461,9 @@ def test_vector_features_are_burnt_over_the_mask(tmp_path: Path) -> None:
     house = px_box(10, 10, 30, 30)  # over the mask's class 1 and background
     road = px_box(55, 0, 60, 10)  # over the mask's ignored pixels
     far_house = px_box(1010, 10, 1020, 20)  # on the image without a mask
-    gpd.GeoDataFrame({"kind": ["road", "road", "house"]}, geometry=[house, road, far_house], crs=UTM).to_file(tmp_path / "v.gpkg")
+    gpd.GeoDataFrame(
+        {"kind": ["road", "road", "house"]}, geometry=[house, road, far_house], crs=UTM
+    ).to_file(tmp_path / "v.gpkg")
     spec = LabelSpec(class_field="kind", classes=("house", "road"))
     labels = read_label_sources([str(tmp_path / "v.gpkg"), str(tmp_path / "masks")], spec)
     assert labels.describe() == "1 vector file (3 features), 1 mask"
@@ -413,10 +484,17 @@ def test_vector_features_are_burnt_over_the_mask(tmp_path: Path) -> None:
     assert labels.check(scenes) == ["x.tif", "far.tif"]
 
 
-def test_an_image_without_a_mask_is_ignored_when_there_are_only_masks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    scenes = [image(tmp_path / "images" / "x.tif"), image(tmp_path / "images" / "far.tif", transform=GRID * Affine.translation(1000, 0))]
+def test_an_image_without_a_mask_is_ignored_when_there_are_only_masks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    scenes = [
+        image(tmp_path / "images" / "x.tif"),
+        image(tmp_path / "images" / "far.tif", transform=GRID * Affine.translation(1000, 0)),
+    ]
     write_raster(tmp_path / "masks" / "x.tif", class_mask())
-    labels = read_label_sources([str(tmp_path / "masks")], LabelSpec(class_field="c", classes=("a", "b")))
+    labels = read_label_sources(
+        [str(tmp_path / "masks")], LabelSpec(class_field="c", classes=("a", "b"))
+    )
     far = labels.for_scene(scenes[1])
     assert far.empty and len(far) == 0 and far.centroids_px().shape == (0, 2)
     assert (whole(far, scenes[1]) == IGNORE_VALUE).all()
@@ -434,12 +512,16 @@ def test_centroids_are_one_per_component_inside_it(tmp_path: Path) -> None:
     m[100:110, 100:180] = 1  # an L: concave, its centre of mass lies outside it
     m[190:192, 5:7] = 1
     write_raster(tmp_path / "m.tif", m)
-    labels = MaskLabels([tmp_path / "m.tif"], LabelSpec(class_field="c", classes=("a", "b"))).for_scene(scene)
+    labels = MaskLabels(
+        [tmp_path / "m.tif"], LabelSpec(class_field="c", classes=("a", "b"))
+    ).for_scene(scene)
     rc = labels.centroids_px()
     assert rc.shape == (4, 2) and len(labels) == 4
     hit = m[rc[:, 0].astype(int), rc[:, 1].astype(int)]
     assert (hit > 0).all() and sorted(hit.tolist()) == [1, 1, 1, 2]
-    capped = MaskLabels([tmp_path / "m.tif"], LabelSpec(class_field="c", classes=("a", "b"))).for_scene(scene)
+    capped = MaskLabels(
+        [tmp_path / "m.tif"], LabelSpec(class_field="c", classes=("a", "b"))
+    ).for_scene(scene)
     capped.max_centroids = 2
     assert capped.centroids_px().shape == (2, 2)
 
@@ -450,8 +532,12 @@ def test_centroids_are_one_per_component_inside_it(tmp_path: Path) -> None:
 def test_labels_that_miss_every_image(tmp_path: Path) -> None:
     scene = image(tmp_path / "x.tif")
     far = GRID * Affine.translation(5000, 0)
-    write_raster(tmp_path / "masks" / "other.tif", (class_mask() > 0).astype(np.uint8), transform=far)
-    gpd.GeoDataFrame(geometry=[shapely.box(10, 10, 11, 11)], crs=4326).to_file(tmp_path / "far.geojson")
+    write_raster(
+        tmp_path / "masks" / "other.tif", (class_mask() > 0).astype(np.uint8), transform=far
+    )
+    gpd.GeoDataFrame(geometry=[shapely.box(10, 10, 11, 11)], crs=4326).to_file(
+        tmp_path / "far.geojson"
+    )
     masks_only = read_label_sources([str(tmp_path / "masks")])
     assert masks_only.for_scene(scene).empty
     with pytest.raises(
@@ -462,10 +548,16 @@ def test_labels_that_miss_every_image(tmp_path: Path) -> None:
     ):
         masks_only.check([scene])
     both = read_label_sources([str(tmp_path / "far.geojson"), str(tmp_path / "masks")])
-    with pytest.raises(LabelsOutsideRasterError, match=r"none of the labels \(1 vector file \(1 features\), 1 mask\) overlaps any image: far\.geojson covers .*, the masks cover"):
+    with pytest.raises(
+        LabelsOutsideRasterError,
+        match=r"none of the labels \(1 vector file \(1 features\), 1 mask\) overlaps any image: far\.geojson covers .*, the masks cover",
+    ):
         both.check([scene])
     # One vector file alone keeps check_overlap's message.
-    with pytest.raises(LabelsOutsideRasterError, match=r"far\.geojson does not overlap any image: labels \(EPSG:4326, reprojected\)"):
+    with pytest.raises(
+        LabelsOutsideRasterError,
+        match=r"far\.geojson does not overlap any image: labels \(EPSG:4326, reprojected\)",
+    ):
         read_label_sources(str(tmp_path / "far.geojson")).check([scene])
     with pytest.raises(LabelsError, match="no images to check"):
         both.check([])
@@ -494,8 +586,16 @@ def test_training_from_masks_and_vectors(tmp_path: Path) -> None:
             gpd.GeoDataFrame(geometry=boxes, crs=UTM).to_file(tmp_path / "b.geojson")
     out = tmp_path / "m.safetensors"
     cfg = TrainConfig(
-        images=[str(tmp_path / "images")], labels=[str(tmp_path / "masks"), str(tmp_path / "b.geojson")],
-        out=str(out), tile_size=32, batch_size=4, epochs=1, samples_per_epoch=8, width=4, depth=2, device="cpu",
+        images=[str(tmp_path / "images")],
+        labels=[str(tmp_path / "masks"), str(tmp_path / "b.geojson")],
+        out=str(out),
+        tile_size=32,
+        batch_size=4,
+        epochs=1,
+        samples_per_epoch=8,
+        width=4,
+        depth=2,
+        device="cpu",
     )
     assert train_model(cfg).model.exists()
     meta = read_meta(out)
@@ -562,8 +662,10 @@ def test_real_masks_and_whole_label_files_agree() -> None:
                 continue
             others = [f[f["image"] != scene.name].to_crs(scene.crs) for f in frames]
             under_others = rasterize(
-                ((g, 1) for f in others for g in f.geometry), out_shape=(scene.height, scene.width),
-                transform=scene.transform, fill=0,
+                ((g, 1) for f in others for g in f.geometry),
+                out_shape=(scene.height, scene.width),
+                transform=scene.transform,
+                fill=0,
             )
             assert (under_others[a != b] == 1).all(), scene.name
             assert (a >= b).all()  # the neighbours only add buildings

@@ -341,7 +341,9 @@ def test_line_width_is_in_ground_metres_in_web_mercator() -> None:
     grid = from_origin(x0, y0 + 50, 1.0, 1.0)
     line = shapely.LineString([grid * (10, 50), grid * (90, 50)])
     labels = Labels.from_frame(frame([line], crs="EPSG:3857"), LabelSpec(line_width_m=4))
-    mask = labels.for_raster("EPSG:3857", grid, 100, 100, name="merc.tif").rasterize(Window(0, 0, 100, 100))
+    mask = labels.for_raster("EPSG:3857", grid, 100, 100, name="merc.tif").rasterize(
+        Window(0, 0, 100, 100)
+    )
     assert mask[:, 50].sum() == 8 and mask[46:54, 50].all()
 
 

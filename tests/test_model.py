@@ -8,7 +8,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from geounet.checkpoint import FORMAT_VERSION, META_KEY, create_model, load_model, read_meta, save_model
+from geounet.checkpoint import (
+    FORMAT_VERSION,
+    META_KEY,
+    create_model,
+    load_model,
+    read_meta,
+    save_model,
+)
 from geounet.errors import CheckpointError
 from geounet.model import UNet, calibrate_batchnorm, count_parameters, fuse_batchnorm, widen
 
@@ -20,7 +27,10 @@ def test_seed_architecture_parameter_count() -> None:
     assert count_parameters(UNet(3, 2, width=64, depth=4)) == 31_037_698
 
 
-@pytest.mark.parametrize(("bands", "classes", "width", "depth", "size"), [(1, 1, 4, 1, 32), (3, 2, 8, 3, 64), (4, 5, 4, 4, 48), (2, 1, 6, 2, 20)])
+@pytest.mark.parametrize(
+    ("bands", "classes", "width", "depth", "size"),
+    [(1, 1, 4, 1, 32), (3, 2, 8, 3, 64), (4, 5, 4, 4, 48), (2, 1, 6, 2, 20)],
+)
 def test_forward_shapes(bands: int, classes: int, width: int, depth: int, size: int) -> None:
     net = UNet(bands, classes, width=width, depth=depth).eval()
     with torch.no_grad():
@@ -64,7 +74,14 @@ def test_seed_makes_weights_reproducible() -> None:
 
 
 def test_metadata_contract(tmp_path: Path) -> None:
-    net, meta = create_model(bands=4, classes=["background", "building", "road"], width=4, dtype="uint16", tile_size=256, overlap=32)
+    net, meta = create_model(
+        bands=4,
+        classes=["background", "building", "road"],
+        width=4,
+        dtype="uint16",
+        tile_size=256,
+        overlap=32,
+    )
     path = tmp_path / "m.safetensors"
     save_model(net, meta, path)
     got = read_meta(path)
@@ -100,7 +117,11 @@ def test_future_format_refused(tmp_path: Path) -> None:
     data = json.loads(meta.to_json())
     data["format_version"] = FORMAT_VERSION + 1
     path = tmp_path / "future.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={META_KEY: json.dumps(data)})
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        str(path),
+        metadata={META_KEY: json.dumps(data)},
+    )
     with pytest.raises(CheckpointError, match="newer geounet.*upgrade geounet"):
         read_meta(path)
 
@@ -109,7 +130,11 @@ def test_weights_that_do_not_match_metadata(tmp_path: Path) -> None:
     net, _ = create_model(bands=1, classes=1, width=4)
     _, meta = create_model(bands=1, classes=1, width=8)
     path = tmp_path / "mismatch.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={META_KEY: meta.to_json()})
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        str(path),
+        metadata={META_KEY: meta.to_json()},
+    )
     with pytest.raises(CheckpointError, match="weights do not match the unet"):
         load_model(path)
 

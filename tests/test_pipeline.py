@@ -21,8 +21,15 @@ def _scene(tmp_path, height=70, width=90):
     path = tmp_path / "s.tif"
     data = np.arange(height * width, dtype=np.float32).reshape(1, height, width)
     with rasterio.open(
-        path, "w", driver="GTiff", height=height, width=width, count=1, dtype="float32",
-        crs="EPSG:32633", transform=from_origin(0, 0, 1, 1),
+        path,
+        "w",
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=1,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=from_origin(0, 0, 1, 1),
     ) as ds:
         ds.write(data)
     return path, data[0]
@@ -38,7 +45,10 @@ def test_read_ahead_yields_every_tile_in_order_with_its_pixels(tmp_path) -> None
     reader.close()
     assert [t for t, _, _ in got] == tiles
     for t, px, valid in got:
-        assert np.array_equal(px[0, : t.height, : t.width], data[t.row_off : t.row_off + t.height, t.col_off : t.col_off + t.width])
+        assert np.array_equal(
+            px[0, : t.height, : t.width],
+            data[t.row_off : t.row_off + t.height, t.col_off : t.col_off + t.width],
+        )
         assert valid[: t.height, : t.width].all() and not valid[t.height :].any()
     assert reads.wait >= 0
 

@@ -26,11 +26,18 @@ SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin")
 def _qgis_available() -> bool:
     if not SYSTEM_PYTHON:
         return False
-    proc = subprocess.run([SYSTEM_PYTHON, "-c", "import qgis.core"], capture_output=True, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import qgis.core"],
+        capture_output=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     return proc.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not _qgis_available(), reason="QGIS (Debian's python3-qgis) is not installed for /usr/bin/python3")
+pytestmark = pytest.mark.skipif(
+    not _qgis_available(),
+    reason="QGIS (Debian's python3-qgis) is not installed for /usr/bin/python3",
+)
 
 VECTOR_SUFFIXES = [".gpkg", ".geojson", ".fgb", ".shp", ".parquet"]
 
@@ -38,7 +45,15 @@ VECTOR_SUFFIXES = [".gpkg", ".geojson", ".fgb", ".shp", ".parquet"]
 @pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:4326"])
 def test_outputs_open_in_qgis_with_style_crs_and_extent(tmp_path: Path, crs: str) -> None:
     if crs == "EPSG:4326":
-        info = make_scene(tmp_path / "scene.tif", width=384, height=320, crs=crs, origin=(-115.3, 36.2), pixel_size=5e-6, seed=4)
+        info = make_scene(
+            tmp_path / "scene.tif",
+            width=384,
+            height=320,
+            crs=crs,
+            origin=(-115.3, 36.2),
+            pixel_size=5e-6,
+            seed=4,
+        )
     else:
         info = make_scene(tmp_path / "scene.tif", width=384, height=320, seed=4)
     net = threshold_unet(3, band=0)
@@ -46,11 +61,26 @@ def test_outputs_open_in_qgis_with_style_crs_and_extent(tmp_path: Path, crs: str
     model = (net, meta)
     counts = {}
     for i, suffix in enumerate(VECTOR_SUFFIXES):
-        extra = {"mask": tmp_path / "mask.tif", "probabilities": tmp_path / "probs.tif"} if i == 0 else {}
-        r = predict_raster(info.path, tmp_path / f"pred{suffix}", model=model, config=PredictConfig(prob_dtype="uint8", device="cpu"), **extra)
+        extra = (
+            {"mask": tmp_path / "mask.tif", "probabilities": tmp_path / "probs.tif"}
+            if i == 0
+            else {}
+        )
+        r = predict_raster(
+            info.path,
+            tmp_path / f"pred{suffix}",
+            model=model,
+            config=PredictConfig(prob_dtype="uint8", device="cpu"),
+            **extra,
+        )
         counts[suffix] = r.features
     assert len(set(counts.values())) == 1 and counts[".gpkg"] > 0
-    predict_raster(info.path, probabilities=tmp_path / "probs32.tif", model=model, config=PredictConfig(device="cpu"))
+    predict_raster(
+        info.path,
+        probabilities=tmp_path / "probs32.tif",
+        model=model,
+        config=PredictConfig(device="cpu"),
+    )
 
     # The probability rasters are COGs with overviews; the mask carries a colour table and names.
     for name in ("probs.tif", "probs32.tif", "mask.tif"):
@@ -70,8 +100,16 @@ def test_outputs_open_in_qgis_with_style_crs_and_extent(tmp_path: Path, crs: str
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run(
-        [SYSTEM_PYTHON, str(Path(__file__).with_name("qgis_check.py")), str(tmp_path / "spec.json"), str(tmp_path / "result.json")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        [
+            SYSTEM_PYTHON,
+            str(Path(__file__).with_name("qgis_check.py")),
+            str(tmp_path / "spec.json"),
+            str(tmp_path / "result.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
@@ -89,8 +127,12 @@ def test_outputs_open_in_qgis_with_style_crs_and_extent(tmp_path: Path, crs: str
     for name, r in by_name.items():
         assert r["valid"] and r["crs"] == crs, name
         assert r["extent"] == pytest.approx(scene["extent"]), name
-    assert by_name["probs.tif"]["renderer"] == "singlebandpseudocolor" and by_name["probs.tif"]["ramp"][:2] == [0, 254]
-    assert by_name["probs32.tif"]["renderer"] == "singlebandpseudocolor" and by_name["probs32.tif"]["ramp"][:2] == [0, 1]
+    assert by_name["probs.tif"]["renderer"] == "singlebandpseudocolor" and by_name["probs.tif"][
+        "ramp"
+    ][:2] == [0, 254]
+    assert by_name["probs32.tif"]["renderer"] == "singlebandpseudocolor" and by_name["probs32.tif"][
+        "ramp"
+    ][:2] == [0, 1]
     assert by_name["mask.tif"]["renderer"] == "paletted"
     assert by_name["mask.tif"]["classes"] == [[1, "building", "#e41a1c"]]
 
@@ -106,7 +148,11 @@ def test_outputs_open_in_qgis_with_style_crs_and_extent(tmp_path: Path, crs: str
         assert {"class", "score", "area_m2"} <= set(v["fields"]), name
         assert v["renderer"] == "categorizedSymbol" and v["attr"] == "class", name
         assert v["categories"] == [["building", "#e41a1c"]], name
-        frame = gpd.read_file(v["path"], layer="pred") if name.endswith(".gpkg") else gpd.read_file(v["path"])
+        frame = (
+            gpd.read_file(v["path"], layer="pred")
+            if name.endswith(".gpkg")
+            else gpd.read_file(v["path"])
+        )
         assert frame.crs.to_string() == crs
     assert Path(result["png"]).stat().st_size > 10_000
 
@@ -121,7 +167,17 @@ def road_grid(path: Path) -> None:
     img[:, 100:108, :] = 200
     img[:, :, 60:68] = 200
     img[:, :, 170:178] = 200
-    with rasterio.open(path, "w", driver="GTiff", width=240, height=256, count=3, dtype="uint8", crs="EPSG:32633", transform=from_origin(500000, 5000000, 0.5, 0.5)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=240,
+        height=256,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 5000000, 0.5, 0.5),
+    ) as dst:
         dst.write(np.clip(img, 1, 255).astype("uint8"))
 
 
@@ -134,19 +190,37 @@ def test_centerlines_open_in_qgis_as_styled_line_layers(tmp_path: Path, to_crs: 
     suffixes = [".gpkg", ".geojson", ".shp"]
     counts = {}
     for suffix in suffixes:
-        r = predict_raster(tmp_path / "scene.tif", tmp_path / f"roads{suffix}", model=(net, meta), config=PredictConfig(device="cpu", to_crs=to_crs))
+        r = predict_raster(
+            tmp_path / "scene.tif",
+            tmp_path / f"roads{suffix}",
+            model=(net, meta),
+            config=PredictConfig(device="cpu", to_crs=to_crs),
+        )
         assert r.lines == tmp_path / f"roads{suffix}"
         counts[suffix] = r.line_features
     # A horizontal road crossed by two vertical ones: seven edges between junctions and ends.
     assert set(counts.values()) == {7}
     spec = {
         "scene": str(tmp_path / "scene.tif"),
-        "vectors": [f"{tmp_path / 'roads.gpkg'}|layername=roads", str(tmp_path / "roads.geojson"), str(tmp_path / "roads.shp")],
+        "vectors": [
+            f"{tmp_path / 'roads.gpkg'}|layername=roads",
+            str(tmp_path / "roads.geojson"),
+            str(tmp_path / "roads.shp"),
+        ],
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run(
-        [SYSTEM_PYTHON, str(Path(__file__).with_name("qgis_check.py")), str(tmp_path / "spec.json"), str(tmp_path / "result.json")],
-        check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        [
+            SYSTEM_PYTHON,
+            str(Path(__file__).with_name("qgis_check.py")),
+            str(tmp_path / "spec.json"),
+            str(tmp_path / "result.json"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
@@ -155,9 +229,13 @@ def test_centerlines_open_in_qgis_as_styled_line_layers(tmp_path: Path, to_crs: 
     for v, suffix in zip(result["vectors"], suffixes, strict=True):
         assert v["valid"], v["path"]
         # QGIS reads every shapefile line layer as MultiLineString (the format cannot tell them apart).
-        assert v["geometry"] == 1 and v["wkb"] == ("MultiLineString" if suffix == ".shp" else "LineString"), (v["path"], v["wkb"])
+        assert v["geometry"] == 1 and v["wkb"] == (
+            "MultiLineString" if suffix == ".shp" else "LineString"
+        ), (v["path"], v["wkb"])
         assert v["crs"] == crs and v["features"] == counts[suffix], v["path"]
-        assert v["extent"] == pytest.approx(list(frame.total_bounds), abs=1e-6 if to_crs else 1e-2), v["path"]
+        assert v["extent"] == pytest.approx(
+            list(frame.total_bounds), abs=1e-6 if to_crs else 1e-2
+        ), v["path"]
         assert {"class", "class_id", "score"} <= set(v["fields"]), v["path"]
         assert v["renderer"] == "categorizedSymbol" and v["attr"] == "class", v["path"]
         assert v["categories"] == [["road", "#ff7f00"]], v["path"]

@@ -28,7 +28,11 @@ def _iou(a: shapely.Geometry, b: shapely.Geometry) -> float:
 
 @pytest.mark.parametrize("angle", [0.0, 20.0, 37.0, 81.0])
 def test_a_noisy_l_shape_comes_back_square(angle: float) -> None:
-    true = shapely.affinity.rotate(shapely.Polygon([(0, 0), (40, 0), (40, 15), (15, 15), (15, 30), (0, 30)]), angle, origin=(0, 0))
+    true = shapely.affinity.rotate(
+        shapely.Polygon([(0, 0), (40, 0), (40, 15), (15, 15), (15, 30), (0, 30)]),
+        angle,
+        origin=(0, 0),
+    )
     pts = np.asarray(true.segmentize(1).exterior.coords)
     pts = pts + np.random.default_rng(1).normal(0, 0.4, pts.shape)
     pts[-1] = pts[0]
@@ -47,7 +51,9 @@ def test_pixel_staircase_and_small_jogs_are_removed() -> None:
     mask = np.zeros((40, 50), np.uint8)
     mask[10:30, 10:40] = 1
     mask[10, 20:22] = 0
-    poly = shapely.geometry.shape(next(iter(__import__("rasterio.features").features.shapes(mask, mask=mask.astype(bool))))[0])
+    poly = shapely.geometry.shape(
+        next(iter(__import__("rasterio.features").features.shapes(mask, mask=mask.astype(bool))))[0]
+    )
     out = regularize_polygon(poly)
     assert len(out.exterior.coords) == 5
     assert _iou(out, shapely.box(10, 10, 40, 30)) > 0.98
@@ -66,18 +72,36 @@ def test_round_and_multipart_shapes_stay_valid() -> None:
     assert regularize_polygon(shapely.Polygon()).is_empty
 
 
-def test_predict_regularize_keeps_fields_and_validity(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_predict_regularize_keeps_fields_and_validity(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     t = from_origin(500000, 5000000, 0.5, 0.5)
-    rotated = [shapely.affinity.rotate(shapely.box(500010 + 30 * k, 4999950, 500030 + 30 * k, 4999965), 25) for k in range(3)]
+    rotated = [
+        shapely.affinity.rotate(shapely.box(500010 + 30 * k, 4999950, 500030 + 30 * k, 4999965), 25)
+        for k in range(3)
+    ]
     band = rasterize([(b, 230) for b in rotated], out_shape=(160, 220), transform=t, dtype="uint8")
-    scene = make_raster("rot.tif", data=np.stack([np.maximum(band, 30), np.full_like(band, 40), np.full_like(band, 90)]), transform=t)
+    scene = make_raster(
+        "rot.tif",
+        data=np.stack([np.maximum(band, 30), np.full_like(band, 40), np.full_like(band, 90)]),
+        transform=t,
+    )
     net = threshold_unet(3)
     model = (net, meta_for(net))
-    plain = predict_raster(scene, tmp_path / "p.gpkg", model=model, config=PredictConfig(device="cpu"))
-    square = predict_raster(scene, tmp_path / "r.gpkg", model=model, config=PredictConfig(device="cpu", regularize=True))
-    a, b = gpd.read_file(tmp_path / "p.gpkg", layer="p"), gpd.read_file(tmp_path / "r.gpkg", layer="r")
+    plain = predict_raster(
+        scene, tmp_path / "p.gpkg", model=model, config=PredictConfig(device="cpu")
+    )
+    square = predict_raster(
+        scene, tmp_path / "r.gpkg", model=model, config=PredictConfig(device="cpu", regularize=True)
+    )
+    a, b = (
+        gpd.read_file(tmp_path / "p.gpkg", layer="p"),
+        gpd.read_file(tmp_path / "r.gpkg", layer="r"),
+    )
     assert plain.features == square.features == 3
-    assert list(a.columns) == list(b.columns) and {"class", "score", "class_id", "area_m2"} <= set(b.columns)
+    assert list(a.columns) == list(b.columns) and {"class", "score", "class_id", "area_m2"} <= set(
+        b.columns
+    )
     assert b.is_valid.all() and (b["score"] == a["score"]).all()
     for geom, truth in zip(b.geometry, sorted(rotated, key=lambda g: g.bounds[0]), strict=True):
         poly = geom.geoms[0] if geom.geom_type == "MultiPolygon" else geom

@@ -31,7 +31,9 @@ def _scene(make_raster: MakeRaster, name: str, res: float) -> Path:
     return make_raster(name, data=data, transform=t)
 
 
-def test_a_4x_finer_scene_gives_polygons_within_one_coarse_pixel(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_a_4x_finer_scene_gives_polygons_within_one_coarse_pixel(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     coarse = _scene(make_raster, "coarse.tif", 0.3)
     fine = _scene(make_raster, "fine.tif", 0.075)
     net = threshold_unet(3, bias=-0.2)  # foreground above 131 of the 30..230 step: its middle
@@ -68,11 +70,18 @@ def test_resample_off_runs_on_the_scene_pixels(make_raster: MakeRaster, tmp_path
     net = threshold_unet(3, bias=-0.2)  # foreground above 131 of the 30..230 step: its middle
     meta = meta_for(net, tile_size=64, overlap=16)
     meta.gsd = 0.3
-    r = predict_raster(fine, tmp_path / "b.gpkg", model=(net, meta), config=PredictConfig(device="cpu", resample="off"))
+    r = predict_raster(
+        fine,
+        tmp_path / "b.gpkg",
+        model=(net, meta),
+        config=PredictConfig(device="cpu", resample="off"),
+    )
     assert r.resample_factor == 1.0 and r.tiles > 100
 
 
-def test_web_mercator_pixels_are_measured_on_the_ground(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_web_mercator_pixels_are_measured_on_the_ground(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     # Imagery exported from web map tiles is in EPSG:3857, whose grid metres at 52.5 deg N are
     # 1/1.643 ground metres: 0.3 m pixels there are 0.493 grid metres. The same buildings on a
     # UTM grid at 0.3 m and on that Mercator grid give the same prediction: no resampling (the
@@ -87,7 +96,9 @@ def test_web_mercator_pixels_are_measured_on_the_ground(make_raster: MakeRaster,
     x0, y0 = pyproj.Transformer.from_crs(4326, 3857, always_xy=True).transform(13.4, 52.5)
     k = float(projection_scale(rasterio.crs.CRS.from_epsg(3857), x0, y0)[0])
     assert k == pytest.approx(1 / np.cos(np.radians(52.5)), rel=2e-3)
-    merc = make_raster("merc.tif", data=data, crs="EPSG:3857", transform=from_origin(x0, y0, 0.3 * k, 0.3 * k))
+    merc = make_raster(
+        "merc.tif", data=data, crs="EPSG:3857", transform=from_origin(x0, y0, 0.3 * k, 0.3 * k)
+    )
     assert pixel_size_m(open_scene(merc)) == pytest.approx(0.3, rel=2e-3)
     assert pixel_size_m(open_scene(utm)) == pytest.approx(0.3)
     net = threshold_unet(3, bias=-0.2)
@@ -104,4 +115,6 @@ def test_web_mercator_pixels_are_measured_on_the_ground(make_raster: MakeRaster,
     assert sorted(pa["area_m2"]) == pytest.approx(ground, rel=0.05)
     assert sorted(pb["area_m2"]) == pytest.approx(sorted(pa["area_m2"]), rel=3e-3)
     # In grid units the Mercator polygons are k^2 larger: what area_m2 would say without the scale.
-    assert sorted(pb.geometry.area) == pytest.approx([v * k * k for v in sorted(pa.geometry.area)], rel=3e-3)
+    assert sorted(pb.geometry.area) == pytest.approx(
+        [v * k * k for v in sorted(pa.geometry.area)], rel=3e-3
+    )

@@ -14,7 +14,14 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from conftest import MakeRaster
-from geounet.dataset import CONTACT_INDEX, IGNORE_INDEX, ImageEntry, Sample, WindowDataset, mark_contacts
+from geounet.dataset import (
+    CONTACT_INDEX,
+    IGNORE_INDEX,
+    ImageEntry,
+    Sample,
+    WindowDataset,
+    mark_contacts,
+)
 from geounet.labels import LabelSpec, read_label_sources, read_labels
 from geounet.raster import open_scene
 from geounet.train import confusion, segmentation_loss
@@ -30,7 +37,9 @@ def _box(r0: int, c0: int, r1: int, c1: int) -> shapely.Polygon:
     return shapely.box(x0, y1, x1, y0)
 
 
-def _ids_and_target(blocks: list[tuple[int, int, int, int]], shape: tuple[int, int], r: int) -> tuple[np.ndarray, np.ndarray]:
+def _ids_and_target(
+    blocks: list[tuple[int, int, int, int]], shape: tuple[int, int], r: int
+) -> tuple[np.ndarray, np.ndarray]:
     ids = np.zeros((shape[0] + 2 * r, shape[1] + 2 * r), np.int32)
     for k, (r0, c0, r1, c1) in enumerate(blocks, start=1):
         ids[r0 + r : r1 + r, c0 + r : c1 + r] = k
@@ -39,7 +48,9 @@ def _ids_and_target(blocks: list[tuple[int, int, int, int]], shape: tuple[int, i
 
 
 def test_gap_between_two_objects_is_marked_and_nothing_else() -> None:
-    ids, target = _ids_and_target([(4, 2, 12, 6), (4, 8, 12, 12)], (16, 16), 2)  # a 2 px gap: cols 6, 7
+    ids, target = _ids_and_target(
+        [(4, 2, 12, 6), (4, 8, 12, 12)], (16, 16), 2
+    )  # a 2 px gap: cols 6, 7
     out = mark_contacts(target, ids, 2)
     contact = out == CONTACT_INDEX
     assert contact[4:12, 6:8].all()  # the whole gap between the facing walls
@@ -86,7 +97,9 @@ def _two_houses(make_raster: MakeRaster, tmp_path: Path) -> tuple[Path, Path]:
     return path, labels
 
 
-def test_vector_labels_mark_the_gap_between_polygons_only(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_vector_labels_mark_the_gap_between_polygons_only(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     path, labels = _two_houses(make_raster, tmp_path)
     scene = open_scene(path)
     rl = read_labels(labels, LabelSpec(class_field="kind", line_width_m=2.0)).for_scene(scene)
@@ -94,13 +107,17 @@ def test_vector_labels_mark_the_gap_between_polygons_only(make_raster: MakeRaste
     assert len(np.unique(ids[10:30, 10:50])) == 3  # two houses and the ground between them
     assert ids[48:52].max() == 0  # the buffered road is not an object
     entry = ImageEntry(scene, scene.data_bands, rl, [], contact_px=2)
-    _, target = WindowDataset([entry], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]).read(Sample(0, 0, 0))
+    _, target = WindowDataset(
+        [entry], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]
+    ).read(Sample(0, 0, 0))
     assert (target[10:30, 30] == CONTACT_INDEX).all()
     assert (target == CONTACT_INDEX).sum() <= 20 + 2 * 2 * 4  # the gap, and a little round its ends
     assert not (target[40:60] == CONTACT_INDEX).any()  # the road and its sides: no contacts
     # Off: the gap is plain background.
     entry.contact_px = 0
-    _, plain = WindowDataset([entry], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]).read(Sample(0, 0, 0))
+    _, plain = WindowDataset(
+        [entry], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]
+    ).read(Sample(0, 0, 0))
     assert not (plain == CONTACT_INDEX).any()
     np.testing.assert_array_equal(np.where(target == CONTACT_INDEX, 0, target), plain)
 
@@ -114,14 +131,18 @@ def test_mask_labels_mark_gaps_between_their_parts(make_raster: MakeRaster, tmp_
     scene = open_scene(path)
     rl = read_label_sources([str(mask_path)]).for_scene(scene)
     entry = ImageEntry(scene, scene.data_bands, rl, [], contact_px=1)
-    _, target = WindowDataset([entry], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]).read(Sample(0, 0, 0))
+    _, target = WindowDataset(
+        [entry], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]
+    ).read(Sample(0, 0, 0))
     assert (target[10:30, 30] == CONTACT_INDEX).all()
     # Touching parts are one part: no gap, nothing to mark.
     mask[0, 10:30, 30] = 1
     make_raster("houses_mask.tif", width=64, height=64, count=1, data=mask, transform=T)
     rl = read_label_sources([str(mask_path)]).for_scene(scene)
     entry = ImageEntry(scene, scene.data_bands, rl, [], contact_px=1)
-    _, target = WindowDataset([entry], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]).read(Sample(0, 0, 0))
+    _, target = WindowDataset(
+        [entry], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]
+    ).read(Sample(0, 0, 0))
     assert not (target == CONTACT_INDEX).any()
 
 
@@ -135,16 +156,25 @@ def test_contact_pixels_weigh_more_in_the_loss_and_count_as_background(binary: b
     contact[1, 3, :] = CONTACT_INDEX
     as_background = contact.masked_fill(contact == CONTACT_INDEX, 0)
     # Weight 1: a contact pixel is plain background.
-    torch.testing.assert_close(segmentation_loss(logits, contact, binary, 1.0), segmentation_loss(logits, as_background, binary))
+    torch.testing.assert_close(
+        segmentation_loss(logits, contact, binary, 1.0),
+        segmentation_loss(logits, as_background, binary),
+    )
     # Weight 10: the cross-entropy of those 8 pixels counts 10 times.
     heavy = segmentation_loss(logits, contact, binary, 10.0)
     base = segmentation_loss(logits, as_background, binary)
     valid = int((contact != IGNORE_INDEX).sum())
     row = logits[1:2, :, 3:4, :]
     if binary:
-        ce_row = torch.nn.functional.binary_cross_entropy_with_logits(row[:, 0], torch.zeros(1, 1, 8), reduction="sum")
+        ce_row = torch.nn.functional.binary_cross_entropy_with_logits(
+            row[:, 0], torch.zeros(1, 1, 8), reduction="sum"
+        )
     else:
-        ce_row = torch.nn.functional.cross_entropy(row, torch.zeros(1, 1, 8, dtype=torch.long), reduction="sum")
+        ce_row = torch.nn.functional.cross_entropy(
+            row, torch.zeros(1, 1, 8, dtype=torch.long), reduction="sum"
+        )
     torch.testing.assert_close(heavy - base, 9 * ce_row / valid)
     n = 2 if binary else 3
-    torch.testing.assert_close(confusion(logits, contact, n, binary), confusion(logits, as_background, n, binary))
+    torch.testing.assert_close(
+        confusion(logits, contact, n, binary), confusion(logits, as_background, n, binary)
+    )

@@ -17,7 +17,9 @@ from geounet.evaluate import evaluate, match_objects, match_pairs
 from geounet.predict import PredictConfig, predict_raster
 from geounet.vectorize import StripVectorizer, split_at_valleys, split_necks, vectorize_mask
 
-DUMBBELL = shapely.union_all([shapely.box(0, 0, 20, 20), shapely.box(20, 9, 23, 10), shapely.box(23, 0, 40, 18)])
+DUMBBELL = shapely.union_all(
+    [shapely.box(0, 0, 20, 20), shapely.box(20, 9, 23, 10), shapely.box(23, 0, 40, 18)]
+)
 
 
 def test_two_roofs_joined_by_a_neck_come_apart() -> None:
@@ -58,7 +60,9 @@ def test_strip_vectorizer_splits_across_a_strip_seam() -> None:
     t = from_origin(500000, 5000000, 0.5, 0.5)
     frames = []
     for split_px in (0.0, 3.0):
-        vec = StripVectorizer(t, CRS.from_epsg(32633), ["background", "building"], split_px=split_px)
+        vec = StripVectorizer(
+            t, CRS.from_epsg(32633), ["background", "building"], split_px=split_px
+        )
         vec.add(0, mask[:20], score[:20])
         vec.add(20, mask[20:], score[20:])
         frames.append(vec.finish())
@@ -69,13 +73,21 @@ def test_strip_vectorizer_splits_across_a_strip_seam() -> None:
     assert split.is_valid.all() and abs(split.area.sum() - plain.area.sum()) <= 2 * 0.25
 
 
-def _twin_houses(make_raster: MakeRaster, tmp_path: Path) -> tuple[Path, Path, list[shapely.Polygon]]:
+def _twin_houses(
+    make_raster: MakeRaster, tmp_path: Path
+) -> tuple[Path, Path, list[shapely.Polygon]]:
     t = from_origin(500000, 5000000, 0.5, 0.5)
     band = np.full((80, 80), 30, np.uint8)
     band[10:40, 10:30] = 230
     band[10:40, 31:55] = 230
     band[24:26, 30] = 230  # the roofs touch through a 2-pixel bridge (1 m)
-    scene = make_raster("twins.tif", width=80, height=80, data=np.stack([band, np.full_like(band, 40), np.full_like(band, 90)]), transform=t)
+    scene = make_raster(
+        "twins.tif",
+        width=80,
+        height=80,
+        data=np.stack([band, np.full_like(band, 40), np.full_like(band, 90)]),
+        transform=t,
+    )
     truth = []
     for c0, c1 in ((10, 30), (31, 55)):
         x0, y0 = t * (c0, 10)
@@ -86,20 +98,33 @@ def _twin_houses(make_raster: MakeRaster, tmp_path: Path) -> tuple[Path, Path, l
     return scene, labels, truth
 
 
-def test_predict_and_evaluate_split_touching_houses(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_predict_and_evaluate_split_touching_houses(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     scene, labels, truth = _twin_houses(make_raster, tmp_path)
     net = threshold_unet(3)
     meta = meta_for(net)
-    plain = predict_raster(scene, tmp_path / "p.gpkg", model=(net, meta), config=PredictConfig(device="cpu"))
-    split = predict_raster(scene, tmp_path / "s.gpkg", model=(net, meta), config=PredictConfig(device="cpu", split_m=1.5))
+    plain = predict_raster(
+        scene, tmp_path / "p.gpkg", model=(net, meta), config=PredictConfig(device="cpu")
+    )
+    split = predict_raster(
+        scene,
+        tmp_path / "s.gpkg",
+        model=(net, meta),
+        config=PredictConfig(device="cpu", split_m=1.5),
+    )
     assert plain.features == 1 and split.features == 2
     got = sorted(gpd.read_file(tmp_path / "s.gpkg", layer="s").geometry, key=lambda g: g.bounds[0])
     for g, want in zip(got, truth, strict=True):
         assert g.intersection(want).area / g.union(want).area > 0.9
     # The model's default applies unless the config says otherwise; evaluate follows it too.
     meta.split_m = 1.5
-    by_default = predict_raster(scene, tmp_path / "d.gpkg", model=(net, meta), config=PredictConfig(device="cpu"))
-    off = predict_raster(scene, tmp_path / "o.gpkg", model=(net, meta), config=PredictConfig(device="cpu", split_m=0))
+    by_default = predict_raster(
+        scene, tmp_path / "d.gpkg", model=(net, meta), config=PredictConfig(device="cpu")
+    )
+    off = predict_raster(
+        scene, tmp_path / "o.gpkg", model=(net, meta), config=PredictConfig(device="cpu", split_m=0)
+    )
     assert by_default.features == 2 and off.features == 1
     from geounet.checkpoint import save_model
 
@@ -109,7 +134,10 @@ def test_predict_and_evaluate_split_touching_houses(make_raster: MakeRaster, tmp
     rep_off = evaluate(scene, labels, model=path, config=PredictConfig(device="cpu", split_m=0))
     on, plain_obj = rep["object"]["foreground"], rep_off["object"]["foreground"]
     assert (on["tp"], on["fp"], on["fn"]) == (2, 0, 0)
-    assert (plain_obj["tp"], plain_obj["fn"]) == (1, 1)  # the joined outline matches the larger house only
+    assert (plain_obj["tp"], plain_obj["fn"]) == (
+        1,
+        1,
+    )  # the joined outline matches the larger house only
     assert rep["pixel"] == rep_off["pixel"]  # pixel figures come from the mask
 
 
@@ -132,7 +160,10 @@ def test_valley_between_two_cores_is_cut() -> None:
     assert set(cut_cols) <= {24, 25}
     t = from_origin(500000, 5000000, 0.5, 0.5)
     frame = vectorize_mask(out, t, CRS.from_epsg(32633), ["background", "building"])
-    assert len(frame) == 2 and len(vectorize_mask(mask, t, CRS.from_epsg(32633), ["background", "building"])) == 1
+    assert (
+        len(frame) == 2
+        and len(vectorize_mask(mask, t, CRS.from_epsg(32633), ["background", "building"])) == 1
+    )
     # A valley shallower than the seed level is one core: nothing to cut.
     assert split_at_valleys(mask, prob, 0.55, 16) is mask
     # Cores smaller than the minimum do not count; nodata and background stay as they were.
@@ -145,12 +176,16 @@ def test_valley_between_two_cores_is_cut() -> None:
 def test_one_confident_blob_is_left_alone() -> None:
     _, prob = _valley()
     prob[5:25, 24:26] = 0.95  # no valley: one core
-    assert split_at_valleys((prob >= 0.5).astype(np.uint8), prob, 0.8, 16).sum() == (prob >= 0.5).sum()
+    assert (
+        split_at_valleys((prob >= 0.5).astype(np.uint8), prob, 0.8, 16).sum() == (prob >= 0.5).sum()
+    )
     empty = np.zeros((8, 8), np.uint8)
     assert split_at_valleys(empty, np.zeros((8, 8), np.float32), 0.8, 4) is empty
 
 
-def test_predict_cuts_touching_houses_along_the_valley(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_predict_cuts_touching_houses_along_the_valley(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     # threshold_unet: p = sigmoid(4 * (x - 127.5) / 63.75 - 4); roofs at 230 give p = 0.92, the
     # 2-pixel seam at 200 gives p = 0.63: one blob at 0.5, and no neck (they share a whole edge).
     t = from_origin(500000, 5000000, 0.5, 0.5)
@@ -158,15 +193,32 @@ def test_predict_cuts_touching_houses_along_the_valley(make_raster: MakeRaster, 
     band[10:40, 10:30] = 230
     band[10:40, 32:55] = 230
     band[10:40, 30:32] = 200
-    scene = make_raster("seam.tif", width=80, height=80, data=np.stack([band, np.full_like(band, 40), np.full_like(band, 90)]), transform=t)
-    truth = [shapely.box(*(t * (10, 40)), *(t * (31, 10))), shapely.box(*(t * (31, 40)), *(t * (55, 10)))]
+    scene = make_raster(
+        "seam.tif",
+        width=80,
+        height=80,
+        data=np.stack([band, np.full_like(band, 40), np.full_like(band, 90)]),
+        transform=t,
+    )
+    truth = [
+        shapely.box(*(t * (10, 40)), *(t * (31, 10))),
+        shapely.box(*(t * (31, 40)), *(t * (55, 10))),
+    ]
     labels = tmp_path / "seam.geojson"
     gpd.GeoDataFrame(geometry=truth, crs="EPSG:32633").to_file(labels)
     net = threshold_unet(3)
     meta = meta_for(net)
     kw = {"device": "cpu", "split_m": 1.5}
-    plain = predict_raster(scene, tmp_path / "p.gpkg", model=(net, meta), config=PredictConfig(**kw))  # type: ignore[arg-type]
-    cut = predict_raster(scene, tmp_path / "c.gpkg", mask=tmp_path / "c.tif", model=(net, meta), config=PredictConfig(split_seeds=0.8, **kw))  # type: ignore[arg-type]
+    plain = predict_raster(
+        scene, tmp_path / "p.gpkg", model=(net, meta), config=PredictConfig(**kw)
+    )  # type: ignore[arg-type]
+    cut = predict_raster(
+        scene,
+        tmp_path / "c.gpkg",
+        mask=tmp_path / "c.tif",
+        model=(net, meta),
+        config=PredictConfig(split_seeds=0.8, **kw),
+    )  # type: ignore[arg-type]
     assert plain.features == 1 and cut.features == 2  # the neck split alone cannot part them
     got = sorted(gpd.read_file(tmp_path / "c.gpkg", layer="c").geometry, key=lambda g: g.bounds[0])
     for g, want in zip(got, truth, strict=True):
@@ -183,7 +235,9 @@ def test_predict_cuts_touching_houses_along_the_valley(make_raster: MakeRaster, 
     path = tmp_path / "m.safetensors"
     save_model(net, meta, path)
     on = evaluate(scene, labels, model=path, config=PredictConfig(**kw))["object"]["foreground"]  # type: ignore[arg-type]
-    off = evaluate(scene, labels, model=path, config=PredictConfig(split_seeds=0, **kw))["object"]["foreground"]  # type: ignore[arg-type]
+    off = evaluate(scene, labels, model=path, config=PredictConfig(split_seeds=0, **kw))["object"][
+        "foreground"
+    ]  # type: ignore[arg-type]
     assert (on["tp"], on["fp"], on["fn"]) == (2, 0, 0) and off["tp"] <= 1
     from click.testing import CliRunner
 
@@ -192,7 +246,9 @@ def test_predict_cuts_touching_houses_along_the_valley(make_raster: MakeRaster, 
     counts = []
     for extra in ([], ["--split-seeds", "0"]):
         out = tmp_path / f"cli{len(extra)}.geojson"
-        r = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(out), "-m", str(path), "--device", "cpu", *extra])
+        r = CliRunner().invoke(
+            cli, ["predict", str(scene), "-o", str(out), "-m", str(path), "--device", "cpu", *extra]
+        )
         assert r.exit_code == 0, r.output
         counts.append(len(gpd.read_file(out)))
     assert counts == [2, 1]

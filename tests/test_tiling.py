@@ -51,7 +51,10 @@ def test_edge_flags_and_rows() -> None:
     assert [len(r) for r in rows] == [2, 2, 2]
     assert [r[0].row_off for r in rows] == [0, 48, 66]
     assert all(t.top for t in rows[0]) and all(t.bottom for t in rows[-1])
-    assert [t.left for t in rows[0]] == [True, False] and [t.right for t in rows[0]] == [False, True]
+    assert [t.left for t in rows[0]] == [True, False] and [t.right for t in rows[0]] == [
+        False,
+        True,
+    ]
 
 
 def test_small_scene_gets_one_window_of_its_size() -> None:

@@ -19,7 +19,14 @@ from conftest import MakeRaster
 from geounet.checkpoint import create_model
 from geounet.cli.main import cli
 from geounet.model import UNet, calibrate_batchnorm
-from geounet.predict import TTA_VARIANTS, PredictConfig, Predictor, dihedral, predict_raster, undo_dihedral
+from geounet.predict import (
+    TTA_VARIANTS,
+    PredictConfig,
+    Predictor,
+    dihedral,
+    predict_raster,
+    undo_dihedral,
+)
 
 Array = np.ndarray
 # The 8 symmetries of the square on the last two axes, as (transform, inverse), written out with
@@ -32,7 +39,10 @@ D4: list[tuple[Callable[[Array], Array], Callable[[Array], Array]]] = [
     (lambda a: a[..., ::-1], lambda a: a[..., ::-1]),  # mirror left-right
     (lambda a: a[..., ::-1, :], lambda a: a[..., ::-1, :]),  # mirror top-bottom
     (lambda a: np.swapaxes(a, -2, -1), lambda a: np.swapaxes(a, -2, -1)),  # transpose
-    (lambda a: np.swapaxes(a, -2, -1)[..., ::-1, ::-1], lambda a: np.swapaxes(a, -2, -1)[..., ::-1, ::-1]),  # anti-transpose
+    (
+        lambda a: np.swapaxes(a, -2, -1)[..., ::-1, ::-1],
+        lambda a: np.swapaxes(a, -2, -1)[..., ::-1, ::-1],
+    ),  # anti-transpose
 ]
 
 
@@ -60,7 +70,9 @@ def random_unet(seed: int = 0, *, symmetric: bool = False) -> tuple[UNet, object
     stride-2 transposed convolutions (their symmetric kernels are constant) and BatchNorm: the
     whole network is then D4-equivariant, ``net(t(x)) == t(net(x))``.
     """
-    net, meta = create_model(bands=3, classes=1, width=8, depth=3, seed=seed, tile_size=64, overlap=16)
+    net, meta = create_model(
+        bands=3, classes=1, width=8, depth=3, seed=seed, tile_size=64, overlap=16
+    )
     if symmetric:
         with torch.no_grad():
             for m in net.modules():
@@ -82,7 +94,11 @@ def test_dihedral_is_the_eight_symmetries_and_undo_inverts_it() -> None:
     for k in range(TTA_VARIANTS):
         np.testing.assert_array_equal(undo_dihedral(dihedral(x, k), k).numpy(), x.numpy())
     wide = torch.zeros(1, 2, 6)  # non-square: quarter turns swap the axes, undo swaps them back
-    assert dihedral(wide, 1).shape == (1, 6, 2) and undo_dihedral(dihedral(wide, 5), 5).shape == (1, 2, 6)
+    assert dihedral(wide, 1).shape == (1, 6, 2) and undo_dihedral(dihedral(wide, 5), 5).shape == (
+        1,
+        2,
+        6,
+    )
 
 
 @pytest.mark.parametrize("max_batch", [None, 1, 2, 3, 5, 100])
@@ -107,9 +123,16 @@ def test_tta_of_a_non_square_input_is_the_mean_too() -> None:
     predictor = Predictor(random_unet(1), device="cpu", precision="fp32")
     batch = smooth_image((1, 3, 32, 64), 8)
     valid = np.ones((1, 32, 64), bool)
-    want = np.mean([inv(predictor.forward(t(batch).copy(), t(valid).copy())) for t, inv in D4], axis=0)
+    want = np.mean(
+        [inv(predictor.forward(t(batch).copy(), t(valid).copy())) for t, inv in D4], axis=0
+    )
     for max_batch in (None, 1, 3):
-        np.testing.assert_allclose(predictor.forward(batch, valid, tta=True, max_batch=max_batch), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            predictor.forward(batch, valid, tta=True, max_batch=max_batch),
+            want,
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_tta_equals_plain_prediction_for_an_equivariant_network() -> None:
@@ -125,12 +148,16 @@ def test_tta_equals_plain_prediction_for_an_equivariant_network() -> None:
     sym = np.mean([t(tile) for t, _ in D4], axis=0).astype(np.float32)
     for t, _ in D4:
         np.testing.assert_allclose(t(sym), sym, atol=1e-4)
-    np.testing.assert_allclose(predictor.forward(sym, valid, tta=True), predictor.forward(sym, valid), atol=1e-4)
+    np.testing.assert_allclose(
+        predictor.forward(sym, valid, tta=True), predictor.forward(sym, valid), atol=1e-4
+    )
     # any tile, as the network is equivariant
     np.testing.assert_allclose(predictor.forward(tile, valid, tta=True), plain, atol=1e-4)
 
 
-def test_tta_through_the_pipeline_keeps_nodata_and_matches_an_equivariant_plain_run(make_raster: MakeRaster, tmp_path: Path) -> None:
+def test_tta_through_the_pipeline_keeps_nodata_and_matches_an_equivariant_plain_run(
+    make_raster: MakeRaster, tmp_path: Path
+) -> None:
     data = smooth_image((3, 150, 200), 10).round().astype(np.uint8)
     data[:, :, 136:] = 0  # a nodata collar that covers the last column of tiles
     data[:, 60:70, 20:30] = 0  # and a hole inside one
@@ -142,15 +169,26 @@ def test_tta_through_the_pipeline_keeps_nodata_and_matches_an_equivariant_plain_
     for tta in (False, True):
         for name, model in (("sym", random_unet(3, symmetric=True)), ("rand", random_unet(3))):
             p = tmp_path / f"{name}-{tta}.tif"
-            r = predict_raster(scene, tmp_path / f"{name}-{tta}.gpkg", model=model, probabilities=p, mask=tmp_path / f"{name}-{tta}.m.tif",
-                               config=PredictConfig(tile_size=64, overlap=16, batch_size=2, tta=tta, precision="fp32"))
+            r = predict_raster(
+                scene,
+                tmp_path / f"{name}-{tta}.gpkg",
+                model=model,
+                probabilities=p,
+                mask=tmp_path / f"{name}-{tta}.m.tif",
+                config=PredictConfig(
+                    tile_size=64, overlap=16, batch_size=2, tta=tta, precision="fp32"
+                ),
+            )
             assert r.tiles_skipped > 0
             with rasterio.open(p) as src:
                 probs[name, tta] = src.read(1)
             with rasterio.open(tmp_path / f"{name}-{tta}.m.tif") as src:
                 mask = src.read(1)
             assert (mask[nodata] == 255).all() and (mask[~nodata] != 255).all()
-            assert np.isnan(probs[name, tta][nodata]).all() and not np.isnan(probs[name, tta][~nodata]).any()
+            assert (
+                np.isnan(probs[name, tta][nodata]).all()
+                and not np.isnan(probs[name, tta][~nodata]).any()
+            )
     np.testing.assert_allclose(probs["sym", True], probs["sym", False], atol=1e-5)
     assert np.nanmax(np.abs(probs["rand", True] - probs["rand", False])) > 0.01
 
@@ -172,9 +210,11 @@ def test_tta_off_is_the_plain_forward_bit_for_bit(make_raster: MakeRaster, tmp_p
 
     scene = make_raster("s.tif", data=smooth_image((3, 120, 100), 12).round().astype(np.uint8))
     out = {}
-    for name, cfg in (("default", PredictConfig(tile_size=64, overlap=16, precision="fp32")),
-                      ("off", PredictConfig(tile_size=64, overlap=16, tta=False, precision="fp32")),
-                      ("on", PredictConfig(tile_size=64, overlap=16, tta=True, precision="fp32"))):
+    for name, cfg in (
+        ("default", PredictConfig(tile_size=64, overlap=16, precision="fp32")),
+        ("off", PredictConfig(tile_size=64, overlap=16, tta=False, precision="fp32")),
+        ("on", PredictConfig(tile_size=64, overlap=16, tta=True, precision="fp32")),
+    ):
         predict_raster(scene, probabilities=tmp_path / f"{name}.tif", model=(net, meta), config=cfg)
         with rasterio.open(tmp_path / f"{name}.tif") as src:
             out[name] = src.read()
@@ -182,7 +222,9 @@ def test_tta_off_is_the_plain_forward_bit_for_bit(make_raster: MakeRaster, tmp_p
     assert not np.array_equal(out["default"], out["on"])
 
 
-def test_predict_and_evaluate_cli_tta(make_raster: MakeRaster, model_file: Path, tmp_path: Path) -> None:
+def test_predict_and_evaluate_cli_tta(
+    make_raster: MakeRaster, model_file: Path, tmp_path: Path
+) -> None:
     data = np.zeros((3, 150, 130), dtype=np.uint8)
     data[0, 20:60, 30:70] = 255
     data[0, 90:140, 10:50] = 255
@@ -192,7 +234,23 @@ def test_predict_and_evaluate_cli_tta(make_raster: MakeRaster, model_file: Path,
     for flag in ([], ["--tta"]):
         d = tmp_path / ("tta" if flag else "plain")
         d.mkdir()
-        r = runner.invoke(cli, ["predict", str(scene), "-o", str(d / "b.gpkg"), "-m", str(model_file), "--probabilities", str(d / "p.tif"), "--mask", str(d / "m.tif"), *flag], catch_exceptions=False)
+        r = runner.invoke(
+            cli,
+            [
+                "predict",
+                str(scene),
+                "-o",
+                str(d / "b.gpkg"),
+                "-m",
+                str(model_file),
+                "--probabilities",
+                str(d / "p.tif"),
+                "--mask",
+                str(d / "m.tif"),
+                *flag,
+            ],
+            catch_exceptions=False,
+        )
         assert r.exit_code == 0, r.stderr
         assert "2 polygons from" in r.stderr and "Traceback" not in r.stderr
         assert r.stdout.split() == [str(d / "b.gpkg"), str(d / "p.tif"), str(d / "m.tif")]
@@ -209,10 +267,27 @@ def test_predict_and_evaluate_cli_tta(make_raster: MakeRaster, model_file: Path,
 
     with rasterio.open(scene) as src:
         t = src.transform
-    boxes = [shapely.box(*rasterio.windows.bounds(rasterio.windows.Window(c, r, w, h), t)) for r, c, h, w in ((20, 30, 40, 40), (90, 10, 50, 40))]
+    boxes = [
+        shapely.box(*rasterio.windows.bounds(rasterio.windows.Window(c, r, w, h), t))
+        for r, c, h, w in ((20, 30, 40, 40), (90, 10, 50, 40))
+    ]
     labels = tmp_path / "labels.geojson"
     gpd.GeoDataFrame(geometry=boxes, crs="EPSG:32633").to_file(labels)
-    r = runner.invoke(cli, ["evaluate", str(scene), "--labels", str(labels), "-m", str(model_file), "--tta", "--json", str(tmp_path / "r.json")], catch_exceptions=False)
+    r = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            str(scene),
+            "--labels",
+            str(labels),
+            "-m",
+            str(model_file),
+            "--tta",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["pixel"]["foreground"]["iou"] == 1.0  # labels without a class field: "foreground"

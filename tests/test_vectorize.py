@@ -72,7 +72,9 @@ def test_strip_vectorization_equals_whole_mask(strip: int | None) -> None:
 )
 def test_strip_vectorization_property(seed: int, strip: int, density: float) -> None:
     rng = np.random.default_rng(seed)
-    mask = (rng.random((40, 30)) < density).astype(np.uint8) * rng.integers(1, 3, size=(40, 30)).astype(np.uint8)
+    mask = (rng.random((40, 30)) < density).astype(np.uint8) * rng.integers(
+        1, 3, size=(40, 30)
+    ).astype(np.uint8)
     frame = vectorize_mask(mask, T, UTM, NAMES, strip_height=strip)
     same_polygons(frame, reference(mask))
 
@@ -108,7 +110,9 @@ def test_min_area_and_simplify() -> None:
     kept = vectorize_mask(mask, T, UTM, NAMES, min_area_m2=2.0)
     assert len(kept) == 1
     simple = vectorize_mask(mask, T, UTM, NAMES, simplify=1.0, min_area_m2=2.0)
-    assert shapely.get_num_coordinates(simple.geometry.iloc[0]) < shapely.get_num_coordinates(kept.geometry.iloc[0])
+    assert shapely.get_num_coordinates(simple.geometry.iloc[0]) < shapely.get_num_coordinates(
+        kept.geometry.iloc[0]
+    )
     assert simple.geometry.iloc[0].is_valid
     assert simple.area.iloc[0] == pytest.approx(kept.area.iloc[0], rel=0.05)
 
@@ -135,7 +139,9 @@ def test_every_format_reopens_with_the_crs(tmp_path: Path, suffix: str, empty: b
         assert info["features"] == len(frame)
     if not empty:
         assert set(back.geom_type) <= {"Polygon", "MultiPolygon"}
-        assert back.geometry.union_all().symmetric_difference(frame.geometry.union_all()).area < 1e-6
+        assert (
+            back.geometry.union_all().symmetric_difference(frame.geometry.union_all()).area < 1e-6
+        )
 
 
 def test_unknown_suffix(tmp_path: Path) -> None:
@@ -145,7 +151,10 @@ def test_unknown_suffix(tmp_path: Path) -> None:
 
 
 def test_known_answer_boxes_in_map_coordinates() -> None:
-    boxes = [shapely.box(500010, 4999950, 500030, 4999980), shapely.box(500040.5, 4999990, 500044, 4999995.5)]
+    boxes = [
+        shapely.box(500010, 4999950, 500030, 4999980),
+        shapely.box(500040.5, 4999990, 500044, 4999995.5),
+    ]
     mask = rasterize([(b, 1) for b in boxes], out_shape=(120, 120), transform=T, dtype="uint8")
     frame = vectorize_mask(mask, T, UTM, NAMES, strip_height=16)
     assert len(frame) == 2
@@ -155,9 +164,13 @@ def test_known_answer_boxes_in_map_coordinates() -> None:
         assert match.geometry.iloc[0].hausdorff_distance(box) <= 0.5 + 1e-9  # within one pixel
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 10_000), strip=st.integers(1, 12), density=st.floats(0.3, 0.9))
-def test_joined_polygons_are_valid_without_repair(seed: int, strip: int, density: float, monkeypatch) -> None:
+def test_joined_polygons_are_valid_without_repair(
+    seed: int, strip: int, density: float, monkeypatch
+) -> None:
     # Dense noise joins pieces over many seams, with holes, and pixels of one polygon that touch
     # at a corner (inside a strip and on a seam): the joined rings must come out OGC-valid as
     # built, equal to the whole-mask polygons.
@@ -247,7 +260,9 @@ def test_streamed_batches_give_the_file_written_at_once(tmp_path: Path, suffix: 
 
         import pyarrow.parquet as pq
 
-        geo = json.loads(pq.ParquetFile(writer.path).metadata.metadata[b"geo"])  # file key-value metadata
+        geo = json.loads(
+            pq.ParquetFile(writer.path).metadata.metadata[b"geo"]
+        )  # file key-value metadata
         assert geo["columns"]["geometry"]["encoding"] == "WKB"
         assert set(geo["columns"]["geometry"]["geometry_types"]) <= {"Polygon", "MultiPolygon"}
         assert np.allclose(geo["columns"]["geometry"]["bbox"], whole.total_bounds)
@@ -279,13 +294,17 @@ def test_wide_strips_are_polygonized_in_bands_with_the_same_result(monkeypatch) 
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), limit=st.integers(1, 12), density=st.floats(0.2, 0.6))
-def test_bands_with_many_pieces_are_halved_with_the_same_result(seed: int, limit: int, density: float) -> None:
+def test_bands_with_many_pieces_are_halved_with_the_same_result(
+    seed: int, limit: int, density: float
+) -> None:
     """Speckle: a band with more pieces than MAX_BAND_PIECES is vectorized in halves (down to
     single rows), which moves the seams; the polygons stay those of the whole mask."""
     from geounet import vectorize
 
     rng = np.random.default_rng(seed)
-    mask = (rng.random((37, 41)) < density).astype(np.uint8) * rng.integers(1, 3, size=(37, 41)).astype(np.uint8)
+    mask = (rng.random((37, 41)) < density).astype(np.uint8) * rng.integers(
+        1, 3, size=(37, 41)
+    ).astype(np.uint8)
     old = vectorize.MAX_BAND_PIECES
     vectorize.MAX_BAND_PIECES = limit
     try:
@@ -311,13 +330,21 @@ def test_solid_rectangles_are_built_as_shapes_lists_them() -> None:
     same_polygons(frame, ref)
     got = {shapely.normalize(g).wkb: g for g in frame.geometry}
     top, bottom = T.f, T.f + 12 * T.e
-    inside = [g for _, g in ref if shapely.get_num_coordinates(g) == 5 and g.bounds[3] < top and g.bounds[1] > bottom]
+    inside = [
+        g
+        for _, g in ref
+        if shapely.get_num_coordinates(g) == 5 and g.bounds[3] < top and g.bounds[1] > bottom
+    ]
     assert len(inside) == 4
     for geom in inside:  # vertex for vertex, ring start and direction included
-        assert np.array_equal(shapely.get_coordinates(got[shapely.normalize(geom).wkb]), shapely.get_coordinates(geom))
+        assert np.array_equal(
+            shapely.get_coordinates(got[shapely.normalize(geom).wkb]), shapely.get_coordinates(geom)
+        )
 
 
-def test_an_interrupt_during_the_final_conversion_stops_it_as_an_interrupt(tmp_path: Path, monkeypatch) -> None:
+def test_an_interrupt_during_the_final_conversion_stops_it_as_an_interrupt(
+    tmp_path: Path, monkeypatch
+) -> None:
     import contextlib
 
     import pyogrio.raw
@@ -351,7 +378,9 @@ def test_an_interrupt_during_the_final_conversion_stops_it_as_an_interrupt(tmp_p
     assert pulled and not list(tmp_path.glob("*.batches.gpkg*"))
 
 
-def test_a_large_flatgeobuf_is_written_without_its_in_memory_index(tmp_path: Path, monkeypatch, caplog) -> None:
+def test_a_large_flatgeobuf_is_written_without_its_in_memory_index(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
     """GDAL's FlatGeobuf writer holds every feature's extent to build the index: above
     FGB_INDEX_MAX_FEATURES the streamed file has none (smaller, same features) and a warning says so."""
     from geounet import vectorize

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from geounet.cli.options import BandList, announce_model, backend_opt, device_opt, model_opt, seeds_opt, split_opt, tta_opt
+from geounet.cli.options import (
+    BandList,
+    announce_model,
+    backend_opt,
+    device_opt,
+    model_opt,
+    seeds_opt,
+    split_opt,
+    tta_opt,
+)
 
 if TYPE_CHECKING:
     from geounet.batch import BatchProgress
@@ -25,46 +34,163 @@ class AssetKeys(click.ParamType):
 
     name = "KEYS"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
         """The keys, each once, in the order given."""
         if isinstance(value, tuple):
             return value
         keys = tuple(dict.fromkeys(k.strip() for k in str(value).split(",") if k.strip()))
         if not keys:
-            self.fail(f"{value!r} names no asset; give asset keys separated by commas (e.g. visual,image)", param, ctx)
+            self.fail(
+                f"{value!r} names no asset; give asset keys separated by commas (e.g. visual,image)",
+                param,
+                ctx,
+            )
         return keys
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
-@click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR", help="Output folder (created if missing): NAME.<format> per scene and manifest.jsonl.")
+@click.option(
+    "-o",
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    metavar="DIR",
+    help="Output folder (created if missing): NAME.<format> per scene and manifest.jsonl.",
+)
 @model_opt
-@click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="gpkg", show_default=True, help="Vector format of the polygons.")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="gpkg",
+    show_default=True,
+    help="Vector format of the polygons.",
+)
 @click.option("--probabilities", is_flag=True, help="Also write NAME.probabilities.tif per scene.")
 @click.option("--mask", is_flag=True, help="Also write NAME.mask.tif (class mask) per scene.")
-@click.option("-w", "--workers", type=click.IntRange(min=0), default=0, metavar="N", help="Local worker processes (Dask) [default: one scene after another in this process].")
-@click.option("--scheduler", metavar="ADDRESS", help="Run on a Dask cluster: scheduler address (tcp://host:8786) or scheduler file. Workers need the model, inputs and --out-dir at the same paths.")
-@click.option("--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's].")
-@click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 4 CPU, 16 CUDA].")
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Local worker processes (Dask) [default: one scene after another in this process].",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Run on a Dask cluster: scheduler address (tcp://host:8786) or scheduler file. Workers need the model, inputs and --out-dir at the same paths.",
+)
+@click.option(
+    "--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's]."
+)
+@click.option(
+    "--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's]."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Tiles per forward pass [default: 4 CPU, 16 CUDA].",
+)
 @device_opt
 @backend_opt
 @tta_opt
-@click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when a scene's differs by more than 1.5x.")
+@click.option(
+    "--resample",
+    type=click.Choice(["auto", "off"]),
+    default="auto",
+    show_default=True,
+    help="auto: resample windows to the model's pixel size when a scene's differs by more than 1.5x.",
+)
 @split_opt
 @seeds_opt
-@click.option("--regularize/--no-regularize", default=None, help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
-@click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
+@click.option(
+    "--regularize/--no-regularize",
+    default=None,
+    help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Foreground probability threshold.",
+)
+@click.option(
+    "--prob-dtype",
+    type=click.Choice(["float32", "uint8"]),
+    default="float32",
+    show_default=True,
+    help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).",
+)
 @click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
-@click.option("--min-area", "min_area_m2", type=click.FloatRange(min=0), help="Drop polygons smaller than this many m² [default: the model's; 0 for most].")
-@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, help="Simplify polygons, tolerance in pixels.")
-@click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS].")
-@click.option("--overwrite", is_flag=True, help="Replace files with output names already in a DIR that has no manifest.jsonl (outputs of earlier batch runs are always replaced when redone).")
-@click.option("--asset", type=AssetKeys(), metavar="KEY[,KEY...]", help="STAC inputs: the asset to segment in each item, or several in order of preference (visual,image,B04) [default: a GeoTIFF asset that is no label, thumbnail, overview or metadata, with the model's band count if listed, visual before data; a lone asset as it is].")
-@click.option("--stac-out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Also write a static STAC catalog of the results into DIR (DIR/catalog.json, one item per scene).")
+@click.option(
+    "--min-area",
+    "min_area_m2",
+    type=click.FloatRange(min=0),
+    help="Drop polygons smaller than this many m² [default: the model's; 0 for most].",
+)
+@click.option(
+    "--simplify",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Simplify polygons, tolerance in pixels.",
+)
+@click.option(
+    "--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS]."
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace files with output names already in a DIR that has no manifest.jsonl (outputs of earlier batch runs are always replaced when redone).",
+)
+@click.option(
+    "--asset",
+    type=AssetKeys(),
+    metavar="KEY[,KEY...]",
+    help="STAC inputs: the asset to segment in each item, or several in order of preference (visual,image,B04) [default: a GeoTIFF asset that is no label, thumbnail, overview or metadata, with the model's band count if listed, visual before data; a lone asset as it is].",
+)
+@click.option(
+    "--stac-out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Also write a static STAC catalog of the results into DIR (DIR/catalog.json, one item per scene).",
+)
 @click.pass_context
-def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path: str | None, fmt: str, probabilities: bool, mask: bool, workers: int, scheduler: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, device: str, backend: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, prob_dtype: str, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool, asset: tuple[str, ...] | None, stac_out: Path | None) -> None:
+def batch(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    out_dir: Path,
+    model_path: str | None,
+    fmt: str,
+    probabilities: bool,
+    mask: bool,
+    workers: int,
+    scheduler: str | None,
+    tile_size: int | None,
+    overlap: int | None,
+    batch_size: int | None,
+    device: str,
+    backend: str,
+    tta: bool,
+    resample: str,
+    regularize: bool | None,
+    split_m: float | None,
+    split_seeds: float | None,
+    threshold: float,
+    prob_dtype: str,
+    bands: tuple[int, ...] | None,
+    min_area_m2: float | None,
+    simplify: float,
+    to_crs: str | None,
+    overwrite: bool,
+    asset: tuple[str, ...] | None,
+    stac_out: Path | None,
+) -> None:
     """Segment many scenes into one folder; re-run the same command to resume.
 
     INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one
@@ -88,9 +214,23 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     from geounet.predict import PredictConfig
 
     config = PredictConfig(
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
-        threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, backend=backend, tta=tta, resample=resample, regularize=regularize, split_m=split_m, split_seeds=split_seeds,  # type: ignore[arg-type]
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,  # type: ignore[arg-type]
+        threshold=threshold,
+        bands=bands,
+        min_area_m2=min_area_m2,
+        simplify=simplify,
+        to_crs=to_crs,
+        prob_dtype=prob_dtype,
+        overwrite=overwrite,
+        backend=backend,
+        tta=tta,
+        resample=resample,
+        regularize=regularize,
+        split_m=split_m,
+        split_seeds=split_seeds,  # type: ignore[arg-type]
     )
     if workers or scheduler:
         _quiet_dask()
@@ -98,8 +238,17 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     bars = _Bars(quiet=bool((ctx.find_root().obj or {}).get("quiet")))
     try:
         summary = run_batch(
-            inputs, out_dir, model=model_path, config=config, fmt=fmt, probabilities=probabilities,  # type: ignore[arg-type]
-            mask=mask, workers=workers, scheduler=scheduler, progress=bars.update, asset=asset,
+            inputs,
+            out_dir,
+            model=model_path,
+            config=config,
+            fmt=fmt,
+            probabilities=probabilities,  # type: ignore[arg-type]
+            mask=mask,
+            workers=workers,
+            scheduler=scheduler,
+            progress=bars.update,
+            asset=asset,
             stac_out=stac_out,
         )
     except (KeyboardInterrupt, Terminated) as exc:
@@ -107,7 +256,10 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
             raise
         bars.close()
         word = "Interrupted" if isinstance(exc, KeyboardInterrupt) else "Terminated"
-        click.echo(f"{word}; scenes finished so far are kept in {out_dir}: run the same command to resume", err=True)
+        click.echo(
+            f"{word}; scenes finished so far are kept in {out_dir}: run the same command to resume",
+            err=True,
+        )
         sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 143)
     finally:
         bars.close()
@@ -117,7 +269,9 @@ def batch(ctx: click.Context, inputs: tuple[str, ...], out_dir: Path, model_path
     for record in summary.failed[:MAX_LISTED_FAILURES]:
         error = record.error or "unknown error"
         # Most errors name the file (or the STAC item) already.
-        named = Path(record.input).name in error or (record.item_id is not None and f"item {record.item_id}" in error)
+        named = Path(record.input).name in error or (
+            record.item_id is not None and f"item {record.item_id}" in error
+        )
         click.echo(f"failed: {error}" if named else f"failed: {record.input}: {error}", err=True)
     if len(summary.failed) > MAX_LISTED_FAILURES:
         click.echo(f"... and {len(summary.failed) - MAX_LISTED_FAILURES} more failed", err=True)
@@ -138,7 +292,9 @@ def _quiet_dask() -> None:
     except ImportError:
         return  # run_batch says how to install it
     root = logging.getLogger().getEffectiveLevel()
-    logging.getLogger("distributed").setLevel(logging.INFO if root <= logging.DEBUG else max(root, logging.WARNING))
+    logging.getLogger("distributed").setLevel(
+        logging.INFO if root <= logging.DEBUG else max(root, logging.WARNING)
+    )
 
 
 class _Bars:
@@ -162,11 +318,25 @@ class _Bars:
             # Log lines (a failed scene) are printed above the bars instead of through them.
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()
-            self.scenes = tqdm(total=report.scenes_total, initial=report.scenes_done, desc="scenes", unit="scene", dynamic_ncols=True)
+            self.scenes = tqdm(
+                total=report.scenes_total,
+                initial=report.scenes_done,
+                desc="scenes",
+                unit="scene",
+                dynamic_ncols=True,
+            )
         if report.tiles_total:
             name = Path(report.scene or "").name
             if self.tiles is None:
-                self.tiles = tqdm(total=report.tiles_total, desc=name, unit="tile", leave=False, position=1, dynamic_ncols=True, mininterval=0.5)
+                self.tiles = tqdm(
+                    total=report.tiles_total,
+                    desc=name,
+                    unit="tile",
+                    leave=False,
+                    position=1,
+                    dynamic_ncols=True,
+                    mininterval=0.5,
+                )
             elif report.scene != self.tile_scene:
                 self.tiles.set_description(name, refresh=False)
                 self.tiles.reset(total=report.tiles_total)

@@ -12,23 +12,79 @@ from geounet.cli.options import backend_opt, device_opt, tile_progress, tta_opt
 
 @click.command()
 @click.argument("scene", type=str)
-@click.option("--labels", required=True, type=click.Path(path_type=Path), help="Vector labels (any CRS).")
-@click.option("-m", "--model", "model_path", help="Model file or bundled model name to run over SCENE.")
-@click.option("--prediction", type=click.Path(path_type=Path), help="Existing prediction: mask GeoTIFF or vector file.")
+@click.option(
+    "--labels", required=True, type=click.Path(path_type=Path), help="Vector labels (any CRS)."
+)
+@click.option(
+    "-m", "--model", "model_path", help="Model file or bundled model name to run over SCENE."
+)
+@click.option(
+    "--prediction",
+    type=click.Path(path_type=Path),
+    help="Existing prediction: mask GeoTIFF or vector file.",
+)
 @click.option("--class-field", help="Attribute holding each label's class.")
 @click.option("--classes", help="Comma-separated class names, in the model's order.")
-@click.option("--line-width", "line_width_m", type=float, default=4.0, show_default=True, help="Buffer label lines to this width (metres).")
-@click.option("--point-radius", "point_radius_m", type=float, default=2.0, show_default=True, help="Buffer label points (metres).")
-@click.option("--iou-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True, help="Object match IoU.")
-@click.option("--line-buffer", "line_buffer_m", type=click.FloatRange(min=0, min_open=True), help="Line classes: completeness/correctness/quality of centerlines within this many metres [default: half the model's line width].")
+@click.option(
+    "--line-width",
+    "line_width_m",
+    type=float,
+    default=4.0,
+    show_default=True,
+    help="Buffer label lines to this width (metres).",
+)
+@click.option(
+    "--point-radius",
+    "point_radius_m",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Buffer label points (metres).",
+)
+@click.option(
+    "--iou-threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Object match IoU.",
+)
+@click.option(
+    "--line-buffer",
+    "line_buffer_m",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Line classes: completeness/correctness/quality of centerlines within this many metres [default: half the model's line width].",
+)
 @click.option("--tile-size", type=click.IntRange(min=1), help="Tile size when running a model.")
 @click.option("--overlap", type=click.IntRange(min=0), help="Overlap when running a model.")
 @device_opt
 @backend_opt
 @tta_opt
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as JSON.",
+)
 @click.pass_context
-def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | None, prediction: Path | None, class_field: str | None, classes: str | None, line_width_m: float, point_radius_m: float, iou_threshold: float, line_buffer_m: float | None, tile_size: int | None, overlap: int | None, device: str, backend: str, tta: bool, json_path: Path | None) -> None:
+def evaluate(
+    ctx: click.Context,
+    scene: str,
+    labels: Path,
+    model_path: str | None,
+    prediction: Path | None,
+    class_field: str | None,
+    classes: str | None,
+    line_width_m: float,
+    point_radius_m: float,
+    iou_threshold: float,
+    line_buffer_m: float | None,
+    tile_size: int | None,
+    overlap: int | None,
+    device: str,
+    backend: str,
+    tta: bool,
+    json_path: Path | None,
+) -> None:
     """Pixel and object metrics of a model (or a prediction) against vector labels.
 
     \b
@@ -41,12 +97,29 @@ def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | Non
 
     if (model_path is None) == (prediction is None):
         raise click.UsageError("give exactly one of -m/--model and --prediction")
-    spec = LabelSpec(class_field=class_field, classes=tuple(c.strip() for c in classes.split(",")) if classes else None, line_width_m=line_width_m, point_radius_m=point_radius_m)
+    spec = LabelSpec(
+        class_field=class_field,
+        classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
+        line_width_m=line_width_m,
+        point_radius_m=point_radius_m,
+    )
     update, close = tile_progress(ctx, Path(scene).name)
     with AtomicOutputs() as outputs:
         tmp_json = outputs.reserve(json_path, overwrite=True) if json_path else None
         try:
-            report = run_evaluate(scene, labels, model=model_path, prediction=prediction, spec=spec, config=PredictConfig(tile_size=tile_size, overlap=overlap, device=device, backend=backend, tta=tta), iou_threshold=iou_threshold, line_buffer_m=line_buffer_m, progress=update)  # type: ignore[arg-type]
+            report = run_evaluate(
+                scene,
+                labels,
+                model=model_path,
+                prediction=prediction,
+                spec=spec,
+                config=PredictConfig(
+                    tile_size=tile_size, overlap=overlap, device=device, backend=backend, tta=tta
+                ),
+                iou_threshold=iou_threshold,
+                line_buffer_m=line_buffer_m,
+                progress=update,
+            )  # type: ignore[arg-type]
         finally:
             close()
         if tmp_json is not None:
@@ -56,7 +129,9 @@ def evaluate(ctx: click.Context, scene: str, labels: Path, model_path: str | Non
 
 def format_report(report: dict) -> str:  # type: ignore[type-arg]
     """The report as a plain-text table."""
-    lines = [f"{'class':<16}{'IoU':>8}{'F1':>8}{'prec':>8}{'recall':>8}   {'obj F1':>7}{'obj P':>7}{'obj R':>7}  objects (tp/fp/fn)"]
+    lines = [
+        f"{'class':<16}{'IoU':>8}{'F1':>8}{'prec':>8}{'recall':>8}   {'obj F1':>7}{'obj P':>7}{'obj R':>7}  objects (tp/fp/fn)"
+    ]
     for name, px in report["pixel"].items():
         if name == "background":
             continue
@@ -66,7 +141,9 @@ def format_report(report: dict) -> str:  # type: ignore[type-arg]
             if obj
             else f"{'-':>7}{'-':>7}{'-':>7}  -"
         )
-        lines.append(f"{name:<16}{_f(px['iou']):>8}{_f(px['f1']):>8}{_f(px['precision']):>8}{_f(px['recall']):>8}   {o}")
+        lines.append(
+            f"{name:<16}{_f(px['iou']):>8}{_f(px['f1']):>8}{_f(px['precision']):>8}{_f(px['recall']):>8}   {o}"
+        )
     if report.get("line"):
         lines.append(f"{'centerlines':<16}{'complete':>9}{'correct':>9}{'quality':>9}  within")
         for name, ln in report["line"].items():

@@ -52,7 +52,9 @@ def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
     sink = tempfile.TemporaryFile()
     os.dup2(sink.fileno(), 2)
     old_stderr = sys.stderr
-    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=old_stderr.encoding, errors="backslashreplace")
+    sys.stderr = os.fdopen(
+        os.dup(saved), "w", buffering=1, encoding=old_stderr.encoding, errors="backslashreplace"
+    )
     try:
         yield
     finally:
@@ -71,7 +73,9 @@ class GeounetGroup(click.Group):
         given = kwargs.get("args", args[0] if args else None)
         argv = list(given) if given is not None else sys.argv[1:]
         debug = "--debug" in argv
-        verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
+        verbose = any(
+            a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv
+        )
         with _quiet_native_stderr(not (debug or verbose)):
             return self._main(debug, *args, **kwargs)
 
@@ -110,7 +114,9 @@ class GeounetGroup(click.Group):
             if debug:
                 raise
             msg = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(f"internal error: {type(exc).__name__}: {msg} (re-run with --debug)", err=True)
+            click.echo(
+                f"internal error: {type(exc).__name__}: {msg} (re-run with --debug)", err=True
+            )
             sys.exit(3)
 
 
@@ -128,7 +134,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     geounet model create -o m.safetensors --bands 3 --classes 1 --width 16
     """
     level = logging.ERROR if quiet else max(logging.DEBUG, logging.WARNING - 10 * verbose)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     ctx.obj = {"quiet": quiet, "debug": debug}
 
 

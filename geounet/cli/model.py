@@ -16,17 +16,66 @@ def model() -> None:
 
 
 @model.command()
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Model file to write (.safetensors).")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Model file to write (.safetensors).",
+)
 @click.option("--bands", type=click.IntRange(min=1), required=True, help="Input bands.")
-@click.option("--classes", default="1", show_default=True, help="1 (binary), a count, or comma-separated names (background first when several).")
-@click.option("--width", type=click.IntRange(min=1), default=64, show_default=True, help="Channels of the first U-Net level.")
-@click.option("--depth", type=click.IntRange(min=1, max=8), default=4, show_default=True, help="Down/up steps.")
+@click.option(
+    "--classes",
+    default="1",
+    show_default=True,
+    help="1 (binary), a count, or comma-separated names (background first when several).",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Channels of the first U-Net level.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1, max=8),
+    default=4,
+    show_default=True,
+    help="Down/up steps.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Weight-initialization seed.")
-@click.option("--dtype", default="uint8", show_default=True, type=click.Choice(["uint8", "uint16", "int16", "float32"]), help="Pixel type the model expects.")
-@click.option("--tile-size", type=click.IntRange(min=16), default=512, show_default=True, help="Default tile size.")
-@click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Default overlap.")
+@click.option(
+    "--dtype",
+    default="uint8",
+    show_default=True,
+    type=click.Choice(["uint8", "uint16", "int16", "float32"]),
+    help="Pixel type the model expects.",
+)
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=16),
+    default=512,
+    show_default=True,
+    help="Default tile size.",
+)
+@click.option(
+    "--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Default overlap."
+)
 @overwrite_opt
-def create(out: Path, bands: int, classes: str, width: int, depth: int, seed: int, dtype: str, tile_size: int, overlap: int, overwrite: bool) -> None:
+def create(
+    out: Path,
+    bands: int,
+    classes: str,
+    width: int,
+    depth: int,
+    seed: int,
+    dtype: str,
+    tile_size: int,
+    overlap: int,
+    overwrite: bool,
+) -> None:
     """Write an untrained, seeded model (for tests, benchmarks and fine-tuning).
 
     \b
@@ -37,11 +86,24 @@ def create(out: Path, bands: int, classes: str, width: int, depth: int, seed: in
     from geounet.tiling import check_tile_size
 
     names: int | list[str]
-    names = int(classes) if classes.strip().isdigit() else [c.strip() for c in classes.split(",") if c.strip()]
+    names = (
+        int(classes)
+        if classes.strip().isdigit()
+        else [c.strip() for c in classes.split(",") if c.strip()]
+    )
     if names == 0 or names == []:
         raise click.BadParameter("need at least one class", param_hint="--classes")
     check_tile_size(tile_size, overlap, multiple=2**depth)
-    net, meta = create_model(bands=bands, classes=names, width=width, depth=depth, seed=seed, dtype=dtype, tile_size=tile_size, overlap=overlap)
+    net, meta = create_model(
+        bands=bands,
+        classes=names,
+        width=width,
+        depth=depth,
+        seed=seed,
+        dtype=dtype,
+        tile_size=tile_size,
+        overlap=overlap,
+    )
     with AtomicOutputs() as outputs:
         save_model(net, meta, outputs.reserve(out, overwrite=overwrite))
     click.echo(str(out))
@@ -56,16 +118,18 @@ def list_(as_json: bool) -> None:
     rows = []
     for name, path in bundled_models().items():
         meta = read_meta(path)
-        rows.append({
-            "name": name,
-            "default": name == DEFAULT_MODEL,
-            "bands": meta.bands,
-            "dtype": meta.dtype,
-            "gsd_m": meta.gsd,
-            "classes": meta.classes,
-            "size_mb": round(path.stat().st_size / 1e6, 1),
-            "validation": meta.provenance.get("validation", {}),
-        })
+        rows.append(
+            {
+                "name": name,
+                "default": name == DEFAULT_MODEL,
+                "bands": meta.bands,
+                "dtype": meta.dtype,
+                "gsd_m": meta.gsd,
+                "classes": meta.classes,
+                "size_mb": round(path.stat().st_size / 1e6, 1),
+                "validation": meta.provenance.get("validation", {}),
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -88,13 +152,43 @@ def list_(as_json: bool) -> None:
 
 @model.command()
 @click.argument("path", metavar="MODEL")
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="ONNX file to write (.onnx).")
-@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset.")
-@click.option("--fixed-size", type=click.IntRange(min=16), help="The input's height and width in pixels (batch stays dynamic) [default: the model's tile size].")
-@click.option("--dynamic-size", is_flag=True, help="Leave the input's height and width symbolic (any multiple of 2**depth, for onnxruntime); QGIS Deepness cannot load such a file.")
-@click.option("--stretch-from", "stretch_from", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="For a model that stretches each scene: fold this scene's own percentile stretch into Deepness' standardization [default: the model's typical stretch].")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="ONNX file to write (.onnx).",
+)
+@click.option(
+    "--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset."
+)
+@click.option(
+    "--fixed-size",
+    type=click.IntRange(min=16),
+    help="The input's height and width in pixels (batch stays dynamic) [default: the model's tile size].",
+)
+@click.option(
+    "--dynamic-size",
+    is_flag=True,
+    help="Leave the input's height and width symbolic (any multiple of 2**depth, for onnxruntime); QGIS Deepness cannot load such a file.",
+)
+@click.option(
+    "--stretch-from",
+    "stretch_from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="For a model that stretches each scene: fold this scene's own percentile stretch into Deepness' standardization [default: the model's typical stretch].",
+)
 @overwrite_opt
-def export(path: str, out: Path, opset: int, fixed_size: int | None, dynamic_size: bool, stretch_from: Path | None, overwrite: bool) -> None:
+def export(
+    path: str,
+    out: Path,
+    opset: int,
+    fixed_size: int | None,
+    dynamic_size: bool,
+    stretch_from: Path | None,
+    overwrite: bool,
+) -> None:
     """Export a model (a file or a bundled name) to ONNX, for QGIS (Deepness) and onnxruntime.
 
     The file carries Deepness' metadata (Segmentor, class names, resolution, tile size and
@@ -110,7 +204,13 @@ def export(path: str, out: Path, opset: int, fixed_size: int | None, dynamic_siz
     if dynamic_size and fixed_size is not None:
         raise click.UsageError("--fixed-size and --dynamic-size exclude each other; give one")
     written = export_onnx(
-        path, out, opset=opset, fixed_size=fixed_size, dynamic_size=dynamic_size, stretch_from=stretch_from, overwrite=overwrite
+        path,
+        out,
+        opset=opset,
+        fixed_size=fixed_size,
+        dynamic_size=dynamic_size,
+        stretch_from=stretch_from,
+        overwrite=overwrite,
     )
     click.echo(str(written))
 
@@ -118,7 +218,12 @@ def export(path: str, out: Path, opset: int, fixed_size: int | None, dynamic_siz
 @model.command()
 @click.argument("path", metavar="MODEL")
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
-@click.option("--stac", "stac_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the model as a STAC Item (MLM extension) to this JSON file, and print its path.")
+@click.option(
+    "--stac",
+    "stac_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the model as a STAC Item (MLM extension) to this JSON file, and print its path.",
+)
 @overwrite_opt
 def info(path: str, as_json: bool, stac_out: Path | None, overwrite: bool) -> None:
     """Print a model's input contract and provenance (a file or a bundled model's name).
@@ -151,14 +256,23 @@ def info(path: str, as_json: bool, stac_out: Path | None, overwrite: bool) -> No
         f"bands:      {meta.bands} ({', '.join(meta.band_names)}), {meta.dtype}",
         f"normalize:  {describe(meta.normalization)}: mean={_fmt(meta.mean)} std={_fmt(meta.std)}",
         f"classes:    {', '.join(meta.classes)}",
-        "geometry:   " + ", ".join(f"{n} {meta.geometry_of(n)}" for n in meta.mask_classes[1:])
-        + (f" (lines trained {meta.line_width_m:g} m wide)" if meta.line_class_ids and meta.line_width_m else ""),
-        f"tiles:      {meta.tile_size} px, overlap {meta.overlap} px (multiple of {2 ** meta.depth})",
+        "geometry:   "
+        + ", ".join(f"{n} {meta.geometry_of(n)}" for n in meta.mask_classes[1:])
+        + (
+            f" (lines trained {meta.line_width_m:g} m wide)"
+            if meta.line_class_ids and meta.line_width_m
+            else ""
+        ),
+        f"tiles:      {meta.tile_size} px, overlap {meta.overlap} px (multiple of {2**meta.depth})",
         f"pixel size: {f'{meta.gsd:g} m' if meta.gsd is not None else 'unknown'}",
         f"polygons:   min area {meta.min_area_m2:g} m², regularize {'on' if meta.regularize else 'off'}, "
         + (f"split at necks under {meta.split_m:g} m" if meta.split_m else "no neck split")
         + (
-            (f", grown from predicted cores >= {meta.split_seeds:g}" if meta.core_m > 0 else f", cut along probability valleys between cores >= {meta.split_seeds:g}")
+            (
+                f", grown from predicted cores >= {meta.split_seeds:g}"
+                if meta.core_m > 0
+                else f", cut along probability valleys between cores >= {meta.split_seeds:g}"
+            )
             if meta.split_seeds
             else ""
         ),

@@ -83,19 +83,25 @@ class BandList(click.ParamType):
 
     name = "BANDS"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:  # noqa: D102
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:  # noqa: D102
         if isinstance(value, tuple):
             return value
         try:
             bands = tuple(int(v) for v in str(value).split(",") if v.strip())
         except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of band numbers (e.g. 3,2,1)", param, ctx)
+            self.fail(
+                f"{value!r} is not a comma-separated list of band numbers (e.g. 3,2,1)", param, ctx
+            )
         if not bands or any(b < 1 for b in bands):
             self.fail(f"{value!r}: band numbers start at 1", param, ctx)
         return bands
 
 
-def tile_progress(ctx: click.Context, desc: str, unit: str = "tile") -> tuple[Callable[[int, int], None], Callable[[], None]]:
+def tile_progress(
+    ctx: click.Context, desc: str, unit: str = "tile"
+) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """A tqdm progress callback ``(done, total)`` on stderr, and a function that closes it."""
     from tqdm import tqdm
 
@@ -107,7 +113,17 @@ def tile_progress(ctx: click.Context, desc: str, unit: str = "tile") -> tuple[Ca
             return
         if not bar:
             # disable=None: no bar when stderr is not a terminal (logs, CI), as tqdm documents.
-            bar.append(tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, mininterval=0.5, disable=None))
+            bar.append(
+                tqdm(
+                    total=total,
+                    desc=desc,
+                    unit=unit,
+                    leave=False,
+                    dynamic_ncols=True,
+                    mininterval=0.5,
+                    disable=None,
+                )
+            )
         bar[0].update(done - bar[0].n)
 
     def close() -> None:

@@ -6,36 +6,140 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import BandList, announce_model, backend_opt, device_opt, model_opt, overwrite_opt, seeds_opt, split_opt, tile_progress, tta_opt
+from geounet.cli.options import (
+    BandList,
+    announce_model,
+    backend_opt,
+    device_opt,
+    model_opt,
+    overwrite_opt,
+    seeds_opt,
+    split_opt,
+    tile_progress,
+    tta_opt,
+)
 
 
 @click.command()
 @click.argument("scene", type=str)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), help="Vector output: .geojson, .gpkg, .fgb, .shp or .parquet.")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Vector output: .geojson, .gpkg, .fgb, .shp or .parquet.",
+)
 @model_opt
-@click.option("--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's].")
-@click.option("--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's].")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per forward pass [default: 1 on CPU, from free memory on CUDA].")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster on long GPU runs).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="The network's arithmetic: bf16 autocast or float32 (auto: bf16 on CUDA and on CPUs with native bf16, float32 elsewhere).")
+@click.option(
+    "--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's]."
+)
+@click.option(
+    "--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's]."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Tiles per forward pass [default: 1 on CPU, from free memory on CUDA].",
+)
+@click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the network (faster on long GPU runs).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="The network's arithmetic: bf16 autocast or float32 (auto: bf16 on CUDA and on CPUs with native bf16, float32 elsewhere).",
+)
 @device_opt
 @backend_opt
 @tta_opt
-@click.option("--resample", type=click.Choice(["auto", "off"]), default="auto", show_default=True, help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).")
+@click.option(
+    "--resample",
+    type=click.Choice(["auto", "off"]),
+    default="auto",
+    show_default=True,
+    help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).",
+)
 @split_opt
 @seeds_opt
-@click.option("--regularize/--no-regularize", default=None, help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Foreground probability threshold.")
-@click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path), help="Also write class probabilities (GeoTIFF).")
-@click.option("--prob-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True, help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).")
-@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="Also write the class mask (uint8 GeoTIFF).")
+@click.option(
+    "--regularize/--no-regularize",
+    default=None,
+    help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Foreground probability threshold.",
+)
+@click.option(
+    "--probabilities",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write class probabilities (GeoTIFF).",
+)
+@click.option(
+    "--prob-dtype",
+    type=click.Choice(["float32", "uint8"]),
+    default="float32",
+    show_default=True,
+    help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).",
+)
+@click.option(
+    "--mask",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the class mask (uint8 GeoTIFF).",
+)
 @click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
-@click.option("--min-area", "min_area_m2", type=click.FloatRange(min=0), help="Drop polygons smaller than this many m² [default: the model's; 0 for most].")
-@click.option("--simplify", type=click.FloatRange(min=0), default=0.0, help="Simplify polygons, tolerance in pixels.")
-@click.option("--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS].")
+@click.option(
+    "--min-area",
+    "min_area_m2",
+    type=click.FloatRange(min=0),
+    help="Drop polygons smaller than this many m² [default: the model's; 0 for most].",
+)
+@click.option(
+    "--simplify",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Simplify polygons, tolerance in pixels.",
+)
+@click.option(
+    "--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS]."
+)
 @overwrite_opt
 @click.pass_context
-def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | None, tile_size: int | None, overlap: int | None, batch_size: int | None, compile_: bool, precision: str, device: str, backend: str, tta: bool, resample: str, regularize: bool | None, split_m: float | None, split_seeds: float | None, threshold: float, probabilities: Path | None, prob_dtype: str, mask: Path | None, bands: tuple[int, ...] | None, min_area_m2: float | None, simplify: float, to_crs: str | None, overwrite: bool) -> None:
+def predict(
+    ctx: click.Context,
+    scene: str,
+    out: Path | None,
+    model_path: str | None,
+    tile_size: int | None,
+    overlap: int | None,
+    batch_size: int | None,
+    compile_: bool,
+    precision: str,
+    device: str,
+    backend: str,
+    tta: bool,
+    resample: str,
+    regularize: bool | None,
+    split_m: float | None,
+    split_seeds: float | None,
+    threshold: float,
+    probabilities: Path | None,
+    prob_dtype: str,
+    mask: Path | None,
+    bands: tuple[int, ...] | None,
+    min_area_m2: float | None,
+    simplify: float,
+    to_crs: str | None,
+    overwrite: bool,
+) -> None:
     """Segment SCENE and write polygons in its CRS.
 
     \b
@@ -47,17 +151,46 @@ def predict(ctx: click.Context, scene: str, out: Path | None, model_path: str | 
     if out is None and probabilities is None and mask is None:
         raise click.UsageError("give -o/--output, --probabilities or --mask")
     config = PredictConfig(
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,  # type: ignore[arg-type]
-        threshold=threshold, bands=bands, min_area_m2=min_area_m2, simplify=simplify,
-        to_crs=to_crs, prob_dtype=prob_dtype, overwrite=overwrite, compile=compile_, precision=precision, backend=backend, tta=tta, resample=resample, regularize=regularize, split_m=split_m, split_seeds=split_seeds,  # type: ignore[arg-type]
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,  # type: ignore[arg-type]
+        threshold=threshold,
+        bands=bands,
+        min_area_m2=min_area_m2,
+        simplify=simplify,
+        to_crs=to_crs,
+        prob_dtype=prob_dtype,
+        overwrite=overwrite,
+        compile=compile_,
+        precision=precision,
+        backend=backend,
+        tta=tta,
+        resample=resample,
+        regularize=regularize,
+        split_m=split_m,
+        split_seeds=split_seeds,  # type: ignore[arg-type]
     )
     model_path = announce_model(ctx, model_path)
     update, close = tile_progress(ctx, Path(scene).name)
     try:
-        result = predict_raster(scene, out, model=model_path, probabilities=probabilities, mask=mask, config=config, progress=update)
+        result = predict_raster(
+            scene,
+            out,
+            model=model_path,
+            probabilities=probabilities,
+            mask=mask,
+            config=config,
+            progress=update,
+        )
     finally:
         close()
-    for path in (result.vectors, result.lines if result.lines != result.vectors else None, result.probabilities, result.mask):
+    for path in (
+        result.vectors,
+        result.lines if result.lines != result.vectors else None,
+        result.probabilities,
+        result.mask,
+    ):
         if path is not None:
             click.echo(str(path))
     counts = ", ".join(f"{n} {k} px" for k, n in result.class_counts.items()) or "no foreground"
