@@ -7,7 +7,7 @@
 Runs ``geounet train --images buildings_pan.tif --labels buildings.geojson --epochs 15
 --tile-size 256 --width 16 --depth 4 --batch-size 8 --seed 0`` on
 ``../shared/data/spacenet-vegas-samples`` exactly as a user would (the CLI, its defaults), then
-scores the whole scene (``geounet.evaluate.evaluate``, pixel IoU and object F1 at IoU >= 0.5)
+scores the whole scene (``geounet.training.evaluate.evaluate``, pixel IoU and object F1 at IoU >= 0.5)
 with the model the run kept (``--keep auto``: the latest epoch within one standard error of the best validation IoU) and with the last epoch's weights (from the
 resume checkpoint: the weight average, or the raw weights with ``--ema 0``). The scene's IoU
 mixes the training area (about 80 %, which the network must fit) with the validation band it
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("train_args", nargs="*", help="after --: extra flags for geounet train")
     args = ap.parse_args(argv)
 
-    from geounet.checkpoint import load_model, save_model
-    from geounet.evaluate import evaluate
-    from geounet.train import _load_resume, _metrics_path, _resume_path
+    from geounet.network.checkpoint import load_model, save_model
+    from geounet.training.evaluate import evaluate
+    from geounet.training.train import _load_resume, _metrics_path, _resume_path
 
     scene, labels = args.data / "buildings_pan.tif", args.data / "buildings.geojson"
     if not scene.exists():

@@ -1,7 +1,7 @@
 """PyTorch against onnxruntime as ``geounet predict --backend`` runs them: speed and agreement.
 
 Speed (``--speed``): the bundled model (or ``--model``) is loaded twice through
-:class:`geounet.predict.Predictor`, ``backend="torch"`` (float32, BatchNorm folded, channels_last)
+:class:`geounet.prediction.predict.Predictor`, ``backend="torch"`` (float32, BatchNorm folded, channels_last)
 and ``backend="onnxruntime"`` (the in-memory export, cached), and random standardized tiles go
 through ``Predictor.net`` alone at batch 1. The backends alternate within each repeat, the one
 that goes first swapping every repeat, so that other load on a shared machine hits both; each
@@ -12,7 +12,7 @@ onnxruntime faster).
 Agreement (default): every held-out buildings-rgb image (``benchmarks/buildings.py``'s split) is
 predicted with each backend at the model's defaults; printed per backend: the share of valid
 pixels whose class equals PyTorch float32's, and the held-out pixel and object F1 of the building
-class (``geounet.evaluate.evaluate`` with the model, as ``geounet evaluate`` scores it). Run from
+class (``geounet.training.evaluate.evaluate`` with the model, as ``geounet evaluate`` scores it). Run from
 the repository root:
 
     python benchmarks/backends.py --speed [--repeats 9] [--tiles 3] [--tile 512]
@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from geounet.checkpoint import resolve_model
-from geounet.predict import PredictConfig, Predictor
+from geounet.network.checkpoint import resolve_model
+from geounet.prediction.predict import PredictConfig, Predictor
 
 
 def ms_per_tile(net: torch.nn.Module, x: torch.Tensor, tiles: int) -> float:
@@ -89,7 +89,7 @@ def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, 
     from buildings import held_out, labels_for
 
     from geounet.errors import LabelsError
-    from geounet.evaluate import evaluate
+    from geounet.training.evaluate import evaluate
 
     path = str(resolve_model(model))
     runs: dict[str, tuple[Any, PredictConfig]] = {
@@ -162,7 +162,8 @@ def quantize(model: str | None, data: Path, out: Path, *, windows: int = 2, size
         quantize_static,
     )
 
-    from geounet.export import ONNX_FORMAT_VERSION, backend_cache_entry, load_backend
+    from geounet.network.backends import backend_cache_entry, load_backend
+    from geounet.network.onnx_file import ONNX_FORMAT_VERSION
 
     path = resolve_model(model)
     _, meta = load_backend(path)  # fills the cache

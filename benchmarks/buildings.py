@@ -3,7 +3,7 @@
 The held-out images never contribute a training window: the Inria crops that the source
 repository put in its ``val`` split (4 Austin, 4 Chicago, aerial 0.3 m) and four Rio images
 (rio_51, rio_55, rio_59, rio_63; WorldView-2 0.5 m). Everything else trains. The model is trained
-through the library (``geounet.train.train_model``) with geounet's defaults unless flags say
+through the library (``geounet.training.train.train_model``) with geounet's defaults unless flags say
 otherwise, then every held-out image is predicted whole (``Predictor.run``, a class mask) and
 scored against the polygons: pixel IoU/F1 and object F1 (SpaceNet matching, IoU >= 0.5), per
 source (tp, fp, fn summed over its images) and overall. Run from the repository root:
@@ -62,13 +62,13 @@ def score(
     model: Path, images: list[Path], data: Path, *, tta: bool = False, regularize: bool | None = None, split_m: float | None = None,
     split_seeds: float | None = None, threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Predict each image whole and score it (``geounet.evaluate.evaluate`` with the model, as
+    """Predict each image whole and score it (``geounet.training.evaluate.evaluate`` with the model, as
     ``geounet evaluate`` does); sums per source and overall."""
     import rasterio
 
     from geounet.errors import LabelsError
-    from geounet.evaluate import evaluate
-    from geounet.predict import PredictConfig, Predictor
+    from geounet.prediction.predict import PredictConfig, Predictor
+    from geounet.training.evaluate import evaluate
 
     cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize, split_m=split_m, split_seeds=split_seeds, threshold=threshold)
     per_image: dict[str, Any] = {}
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from geounet.dataset import Augment
-    from geounet.train import TrainConfig, _resume_path, train_model
+    from geounet.training.dataset import Augment
+    from geounet.training.train import TrainConfig, _resume_path, train_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

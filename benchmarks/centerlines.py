@@ -1,7 +1,7 @@
 """Road centerlines: train on line labels, predict an unseen scene, score the LineStrings.
 
-Two parts, both through the library (``geounet.train.train_model``, ``predict_raster``,
-``geounet.evaluate.evaluate`` with a line buffer):
+Two parts, both through the library (``geounet.training.train.train_model``, ``predict_raster``,
+``geounet.training.evaluate.evaluate`` with a line buffer):
 
 * ``synthetic``: scenes of six crossing grey roads (5 to 8 m wide, gently bent, on textured
   ground with trees and buildings, EPSG:32633, 1 m pixels) whose centerlines are known exactly.
@@ -179,7 +179,7 @@ def machine() -> str:
 def train(
     images: list[Path], labels: list[Path], out: Path, args: argparse.Namespace, **kw: Any
 ) -> dict[str, Any]:
-    from geounet.train import TrainConfig, train_model
+    from geounet.training.train import TrainConfig, train_model
 
     cfg = TrainConfig(
         images=[str(p) for p in images],
@@ -221,9 +221,9 @@ def predict_and_score(
 ) -> dict[str, Any]:
     import geopandas as gpd
 
-    from geounet.evaluate import evaluate
-    from geounet.labels import LabelSpec
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.labels.labels import LabelSpec
+    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.training.evaluate import evaluate
 
     t0 = time.perf_counter()
     r = predict_raster(scene, out, model=model, config=PredictConfig(device="cpu", overwrite=True))

@@ -8,7 +8,7 @@ vectorizes 448-row strips of a synthetic 8192-wide mask without pause (the work
 
 Prints ms per tile in both cases and the strips the thread managed meanwhile. On a machine
 whose cores are all taken by PyTorch's threads, the thread costs the network far more than its
-own work; with a spare core it costs little. ``geounet.predict`` runs the strip worker thread only
+own work; with a spare core it costs little. ``geounet.prediction.predict`` runs the strip worker thread only
 when ``spare_cores()`` (or on CUDA), see ``PredictConfig.strip_thread``.
 """
 
@@ -24,9 +24,9 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from geounet.checkpoint import create_model
-from geounet.predict import Predictor, spare_cores
-from geounet.vectorize import StripVectorizer
+from geounet.network.checkpoint import create_model
+from geounet.prediction.predict import Predictor, spare_cores
+from geounet.vectors.vectorize import StripVectorizer
 
 
 def main() -> None:

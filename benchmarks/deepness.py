@@ -242,7 +242,7 @@ def predict_mask(
     scene: Path, out: Path, *, split_seeds: float | None = None, precision: str = "auto"
 ) -> npt.NDArray[np.uint8]:
     """``geounet predict SCENE --mask OUT`` with the bundled model, as an array."""
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     cfg = PredictConfig(device="cpu", precision=precision, split_seeds=split_seeds, overwrite=True)  # type: ignore[arg-type]
     predict_raster(scene, mask=out, model="buildings", config=cfg)
@@ -290,8 +290,8 @@ def crop(scene: Path, out: Path, size: int) -> Path:
 
 def with_scene_stretch(model: DeepnessModel, scene: Path) -> DeepnessModel:
     """``model`` with the standardization ``geounet model export --stretch-from SCENE`` writes."""
-    from geounet.checkpoint import read_meta
-    from geounet.export import onnx_metadata, scene_stretch
+    from geounet.network.checkpoint import read_meta
+    from geounet.network.export import onnx_metadata, scene_stretch
 
     meta = read_meta("buildings")
     props = onnx_metadata(meta, stretch=scene_stretch(meta, scene))
@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from geounet.checkpoint import read_meta
-    from geounet.export import export_onnx
+    from geounet.network.checkpoint import read_meta
+    from geounet.network.export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="geounet-deepness-") as tmp:
         work = Path(tmp)

@@ -1,6 +1,6 @@
 """Fingerprints of a prediction's outputs, to show that a change of the pipeline keeps them.
 
-Runs ``geounet.predict.predict_raster`` on a scene and prints one SHA-256 per output: the pixels
+Runs ``geounet.prediction.predict.predict_raster`` on a scene and prints one SHA-256 per output: the pixels
 of the probability and mask GeoTIFFs (plus their georeferencing and nodata), and the vector
 features (class, class_id, score, area_m2 and geometry as WKB) in file order, and again sorted
 by WKB with each geometry normalized (``shapely.normalize``: the same polygons whatever their
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="write the outputs here instead of a temporary folder")
     args = ap.parse_args()
 
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp)

@@ -4,7 +4,7 @@
     python benchmarks/errors.py --out /tmp/err --source rio --training   # the 11 Rio training images
     python benchmarks/errors.py --out /tmp/err --model M --source chicago
 
-Predicts each image with the model's defaults (``geounet.predict.predict_raster``), then sorts every
+Predicts each image with the model's defaults (``geounet.prediction.predict.predict_raster``), then sorts every
 label polygon of the image by the prediction that overlaps it most:
 
 - matched: IoU >= 0.5 with it (what object F1 counts);
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     import rasterio
     from shapely.geometry import box
 
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     if not args.data.is_dir():
         print(f"{args.data} not found: this benchmark needs ../shared/data/buildings-rgb", file=sys.stderr)

@@ -6,7 +6,7 @@
 
 Predicts each image once with the model's defaults (``Predictor.run``, polygons with their
 ``score``, the mean foreground probability, and ``area_m2``), matches the polygons to the
-labels one to one at IoU >= 0.5 (``geounet.evaluate.match_pairs``, as ``geounet evaluate`` does), and then, for
+labels one to one at IoU >= 0.5 (``geounet.training.evaluate.match_pairs``, as ``geounet evaluate`` does), and then, for
 each cut, drops the polygons below it and recounts: a dropped match becomes a miss, a dropped
 false polygon is gone. Pixel figures do not move (the mask is the same). Also tells how the
 false polygons overlap the labels (none, IoU under 0.3, 0.3-0.5): overlapping false polygons
@@ -37,9 +37,9 @@ def polygons_and_matches(model: str, images: list[Path], data: Path, out: Path) 
     import geopandas as gpd
     import rasterio
 
-    from geounet.evaluate import match_pairs
-    from geounet.labels import LabelSpec, read_labels
-    from geounet.predict import PredictConfig, Predictor
+    from geounet.labels.labels import LabelSpec, read_labels
+    from geounet.prediction.predict import PredictConfig, Predictor
+    from geounet.training.evaluate import match_pairs
 
     predictor = Predictor(model, device="cpu")
     rows: list[dict[str, Any]] = []

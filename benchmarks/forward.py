@@ -1,7 +1,7 @@
 """One tile through the network: BatchNorm folded or not, ms per tile and peak memory it adds.
 
 Each variant runs in a fresh child process (so its peak RSS is its own): the model file is
-loaded, BatchNorm folded (``geounet.model.fuse_batchnorm``) or left as trained, the network put
+loaded, BatchNorm folded (``geounet.network.unet.fuse_batchnorm``) or left as trained, the network put
 in channels_last (or not), and ``--tiles`` random tiles go through it after one warm-up.
 Printed: ms per tile and how much the forward passes raised the peak RSS above the loaded model.
 Run by hand from the repository root:
@@ -29,8 +29,8 @@ def child(model: str, tile: int, tiles: int, fuse: bool, channels_last: bool) ->
 
     import torch
 
-    from geounet.checkpoint import load_model
-    from geounet.model import fuse_batchnorm
+    from geounet.network.checkpoint import load_model
+    from geounet.network.unet import fuse_batchnorm
 
     net, meta = load_model(model)
     net = (fuse_batchnorm(net) if fuse else net).eval()

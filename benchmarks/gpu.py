@@ -6,13 +6,13 @@
 Parts, in order, each bounded in time, with progress lines as they go and ``OUT/report.json``
 (and ``OUT/report.md``) rewritten after each part, so a run stopped early still says where it got:
 
-1. ``forward``: the seed-size U-Net (``geounet.model.UNet``, width 64, depth 4) on a batch of
+1. ``forward``: the seed-size U-Net (``geounet.network.unet.UNet``, width 64, depth 4) on a batch of
    512 x 512 tiles on the device, BatchNorm folded and channels_last as ``Predictor`` runs it:
    bf16 autocast and float32 with TF32 (and, at the very end of the run if 90 s are left,
    bf16 through ``torch.compile``, whose compilation time is not known in advance); Mpx/s, the achieved
    TFLOP/s (the convolutions' multiply-adds counted by forward hooks, 2 FLOPs each) and their
    fraction of the card's nominal dense peak and of a measured large matrix product.
-2. ``train``: the bundled model widened (``geounet.model.widen``, the same function, without its
+2. ``train``: the bundled model widened (``geounet.network.unet.widen``, the same function, without its
    core channel) to ``--width`` channels, then trained on the building data as the bundled
    model's last two stages were (``scripts/make_bundled_model.py`` stages 8 and 9: a cycle with
    the separation weight, then the core channel alone), for a fixed wall-time budget: a short
@@ -316,7 +316,7 @@ def part_forward(
     ``earlier`` result, bf16 through ``torch.compile`` added to it (its matrix product reused)."""
     import torch
 
-    from geounet.model import UNet, fuse_batchnorm
+    from geounet.network.unet import UNet, fuse_batchnorm
 
     torch.backends.cudnn.benchmark = True
     tf32_before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -420,7 +420,7 @@ def e2e_model(args: argparse.Namespace, work: Path) -> Path:
     """The bundled model widened to ``--e2e-width`` (64: the seed size) without its core channel:
     the seed-size network's work with a trained model's output (buildings, not the seeded
     network's noise, which makes about 25,000 polygons per megapixel)."""
-    from geounet.checkpoint import resolve_model
+    from geounet.network.checkpoint import resolve_model
 
     base = tiny_base(work, args.tiny_base_width) if args.tiny else resolve_model(None)
     return make_bundled_model.widened(base, args.e2e_width, 0, work)
@@ -509,7 +509,7 @@ def tiny_base(work: Path, width: int) -> Path:
 
     import torch
 
-    from geounet.checkpoint import build_model, read_meta, save_model
+    from geounet.network.checkpoint import build_model, read_meta, save_model
 
     meta = copy.deepcopy(read_meta(None))
     meta.arch_args = {**meta.arch_args, "width": width}
@@ -567,9 +567,9 @@ def part_train(
     returns the trained model (float32, not yet packaged)."""
     import torch
 
-    from geounet.checkpoint import read_meta, resolve_model
-    from geounet.dataset import Augment
-    from geounet.train import TrainConfig, train_model
+    from geounet.network.checkpoint import read_meta, resolve_model
+    from geounet.training.dataset import Augment
+    from geounet.training.train import TrainConfig, train_model
 
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed window sizes: cuDNN's fastest kernels pay
@@ -700,8 +700,8 @@ def part_score(
 ) -> dict[str, Any]:
     """Package and score ``trained`` with ``scripts/make_bundled_model.py --from-model``; the
     table beside the bundled model's recorded figures, and the verdict."""
-    from geounet.checkpoint import load_model, read_meta, save_model
-    from geounet.raster import AtomicOutputs
+    from geounet.geodata.raster import AtomicOutputs
+    from geounet.network.checkpoint import load_model, read_meta, save_model
 
     candidate = out / "candidate.safetensors"
     t = time.perf_counter()

@@ -1,7 +1,7 @@
 """onnxruntime against PyTorch on the CPU: milliseconds per tile of the same network.
 
-Each model is exported with :func:`geounet.export.export_onnx` and loaded twice through
-:class:`geounet.predict.Predictor`: from its safetensors file (PyTorch as geounet runs it on the CPU:
+Each model is exported with :func:`geounet.network.export.export_onnx` and loaded twice through
+:class:`geounet.prediction.predict.Predictor`: from its safetensors file (PyTorch as geounet runs it on the CPU:
 BatchNorm folded, channels_last, float32) and from the ONNX file (onnxruntime's CPU provider, as
 many threads as PyTorch). Random standardized tiles go through ``Predictor.net`` (the network
 alone, no reading or blending) at batch 1 and 4 after one warm-up; the two backends alternate
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geounet.checkpoint import create_model, save_model
-from geounet.export import export_onnx
-from geounet.model import calibrate_batchnorm
-from geounet.predict import Predictor
+from geounet.network.checkpoint import create_model, save_model
+from geounet.network.export import export_onnx
+from geounet.network.unet import calibrate_batchnorm
+from geounet.prediction.predict import Predictor
 
 
 def ms_per_tile(net: torch.nn.Module, x: torch.Tensor) -> float:
@@ -78,7 +78,7 @@ def main() -> None:
             save_model(net, meta, path)
             compare(f"width {width}, depth 4", path, tmp, tile=args.tile, batches=args.batches, repeats=args.repeats)
         if not args.no_bundled:
-            from geounet.checkpoint import resolve_model
+            from geounet.network.checkpoint import resolve_model
 
             compare("bundled buildings (w16)", resolve_model("buildings"), tmp, tile=args.tile, batches=args.batches, repeats=args.repeats)
 

@@ -13,7 +13,7 @@ PyTorch emulates it and it is slower, which is why ``--precision auto`` then pic
 ``--predict`` runs a model (default: the bundled building model) over the held-out images of
 ``../shared/data/buildings-rgb`` (those of ``benchmarks/buildings.py``) in float32 and under bf16
 autocast (``Predictor(precision=...)``), and prints per image the share of pixels whose class
-agrees, then pixel and object F1 of both (``geounet.evaluate.evaluate`` of each mask, with the
+agrees, then pixel and object F1 of both (``geounet.training.evaluate.evaluate`` of each mask, with the
 model's polygon options), and one 512 px tile's milliseconds in each. Where the CPU has no native
 bf16 it is emulated: the agreement is what a native-bf16 CPU would see up to kernel rounding, the
 time is not.
@@ -49,8 +49,8 @@ def main() -> int:
 
     from test_train import synthetic_scene  # the test suite's scene generator
 
-    from geounet.model import cpu_supports_bf16
-    from geounet.train import TrainConfig, train_model
+    from geounet.network.unet import cpu_supports_bf16
+    from geounet.training.train import TrainConfig, train_model
 
     print(f"native bf16 on this CPU: {cpu_supports_bf16()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +74,7 @@ def time_steps(repeats: int = 4) -> int:
     """Milliseconds of one training step (width-16 U-Net, 8 x 256 px, AdamW), fp32 and bf16."""
     import torch
 
-    from geounet.model import UNet
+    from geounet.network.unet import UNet
 
     torch.manual_seed(0)
     net = UNet(3, 1, 16, 4).to(memory_format=torch.channels_last)
@@ -104,11 +104,11 @@ def compare_inference(model: str | None, limit: int | None) -> int:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from buildings import DATA, held_out, labels_for
 
-    from geounet.checkpoint import resolve_model
     from geounet.errors import LabelsError
-    from geounet.evaluate import evaluate
-    from geounet.model import cpu_supports_bf16
-    from geounet.predict import PolygonOptions, PredictConfig, Predictor
+    from geounet.network.checkpoint import resolve_model
+    from geounet.network.unet import cpu_supports_bf16
+    from geounet.prediction.predict import PolygonOptions, PredictConfig, Predictor
+    from geounet.training.evaluate import evaluate
 
     if not DATA.exists():
         print(f"no data at {DATA}")

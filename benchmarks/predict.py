@@ -52,7 +52,7 @@ def _setup_child(p: dict[str, Any]) -> None:
 
 
 def _predictor(p: dict[str, Any]) -> Any:
-    from geounet.predict import Predictor
+    from geounet.prediction.predict import Predictor
 
     kwargs = {"compile": True} if p.get("compile") else {}
     return Predictor(p["model"], device=p["device"], **kwargs)
@@ -95,7 +95,7 @@ def child_e2e(p: dict[str, Any]) -> dict[str, Any]:
     _setup_child(p)
     import torch
 
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     out = Path(p["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ def child_naive(p: dict[str, Any]) -> dict[str, Any]:
     from rasterio.features import shapes
     from shapely.geometry import shape
 
-    from geounet.checkpoint import load_model
+    from geounet.network.checkpoint import load_model
 
     t_start = time.perf_counter()
     device = torch.device(p["device"])
@@ -245,7 +245,7 @@ def child_vectorize(p: dict[str, Any]) -> dict[str, Any]:
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from geounet.vectorize import StripVectorizer, write_vectors
+    from geounet.vectors.vectorize import StripVectorizer, write_vectors
 
     width, height, rows = p["width"], p["height"], p["strip_rows"]
     t0 = time.perf_counter()
@@ -411,7 +411,7 @@ def ensure_scene(work: Path, width: int, height: int, args: argparse.Namespace, 
 
 def ensure_model(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The model to benchmark: --model as is, or a cached calibrated random U-Net."""
-    from geounet.checkpoint import read_meta
+    from geounet.network.checkpoint import read_meta
 
     if args.model:
         path = Path(args.model)
@@ -438,8 +438,8 @@ def calibrate_model(work: Path, path: Path, args: argparse.Namespace) -> dict[st
     import rasterio
     import torch
 
-    from geounet.checkpoint import create_model, save_model
-    from geounet.model import calibrate_batchnorm
+    from geounet.network.checkpoint import create_model, save_model
+    from geounet.network.unet import calibrate_batchnorm
 
     t0 = time.perf_counter()
     net, meta = create_model(bands=3, classes=["building"], width=args.model_width,
@@ -528,7 +528,7 @@ def mb(x: float | None) -> str:
 
 
 def n_tiles(height: int, width: int, tile: int, overlap: int) -> int:
-    from geounet.tiling import tile_windows
+    from geounet.geodata.tiling import tile_windows
 
     return len(tile_windows(height, width, tile, overlap))
 

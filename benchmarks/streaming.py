@@ -176,7 +176,7 @@ def speckle_child(width: int = 100_000, rows: int = 80, strip: int = 40, density
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
 
-    from geounet.vectorize import StripVectorizer
+    from geounet.vectors.vectorize import StripVectorizer
 
     rng = np.random.default_rng(0)
     mask = (rng.random((rows, width)) < density).astype(np.uint8)

@@ -9,7 +9,7 @@ repository root:
     python benchmarks/strips.py [--probabilities PATH] [--strip-rows 448]
 
 Prints the seconds of each part. Works on older geounet versions too (``StripWriter`` was in
-``geounet.raster`` before ``geounet.cog`` existed), for before/after comparisons.
+``geounet.geodata.raster`` before ``geounet.geodata.cog`` existed), for before/after comparisons.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from geounet.blend import Strip
-from geounet.predict import _postprocess, _prob_array
-from geounet.raster import open_scene
-from geounet.vectorize import StripVectorizer
+from geounet.geodata.raster import open_scene
+from geounet.prediction.blend import Strip
+from geounet.prediction.predict import _postprocess, _prob_array
+from geounet.vectors.vectorize import StripVectorizer
 
 try:
-    from geounet.cog import StripWriter
-except ImportError:  # geounet before geounet.cog
-    from geounet.raster import StripWriter  # type: ignore[attr-defined,no-redef]
+    from geounet.geodata.cog import StripWriter
+except ImportError:  # geounet before geounet.geodata.cog
+    from geounet.geodata.raster import StripWriter  # type: ignore[attr-defined,no-redef]
 
 WORK = Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "geounet-bench"
 

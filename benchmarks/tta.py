@@ -1,9 +1,9 @@
 """Test-time augmentation against plain prediction: accuracy gained, time paid.
 
-Each image is predicted twice through the library (``geounet.predict.Predictor.run``, one loaded
+Each image is predicted twice through the library (``geounet.prediction.predict.Predictor.run``, one loaded
 model, a class mask per run): plain, then with ``PredictConfig(tta=True)`` (the 8 rotations and
 mirrors of every tile, logits averaged). Each mask is scored against the vector labels with
-``geounet.evaluate.evaluate(image, labels, prediction=mask)``. Printed per image and overall (tp,
+``geounet.training.evaluate.evaluate(image, labels, prediction=mask)``. Printed per image and overall (tp,
 fp, fn summed over the images) for every foreground class: pixel IoU and F1, object F1 (SpaceNet
 matching at IoU >= 0.5) with and without TTA, and the time ratio TTA / plain, of the whole run
 and of the network alone. Runs on a CPU; run by hand from the repository root:
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from geounet.errors import LabelsError
-    from geounet.evaluate import evaluate
-    from geounet.labels import LabelSpec
-    from geounet.predict import PredictConfig, Predictor
+    from geounet.labels.labels import LabelSpec
+    from geounet.prediction.predict import PredictConfig, Predictor
+    from geounet.training.evaluate import evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)

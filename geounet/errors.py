@@ -65,3 +65,7 @@ __all__ = [
     "RasterReadError",
     "TilingError",
 ]
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks remove partial outputs."""

@@ -118,7 +118,7 @@ STAGE_5 = [
     "--separation",
     "1.0",
 ]
-# The sixth: the fifth-stage network widened to 24 channels (geounet.model.widen: the same
+# The sixth: the fifth-stage network widened to 24 channels (geounet.network.unet.widen: the same
 # function, 2.3x the parameters; the width-16 model underfits), then a cycle at 1e-3, seed 3.
 WIDEN_6 = 24
 STAGE_6 = [
@@ -212,10 +212,10 @@ SOURCES = [
 
 
 def widened(model: Path, width: int, seed: int, work: Path) -> Path:
-    """``model`` widened to ``width`` channels (the same function; ``geounet.model.widen``),
+    """``model`` widened to ``width`` channels (the same function; ``geounet.network.unet.widen``),
     without its core channel if it has one (a later stage learns it again)."""
-    from geounet.checkpoint import load_model, save_model
-    from geounet.model import drop_core_channel, widen
+    from geounet.network.checkpoint import load_model, save_model
+    from geounet.network.unet import drop_core_channel, widen
 
     net, meta = load_model(model)
     if net.width >= width:
@@ -231,10 +231,10 @@ def widened(model: Path, width: int, seed: int, work: Path) -> Path:
 def with_typical_stretch(meta: Any, images: list[Path]) -> None:
     """Record in ``meta.normalization`` the typical stretch of the training images (per band, the
     median of each image's 2nd and 98th percentiles, as predict computes a scene's stretch;
-    ``geounet.normalize.typical_stretch``), which the ONNX export folds into Deepness'
+    ``geounet.geodata.normalize.typical_stretch``), which the ONNX export folds into Deepness'
     standardization. The model's own stretch stays per scene."""
-    from geounet import normalize
-    from geounet.raster import open_scene, resolve_bands
+    from geounet.geodata import normalize
+    from geounet.geodata.raster import open_scene, resolve_bands
 
     norm = meta.normalization
     bounds = []
@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("train_args", nargs="*", help="after --: arguments for benchmarks/buildings.py")
     args = ap.parse_args(argv)
 
-    from geounet.checkpoint import load_model, save_model
-    from geounet.raster import AtomicOutputs
+    from geounet.geodata.raster import AtomicOutputs
+    from geounet.network.checkpoint import load_model, save_model
 
     train_args = args.train_args
     with tempfile.TemporaryDirectory() as tmp:

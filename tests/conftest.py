@@ -102,7 +102,7 @@ def threshold_unet(
     """
     import torch
 
-    from geounet.model import UNet
+    from geounet.network.unet import UNet
 
     net = UNet(in_channels, 1, width=width, depth=depth)
     with torch.no_grad():
@@ -132,7 +132,7 @@ def constant_unet(
     """A U-Net that outputs ``value`` everywhere (all weights zero, head bias ``value``)."""
     import torch
 
-    from geounet.model import UNet
+    from geounet.network.unet import UNet
 
     net = UNet(in_channels, classes, width=width, depth=depth)
     with torch.no_grad():
@@ -151,7 +151,7 @@ def meta_for(
     overlap: int = 16,
 ) -> Any:
     """Model metadata matching a hand-made network."""
-    from geounet.checkpoint import create_model
+    from geounet.network.checkpoint import create_model
 
     _, meta = create_model(
         bands=net.in_channels,
@@ -168,7 +168,7 @@ def meta_for(
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     """A model file of ``threshold_unet(3)`` (centre taps only, so D4-equivariant too)."""
-    from geounet.checkpoint import save_model
+    from geounet.network.checkpoint import save_model
 
     net = threshold_unet(3)
     path = tmp_path / "model.safetensors"
@@ -179,7 +179,7 @@ def model_file(tmp_path: Path) -> Path:
 def roofs_model(path: Path) -> Path:
     """A tiny U-Net that marks red-ish pixels (roofs), saved at ``path``: real polygons on
     synthetic scenes (the batch and STAC tests)."""
-    from geounet.checkpoint import save_model
+    from geounet.network.checkpoint import save_model
 
     net = threshold_unet(3, width=4, depth=2)
     save_model(net, meta_for(net, tile_size=64, overlap=16), path)

@@ -12,12 +12,13 @@ import torch
 from click.testing import CliRunner
 from conftest import BUILDINGS_RGB, requires_buildings_rgb
 
-from geounet.checkpoint import create_model, file_hash, load_model, save_model
 from geounet.cli.main import cli
 from geounet.errors import GeounetError
-from geounet.export import backend_cache_entry, cache_dir, export_onnx, load_backend
-from geounet.model import calibrate_batchnorm, fuse_batchnorm
-from geounet.predict import PredictConfig, Predictor, choose_backend
+from geounet.network.backends import backend_cache_entry, cache_dir, load_backend
+from geounet.network.checkpoint import create_model, file_hash, load_model, save_model
+from geounet.network.export import export_onnx
+from geounet.network.unet import calibrate_batchnorm, fuse_batchnorm
+from geounet.prediction.predict import PredictConfig, Predictor, choose_backend
 
 pytest.importorskip("onnxruntime")
 import onnxruntime
@@ -81,7 +82,7 @@ def test_a_corrupt_cache_entry_is_rebuilt(tmp_path: Path, caplog: pytest.LogCapt
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
     for broken in (b"not onnx", good[: len(good) // 2], good.replace(good[-64:], bytes(64))):
         entry.write_bytes(broken)
-        with caplog.at_level(logging.INFO, logger="geounet.export"):
+        with caplog.at_level(logging.INFO, logger="geounet.network.backends"):
             net, _ = load_backend(model)
         assert "rebuilding the onnxruntime graph" in caplog.text
         caplog.clear()
@@ -98,7 +99,7 @@ def test_an_unwritable_cache_falls_back_to_memory(
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("GEOUNET_CACHE", str(blocker / "cache"))
-    with caplog.at_level(logging.WARNING, logger="geounet.export"):
+    with caplog.at_level(logging.WARNING, logger="geounet.network.backends"):
         net, _ = load_backend(model)
     assert (
         len(caplog.records) == 1
@@ -222,7 +223,7 @@ def test_a_cached_entry_is_checked_against_the_logits_stored_with_it(
     x = np.random.default_rng(0).standard_normal((2, 3, size, size), dtype=np.float32)
     np.testing.assert_allclose(expected, torch_logits(model, x), atol=1e-4, rtol=1e-4)
     np.save(stored, expected + 1)
-    with caplog.at_level(logging.INFO, logger="geounet.export"):
+    with caplog.at_level(logging.INFO, logger="geounet.network.backends"):
         load_backend(model)
     assert (
         "rebuilding the onnxruntime graph" in caplog.text and "differ from PyTorch's" in caplog.text
@@ -230,7 +231,7 @@ def test_a_cached_entry_is_checked_against_the_logits_stored_with_it(
     np.testing.assert_allclose(np.load(stored), expected, atol=1e-5)
     caplog.clear()
     stored.unlink()
-    with caplog.at_level(logging.INFO, logger="geounet.export"):
+    with caplog.at_level(logging.INFO, logger="geounet.network.backends"):
         load_backend(model)
     assert "rebuilding" not in caplog.text
     np.testing.assert_allclose(np.load(stored), expected, atol=1e-5)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from conftest import MakeRaster, meta_for, threshold_unet
 from rasterio.enums import ColorInterp as C
 
-from conftest import MakeRaster, meta_for, threshold_unet
-from geounet.checkpoint import save_model
 from geounet.cli.main import cli
 from geounet.errors import BandMismatchError
-from geounet.raster import band_names, colour_bands, open_scene, resolve_bands
-from geounet.train import _band_names
+from geounet.geodata.raster import band_names, colour_bands, open_scene, resolve_bands
+from geounet.network.checkpoint import save_model
+from geounet.training.train import _band_names
 
 RGB = ["red", "green", "blue"]
 

@@ -20,7 +20,7 @@ import rasterio
 from click.testing import CliRunner
 from conftest import meta_for, one_torch_thread_for, roofs_model, threshold_unet
 
-from geounet.batch import (
+from geounet.archive.batch import (
     MANIFEST_NAME,
     BatchProgress,
     SceneRecord,
@@ -31,12 +31,12 @@ from geounet.batch import (
     run_batch,
     scene_stem,
 )
-from geounet.checkpoint import save_model
 from geounet.cli.batch import FORMATS
 from geounet.cli.main import cli
 from geounet.errors import CheckpointError, GeounetError, OutputError, OutputExistsError
-from geounet.predict import PredictConfig
-from geounet.raster import expand_rasters
+from geounet.geodata.raster import expand_rasters
+from geounet.network.checkpoint import save_model
+from geounet.prediction.predict import PredictConfig
 from geounet.synthetic import make_scene
 
 TEMPORARY = re.compile(r"^\..*\.geounet-.*\.tmp$")
@@ -526,7 +526,7 @@ def test_local_worker_processes_give_the_same_outputs(tmp_path: Path, model_file
     assert len(many.done) == 3 and not many.failed
     assert {r.worker for r in many.done}.isdisjoint({r.worker for r in one.done})
     pytest.importorskip("onnxruntime")
-    from geounet.export import export_onnx
+    from geounet.network.export import export_onnx
 
     onnx_model = export_onnx(
         model_file, tmp_path / "roofs.onnx"
@@ -617,7 +617,7 @@ def test_a_server_without_byte_ranges_is_named_as_such(
     plain_http_root: tuple[str, Path],
 ) -> None:
     from geounet.errors import RasterReadError
-    from geounet.raster import gdal_options, open_scene
+    from geounet.geodata.raster import gdal_options, open_scene
 
     ranged, root, _ = http_root
     plain, _ = plain_http_root

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geounet.blend import Stitcher, blend_weights, taper_1d
-from geounet.tiling import tile_rows, tile_windows
+from geounet.geodata.tiling import tile_rows, tile_windows
+from geounet.prediction.blend import Stitcher, blend_weights, taper_1d
 
 
 def stitch(height: int, width: int, tile: int, overlap: int, value_fn, channels: int = 1):

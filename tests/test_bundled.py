@@ -13,8 +13,14 @@ from click.testing import CliRunner
 from conftest import BUILDINGS_RGB, requires_buildings_rgb
 
 import geounet
-from geounet.checkpoint import DEFAULT_MODEL, bundled_models, load_model, read_meta, resolve_model
 from geounet.cli.main import cli
+from geounet.network.checkpoint import (
+    DEFAULT_MODEL,
+    bundled_models,
+    load_model,
+    read_meta,
+    resolve_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rio_55.tif"

@@ -9,7 +9,7 @@ from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
-from geounet.centerline import CenterlineOptions, StripCenterliner, centerline_mask
+from geounet.vectors.centerline import CenterlineOptions, StripCenterliner, centerline_mask
 
 UTM = CRS.from_epsg(32633)
 T = from_origin(500000, 5000000, 1.0, 1.0)
@@ -179,8 +179,8 @@ def line_scene(tmp_path_factory: pytest.TempPathFactory):
     and a threshold at which the road-only model's mask has structure (not all or nothing)."""
     import rasterio
 
-    from geounet.checkpoint import create_model, save_model
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.network.checkpoint import create_model, save_model
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     d = tmp_path_factory.mktemp("lines")
     rng = np.random.default_rng(0)
@@ -221,7 +221,7 @@ def line_scene(tmp_path_factory: pytest.TempPathFactory):
 def test_line_only_model_writes_linestrings_to_the_output(line_scene, suffix: str) -> None:
     import pyogrio
 
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     d, scene, models, threshold = line_scene
     out = d / f"roads{suffix}"
@@ -264,7 +264,7 @@ def gpd_read(path):
 def test_polygon_and_line_model_writes_two_layers_or_two_files(line_scene) -> None:
     import pyogrio
 
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     d, scene, models, _ = line_scene
     cfg = PredictConfig(device="cpu", tile_size=64, overlap=16, overwrite=True)
@@ -285,7 +285,7 @@ def test_polygon_and_line_model_writes_two_layers_or_two_files(line_scene) -> No
 
 def test_a_failed_run_leaves_no_line_file(line_scene) -> None:
     from geounet.errors import GeounetError
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     d, scene, models, _ = line_scene
     (d / "bad_lines.shp").write_text("taken")
@@ -303,8 +303,8 @@ def test_evaluate_reports_line_measures_of_a_mask(tmp_path) -> None:
     import geopandas as gpd
     import rasterio
 
-    from geounet.evaluate import evaluate
-    from geounet.labels import LabelSpec
+    from geounet.labels.labels import LabelSpec
+    from geounet.training.evaluate import evaluate
 
     t = from_origin(500000, 5000000, 0.5, 0.5)
     lines = [
@@ -389,8 +389,8 @@ def test_training_on_line_labels_records_a_line_class_and_predict_writes_centerl
     import geopandas as gpd
     from click.testing import CliRunner
 
-    from geounet.checkpoint import read_meta
     from geounet.cli.main import cli
+    from geounet.network.checkpoint import read_meta
 
     truth = road_scene(tmp_path / "s.tif", tmp_path / "roads.gpkg")
     args = [
@@ -487,8 +487,8 @@ def test_evaluate_reads_both_layers_of_a_polygon_and_line_prediction(tmp_path) -
     import geopandas as gpd
     import rasterio
 
-    from geounet.evaluate import evaluate
-    from geounet.labels import LabelSpec
+    from geounet.labels.labels import LabelSpec
+    from geounet.training.evaluate import evaluate
 
     t = from_origin(500000, 5000000, 0.5, 0.5)
     road = shapely.LineString([(500005, 4999950), (500095, 4999950)])

@@ -9,10 +9,10 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 from click.testing import CliRunner
-
 from conftest import MakeRaster, default_sigint
-from geounet.checkpoint import save_model
+
 from geounet.cli.main import cli
+from geounet.network.checkpoint import save_model
 
 
 def run(*args: str) -> object:
@@ -202,7 +202,7 @@ def test_debug_shows_traceback(tmp_path: Path, model_file: Path) -> None:
 def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int, word: str) -> None:
     import time
 
-    from geounet.checkpoint import create_model
+    from geounet.network.checkpoint import create_model
     from geounet.synthetic import make_scene
 
     scene = make_scene(tmp_path / "big.tif", width=1024, height=2048, seed=3).path

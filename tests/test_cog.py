@@ -10,8 +10,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 
-from geounet.cog import StripWriter, halve, overview_factors
-from geounet.raster import Scene
+from geounet.geodata.cog import StripWriter, halve, overview_factors
+from geounet.geodata.raster import Scene
 
 NAN = float("nan")
 

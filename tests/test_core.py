@@ -12,11 +12,18 @@ import rasterio
 import shapely
 import torch
 from click.testing import CliRunner
-from rasterio.transform import from_origin
-
 from conftest import MakeRaster, meta_for, threshold_unet
-from geounet.checkpoint import ModelMeta, load_model, read_meta, save_model
-from geounet.dataset import (
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from geounet.errors import CheckpointError, GeounetError
+from geounet.geodata.raster import open_scene
+from geounet.labels.labels import read_labels
+from geounet.network.checkpoint import load_model, read_meta, save_model
+from geounet.network.contract import ModelMeta
+from geounet.network.unet import UNet, add_core_channel, drop_core_channel
+from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.training.dataset import (
     BORDER_INDEX,
     CONTACT_INDEX,
     ImageEntry,
@@ -24,15 +31,9 @@ from geounet.dataset import (
     WindowDataset,
     mark_borders,
 )
-from geounet.errors import CheckpointError, GeounetError
-from geounet.evaluate import evaluate
-from geounet.labels import read_labels
-from geounet.model import UNet, add_core_channel, drop_core_channel
-from geounet.predict import PredictConfig, predict_raster
-from geounet.raster import open_scene
-from geounet.train import confusion, segmentation_loss, train_model
-from geounet.vectorize import split_at_valleys
-from scipy import ndimage
+from geounet.training.evaluate import evaluate
+from geounet.training.train import confusion, segmentation_loss, train_model
+from geounet.vectors.vectorize import split_at_valleys
 
 T = from_origin(500000, 5000000, 0.5, 0.5)
 
@@ -247,7 +248,7 @@ def test_predict_grows_touching_houses_from_their_cores(
 def test_onnx_export_leaves_the_core_channel_out(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from geounet.export import export_onnx
+    from geounet.network.export import export_onnx
 
     meta = meta_for(threshold_unet(3))
     meta.arch_args["classes"], meta.core_m = 2, 1.0

@@ -12,8 +12,11 @@ import shapely
 from conftest import BUILDINGS_RGB, MakeRaster, requires_buildings_rgb
 from rasterio.transform import from_origin
 
-from geounet import normalize
-from geounet.dataset import (
+from geounet.errors import GeounetError
+from geounet.geodata import normalize
+from geounet.geodata.raster import open_scene, pixel_size_m
+from geounet.labels.labels import read_labels
+from geounet.training.dataset import (
     IGNORE_INDEX,
     Augment,
     ImageEntry,
@@ -23,9 +26,6 @@ from geounet.dataset import (
     fit_normalization,
     plan_epoch,
 )
-from geounet.errors import GeounetError
-from geounet.labels import read_labels
-from geounet.raster import open_scene, pixel_size_m
 
 
 def _entries(paths: list[Path], labels_path: Path) -> list[ImageEntry]:

@@ -17,10 +17,10 @@ import pytest
 import rasterio
 from conftest import BUILDINGS_RGB, requires_buildings_rgb
 
-from geounet.checkpoint import read_meta
-from geounet.export import export_onnx, onnx_metadata, scene_stretch
-from geounet.normalize import affine, scene_scaling
-from geounet.raster import open_scene
+from geounet.geodata.normalize import affine, scene_scaling
+from geounet.geodata.raster import open_scene
+from geounet.network.checkpoint import read_meta
+from geounet.network.export import export_onnx, onnx_metadata, scene_stretch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -18,12 +18,15 @@ import torch
 from click.testing import CliRunner
 from conftest import BUILDINGS_RGB, MakeRaster, meta_for, requires_buildings_rgb, threshold_unet
 
-from geounet.checkpoint import ModelMeta, create_model, load_model, read_meta, save_model
 from geounet.cli.main import cli
 from geounet.errors import CheckpointError, GeounetError, OutputError, TilingError
-from geounet.export import export_onnx, load_onnx, read_onnx_meta
-from geounet.model import UNet, calibrate_batchnorm, fuse_batchnorm
-from geounet.predict import PredictConfig, Predictor
+from geounet.network.backends import load_onnx
+from geounet.network.checkpoint import create_model, load_model, read_meta, save_model
+from geounet.network.contract import ModelMeta
+from geounet.network.export import export_onnx
+from geounet.network.onnx_file import read_onnx_meta
+from geounet.network.unet import UNet, calibrate_batchnorm, fuse_batchnorm
+from geounet.prediction.predict import PredictConfig, Predictor
 
 
 def run(*args: str) -> Any:
@@ -480,8 +483,8 @@ def test_a_scene_stretch_folds_into_deepness_standardization(
 ) -> None:
     """A model that stretches each scene: the export folds the recorded typical stretch, or with
     stretch_from one scene's own, exactly into Deepness' mean/std (applied after /255)."""
-    from geounet.normalize import scene_scaling
-    from geounet.raster import open_scene
+    from geounet.geodata.normalize import scene_scaling
+    from geounet.geodata.raster import open_scene
 
     net, meta = lively_model()
     meta.mean, meta.std = [0.45, 0.46, 0.43], [0.29, 0.29, 0.28]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import BUILDINGS_RGB, requires_buildings_rgb
 
-from geounet.checkpoint import load_model, read_meta
-from geounet.model import UNet
+from geounet.network.checkpoint import load_model, read_meta
+from geounet.network.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -26,12 +26,13 @@ import rasterio
 import shapely
 import torch
 from click.testing import CliRunner
+from conftest import MakeRaster, default_sigint, meta_for, threshold_unet
 from rasterio.transform import Affine, from_origin
 from safetensors.torch import save_file
 
-from conftest import MakeRaster, default_sigint, meta_for, threshold_unet
-from geounet.checkpoint import FORMAT_VERSION, META_KEY, create_model, save_model
 from geounet.cli.main import cli
+from geounet.network.checkpoint import create_model, save_model
+from geounet.network.contract import FORMAT_VERSION, META_KEY
 
 T = from_origin(500000, 5000000, 0.5, 0.5)
 
@@ -623,7 +624,7 @@ def test_interrupted_training_leaves_no_partial_output_and_resumes(
     assert "Traceback" not in err
     assert not list(tmp_path.glob(".*geounet-*.tmp"))
     # What exists is complete: the best model so far and the checkpoint of the last whole epoch.
-    from geounet.checkpoint import read_meta
+    from geounet.network.checkpoint import read_meta
 
     assert read_meta(out).provenance["epochs"] >= 1
     done = len((tmp_path / "m.metrics.jsonl").read_text().splitlines())

@@ -1,4 +1,4 @@
-"""Tests for mask-raster labels and several label sources (geounet.labels, LabelSet)."""
+"""Tests for mask-raster labels and several label sources (geounet.labels.labels, LabelSet)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from rasterio.features import rasterize
 from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
-from geounet.dataset import IGNORE_INDEX
 from geounet.errors import LabelsError, LabelsOutsideRasterError
-from geounet.labels import (
+from geounet.geodata.raster import Scene, open_scene
+from geounet.labels.labels import (
     BINARY_CLASS_NAME,
     IGNORE_VALUE,
     Labels,
@@ -31,7 +31,7 @@ from geounet.labels import (
     expand_label_sources,
     read_label_sources,
 )
-from geounet.raster import Scene, open_scene
+from geounet.training.dataset import IGNORE_INDEX
 
 BUILDINGS = SHARED_DATA.parent / "buildings-rgb"
 requires_buildings_data = pytest.mark.skipif(
@@ -325,7 +325,7 @@ def test_a_mask_named_like_an_image_elsewhere_is_not_used(
         tmp_path / "masks" / "x.tif", class_mask(), transform=GRID * Affine.translation(1000, 0)
     )
     write_raster(tmp_path / "masks" / "y.tif", np.ones((SIZE, SIZE), dtype=np.uint8))
-    with caplog.at_level(logging.WARNING, logger="geounet.labels"):
+    with caplog.at_level(logging.WARNING, logger="geounet.labels.labels"):
         labels = read_label_sources(
             [str(tmp_path / "masks")], LabelSpec(class_field="c", classes=("a", "b"))
         )
@@ -498,7 +498,7 @@ def test_an_image_without_a_mask_is_ignored_when_there_are_only_masks(
     far = labels.for_scene(scenes[1])
     assert far.empty and len(far) == 0 and far.centroids_px().shape == (0, 2)
     assert (whole(far, scenes[1]) == IGNORE_VALUE).all()
-    with caplog.at_level(logging.WARNING, logger="geounet.labels"):
+    with caplog.at_level(logging.WARNING, logger="geounet.labels.labels"):
         assert labels.check(scenes) == ["x.tif"]
     assert "1 of 2 images have no mask" in caplog.text and "far.tif" in caplog.text
 
@@ -567,8 +567,8 @@ def test_labels_that_miss_every_image(tmp_path: Path) -> None:
 
 
 def test_training_from_masks_and_vectors(tmp_path: Path) -> None:
-    from geounet.checkpoint import read_meta
-    from geounet.train import TrainConfig, train_model
+    from geounet.network.checkpoint import read_meta
+    from geounet.training.train import TrainConfig, train_model
 
     rng = np.random.default_rng(1)
     for name, shift in (("a", 0), ("b", 1000)):

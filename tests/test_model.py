@@ -8,16 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from geounet.checkpoint import (
-    FORMAT_VERSION,
-    META_KEY,
-    create_model,
-    load_model,
-    read_meta,
-    save_model,
-)
 from geounet.errors import CheckpointError
-from geounet.model import UNet, calibrate_batchnorm, count_parameters, fuse_batchnorm, widen
+from geounet.network.checkpoint import create_model, load_model, read_meta, save_model
+from geounet.network.contract import FORMAT_VERSION, META_KEY
+from geounet.network.unet import UNet, calibrate_batchnorm, count_parameters, fuse_batchnorm, widen
 
 
 def test_seed_architecture_parameter_count() -> None:
@@ -210,7 +204,7 @@ def test_model_files_get_the_umasks_mode_not_a_private_one(tmp_path: Path) -> No
     import os
     import stat
 
-    from geounet.raster import AtomicOutputs
+    from geounet.geodata.raster import AtomicOutputs
 
     net, meta = create_model(bands=3, classes=["building"], width=4, depth=2)
     with AtomicOutputs() as outputs:

@@ -11,10 +11,10 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from geounet.blend import Stitcher, StripAssembler
-from geounet.predict import StripWorker, TileBatcher
-from geounet.raster import ReadAhead, WindowReader, open_scene
-from geounet.tiling import tile_windows
+from geounet.geodata.raster import ReadAhead, WindowReader, open_scene
+from geounet.geodata.tiling import tile_windows
+from geounet.prediction.blend import Stitcher, StripAssembler
+from geounet.prediction.predict import StripWorker, TileBatcher
 
 
 def _scene(tmp_path, height=70, width=90):

@@ -8,13 +8,11 @@ import pytest
 import rasterio
 import shapely
 import torch
+from conftest import MakeRaster, constant_unet, meta_for, threshold_unet
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from conftest import MakeRaster, constant_unet, meta_for, threshold_unet
-from geounet.checkpoint import create_model
-from geounet.model import calibrate_batchnorm, cpu_supports_bf16
 from geounet.errors import (
     BandMismatchError,
     MissingCRSError,
@@ -22,8 +20,10 @@ from geounet.errors import (
     RasterReadError,
     TilingError,
 )
-from geounet.predict import PredictConfig, Predictor, predict_raster
-from geounet.vectorize import VECTOR_FORMATS
+from geounet.network.checkpoint import create_model
+from geounet.network.unet import calibrate_batchnorm, cpu_supports_bf16
+from geounet.prediction.predict import PredictConfig, Predictor, predict_raster
+from geounet.vectors.vectorize import VECTOR_FORMATS
 
 
 def burn_boxes(
@@ -259,7 +259,7 @@ def test_a_scene_stretched_model_takes_16_bit_scenes(
     meta.mean, meta.std = [0.5] * 3, [0.25] * 3
     model = (net, meta)
     a = predict_raster(byte, tmp_path / "a.gpkg", model=model, mask=tmp_path / "a.tif")
-    with caplog.at_level("WARNING", logger="geounet.predict"):
+    with caplog.at_level("WARNING", logger="geounet.prediction.predict"):
         b = predict_raster(wide, tmp_path / "b.gpkg", model=model, mask=tmp_path / "b.tif")
     assert "u16.tif is uint16, the model was trained on uint8" in caplog.text
     with rasterio.open(tmp_path / "a.tif") as ma, rasterio.open(tmp_path / "b.tif") as mb:
@@ -422,8 +422,8 @@ def test_strip_thread_gives_the_same_outputs_and_leaves_the_model_alone(
 def test_polygons_stream_to_the_file_and_a_failure_leaves_nothing(
     make_raster: MakeRaster, tmp_path: Path, monkeypatch, suffix: str
 ) -> None:
-    import geounet.predict as predict_module
-    from geounet.vectorize import VectorWriter
+    import geounet.prediction.predict as predict_module
+    from geounet.vectors.vectorize import VectorWriter
 
     rng = np.random.default_rng(0)
     band = ((rng.random((256, 200)) < 0.3) * 255).astype(np.uint8)  # speckle: many small polygons
@@ -493,7 +493,7 @@ def test_precision_bf16_runs_the_network_in_bf16_and_keeps_the_mask(
 
 def test_inference_dtype_choices() -> None:
     from geounet.errors import GeounetError
-    from geounet.predict import inference_dtype
+    from geounet.prediction.predict import inference_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert inference_dtype(cpu, "fp32") is None and inference_dtype(cuda, "fp32") is None

@@ -15,9 +15,9 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 import rasterio
-
 from conftest import meta_for, threshold_unet
-from geounet.predict import PredictConfig, predict_raster
+
+from geounet.prediction.predict import PredictConfig, predict_raster
 from geounet.synthetic import make_scene
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from conftest import MakeRaster, meta_for, threshold_unet
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
-from conftest import MakeRaster, meta_for, threshold_unet
-from geounet.predict import PredictConfig, predict_raster, resample_factor
-from geounet.raster import open_scene
+from geounet.geodata.raster import open_scene
+from geounet.prediction.predict import PredictConfig, predict_raster, resample_factor
 
 BOXES = [
     shapely.box(500006.0, 4999970.0, 500018.0, 4999988.0),
@@ -88,7 +88,7 @@ def test_web_mercator_pixels_are_measured_on_the_ground(
     # pixels are the model's size), the same areas in square metres, the same polygons.
     import pyproj
 
-    from geounet.raster import pixel_size_m, projection_scale
+    from geounet.geodata.raster import pixel_size_m, projection_scale
 
     utm = _scene(make_raster, "utm.tif", 0.3)
     with rasterio.open(utm) as src:

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import shapely
 import torch
+from conftest import MakeRaster
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from conftest import MakeRaster
-from geounet.dataset import (
+from geounet.geodata.raster import open_scene
+from geounet.labels.labels import LabelSpec, read_label_sources, read_labels
+from geounet.training.dataset import (
     CONTACT_INDEX,
     IGNORE_INDEX,
     ImageEntry,
@@ -22,9 +24,7 @@ from geounet.dataset import (
     WindowDataset,
     mark_contacts,
 )
-from geounet.labels import LabelSpec, read_label_sources, read_labels
-from geounet.raster import open_scene
-from geounet.train import confusion, segmentation_loss
+from geounet.training.train import confusion, segmentation_loss
 
 RES = 0.5
 T = from_origin(500000, 5000000, RES, RES)

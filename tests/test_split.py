@@ -9,13 +9,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from conftest import MakeRaster, meta_for, threshold_unet
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from conftest import MakeRaster, meta_for, threshold_unet
-from geounet.evaluate import evaluate, match_objects, match_pairs
-from geounet.predict import PredictConfig, predict_raster
-from geounet.vectorize import StripVectorizer, split_at_valleys, split_necks, vectorize_mask
+from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.training.evaluate import evaluate, match_objects, match_pairs
+from geounet.vectors.vectorize import StripVectorizer, split_at_valleys, split_necks, vectorize_mask
 
 DUMBBELL = shapely.union_all(
     [shapely.box(0, 0, 20, 20), shapely.box(20, 9, 23, 10), shapely.box(23, 0, 40, 18)]
@@ -126,7 +126,7 @@ def test_predict_and_evaluate_split_touching_houses(
         scene, tmp_path / "o.gpkg", model=(net, meta), config=PredictConfig(device="cpu", split_m=0)
     )
     assert by_default.features == 2 and off.features == 1
-    from geounet.checkpoint import save_model
+    from geounet.network.checkpoint import save_model
 
     path = tmp_path / "m.safetensors"
     save_model(net, meta, path)
@@ -229,7 +229,7 @@ def test_predict_cuts_touching_houses_along_the_valley(
         m = src.read(1)
     assert (m[10:40, 30:32] == 0).any(axis=1).all() and (m[10:40, 10:30] == 1).all()
     # The model's default applies unless the run says otherwise, and evaluate follows it.
-    from geounet.checkpoint import save_model
+    from geounet.network.checkpoint import save_model
 
     meta.split_seeds = 0.8
     path = tmp_path / "m.safetensors"

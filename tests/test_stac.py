@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from conftest import one_torch_thread_for, roofs_model
 from rasterio.warp import transform_bounds
 
-from geounet.batch import MANIFEST_NAME, read_manifest, run_batch
+from geounet.archive.batch import MANIFEST_NAME, read_manifest, run_batch
+from geounet.archive.stac import COG_MEDIA_TYPE, is_stac_source, read_stac_scenes
 from geounet.cli.main import cli
 from geounet.errors import GeounetError, OutputError, OutputExistsError
-from geounet.predict import PredictConfig
-from geounet.stac import COG_MEDIA_TYPE, is_stac_source, read_stac_scenes
+from geounet.prediction.predict import PredictConfig
 from geounet.synthetic import make_scene
 
 pystac = pytest.importorskip("pystac")
@@ -556,7 +556,7 @@ def test_stac_out_catalog_describes_the_results(tmp_path: Path, model_file: Path
     items = {item.id: item for item in check_results_catalog(stac_dir / "catalog.json", out)}
     assert sorted(items) == ["extra", "item0", "item1", "item2"]
     records = {rec.name: rec for rec in read_manifest(out / MANIFEST_NAME).values()}
-    from geounet.checkpoint import file_hash
+    from geounet.network.checkpoint import file_hash
 
     for name, item in items.items():
         rec = records[name]

@@ -16,13 +16,13 @@ import rasterio
 from click.testing import CliRunner
 from conftest import one_torch_thread_for, roofs_model
 
-from geounet.batch import read_manifest, run_batch
-from geounet.checkpoint import file_hash, read_meta
+from geounet.archive.batch import read_manifest, run_batch
+from geounet.archive.stac import EXTENSIONS
+from geounet.archive.stac_model import MLM_EXTENSION, data_license, model_item, write_model_item
 from geounet.cli.main import cli
 from geounet.errors import OutputExistsError
-from geounet.predict import PredictConfig
-from geounet.stac import EXTENSIONS
-from geounet.stac_model import MLM_EXTENSION, data_license, model_item, write_model_item
+from geounet.network.checkpoint import file_hash, read_meta
+from geounet.prediction.predict import PredictConfig
 from geounet.synthetic import make_scene
 
 pystac = pytest.importorskip("pystac")
@@ -437,7 +437,7 @@ def test_model_item_of_the_bundled_model_and_its_onnx_export(
 ) -> None:
     """The bundled model: its per-scene stretch, its training data's licences; and as ONNX."""
     pytest.importorskip("onnx", reason="ONNX export needs pip install 'geounet[onnx]'")
-    from geounet.export import export_onnx
+    from geounet.network.export import export_onnx
 
     item = model_item("buildings")
     validate(item)
@@ -446,7 +446,7 @@ def test_model_item_of_the_bundled_model_and_its_onnx_export(
     assert inp["value_scaling"] is None and "percentiles" in inp["description"]
     assert inp["pre_processing_function"] == {
         "format": "python",
-        "expression": "geounet.normalize:scene_scaling",
+        "expression": "geounet.geodata.normalize:scene_scaling",
     }
     assert inp["resize_type"] == "interpolation-linear" and props["gsd"] == 0.3
     assert len(props["providers"]) == 2 and props["license"] == "other"  # CC BY-SA 4.0 and another

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geounet.errors import TilingError
-from geounet.tiling import axis_starts, check_tile_size, fit_tile, tile_rows, tile_windows
+from geounet.geodata.tiling import axis_starts, check_tile_size, fit_tile, tile_rows, tile_windows
 
 
 def coverage(height: int, width: int, tile: int, overlap: int) -> np.ndarray:

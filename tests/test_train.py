@@ -12,21 +12,21 @@ import pytest
 import rasterio
 import shapely
 import torch
+from conftest import SHARED_DATA, requires_shared_data
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import SHARED_DATA, requires_shared_data
-from geounet.checkpoint import load_model, read_meta
-from geounet.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
 from geounet.errors import GeounetError, LabelsError, LabelsOutsideRasterError
-from geounet.evaluate import evaluate
-from geounet.labels import LabelSpec, read_labels
-from geounet.model import UNet
-from geounet.predict import PredictConfig, predict_raster
-from geounet.raster import open_scene
-from geounet.train import (
+from geounet.geodata.raster import open_scene
+from geounet.labels.labels import LabelSpec, read_labels
+from geounet.network.checkpoint import load_model, read_meta
+from geounet.network.unet import UNet
+from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.training.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
+from geounet.training.evaluate import evaluate
+from geounet.training.train import (
     EpochChooser,
     TrainConfig,
     WeightAverage,
@@ -177,7 +177,7 @@ def test_training_reaches_iou_and_records_everything(trained: tuple[Path, object
     assert meta.provenance["separation_m"] == 0  # several classes: no background seams by default
     # Each scene stretched by its own percentiles, then standardized by the training pixels' stats;
     # the typical stretch of the training images (here one) is recorded for the ONNX export.
-    from geounet.normalize import image_stretch
+    from geounet.geodata.normalize import image_stretch
 
     lo, hi = image_stretch(out.parent / "a.tif", [1, 2, 3])
     assert meta.normalization == {
@@ -332,7 +332,7 @@ def test_tiles_in_utm_with_labels_in_wgs84_land_on_the_right_pixels(tmp_path: Pa
         scene = open_scene(chip)
         entry = ImageEntry(scene, (1, 2, 3), labels.for_scene(scene), [])
         ds = WindowDataset([entry], [], tile_size=size, mean=[0, 0, 0], std=[1, 1, 1])
-        from geounet.dataset import Sample
+        from geounet.training.dataset import Sample
 
         _, target = ds.read(Sample(0, 0, 0))
         with rasterio.open(chip) as src:
@@ -720,7 +720,7 @@ def test_cli_takes_several_images_and_labels_after_one_flag(
         catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output
-    from geounet.model import cpu_supports_bf16
+    from geounet.network.unet import cpu_supports_bf16
 
     # --precision auto: bf16 autocast on CPUs with native bf16, float32 on the others
     want = "precision: bf16 autocast on cpu" if cpu_supports_bf16() else "precision: fp32"
@@ -744,7 +744,7 @@ def test_cli_takes_several_images_and_labels_after_one_flag(
 
 @requires_shared_data
 def test_atlanta_scene_gets_a_split_and_a_stretch(tmp_path: Path) -> None:
-    from geounet.dataset import fit_normalization
+    from geounet.training.dataset import fit_normalization
 
     labels = read_labels(SHARED_DATA / "buildings.geojson")
     scene = open_scene(SHARED_DATA / "buildings_pan.tif")
@@ -886,7 +886,7 @@ def test_cell_sums_and_the_iou_standard_error_match_a_direct_count_and_a_bootstr
 
 
 def test_the_training_plot_shows_the_error_band_and_the_kept_epoch(tmp_path: Path) -> None:
-    from geounet.train import plot_history
+    from geounet.training.train import plot_history
 
     history = [
         {

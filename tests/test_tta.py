@@ -13,13 +13,13 @@ import rasterio
 import shapely
 import torch
 from click.testing import CliRunner
+from conftest import MakeRaster
 from scipy import ndimage
 
-from conftest import MakeRaster
-from geounet.checkpoint import create_model
 from geounet.cli.main import cli
-from geounet.model import UNet, calibrate_batchnorm
-from geounet.predict import (
+from geounet.network.checkpoint import create_model
+from geounet.network.unet import UNet, calibrate_batchnorm
+from geounet.prediction.predict import (
     TTA_VARIANTS,
     PredictConfig,
     Predictor,

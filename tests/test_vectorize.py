@@ -14,7 +14,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.transform import from_origin
 
 from geounet.errors import OutputError
-from geounet.vectorize import VECTOR_FORMATS, vectorize_mask, write_vectors
+from geounet.vectors.vectorize import VECTOR_FORMATS, vectorize_mask, write_vectors
 
 UTM = CRS.from_epsg(32633)
 T = from_origin(500000, 5000000, 0.5, 0.5)
@@ -186,7 +186,7 @@ def test_joined_polygons_are_valid_without_repair(
 
 
 def test_finished_polygons_are_ready_before_the_end() -> None:
-    from geounet.vectorize import StripVectorizer
+    from geounet.vectors.vectorize import StripVectorizer
 
     mask = np.zeros((30, 20), dtype=np.uint8)
     mask[2:5, 2:5] = 1  # inside strip 1
@@ -223,7 +223,7 @@ def test_a_polygon_across_many_strips_keeps_its_holes() -> None:
 
 @pytest.mark.parametrize("suffix", sorted(VECTOR_FORMATS))
 def test_streamed_batches_give_the_file_written_at_once(tmp_path: Path, suffix: str) -> None:
-    from geounet.vectorize import StripVectorizer, VectorWriter
+    from geounet.vectors.vectorize import StripVectorizer, VectorWriter
 
     rng = np.random.default_rng(3)
     mask = ((rng.random((64, 50)) < 0.5) * rng.integers(1, 3, size=(64, 50))).astype(np.uint8)
@@ -272,7 +272,7 @@ def test_streamed_batches_give_the_file_written_at_once(tmp_path: Path, suffix: 
 
 
 def test_a_writer_with_only_empty_batches_makes_an_empty_file(tmp_path: Path) -> None:
-    from geounet.vectorize import VectorWriter
+    from geounet.vectors.vectorize import VectorWriter
 
     empty = vectorize_mask(np.zeros((4, 4), np.uint8), T, UTM, NAMES)
     for suffix in (".fgb", ".parquet", ".gpkg"):
@@ -284,7 +284,7 @@ def test_a_writer_with_only_empty_batches_makes_an_empty_file(tmp_path: Path) ->
 
 
 def test_wide_strips_are_polygonized_in_bands_with_the_same_result(monkeypatch) -> None:
-    from geounet import vectorize
+    from geounet.vectors import vectorize
 
     monkeypatch.setattr(vectorize, "CHUNK_PIXELS", 300)  # 3 rows of 90 columns per call
     mask = seam_mask()
@@ -299,7 +299,7 @@ def test_bands_with_many_pieces_are_halved_with_the_same_result(
 ) -> None:
     """Speckle: a band with more pieces than MAX_BAND_PIECES is vectorized in halves (down to
     single rows), which moves the seams; the polygons stay those of the whole mask."""
-    from geounet import vectorize
+    from geounet.vectors import vectorize
 
     rng = np.random.default_rng(seed)
     mask = (rng.random((37, 41)) < density).astype(np.uint8) * rng.integers(
@@ -349,7 +349,7 @@ def test_an_interrupt_during_the_final_conversion_stops_it_as_an_interrupt(
 
     import pyogrio.raw
 
-    from geounet.vectorize import VectorWriter
+    from geounet.vectors.vectorize import VectorWriter
 
     frame = vectorize_mask(seam_mask(), T, UTM, NAMES)
     writer = VectorWriter(tmp_path / "i.fgb")
@@ -383,7 +383,7 @@ def test_a_large_flatgeobuf_is_written_without_its_in_memory_index(
 ) -> None:
     """GDAL's FlatGeobuf writer holds every feature's extent to build the index: above
     FGB_INDEX_MAX_FEATURES the streamed file has none (smaller, same features) and a warning says so."""
-    from geounet import vectorize
+    from geounet.vectors import vectorize
 
     rng = np.random.default_rng(4)
     mask = (rng.random((64, 60)) < 0.3).astype(np.uint8)

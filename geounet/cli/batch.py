@@ -21,9 +21,9 @@ from geounet.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from geounet.batch import BatchProgress
+    from geounet.archive.batch import BatchProgress
 
-#: geounet.batch.VectorFormat, spelled out so that ``--help`` does not import torch.
+#: geounet.archive.batch.VectorFormat, spelled out so that ``--help`` does not import torch.
 FORMATS = ("gpkg", "geojson", "fgb", "parquet")
 #: Failed scenes listed before the summary line (the manifest has them all).
 MAX_LISTED_FAILURES = 10
@@ -209,9 +209,9 @@ def batch(
     geounet batch stac/catalog.json -o out/ -m buildings --asset visual,image --stac-out out/stac
     geounet batch @scenes.txt -o /shared/out -m /shared/m.safetensors --scheduler tcp://head:8786
     """
-    from geounet.batch import run_batch
-    from geounet.cli.main import Terminated
-    from geounet.predict import PredictConfig
+    from geounet.archive.batch import run_batch
+    from geounet.errors import Terminated
+    from geounet.prediction.predict import PredictConfig
 
     config = PredictConfig(
         tile_size=tile_size,

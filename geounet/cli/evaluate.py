@@ -90,10 +90,10 @@ def evaluate(
     \b
     geounet evaluate scene.tif --labels buildings.gpkg -m buildings.safetensors --json report.json
     """
-    from geounet.evaluate import evaluate as run_evaluate
-    from geounet.labels import LabelSpec
-    from geounet.predict import PredictConfig
-    from geounet.raster import AtomicOutputs
+    from geounet.geodata.raster import AtomicOutputs
+    from geounet.labels.labels import LabelSpec
+    from geounet.prediction.predict import PredictConfig
+    from geounet.training.evaluate import evaluate as run_evaluate
 
     if (model_path is None) == (prediction is None):
         raise click.UsageError("give exactly one of -m/--model and --prediction")

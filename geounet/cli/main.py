@@ -21,11 +21,7 @@ from typing import Any
 import click
 
 from geounet import __version__
-from geounet.errors import GeounetError
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that ``finally`` blocks remove partial outputs."""
+from geounet.errors import GeounetError, Terminated
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -81,9 +81,9 @@ def create(
     \b
     geounet model create -o m.safetensors --bands 3 --classes 1 --width 16 --depth 4 --seed 0
     """
-    from geounet.checkpoint import create_model, save_model
-    from geounet.raster import AtomicOutputs
-    from geounet.tiling import check_tile_size
+    from geounet.geodata.raster import AtomicOutputs
+    from geounet.geodata.tiling import check_tile_size
+    from geounet.network.checkpoint import create_model, save_model
 
     names: int | list[str]
     names = (
@@ -113,7 +113,7 @@ def create(
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def list_(as_json: bool) -> None:
     """List the models bundled with geounet (use them with -m NAME)."""
-    from geounet.checkpoint import DEFAULT_MODEL, bundled_models, read_meta
+    from geounet.network.checkpoint import DEFAULT_MODEL, bundled_models, read_meta
 
     rows = []
     for name, path in bundled_models().items():
@@ -199,7 +199,7 @@ def export(
     \b
     geounet model export buildings -o buildings.onnx
     """
-    from geounet.export import export_onnx
+    from geounet.network.export import export_onnx
 
     if dynamic_size and fixed_size is not None:
         raise click.UsageError("--fixed-size and --dynamic-size exclude each other; give one")
@@ -232,11 +232,11 @@ def info(path: str, as_json: bool, stac_out: Path | None, overwrite: bool) -> No
     geounet model info buildings
     geounet model info buildings --stac buildings.json
     """
-    from geounet.checkpoint import is_onnx, read_meta, resolve_model
-    from geounet.normalize import describe
+    from geounet.geodata.normalize import describe
+    from geounet.network.checkpoint import is_onnx, read_meta, resolve_model
 
     if stac_out is not None:
-        from geounet.stac_model import write_model_item
+        from geounet.archive.stac_model import write_model_item
 
         click.echo(str(write_model_item(path, stac_out, overwrite=overwrite)))
         return
@@ -289,7 +289,7 @@ def _fmt(values: list[float]) -> str:
 
 def _onnx_line(path: Path) -> str:
     """One line on an exported ONNX file: opset, input size, Deepness defaults."""
-    from geounet.export import onnx_properties
+    from geounet.network.onnx_file import onnx_properties
 
     p = onnx_properties(path)
     size = p["geounet_onnx"].get("fixed_size")

@@ -63,7 +63,7 @@ model_opt = click.option(
 
 def announce_model(ctx: click.Context, model: str | None) -> str:
     """The model file to use; when none was named, say on stderr which bundled one is used."""
-    from geounet.checkpoint import DEFAULT_MODEL, read_meta, resolve_model
+    from geounet.network.checkpoint import DEFAULT_MODEL, read_meta, resolve_model
 
     path = resolve_model(model)
     quiet = bool((ctx.find_root().obj or {}).get("quiet"))

@@ -146,7 +146,7 @@ def predict(
     geounet predict scene.tif -o buildings.gpkg              # the bundled building model
     geounet predict scene.tif -o roads.gpkg -m roads.safetensors --mask mask.tif
     """
-    from geounet.predict import PredictConfig, predict_raster
+    from geounet.prediction.predict import PredictConfig, predict_raster
 
     if out is None and probabilities is None and mask is None:
         raise click.UsageError("give -o/--output, --probabilities or --mask")

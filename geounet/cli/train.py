@@ -221,8 +221,8 @@ def train(ctx: click.Context, out: Path, **opts: object) -> None:
     \b
     geounet train --images 'tiles/*.tif' --labels roads.shp --line-width 6 -o roads.safetensors
     """
-    from geounet.dataset import Augment
-    from geounet.train import TrainConfig, train_model
+    from geounet.training.dataset import Augment
+    from geounet.training.train import TrainConfig, train_model
 
     classes = opts.pop("classes")
     geometry: dict[str, str] = {}

@@ -5,7 +5,7 @@ or an exported ``.onnx`` file) as a STAC 1.1 Item: architecture, input bands, ti
 scaling, classes with their mask values and colours, framework, training licences, and the
 weights as the ``mlm:model`` asset. ``geounet model info MODEL --stac OUT.json`` writes it with
 :func:`write_model_item`; ``geounet batch --stac-out`` puts it in the results catalog and links
-every result to it (:func:`geounet.stac.write_results_catalog`).
+every result to it (:func:`geounet.archive.stac.write_results_catalog`).
 
 The Item has no geometry: a model is not tied to a place (its training data's places are in the
 description). The scaling is written as MLM's ``value_scaling`` where it is fixed (one z-score
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from geounet import __version__
 from geounet.errors import OutputError
-from geounet.vectorize import MASK_NODATA
+from geounet.vectors.vectorize import MASK_NODATA
 
 if TYPE_CHECKING:
-    from geounet.checkpoint import ModelMeta
+    from geounet.network.contract import ModelMeta
 
 #: STAC version of the documents written.
 STAC_VERSION = "1.1.0"
@@ -106,7 +106,7 @@ def mask_classes(meta: ModelMeta) -> list[dict[str, Any]]:
     """The classification extension's class objects of a model's class mask: each value, name,
     description and colour (``rrggbb``), and the nodata value.
 
-    Mask values are those :func:`geounet.predict.predict_raster` writes: 0 background and 1 the
+    Mask values are those :func:`geounet.prediction.predict.predict_raster` writes: 0 background and 1 the
     class for a binary model; the class index for a multi-class one; 255 nodata.
     """
     colours = list(meta.colours or [])
@@ -140,7 +140,7 @@ def mask_classes(meta: ModelMeta) -> list[dict[str, Any]]:
 
 
 def _total_parameters(meta: ModelMeta) -> int:
-    from geounet.checkpoint import build_model
+    from geounet.network.checkpoint import build_model
 
     return sum(int(p.numel()) for p in build_model(meta).parameters())
 
@@ -163,14 +163,14 @@ def _created(meta: ModelMeta, path: Path) -> str:
 
 def _scaling(meta: ModelMeta) -> tuple[list[dict[str, Any]] | None, str]:
     """MLM ``value_scaling`` (None where each scene sets it) and a sentence on the scaling."""
-    from geounet.normalize import describe, fixed_scaling
+    from geounet.geodata.normalize import describe, fixed_scaling
 
     if meta.normalization.get("mode") == "scene":
         low, high = meta.normalization["low"], meta.normalization["high"]
         return None, (
             f"Each band of each scene is stretched so that its {low:g}th and {high:g}th "
             f"percentiles map to 0 and 1, then standardized with mean {_fmt(meta.mean)} and "
-            f"std {_fmt(meta.std)} (geounet.normalize.scene_scaling)."
+            f"std {_fmt(meta.std)} (geounet.geodata.normalize.scene_scaling)."
         )
     offset, scale = fixed_scaling(meta.normalization, meta.mean, meta.std)
     scaling = [
@@ -208,7 +208,7 @@ def model_item(
     Raises:
         CheckpointError: The model file cannot be read.
     """
-    from geounet.checkpoint import file_hash, is_onnx, read_meta, resolve_model
+    from geounet.network.checkpoint import file_hash, is_onnx, read_meta, resolve_model
 
     path = resolve_model(model).resolve()
     meta = meta if meta is not None else read_meta(path)
@@ -217,7 +217,7 @@ def model_item(
     name = mlm_name(path.stem)
     size = meta.tile_size
     if onnx:
-        from geounet.export import onnx_properties
+        from geounet.network.onnx_file import onnx_properties
 
         size = onnx_properties(path)["geounet_onnx"].get("fixed_size") or size
     value_scaling, scaling_text = _scaling(meta)
@@ -247,7 +247,7 @@ def model_item(
         "resize_type": "interpolation-linear" if meta.gsd else None,
         "pre_processing_function": {
             "format": "python",
-            "expression": "geounet.normalize:scene_scaling",
+            "expression": "geounet.geodata.normalize:scene_scaling",
         },
     }
     channels = meta.outputs if not onnx else meta.class_channels
@@ -368,8 +368,8 @@ def write_model_item(
         OutputExistsError: ``dest`` exists and ``overwrite`` is False.
         OutputError: ``dest`` cannot be written.
     """
-    from geounet.checkpoint import resolve_model
-    from geounet.raster import AtomicOutputs
+    from geounet.geodata.raster import AtomicOutputs
+    from geounet.network.checkpoint import resolve_model
 
     out = Path(dest)
     path = resolve_model(model).resolve()

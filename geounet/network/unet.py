@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geounet.errors import GeounetError
+
 
 class DoubleConv(nn.Sequential):
     """(3x3 convolution => BatchNorm => ReLU) * 2."""
@@ -286,3 +288,18 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "bf16" or device.type == "cuda" or cpu_supports_bf16():
         return torch.bfloat16
     return None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU.
+
+    Raises:
+        GeounetError: ``cuda`` asked for but not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GeounetError(
+            "--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu"
+        )
+    return torch.device(device)

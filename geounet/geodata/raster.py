@@ -41,7 +41,7 @@ from geounet.errors import (
     OutputExistsError,
     RasterReadError,
 )
-from geounet.tiling import Tile
+from geounet.geodata.tiling import Tile
 
 logger = logging.getLogger(__name__)
 

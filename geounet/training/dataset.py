@@ -26,7 +26,7 @@ feeding a 0.3 m model is read as a 154 px window and upsampled to 256 px (biline
 nearest), and scale jitter draws each window's pixel size log-uniformly within
 ``[gsd / a, gsd * a]``.
 
-**Augmentation** (:class:`Augment`), applied in stretched units (see :mod:`geounet.normalize`):
+**Augmentation** (:class:`Augment`), applied in stretched units (see :mod:`geounet.geodata.normalize`):
 the 8 flips/rotations of the square, scale jitter, colour (brightness, contrast, gamma,
 saturation and per-band shifts), and blur or noise on a share of windows. Each moves the image
 and the labels together (geometric ones) or the image alone (photometric ones).
@@ -49,10 +49,10 @@ from rasterio.windows import Window
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from geounet import normalize
 from geounet.errors import GeounetError, LabelsOutsideRasterError
-from geounet.labels import Labels, RasterLabels
-from geounet.raster import Scene, gdal_path, read_window
+from geounet.geodata import normalize
+from geounet.geodata.raster import Scene, gdal_path, read_window
+from geounet.labels.labels import Labels, LabelSet, RasterLabels
 
 logger = logging.getLogger(__name__)
 
@@ -557,7 +557,7 @@ def fit_normalization(
     """Fit a model's normalization on its training images and set each entry's stretch.
 
     Returns:
-        (record, mean, std): the record for the model file (see :mod:`geounet.normalize`) and the
+        (record, mean, std): the record for the model file (see :mod:`geounet.geodata.normalize`) and the
         per-band mean and standard deviation of the stretched training pixels.
 
     Raises:
@@ -713,7 +713,7 @@ def mark_borders(
 
     What is left at 1 is every object shrunk by ``radius`` on its own, so that objects that
     touch (or nearly) keep cores ``2 * radius`` apart: the seeds that part them when
-    predicting (:func:`geounet.vectorize.split_at_valleys` with the core channel).
+    predicting (:func:`geounet.vectors.vectorize.split_at_valleys` with the core channel).
 
     Args:
         target: uint8 (H, W) class ids of a window (binary: 1 is the foreground).

@@ -14,7 +14,7 @@ instead of stopping the walk.
 Writing: :func:`write_results_catalog` writes a self-contained static catalog that a STAC API
 (pgstac, stac-fastapi) loads and STAC Browser shows: ``catalog.json`` at the top, a Collection of
 the results (extent, the model's training-data licence, providers, summaries, item assets) with
-one item per segmented scene, and the model's item (MLM extension, :mod:`geounet.stac_model`).
+one item per segmented scene, and the model's item (MLM extension, :mod:`geounet.archive.stac_model`).
 Each result item has its footprint in EPSG:4326, the source item's datetime (else the processing
 time), the scene's grid (projection extension), the polygons as labels (label extension), the
 mask's classes (classification extension), how it was made (processing extension), and links to
@@ -41,10 +41,10 @@ from urllib.parse import unquote, urlsplit
 
 from geounet import __version__
 from geounet.errors import GeounetError, OutputError, OutputExistsError
-from geounet.raster import gdal_options, gdal_path, is_remote
+from geounet.geodata.raster import gdal_options, gdal_path, is_remote
 
 if TYPE_CHECKING:
-    from geounet.checkpoint import ModelMeta
+    from geounet.network.contract import ModelMeta
 
 logger = logging.getLogger(__name__)
 
@@ -531,7 +531,7 @@ def write_results_catalog(
 
     Layout: ``DEST/catalog.json`` (the root), ``DEST/COLLECTION/collection.json`` with one item
     per scene in ``DEST/COLLECTION/ID/ID.json``, and the model's item (MLM extension,
-    :func:`geounet.stac_model.model_item`) in ``DEST/MODEL/MODEL.json``. Hrefs into the catalog
+    :func:`geounet.archive.stac_model.model_item`) in ``DEST/MODEL/MODEL.json``. Hrefs into the catalog
     and the outputs are relative (the outputs are referred to where they are, not copied), so
     they stay valid when the results move together; hrefs to what lies outside (source items,
     their collections, source rasters, the model file) are absolute. An earlier results catalog
@@ -558,8 +558,8 @@ def write_results_catalog(
         OutputError: The catalog cannot be written.
         OutputExistsError: ``dest`` holds something other than a results catalog.
     """
-    from geounet.checkpoint import read_meta, resolve_model
-    from geounet.stac_model import data_license, mask_classes, model_item
+    from geounet.archive.stac_model import data_license, mask_classes, model_item
+    from geounet.network.checkpoint import read_meta, resolve_model
 
     pystac = _import_pystac()
     folder = Path(dest).expanduser().resolve()
@@ -690,7 +690,7 @@ def _result_item(
 ) -> Any:
     from pystac.utils import datetime_to_str, str_to_datetime
 
-    from geounet.stac_model import mask_classes
+    from geounet.archive.stac_model import mask_classes
 
     grid = _scene_grid(entry.scene)
     geometry, bbox = _footprint(grid)
@@ -917,7 +917,7 @@ def _projection(crs: Any, transform: Any, height: int, width: int) -> dict[str, 
 
 def _software(model: str | os.PathLike[str]) -> dict[str, str]:
     """``processing:software``: geounet and the runtime that ran the model."""
-    from geounet.checkpoint import is_onnx
+    from geounet.network.checkpoint import is_onnx
 
     software = {"geounet": __version__}
     if is_onnx(model):

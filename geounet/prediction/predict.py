@@ -1,7 +1,7 @@
 """Streaming tiled prediction: scene -> tiles -> U-Net batches -> blended strips -> outputs.
 
 Memory is bounded by one strip of tile rows: reading runs ahead in background threads, logits are
-blended into a rolling :class:`~geounet.blend.Stitcher`, and each finished strip goes straight to
+blended into a rolling :class:`~geounet.prediction.blend.Stitcher`, and each finished strip goes straight to
 the probability/mask GeoTIFFs and the strip vectorizer. The scene is never held whole.
 """
 
@@ -26,15 +26,10 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
-from geounet import normalize
-from geounet.blend import Strip, StripAssembler
-from geounet.centerline import CenterlineOptions, StripCenterliner
-from geounet.checkpoint import ModelMeta, is_onnx, load_model, resolve_model
-from geounet.cog import StripWriter
 from geounet.errors import BandMismatchError, GeounetError, OutputError, TilingError
-from geounet.export import OnnxNet, load_backend, load_onnx, onnxruntime_available
-from geounet.model import UNet, autocast_dtype, fuse_batchnorm
-from geounet.raster import (
+from geounet.geodata import normalize
+from geounet.geodata.cog import StripWriter
+from geounet.geodata.raster import (
     AtomicOutputs,
     ReadAhead,
     Scene,
@@ -44,7 +39,7 @@ from geounet.raster import (
     pixel_size_m,
     resolve_bands,
 )
-from geounet.style import (
+from geounet.geodata.style import (
     line_qml,
     mask_qml,
     probability_qml,
@@ -52,8 +47,14 @@ from geounet.style import (
     write_category_names,
     write_sidecar_qml,
 )
-from geounet.tiling import Tile, check_tile_size, fit_tile, tile_windows
-from geounet.vectorize import (
+from geounet.geodata.tiling import Tile, check_tile_size, fit_tile, tile_windows
+from geounet.network.backends import OnnxNet, load_backend, load_onnx, onnxruntime_available
+from geounet.network.checkpoint import is_onnx, load_model, resolve_model
+from geounet.network.contract import ModelMeta
+from geounet.network.unet import UNet, autocast_dtype, fuse_batchnorm, resolve_device
+from geounet.prediction.blend import Strip, StripAssembler
+from geounet.vectors.centerline import CenterlineOptions, StripCenterliner
+from geounet.vectors.vectorize import (
     MASK_NODATA,
     WRITE_BATCH,
     StripVectorizer,
@@ -93,7 +94,7 @@ CPU_AUTO_PRECISION: Precision = "bf16"
 
 def inference_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype of the network for ``precision`` on ``device`` (None: float32):
-    :func:`geounet.model.autocast_dtype`, with ``auto`` on the CPU as :data:`CPU_AUTO_PRECISION`
+    :func:`geounet.network.unet.autocast_dtype`, with ``auto`` on the CPU as :data:`CPU_AUTO_PRECISION`
     says.
 
     Raises:
@@ -180,21 +181,21 @@ class PredictConfig:
             and its logits resampled back before blending, so every output stays on the scene's
             own grid. ``off``: the network sees the scene's pixels as they are.
         regularize: Square polygon outlines (right angles along each building's dominant
-            orientation, small jogs removed; :func:`geounet.vectorize.regularize_polygon`).
+            orientation, small jogs removed; :func:`geounet.vectors.vectorize.regularize_polygon`).
             None: the model's default (its metadata says; off for the bundled building model, where it lowered object F1).
         split_m: Split polygons where parts meet through a neck narrower than this many
-            metres (touching buildings; :func:`geounet.vectorize.split_necks`); 0 = off,
+            metres (touching buildings; :func:`geounet.vectors.vectorize.split_necks`); 0 = off,
             None = the model's default.
         split_seeds: Binary models: cut objects apart along the valleys of the probability
             between cores at or above this probability (a seeded watershed, before the mask is
-            written and vectorized; :func:`geounet.vectorize.split_at_valleys`); 0 = off, None =
+            written and vectorized; :func:`geounet.vectors.vectorize.split_at_valleys`); 0 = off, None =
             the model's default. A model with a core channel (``core_m``) takes its cores from
             that channel: P is then the core probability.
         precision: The network's arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16
             on CUDA and on CPUs with native bf16 (see :data:`CPU_AUTO_PRECISION`), float32 on
             other CPUs, where bf16 is emulated.
         backend: What runs the network: ``torch``, ``onnxruntime`` (the model exported in memory
-            and cached, :func:`geounet.export.load_backend`) or ``auto`` (see
+            and cached, :func:`geounet.network.backends.load_backend`) or ``auto`` (see
             :func:`choose_backend`).
     """
 
@@ -309,19 +310,6 @@ def line_output(out: str | os.PathLike[str], meta: ModelMeta) -> tuple[Path | No
     return path.with_name(f"{path.stem}_lines{path.suffix}"), None
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU.
-
-    Raises:
-        GeounetError: ``cuda`` asked for but not available.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GeounetError(
-            "--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu"
-        )
-    return torch.device(device)
 
 
 def choose_backend(
@@ -405,8 +393,8 @@ class Predictor:
 
     Args:
         model: A model file path, or an already loaded ``(UNet, ModelMeta)`` pair. An ``.onnx``
-            file from :func:`geounet.export.export_onnx` runs through onnxruntime
-            (:class:`~geounet.export.OnnxNet`) with the same contract and normalization.
+            file from :func:`geounet.network.export.export_onnx` runs through onnxruntime
+            (:class:`~geounet.network.backends.OnnxNet`) with the same contract and normalization.
         device: ``auto``, ``cpu`` or ``cuda``.
         compile: Run the network through ``torch.compile`` (worth it for long runs on a GPU).
         precision: ``auto``, ``fp32`` or ``bf16`` (see :class:`PredictConfig`).
@@ -553,7 +541,7 @@ class Predictor:
                 already ``max_batch``. Without ``tta`` the N tiles make one pass, as given.
 
             scaling: Per-band ``(offset, scale)`` of the scene the tiles come from (see
-                :func:`geounet.normalize.scene_scaling`; :meth:`run` passes it). None: the
+                :func:`geounet.geodata.normalize.scene_scaling`; :meth:`run` passes it). None: the
                 model's fixed scaling, or for a model that stretches each scene, the stretch of
                 these tiles' own valid pixels.
             net_size: Resample the (square) tiles to this size for the network (bilinear,

@@ -10,13 +10,13 @@ The graph
     (``input_shape[-1]``, into an integer field) and refuses a symbolic one. ``dynamic_size``
     makes both spatial axes the one symbol ``size`` instead (any multiple of ``2**depth``, for
     onnxruntime users). ``geounet predict -m model.onnx`` runs either: a fixed-size graph is
-    tiled at its size (:meth:`geounet.predict.Predictor.plan`). BatchNorm is folded into the
-    convolutions, as :class:`~geounet.predict.Predictor` runs the network.
+    tiled at its size (:meth:`geounet.prediction.predict.Predictor.plan`). BatchNorm is folded into the
+    convolutions, as :class:`~geounet.prediction.predict.Predictor` runs the network.
 
 The input convention (normalization as metadata, not in the graph)
     The input is the standardized tile, exactly what the PyTorch U-Net takes: geounet computes
     ``(x - offset) / scale`` per band from raw pixel values ``x``
-    (:func:`geounet.normalize.scene_scaling`). Deepness always divides pixel values by 255 and
+    (:func:`geounet.geodata.normalize.scene_scaling`). Deepness always divides pixel values by 255 and
     then standardizes with the ``standardization_mean``/``standardization_std`` of the
     metadata, ``(x / 255 - mean) / std``; so those keys hold ``offset / 255`` and
     ``scale / 255``, and Deepness feeds the graph what geounet feeds it (for any data type: the
@@ -29,7 +29,7 @@ The input convention (normalization as metadata, not in the graph)
     runs the model over one mosaic: Deepness then sees exactly what ``geounet predict`` feeds
     the network on that scene); else the model's recorded typical stretch
     (``typical_lo``/``typical_hi``, the median over its training images of each image's
-    percentiles, :mod:`geounet.normalize`); else, for older files, ``0..255``. The
+    percentiles, :mod:`geounet.geodata.normalize`); else, for older files, ``0..255``. The
     ``geounet_onnx`` record says which (``stretch``).
 
 The metadata (``metadata_props``, every value JSON, as Deepness parses them)
@@ -41,7 +41,7 @@ The metadata (``metadata_props``, every value JSON, as Deepness parses them)
     tile centres with hard seams (:func:`deepness_overlap`); ``seg_thresh`` (the binary threshold, 0 = plain
     argmax for multi-class models, as geounet); ``seg_small_segment`` 0 (geounet does not
     filter small segments); ``standardization_mean``/``standardization_std`` as above. Plus
-    geounet's own: ``geounet`` (the whole :class:`~geounet.checkpoint.ModelMeta`: bands, dtype,
+    geounet's own: ``geounet`` (the whole :class:`~geounet.network.checkpoint.ModelMeta`: bands, dtype,
     normalization, classes, colours, tile size, pixel size, provenance) and ``geounet_onnx``
     (tensor names, activation, fixed size, the folded stretch, source file and its SHA-256), so
     that ``geounet predict -m model.onnx`` runs it through onnxruntime with the same contract
@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import io
 import json
 import logging
 import os
@@ -75,53 +74,29 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from geounet import normalize
-from geounet.checkpoint import ModelMeta, file_hash, load_model, resolve_model
-from geounet.errors import CheckpointError, GeounetError, TilingError
-from geounet.model import UNet, drop_core_channel, fuse_batchnorm
-from geounet.raster import AtomicOutputs, open_scene, resolve_bands
-from geounet.tiling import check_tile_size
+from geounet.errors import GeounetError
+from geounet.geodata import normalize
+from geounet.geodata.raster import AtomicOutputs, open_scene, resolve_bands
+from geounet.geodata.tiling import check_tile_size
+from geounet.network.checkpoint import file_hash, load_model, resolve_model
+from geounet.network.contract import ModelMeta
+from geounet.network.onnx_file import (
+    INPUT,
+    LOGITS,
+    ONNX_FORMAT_VERSION,
+    OUTPUT,
+    logits_graph,
+    make_session,
+    require_onnx,
+)
+from geounet.network.unet import UNet, drop_core_channel, fuse_batchnorm
 
 logger = logging.getLogger(__name__)
 
 #: Opset written by default (ONNX IR 8: onnxruntime >= 1.13 reads it, QGIS installs included).
 DEFAULT_OPSET = 17
-#: Layout version of the ``geounet_onnx`` record.
-ONNX_FORMAT_VERSION = 1
-INPUT, OUTPUT, LOGITS = "input", "probabilities", "logits"
-EXTRA_HINT = "pip install 'geounet[onnx]'"
-#: Keys of ``metadata_props`` that Deepness reads (besides ``class_names``).
-DEEPNESS_KEYS = (
-    "model_type",
-    "class_names",
-    "resolution",
-    "tiles_size",
-    "tile_size",
-    "tiles_overlap",
-    "seg_thresh",
-    "seg_small_segment",
-    "standardization_mean",
-    "standardization_std",
-)
 
 
-def require_onnx(what: str, *, runtime: bool = True) -> tuple[Any, Any]:
-    """The ``onnx`` and (with ``runtime``) ``onnxruntime`` modules.
-
-    Raises:
-        GeounetError: One of them is not installed, naming the pip extra that brings both.
-    """
-    try:
-        import onnx
-    except ImportError as exc:
-        raise GeounetError(f"{what} needs the onnx package: {EXTRA_HINT}") from exc
-    if not runtime:
-        return onnx, None
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise GeounetError(f"{what} needs onnxruntime: {EXTRA_HINT}") from exc
-    return onnx, onnxruntime
 
 
 def deepness_standardization(
@@ -161,7 +136,7 @@ def scene_stretch(
 
     Raises:
         GeounetError: The model does not stretch each scene, or the scene does not fit it
-            (bands; see :func:`geounet.raster.resolve_bands`).
+            (bands; see :func:`geounet.geodata.raster.resolve_bands`).
     """
     if meta.normalization.get("mode") != "scene":
         raise GeounetError(
@@ -180,7 +155,7 @@ def deepness_overlap(meta: ModelMeta) -> int:
     Deepness does not blend: each tile writes its centre, cutting half the overlap off every side
     that has a neighbour. With twice the model's overlap every pixel it keeps lies at least the
     model's overlap inside its tile, where geounet's blending gives a tile its full weight
-    (:mod:`geounet.blend`). For the bundled model (25 % instead of its own 13 %) that raised
+    (:mod:`geounet.prediction.blend`). For the bundled model (25 % instead of its own 13 %) that raised
     Deepness' agreement with ``geounet predict`` by 0.4 points on average (0.1 to 1.1) over eight
     held-out 0.3 m aerial scenes (``benchmarks/deepness.py``), for 1.35 times the tiles.
     """
@@ -352,7 +327,7 @@ def _build(
         **source,
     }
     folded = (stretch["lo"], stretch["hi"]) if stretch else None
-    proto = _trace(onnx, net, meta, opset=opset, fixed_size=fixed_size)
+    proto = trace_graph(onnx, net, meta, opset=opset, fixed_size=fixed_size)
     for key, value in onnx_metadata(meta, threshold=threshold, extra=extra, stretch=folded).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -376,7 +351,7 @@ def _build(
     return data
 
 
-def _trace(onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int | None) -> Any:
+def trace_graph(onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int | None) -> Any:
     """Trace ``net`` + activation to an ONNX ``ModelProto`` with one output, ``probabilities``."""
     size = fixed_size or 2**meta.depth * 2
     sample = torch.zeros((1, meta.bands, size, size))
@@ -416,35 +391,35 @@ def _verify(ort: Any, data: bytes, net: UNet, meta: ModelMeta, fixed_size: int |
     Raises:
         GeounetError: They differ by more than float32 rounding of this network can explain.
     """
-    _compare(_session(ort, _logits_graph(data), cuda=False), net, meta, fixed_size)
+    compare_logits(make_session(ort, logits_graph(data), cuda=False), net, meta, fixed_size)
 
 
-def _compare(
+def compare_logits(
     session: Any, net: torch.nn.Module, meta: ModelMeta, fixed_size: int | None
 ) -> npt.NDArray[np.float32]:
     """Compare a logits session with ``net`` on two random tiles (see :func:`_verify`).
 
     Returns:
-        PyTorch's logits of the two tiles (what :func:`_compare_stored` takes later).
+        PyTorch's logits of the two tiles (what :func:`compare_stored` takes later).
     """
-    x = _probe(meta, fixed_size)
+    x = probe_tiles(meta, fixed_size)
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
-    _compare_stored(session, meta, fixed_size, expected)
+    compare_stored(session, meta, fixed_size, expected)
     return expected
 
 
-def _probe(meta: ModelMeta, fixed_size: int | None) -> npt.NDArray[np.float32]:
-    """The two seeded random tiles that :func:`_compare` runs."""
+def probe_tiles(meta: ModelMeta, fixed_size: int | None) -> npt.NDArray[np.float32]:
+    """The two seeded random tiles that :func:`compare_logits` runs."""
     size = fixed_size or 2**meta.depth * 2
     return np.random.default_rng(0).standard_normal((2, meta.bands, size, size), dtype=np.float32)
 
 
-def _compare_stored(
+def compare_stored(
     session: Any, meta: ModelMeta, fixed_size: int | None, expected: npt.NDArray[np.float32]
 ) -> None:
-    """Compare a logits session with PyTorch's logits of :func:`_probe`'s tiles, computed before."""
-    (got,) = session.run([LOGITS], {INPUT: _probe(meta, fixed_size)})
+    """Compare a logits session with PyTorch's logits of :func:`probe_tiles`'s tiles, computed before."""
+    (got,) = session.run([LOGITS], {INPUT: probe_tiles(meta, fixed_size)})
     diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     if not diff <= 1e-3 * max(1.0, float(np.abs(expected).max())):
         raise GeounetError(
@@ -452,339 +427,39 @@ def _compare_stored(
         )
 
 
-def _logits_graph(data: bytes) -> bytes:
-    """An exported model rewired to output its ``logits`` (the activation dropped)."""
-    import onnx
-
-    proto = onnx.load_from_string(data)
-    producers = {name: node for node in proto.graph.node for name in node.output}
-    if LOGITS not in producers:
-        raise CheckpointError(
-            f"the ONNX graph has no '{LOGITS}' tensor; export it with `geounet model export`"
-        )
-    value = onnx.helper.make_tensor_value_info(LOGITS, onnx.TensorProto.FLOAT, None)
-    del proto.graph.output[:]
-    proto.graph.output.append(value)
-    needed, nodes = {LOGITS}, []
-    for node in reversed(proto.graph.node):
-        if any(name in needed for name in node.output):
-            nodes.append(node)
-            needed.update(node.input)
-    del proto.graph.node[:]
-    proto.graph.node.extend(reversed(nodes))
-    return bytes(proto.SerializeToString())
 
 
-def _session(ort: Any, data: bytes, *, cuda: bool) -> Any:
-    """An onnxruntime session with as many threads as PyTorch uses (the CPU policy stays one)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3  # errors only: no notes about pruned initializers
-    providers = ["CPUExecutionProvider"]
-    if cuda:
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(data, sess_options=options, providers=providers)
 
 
-def _read_proto(path: Path, onnx: Any) -> Any:
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError, OSError
-        raise CheckpointError(
-            f"{path.name} is not a readable ONNX file ({str(exc).splitlines()[0][:120]})"
-        ) from exc
 
 
-def _records(proto: Any, name: str) -> tuple[ModelMeta, dict[str, Any]]:
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "geounet" not in props:
-        raise CheckpointError(
-            f"{name} has no geounet metadata; geounet runs ONNX files that `geounet model export` wrote"
-        )
-    try:
-        data, extra = json.loads(props["geounet"]), json.loads(props.get("geounet_onnx", "{}"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{name}: geounet metadata is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(extra, dict):
-        raise CheckpointError(f"{name}: geounet metadata is not a JSON object")
-    if int(extra.get("format_version", 1)) > ONNX_FORMAT_VERSION:
-        raise CheckpointError(f"{name} was exported by a newer geounet; upgrade geounet")
-    return ModelMeta.from_dict(data, source=name), extra
 
 
-def read_onnx_meta(path: str | os.PathLike[str]) -> ModelMeta:
-    """The :class:`~geounet.checkpoint.ModelMeta` stored in an exported ONNX file.
-
-    Raises:
-        CheckpointError: Not ONNX, or no geounet metadata.
-        GeounetError: The onnx package is missing.
-    """
-    onnx, _ = require_onnx("reading an ONNX model", runtime=False)
-    p = Path(path)
-    return _records(_read_proto(p, onnx), p.name)[0]
 
 
-def onnx_properties(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """An ONNX file's Deepness keys (JSON-decoded), ``geounet_onnx`` record and opset."""
-    onnx, _ = require_onnx("reading an ONNX model", runtime=False)
-    p = Path(path)
-    proto = _read_proto(p, onnx)
-    props = {e.key: e.value for e in proto.metadata_props}
-    out: dict[str, Any] = {k: json.loads(props[k]) for k in DEEPNESS_KEYS if k in props}
-    out["geounet_onnx"] = json.loads(props.get("geounet_onnx", "{}"))
-    out["opset"] = max(
-        (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None
-    )
-    return out
 
 
-class OnnxNet(torch.nn.Module):
-    """An exported model's network run by onnxruntime, called like the U-Net.
-
-    ``net(x)`` takes normalized tiles (N, bands, H, W) on any device and returns their float32
-    logits on the same device, so :class:`~geounet.predict.Predictor` (plain and TTA forward
-    passes) uses it in place of the PyTorch module.
-
-    Attributes:
-        device: Where the session runs (``cuda`` with onnxruntime's CUDA provider, else ``cpu``).
-        fixed_size: The only tile size the graph takes (None: any multiple of ``2**depth``).
-        batch_size: Tiles per forward pass when none is given (1 on the CPU, as for PyTorch).
-    """
-
-    def __init__(self, session: Any, *, fixed_size: int | None, name: str) -> None:
-        super().__init__()
-        self.session = session
-        self.fixed_size = fixed_size
-        self.name = name
-        cuda = session.get_providers()[0] == "CUDAExecutionProvider"
-        self.device = torch.device("cuda" if cuda else "cpu")
-        self.batch_size = 8 if cuda else 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of standardized tiles (N, bands, H, W), on ``x``'s device.
-
-        Raises:
-            TilingError: A graph exported with a fixed size given tiles of another.
-        """
-        size = self.fixed_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            raise TilingError(
-                f"{self.name} was exported for {size} px tiles, got {x.shape[-2]} x {x.shape[-1]}; "
-                f"predict tiles a scene at that size, or export again with --dynamic-size"
-            )
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        (y,) = self.session.run([LOGITS], {INPUT: arr})
-        return torch.from_numpy(y).to(x.device)
 
 
-def load_onnx(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[OnnxNet, ModelMeta]:
-    """An exported ONNX model ready for :class:`~geounet.predict.Predictor`, and its contract.
-
-    Args:
-        path: The ``.onnx`` file.
-        device: ``cuda`` (needs onnxruntime's CUDA provider: ``onnxruntime-gpu``), ``auto``
-            (CUDA when PyTorch and onnxruntime both have it, else CPU) or ``cpu``.
-
-    Raises:
-        CheckpointError: Not an exported geounet model.
-        GeounetError: onnx/onnxruntime missing, or ``cuda`` asked for without the CUDA provider.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: model file not found")
-    onnx, ort = require_onnx("running an ONNX model")
-    proto = _read_proto(p, onnx)
-    meta, extra = _records(proto, p.name)
-    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device.startswith("cuda") and not has_cuda:
-        raise GeounetError(
-            "--device cuda with an ONNX model needs onnxruntime's CUDA provider "
-            "(pip install onnxruntime-gpu); or use --device cpu"
-        )
-    try:
-        session = _session(
-            ort, _logits_graph(proto.SerializeToString()), cuda=want_cuda and has_cuda
-        )
-    except GeounetError:
-        raise
-    except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented
-        raise CheckpointError(
-            f"onnxruntime cannot load {p.name}: {str(exc).splitlines()[0][:160]}"
-        ) from exc
-    fixed = extra.get("fixed_size")
-    return OnnxNet(session, fixed_size=int(fixed) if fixed else None, name=p.name), meta
 
 
-#: Environment variable that overrides the cache directory of :func:`cache_dir`.
-CACHE_ENV = "GEOUNET_CACHE"
 
 
-def cache_dir() -> Path:
-    """geounet's cache directory: ``$GEOUNET_CACHE``, else ``$XDG_CACHE_HOME/geounet``, else
-    ``~/.cache/geounet``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "geounet"
 
 
-def onnxruntime_available() -> bool:
-    """Whether the onnxruntime backend can run here (``onnx`` and ``onnxruntime`` installed)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
-def backend_cache_entry(model_path: str | os.PathLike[str], ort_version: str) -> Path:
-    """Where :func:`load_backend` keeps a model file's exported graph: keyed by the file's SHA-256,
-    geounet's version and onnxruntime's version (any of them changed: a new export)."""
-    from geounet import __version__
-
-    return (
-        cache_dir() / "onnx" / f"{file_hash(model_path)}-geounet{__version__}-ort{ort_version}.onnx"
-    )
 
 
-def _backend_graph(
-    onnx: Any, ort: Any, net: UNet, meta: ModelMeta
-) -> tuple[bytes, npt.NDArray[np.float32]]:
-    """The logits graph of ``net`` (BatchNorm folded, every output channel kept, core included),
-    any multiple of ``2**depth`` in size, checked against PyTorch's logits (returned with it)."""
-    proto = _trace(onnx, net, meta, opset=DEFAULT_OPSET, fixed_size=None)
-    data = _logits_graph(bytes(proto.SerializeToString()))
-    return data, _compare(_session(ort, data, cuda=False), net, meta, None)
 
 
-def load_backend(
-    model: str | os.PathLike[str] | tuple[UNet, ModelMeta],
-    *,
-    device: str = "cpu",
-    cache: bool = True,
-) -> tuple[OnnxNet, ModelMeta]:
-    """A PyTorch model run by onnxruntime: exported in memory, cached on disk by the file's hash.
-
-    The graph is the network's logits (every channel, a core channel included, so masks and
-    polygons follow as with PyTorch), BatchNorm folded, with a dynamic batch and size
-    (:func:`geounet.tiling.fit_tile` keeps working). A model file's graph is kept in
-    ``cache_dir() / "onnx"`` (:func:`backend_cache_entry`; written atomically), so later runs skip
-    the export; next to it (``.npy``) PyTorch's logits of the check's two tiles, so a later run
-    checks the entry without a PyTorch forward pass (about a second of a small prediction; the
-    first run on a CPU pays for PyTorch's kernels). An entry that onnxruntime cannot load or whose
-    logits differ from PyTorch's is rebuilt, and a cache directory that cannot be written leaves the graph in memory (one log line).
-
-    Args:
-        model: A model file (``.safetensors``), a bundled model's name, or a loaded
-            ``(UNet, ModelMeta)`` pair (exported in memory, not cached).
-        device: ``cpu``, or ``cuda`` (onnxruntime's CUDA provider, ``onnxruntime-gpu``).
-        cache: Read and write the on-disk cache.
-
-    Returns:
-        The network (called like the U-Net, see :class:`OnnxNet`) and the model's contract.
-
-    Raises:
-        GeounetError: onnx/onnxruntime missing, no CUDA provider for ``cuda``, or an export that
-            fails or disagrees with PyTorch.
-    """
-    ort = _require_onnxruntime()
-    cuda = device.startswith("cuda")
-    if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise GeounetError(
-            "--backend onnxruntime on CUDA needs onnxruntime's CUDA provider (pip install onnxruntime-gpu); "
-            "or use --backend torch"
-        )
-    if isinstance(model, tuple):
-        net, meta, path = copy.deepcopy(model[0]), model[1], None
-    else:
-        path = resolve_model(model)
-        net, meta = load_model(path)
-    net = fuse_batchnorm(net.float()).eval()
-    name = path.name if path is not None else "in-memory model"
-    entry = backend_cache_entry(path, ort.__version__) if path is not None and cache else None
-    data: bytes | None = None
-    session: Any = None
-    if entry is not None and entry.is_file():
-        try:
-            data = entry.read_bytes()
-            session = _session(ort, data, cuda=False)
-            _check_entry(session, net, meta, entry)
-        except Exception as exc:  # noqa: BLE001 (unreadable, not ONNX, or wrong logits: export again)
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-            logger.info(
-                "rebuilding the onnxruntime graph of %s (cache entry %s: %s)", name, entry, reason
-            )
-            data = session = None
-    if data is None:
-        onnx, _ = require_onnx("--backend onnxruntime")
-        data, expected = _backend_graph(onnx, ort, net, meta)
-        if entry is not None and _write_cache(entry, data):
-            _write_cache(_logits_entry(entry), _npy_bytes(expected))
-    try:
-        if session is None or cuda:
-            session = _session(ort, data, cuda=cuda)
-    except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NotImplemented
-        raise GeounetError(
-            f"onnxruntime cannot run {name}: {str(exc).splitlines()[0][:160]}; use --backend torch"
-        ) from exc
-    return OnnxNet(session, fixed_size=None, name=name), meta
 
 
-def _require_onnxruntime() -> Any:
-    """The ``onnxruntime`` module (a cached graph needs no ``onnx``, which is slow to import)."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise GeounetError(f"--backend onnxruntime needs onnxruntime: {EXTRA_HINT}") from exc
-    return onnxruntime
 
 
-def _logits_entry(entry: Path) -> Path:
-    """Where PyTorch's logits of :func:`_probe`'s tiles sit next to a cached graph."""
-    return entry.with_suffix(".npy")
 
 
-def _npy_bytes(array: npt.NDArray[np.float32]) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
-def _check_entry(session: Any, net: UNet, meta: ModelMeta, entry: Path) -> None:
-    """Check a cached graph against the logits stored with it, or (none stored, or unreadable)
-    against a PyTorch forward pass, then storing those logits for the next run."""
-    try:
-        expected = np.load(_logits_entry(entry), allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        expected = None
-    if isinstance(expected, np.ndarray) and expected.dtype == np.float32:
-        _compare_stored(session, meta, None, expected)
-    else:
-        _write_cache(_logits_entry(entry), _npy_bytes(_compare(session, net, meta, None)))
 
 
-def _write_cache(entry: Path, data: bytes) -> bool:
-    """Write a cache entry atomically; an unwritable cache leaves it out (one log line).
-
-    Returns:
-        Whether it was written.
-    """
-    tmp: str | None = None
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=entry.suffix, dir=entry.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, entry)
-        tmp = None
-        return True
-    except OSError as exc:
-        logger.warning(
-            "cannot cache the onnxruntime graph in %s (%s); exported in memory for this run",
-            entry.parent,
-            exc.strerror or exc,
-        )
-        return False
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

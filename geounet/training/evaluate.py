@@ -25,13 +25,13 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
-from geounet.centerline import CenterlineOptions, StripCenterliner
 from geounet.errors import GeounetError, LabelsError
-from geounet.labels import LabelSpec, read_labels
-from geounet.predict import PolygonOptions, PredictConfig, Predictor, Progress
-from geounet.raster import gdal_path, open_scene
-from geounet.train import scores_from_confusion
-from geounet.vectorize import MASK_NODATA, VECTOR_FORMATS, StripVectorizer
+from geounet.geodata.raster import gdal_path, open_scene
+from geounet.labels.labels import LabelSpec, read_labels
+from geounet.prediction.predict import PolygonOptions, PredictConfig, Predictor, Progress
+from geounet.training.train import scores_from_confusion
+from geounet.vectors.centerline import CenterlineOptions, StripCenterliner
+from geounet.vectors.vectorize import MASK_NODATA, VECTOR_FORMATS, StripVectorizer
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Predict many scenes into one directory: resumable, in this process or on a Dask cluster.
 
 :func:`run_batch` expands the inputs (paths, recursive globs, ``@list`` files, URLs, and STAC
-catalogs, collections and items through :mod:`geounet.stac`), gives each scene an output name, and runs :class:`~geounet.predict.Predictor` over the scenes that are not
+catalogs, collections and items through :mod:`geounet.archive.stac`), gives each scene an output name, and runs :class:`~geounet.prediction.predict.Predictor` over the scenes that are not
 done yet. Outputs go straight into the output directory as ``NAME.<format>``,
 ``NAME.mask.tif`` and ``NAME.probabilities.tif``, each written atomically (a temporary beside it,
 then a rename), so nothing half-written ever carries a final name.
@@ -48,12 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from geounet.checkpoint import file_hash, is_onnx, load_model, read_meta
-from geounet.export import load_onnx
-from geounet.errors import GeounetError, OutputError, OutputExistsError
-from geounet.predict import PredictConfig, Predictor
-from geounet.raster import expand_rasters, is_remote
-from geounet.stac import (
+from geounet.archive.stac import (
     ResultItem,
     StacScene,
     check_catalog_dest,
@@ -61,7 +56,12 @@ from geounet.stac import (
     read_stac_scenes,
     write_results_catalog,
 )
-from geounet.tiling import check_tile_size
+from geounet.errors import GeounetError, OutputError, OutputExistsError
+from geounet.geodata.raster import expand_rasters, is_remote
+from geounet.geodata.tiling import check_tile_size
+from geounet.network.backends import load_onnx
+from geounet.network.checkpoint import file_hash, is_onnx, load_model, read_meta
+from geounet.prediction.predict import PredictConfig, Predictor
 
 try:
     import fcntl
@@ -79,7 +79,7 @@ MANIFEST_NAME = "manifest.jsonl"
 
 _VSI_PREFIX = re.compile(r"^(/vsi[a-z0-9_]+(?=/))+/*")
 _UNSAFE_NAME_CHARS = re.compile(r'[\x00-\x1f/\\:*?"<>|]')
-# Temporaries of geounet.raster.AtomicOutputs: ".{final name}.geounet-{hex}.tmp".
+# Temporaries of geounet.geodata.raster.AtomicOutputs: ".{final name}.geounet-{hex}.tmp".
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.geounet-[0-9a-f]+\.tmp$")
 
 
@@ -89,7 +89,7 @@ class SceneRecord:
 
     Attributes:
         input: The scene as expanded (absolute path for local files, URL or ``/vsi`` path); for
-            a scene from a STAC item, the item (:attr:`geounet.stac.StacScene.input`).
+            a scene from a STAC item, the item (:attr:`geounet.archive.stac.StacScene.input`).
         name: The output name stem (outputs are ``NAME.<format>``, ``NAME.mask.tif``...).
         status: ``done`` or ``failed``.
         item_id: The STAC item the scene came from (left out of the line for other scenes).
@@ -700,9 +700,9 @@ def run_batch(
     """Predict every scene of an archive into ``out_dir``, skipping those already done.
 
     Args:
-        inputs: Paths, globs, ``@list`` files and URLs (see :func:`~geounet.raster.expand_rasters`),
+        inputs: Paths, globs, ``@list`` files and URLs (see :func:`~geounet.geodata.raster.expand_rasters`),
             and STAC JSON files or http(s) URLs (``.json``: an Item, ItemCollection, Catalog or
-            Collection, one scene per item, see :func:`~geounet.stac.read_stac_scenes`).
+            Collection, one scene per item, see :func:`~geounet.archive.stac.read_stac_scenes`).
         out_dir: Output directory (created if missing). Per scene: ``NAME.<fmt>`` (polygons),
             ``NAME.probabilities.tif`` and ``NAME.mask.tif`` if asked for, where ``NAME`` is the
             scene's file name without suffix (plus ``-<hash of the input>`` when two inputs
@@ -721,10 +721,10 @@ def run_batch(
             runs) and per finished scene.
         asset: The asset key of STAC items to segment, or several in order of preference
             (each item gives the first it has; an item with none of them is recorded as
-            failed). Default: the asset :func:`~geounet.stac.choose_asset` picks, which prefers
+            failed). Default: the asset :func:`~geounet.archive.stac.choose_asset` picks, which prefers
             one with as many bands as the model (or as ``config.bands`` needs).
         stac_out: Also write a static STAC catalog of the done scenes into this folder (see
-            :func:`~geounet.stac.write_results_catalog`), after the scenes ran: every scene of
+            :func:`~geounet.archive.stac.write_results_catalog`), after the scenes ran: every scene of
             this batch whose last ``done`` record (with this model) still has its outputs, also
             one that failed in this run without touching them (a STAC item gone broken).
 

@@ -28,7 +28,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from geounet.errors import OutputError
-from geounet.raster import Scene, short_error
+from geounet.geodata.raster import Scene, short_error
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class StripWriter:
     """Writes row strips, in order, into a Cloud-Optimized GeoTIFF with overviews.
 
     Args:
-        path: Destination (normally a temporary path from :class:`~geounet.raster.AtomicOutputs`);
+        path: Destination (normally a temporary path from :class:`~geounet.geodata.raster.AtomicOutputs`);
             the intermediate files go beside it, named ``.{stem}.*``, and are removed.
         scene: The grid to write in.
         count: Bands.

@@ -22,7 +22,7 @@ the model's training images of each image's ``low`` and ``high`` percentile (the
 typical training image; :func:`typical_stretch`). geounet itself never uses them to predict:
 they are the fixed stretch that stands in for the per-scene one where a runtime cannot compute
 percentiles (an ONNX export for QGIS Deepness folds them into its standardization; see
-:mod:`geounet.export`). The median, not the mean, so that one odd image (an all-dark chip, a
+:mod:`geounet.network.export`). The median, not the mean, so that one odd image (an all-dark chip, a
 saturated one) does not move them.
 """
 
@@ -39,7 +39,7 @@ import rasterio
 from rasterio.windows import Window
 
 from geounet.errors import GeounetError
-from geounet.raster import Scene, gdal_path, open_scene, read_window
+from geounet.geodata.raster import Scene, gdal_path, open_scene, read_window
 
 #: Normalization modes a model may record.
 MODES = ("scene", "dataset")
@@ -104,8 +104,8 @@ def image_stretch(
     stretch (:func:`sample_pixels`, :func:`stretch_bounds`).
 
     Args:
-        image: An opened :class:`~geounet.raster.Scene`, or a file
-            :func:`geounet.raster.open_scene` opens.
+        image: An opened :class:`~geounet.geodata.raster.Scene`, or a file
+            :func:`geounet.geodata.raster.open_scene` opens.
         bands: 1-based bands, in the model's order.
         low, high: Percentiles (0..100).
     """

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from geounet.tiling import Tile
+from geounet.geodata.tiling import Tile
 
 
 def taper_1d(length: int, overlap: int, *, start: bool, end: bool) -> npt.NDArray[np.float32]:

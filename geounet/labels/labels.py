@@ -66,7 +66,14 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from geounet.errors import LabelsError, LabelsOutsideRasterError
-from geounet.raster import RASTER_SUFFIXES, Scene, gdal_path, ground_scale, is_remote, short_error
+from geounet.geodata.raster import (
+    RASTER_SUFFIXES,
+    Scene,
+    gdal_path,
+    ground_scale,
+    is_remote,
+    short_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +93,7 @@ BINARY_CLASS_NAME = "foreground"
 PARQUET_SUFFIXES = (".parquet", ".geoparquet")
 
 #: Mask value of pixels excluded from training (mask nodata, outside every mask); equals
-#: ``geounet.dataset.IGNORE_INDEX``.
+#: ``geounet.training.dataset.IGNORE_INDEX``.
 IGNORE_VALUE = 255
 
 #: Suffixes taken as vector label files by :func:`expand_label_sources`.
@@ -490,7 +497,7 @@ class Labels:
         )
 
     def for_scene(self, scene: Scene) -> RasterLabels:
-        """:meth:`for_raster` for a :class:`geounet.raster.Scene`."""
+        """:meth:`for_raster` for a :class:`geounet.geodata.raster.Scene`."""
         return self.for_raster(
             scene.crs, scene.transform, scene.width, scene.height, name=scene.name
         )
@@ -633,7 +640,7 @@ class RasterLabels:
             window: Pixel window of the raster; it may overhang the raster.
             out_shape: (rows, cols) of the result; default the window's size. Rows and columns
                 continue the window's pixel grid from its top-left corner (a larger shape pads,
-                like :class:`geounet.raster.WindowReader`; it does not resample).
+                like :class:`geounet.geodata.raster.WindowReader`; it does not resample).
 
         Returns:
             uint8 (rows, cols) class ids; 0 is background and so is every pixel outside the

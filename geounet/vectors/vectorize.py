@@ -37,8 +37,8 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from geounet.errors import OutputError
-from geounet.raster import ground_scale
-from geounet.style import write_gpkg_style, write_sidecar_qml
+from geounet.geodata.raster import ground_scale
+from geounet.geodata.style import write_gpkg_style, write_sidecar_qml
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -798,11 +798,11 @@ def split_at_valleys(
     left as it was, and no foreground pixel is added.
 
     With ``core``, the probability of a model's core channel (each object's footprint shrunk
-    on its own, :func:`geounet.dataset.mark_borders`), the cores are where ``core`` is at least
+    on its own, :func:`geounet.training.dataset.mark_borders`), the cores are where ``core`` is at least
     ``seed``, and each pixel of a blob with two cores or more goes to its nearest core: the
     core channel parts neighbours even where the foreground probability has no valley.
 
-    Works on one strip at a time (:class:`geounet.predict.StripSinks`): a core cut by a strip
+    Works on one strip at a time (:class:`geounet.prediction.predict.StripSinks`): a core cut by a strip
     seam is two cores, one on each side, and the seam itself is never cut, so an object that
     crosses it stays whole.
 
@@ -1165,7 +1165,7 @@ class VectorWriter:
     polygon the file is still made, empty, with its columns and CRS.
 
     Args:
-        path: Output path (its suffix picks the format; under :class:`~geounet.raster.AtomicOutputs`
+        path: Output path (its suffix picks the format; under :class:`~geounet.geodata.raster.AtomicOutputs`
             a temporary path, so a failed run leaves nothing).
         style: QGIS QML: the layer's default style (a ``layer_styles`` row in a GeoPackage, a
             ``.qml`` file beside any other format).

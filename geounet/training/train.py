@@ -1,7 +1,7 @@
 """Train a U-Net from imagery plus vector labels.
 
 ``train_model(TrainConfig(...))`` reads the labels once, reprojects them to each image's CRS,
-splits the images spatially (see :mod:`geounet.dataset`), computes per-band normalization from
+splits the images spatially (see :mod:`geounet.training.dataset`), computes per-band normalization from
 the training images, and trains with AdamW, a one-cycle or cosine schedule, BCE+Dice (binary) or
 CE+Dice (multi-class), flips and 90-degree rotations, and bf16 autocast on CUDA. After each epoch
 it validates (IoU, F1, precision, recall), appends a line to ``MODEL.metrics.jsonl``, keeps the
@@ -37,15 +37,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from geounet import __version__
-from geounet.checkpoint import (
-    CLASS_GEOMETRIES,
-    DEFAULT_COLOURS,
-    ModelMeta,
-    build_model,
-    load_model,
-    save_model,
+from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
+from geounet.geodata.normalize import any_dtype, image_stretch, with_typical
+from geounet.geodata.raster import (
+    AtomicOutputs,
+    band_names,
+    expand_rasters,
+    open_scene,
+    pixel_size_m,
+    resolve_bands,
 )
-from geounet.dataset import (
+from geounet.geodata.tiling import check_tile_size
+from geounet.labels.labels import LabelSpec, read_label_sources
+from geounet.network.checkpoint import build_model, load_model, save_model
+from geounet.network.contract import CLASS_GEOMETRIES, DEFAULT_COLOURS, ModelMeta
+from geounet.network.unet import add_core_channel, autocast_dtype, drop_core_channel
+from geounet.network.unet import resolve_device
+from geounet.training.dataset import (
     BORDER_INDEX,
     CONTACT_INDEX,
     IGNORE_INDEX,
@@ -58,20 +66,6 @@ from geounet.dataset import (
     plan_epoch,
     set_stretch,
 )
-from geounet.errors import BandMismatchError, CheckpointError, GeounetError, OutputExistsError
-from geounet.labels import LabelSpec, read_label_sources
-from geounet.model import add_core_channel, autocast_dtype, drop_core_channel
-from geounet.normalize import any_dtype, image_stretch, with_typical
-from geounet.predict import resolve_device
-from geounet.raster import (
-    AtomicOutputs,
-    band_names,
-    expand_rasters,
-    open_scene,
-    pixel_size_m,
-    resolve_bands,
-)
-from geounet.tiling import check_tile_size
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +80,7 @@ class TrainConfig:
     Attributes:
         images: Raster paths, globs or folders (folders contribute their GeoTIFFs).
         labels: Label sources: vector files, mask rasters, globs or folders (one string is one
-            source); see :func:`geounet.labels.read_label_sources`.
+            source); see :func:`geounet.labels.labels.read_label_sources`.
         out: Model file to write (the best epoch by validation IoU, or the last: ``keep``).
         val_images: Images used wholly for validation (disables block splitting).
         class_field: Attribute naming each feature's class (None: binary task).
@@ -116,8 +110,8 @@ class TrainConfig:
         overwrite: Replace an existing model file.
         max_val_windows: Cap on validation windows.
         normalization: ``scene`` (each image's own 2-98 percentile stretch) or ``dataset``
-            (the training set's); see :mod:`geounet.normalize`.
-        augment: Training augmentations (:class:`geounet.dataset.Augment`).
+            (the training set's); see :mod:`geounet.geodata.normalize`.
+        augment: Training augmentations (:class:`geounet.training.dataset.Augment`).
         gsd: Ground pixel size (metres) the model works at; windows of other images are
             resampled to it (None: the median of the training images').
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32),
@@ -132,7 +126,7 @@ class TrainConfig:
         contact_weight: Loss weight of those pixels.
         core_m: Binary labels only: give the network a second output, each object's core (its
             footprint shrunk by this many metres, every object on its own; see
-            :func:`geounet.dataset.mark_borders`), learnt beside the mask. ``predict`` grows the
+            :func:`geounet.training.dataset.mark_borders`), learnt beside the mask. ``predict`` grows the
             objects from the cores, which parts buildings that touch. None: the ``init``
             model's (0 without one: no core channel).
         core_only: Train the core channel alone (the head's core weights): the rest of the

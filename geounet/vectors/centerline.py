@@ -46,8 +46,8 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from scipy import ndimage
 
-from geounet.raster import ground_scale, projection_scale
-from geounet.vectorize import by_position, class_labels, metric_of, pixel_to_map
+from geounet.geodata.raster import ground_scale, projection_scale
+from geounet.vectors.vectorize import by_position, class_labels, metric_of, pixel_to_map
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -212,7 +212,7 @@ class CenterlineOptions:
 class StripCenterliner:
     """Centerlines of the line classes of a class mask fed in consecutive row strips.
 
-    The protocol is :class:`geounet.vectorize.StripVectorizer`'s: :meth:`add` each strip in
+    The protocol is :class:`geounet.vectors.vectorize.StripVectorizer`'s: :meth:`add` each strip in
     order, :attr:`ready` lines can be :meth:`take`-n at any time, :meth:`finish` (or
     ``take(final=True)``) after the last strip.
 
