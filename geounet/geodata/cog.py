@@ -147,7 +147,7 @@ class _BlockRows:
         if not self.dataset.closed:
             try:
                 self.dataset.close()
-            except Exception:  # noqa: BLE001 - the run already failed; keep its error
+            except Exception:  # the run already failed; keep its error
                 logger.debug("closing %s after a failure", self.name, exc_info=True)
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,9 @@ from geounet.errors import (
     RasterReadError,
 )
 from geounet.geodata.tiling import Tile
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +325,7 @@ def pixel_size_m(scene: Scene) -> float | None:
         return float(np.sqrt(dx * dy))
     try:
         factor = float(scene.crs.linear_units_factor[1])
-    except Exception:
+    except Exception:  # noqa: BLE001 - no linear unit (or an exotic CRS): unknown, as documented
         return None
     left, bottom, right, top = scene.bounds
     scale = float(projection_scale(scene.crs, (left + right) / 2, (bottom + top) / 2)[0])
@@ -649,7 +652,7 @@ class ReadAhead:
         """Cancel what is queued and wait for the reads in progress."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> ReadAhead:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -735,7 +738,7 @@ class AtomicOutputs:
             shutil.rmtree(tmp, ignore_errors=True)
         self._pending.clear()
 
-    def __enter__(self) -> AtomicOutputs:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -10,8 +10,8 @@ The graph
     (``input_shape[-1]``, into an integer field) and refuses a symbolic one. ``dynamic_size``
     makes both spatial axes the one symbol ``size`` instead (any multiple of ``2**depth``, for
     onnxruntime users). ``geounet predict -m model.onnx`` runs either: a fixed-size graph is
-    tiled at its size (:meth:`geounet.prediction.predict.Predictor.plan`). BatchNorm is folded into the
-    convolutions, as :class:`~geounet.prediction.predict.Predictor` runs the network.
+    tiled at its size (:meth:`geounet.prediction.predictor.Predictor.plan`). BatchNorm is folded into the
+    convolutions, as :class:`~geounet.prediction.predictor.Predictor` runs the network.
 
 The input convention (normalization as metadata, not in the graph)
     The input is the standardized tile, exactly what the PyTorch U-Net takes: geounet computes
@@ -95,8 +95,6 @@ logger = logging.getLogger(__name__)
 
 #: Opset written by default (ONNX IR 8: onnxruntime >= 1.13 reads it, QGIS installs included).
 DEFAULT_OPSET = 17
-
-
 
 
 def deepness_standardization(
@@ -351,7 +349,9 @@ def _build(
     return data
 
 
-def trace_graph(onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int | None) -> Any:
+def trace_graph(
+    onnx: Any, net: UNet, meta: ModelMeta, *, opset: int, fixed_size: int | None
+) -> Any:
     """Trace ``net`` + activation to an ONNX ``ModelProto`` with one output, ``probabilities``."""
     size = fixed_size or 2**meta.depth * 2
     sample = torch.zeros((1, meta.bands, size, size))
@@ -404,7 +404,7 @@ def compare_logits(
     """
     x = probe_tiles(meta, fixed_size)
     with torch.no_grad():
-        expected = net(torch.from_numpy(x)).numpy()
+        expected: npt.NDArray[np.float32] = net(torch.from_numpy(x)).numpy()
     compare_stored(session, meta, fixed_size, expected)
     return expected
 
@@ -425,41 +425,3 @@ def compare_stored(
         raise GeounetError(
             f"the exported graph's logits differ from PyTorch's by {diff:.3g}; not written"
         )
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -54,7 +54,8 @@ class Up(nn.Module):
             x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
         fused = torch.cat([skip, x], dim=1)
         del skip, x  # at inference, free them before the convolutions (a third less peak memory)
-        return self.conv(fused)
+        out: torch.Tensor = self.conv(fused)
+        return out
 
 
 class UNet(nn.Module):
@@ -100,7 +101,8 @@ class UNet(nn.Module):
         y = skips.pop()
         for up in self.ups:
             y = up(y, skips.pop())
-        return self.head(y)
+        logits: torch.Tensor = self.head(y)
+        return logits
 
 
 #: Architectures by name, as stored in model files (no class is ever looked up by string).
@@ -179,27 +181,33 @@ def widen(model: UNet, width: int, *, seed: int = 0, noise: float = 0.01) -> UNe
         shape[in_dim] = -1
         w = w / count[g_in].view(shape)
         n = torch.randn(w.shape, generator=gen, dtype=w.dtype) * noise * float(w.std())
-        group = torch.zeros(w.shape[:in_dim] + (len(count),) + w.shape[in_dim + 1 :], dtype=w.dtype)
+        group = torch.zeros((*w.shape[:in_dim], len(count), *w.shape[in_dim + 1 :]), dtype=w.dtype)
         group.index_add_(in_dim, g_in, n)
         mean = (group / count.view(shape)).index_select(in_dim, g_in)
         return w + n - mean
 
     def conv(
-        dst: nn.Conv2d, src: nn.Conv2d, g_out: torch.Tensor | None, g_in: torch.Tensor | None
+        dst: nn.Module, src: nn.Module, g_out: torch.Tensor | None, g_in: torch.Tensor | None
     ) -> None:
+        assert isinstance(dst, nn.Conv2d) and isinstance(src, nn.Conv2d)
         w = src.weight if g_out is None else src.weight[g_out]
         dst.weight.copy_(w if g_in is None else spread(w[:, g_in], g_in, 1))
         if src.bias is not None:
+            assert dst.bias is not None  # same architecture as src
             dst.bias.copy_(src.bias if g_out is None else src.bias[g_out])
 
-    def norm(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, g: torch.Tensor) -> None:
+    def norm(dst: nn.Module, src: nn.Module, g: torch.Tensor) -> None:
+        assert isinstance(dst, nn.BatchNorm2d) and isinstance(src, nn.BatchNorm2d)
         for name in ("weight", "bias", "running_mean", "running_var"):
             getattr(dst, name).copy_(getattr(src, name)[g])
+        # U-Net BatchNorms track running statistics, so both counters exist
+        assert dst.num_batches_tracked is not None and src.num_batches_tracked is not None
         dst.num_batches_tracked.copy_(src.num_batches_tracked)
 
     def double(
-        dst: DoubleConv, src: DoubleConv, g_in: torch.Tensor | None, level: int
+        dst: nn.Module, src: nn.Module, g_in: torch.Tensor | None, level: int
     ) -> torch.Tensor:
+        assert isinstance(dst, DoubleConv) and isinstance(src, DoubleConv)
         g_mid, g_out = mapping(level), mapping(level)
         conv(dst[0], src[0], g_mid, g_in)
         norm(dst[1], src[1], g_mid)
@@ -208,14 +216,17 @@ def widen(model: UNet, width: int, *, seed: int = 0, noise: float = 0.01) -> UNe
         return g_out
 
     skips = [double(wide.inc, model.inc, None, 0)]
-    for i, (dst, src) in enumerate(zip(wide.downs, model.downs)):
+    for i, (dst, src) in enumerate(zip(wide.downs, model.downs, strict=True)):
+        assert isinstance(dst, Down) and isinstance(src, Down)
         skips.append(double(dst[1], src[1], skips[-1], i + 1))
     g = skips.pop()
-    for k, (dst, src) in enumerate(zip(wide.ups, model.ups)):
+    for k, (dst, src) in enumerate(zip(wide.ups, model.ups, strict=True)):
+        assert isinstance(dst, Up) and isinstance(src, Up)
         level = model.depth - 1 - k
         g_skip, g_up = skips.pop(), mapping(level)
         # ConvTranspose2d weights are (in, out, kh, kw).
         dst.up.weight.copy_(spread(src.up.weight[g][:, g_up], g, 0))
+        assert dst.up.bias is not None and src.up.bias is not None  # ConvTranspose2d(bias=True)
         dst.up.bias.copy_(src.up.bias[g_up])
         g = double(dst.conv, src.conv, torch.cat([g_skip, g_up + old_c[level]]), level)
     conv(wide.head, model.head, None, g)

@@ -52,7 +52,9 @@ from torch.utils.data import Dataset
 from geounet.errors import GeounetError, LabelsOutsideRasterError
 from geounet.geodata import normalize
 from geounet.geodata.raster import Scene, gdal_path, read_window
-from geounet.labels.labels import Labels, LabelSet, RasterLabels
+from geounet.labels.rasterize import RasterLabels
+from geounet.labels.sets import LabelSet
+from geounet.labels.vector import Labels
 
 logger = logging.getLogger(__name__)
 
@@ -535,8 +537,9 @@ def plan_epoch(
         h, w = e.scene.height, e.scene.width
         if want_pos and len(positives[i]):
             cy, cx = positives[i][rng.integers(len(positives[i]))]
-            r = int(round(cy - size / 2 + rng.uniform(-size / 4, size / 4)))
-            c = int(round(cx - size / 2 + rng.uniform(-size / 4, size / 4)))
+            # int(): a Python int whatever round() of a NumPy scalar gives
+            r = int(round(cy - size / 2 + rng.uniform(-size / 4, size / 4)))  # noqa: RUF046
+            c = int(round(cx - size / 2 + rng.uniform(-size / 4, size / 4)))  # noqa: RUF046
         else:
             r = int(rng.integers(0, max(1, h - size + 1)))
             c = int(rng.integers(0, max(1, w - size + 1)))
@@ -667,9 +670,9 @@ class WindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                     target_small, _inner(ids, r - e.contact_px), e.contact_px
                 )
         if e.lo is not None and e.hi is not None:
-            raw = (raw - e.lo[:, None, None].astype(np.float32)) / (e.hi - e.lo)[
-                :, None, None
-            ].astype(np.float32)
+            lo = e.lo[:, None, None].astype(np.float32)
+            span = (e.hi - e.lo)[:, None, None].astype(np.float32)
+            raw = (raw - lo) / span
         if s.aug:
             raw = photometric(raw, np.random.default_rng(s.aug), self.augment)
         img = np.zeros((len(e.bands), size, size), dtype=np.float32)
@@ -702,7 +705,9 @@ def _inner(a: npt.NDArray[Any], d: int) -> npt.NDArray[Any]:
 
 def _disc(r: int) -> npt.NDArray[np.bool_]:
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return yy**2 + xx**2 <= r * r + r  # r + 1/4 squared, rounded: a round disc even for r = 1
+    # r + 1/4 squared, rounded: a round disc even for r = 1
+    disc: npt.NDArray[np.bool_] = yy**2 + xx**2 <= r * r + r
+    return disc
 
 
 def mark_borders(
@@ -713,7 +718,7 @@ def mark_borders(
 
     What is left at 1 is every object shrunk by ``radius`` on its own, so that objects that
     touch (or nearly) keep cores ``2 * radius`` apart: the seeds that part them when
-    predicting (:func:`geounet.vectors.vectorize.split_at_valleys` with the core channel).
+    predicting (:func:`geounet.vectors.separate.split_at_valleys` with the core channel).
 
     Args:
         target: uint8 (H, W) class ids of a window (binary: 1 is the foreground).

@@ -47,7 +47,7 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from geounet.geodata.raster import ground_scale, projection_scale
-from geounet.vectors.vectorize import by_position, class_labels, metric_of, pixel_to_map
+from geounet.vectors.features import by_position, class_labels, metric_of, pixel_to_map
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -168,7 +168,10 @@ def length_m(geoms: npt.NDArray[Any], crs: CRS) -> npt.NDArray[np.float64]:
     geod, factor = metric_of(crs)
     if geod is not None:
         return np.array([geod.geometry_length(g) for g in geoms], dtype=np.float64)
-    return np.asarray(shapely.length(geoms), dtype=np.float64) * factor / ground_scale(geoms, crs)
+    lengths: npt.NDArray[np.float64] = (
+        np.asarray(shapely.length(geoms), dtype=np.float64) * factor / ground_scale(geoms, crs)
+    )
+    return lengths
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ class CenterlineOptions:
 class StripCenterliner:
     """Centerlines of the line classes of a class mask fed in consecutive row strips.
 
-    The protocol is :class:`geounet.vectors.vectorize.StripVectorizer`'s: :meth:`add` each strip in
+    The protocol is :class:`geounet.vectors.strips.StripVectorizer`'s: :meth:`add` each strip in
     order, :attr:`ready` lines can be :meth:`take`-n at any time, :meth:`finish` (or
     ``take(final=True)``) after the last strip.
 
@@ -860,7 +863,7 @@ def _cluster_lines(
             at.setdefault(ch[1], []).append(i)
             at.setdefault(ch[2], []).append(i)
     done = [False] * len(kept)
-    out: list[tuple[npt.NDArray[np.float64], float]] = []
+    out: list[tuple[npt.NDArray[np.float64], float] | None] = []
 
     def follow(i: int, g: int | None) -> tuple[list[tuple[float, float]], float, int, bool]:
         """From chain i leaving group g (None: a ring chain), through degree-2 groups."""
@@ -903,7 +906,7 @@ def _cluster_lines(
             continue
         pts, ssum, n, _ = follow(i, ch[1])
         out.append(_canonical(pts, ssum, n, closed=True))
-    return [o for o in out if o is not None]  # type: ignore[misc]
+    return [o for o in out if o is not None]
 
 
 def _canonical(
