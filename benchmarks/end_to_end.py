@@ -74,27 +74,37 @@ TOOLBELT_INSTALL = ".venv/bin/pip install --no-deps pytorch-toolbelt==0.8.0 open
 #: float32 FLOP per cycle per core with AVX2: 2 FMA units x 8 lanes x 2 (multiply and add).
 FLOP_PER_CYCLE = 32
 
-# Library modules by their current paths (the package is being reorganized into subpackages;
-# the flat paths are the fallback).
-_MODULES = {
-    "predict": ("geounet.prediction.predict", "geounet.predict"),
-    "checkpoint": ("geounet.network.checkpoint", "geounet.checkpoint"),
-    "normalize": ("geounet.geodata.normalize", "geounet.normalize"),
-    "raster": ("geounet.geodata.raster", "geounet.raster"),
-}
+# geounet's library by its current module paths (the package is being reorganized into
+# subpackages; the flat paths of the previous layout are the fallback).
+_MODULES = (
+    "geounet.prediction.predictor",
+    "geounet.prediction.config",
+    "geounet.prediction.predict",
+    "geounet.network.checkpoint",
+    "geounet.geodata.normalize",
+    "geounet.geodata.raster",
+    "geounet.predict",
+    "geounet.checkpoint",
+    "geounet.normalize",
+    "geounet.raster",
+)
 
 
-def lib(name: str) -> Any:
-    """A geounet library module by its short name."""
-    error: ImportError | None = None
-    for path in _MODULES[name]:
+def api(attr: str, module: str | None = None) -> Any:
+    """A function or class of geounet's library by name (``module``: only modules whose last
+    part is this, e.g. ``normalize`` for ``scene_scaling``)."""
+    for path in _MODULES:
+        if module is not None and path.rsplit(".", 1)[-1] != module:
+            continue
         try:
-            return importlib.import_module(path)
+            mod = importlib.import_module(path)
         except ModuleNotFoundError as exc:
             if exc.name is None or not path.startswith(exc.name):
                 raise
-            error = exc
-    raise ImportError(f"no module for {name}: tried {_MODULES[name]}") from error
+            continue
+        if hasattr(mod, attr):
+            return getattr(mod, attr)
+    raise ImportError(f"{attr} not found in {_MODULES}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,11 +121,11 @@ def child_geounet(p: dict[str, Any]) -> dict[str, Any]:
     """``geounet predict SCENE -o OUT --mask MASK [-m MODEL] --backend B`` as the CLI runs it."""
     t0 = time.perf_counter()
     _threads(p["threads"])
-    pm = lib("predict")
+    config_cls, predictor_cls = api("PredictConfig"), api("Predictor")
     t_import = time.perf_counter() - t0
-    cfg = pm.PredictConfig(backend=p["backend"], overwrite=True)
+    cfg = config_cls(backend=p["backend"], overwrite=True)
     t1 = time.perf_counter()
-    pred = pm.Predictor(
+    pred = predictor_cls(
         p["model"],
         device=cfg.device,
         compile=cfg.compile,
@@ -190,10 +200,11 @@ def child_toolbelt(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     tiles_mod = load_toolbelt_tiles()
-    ck, norm, raster = lib("checkpoint"), lib("normalize"), lib("raster")
+    load_model, scene_scaling = api("load_model", "checkpoint"), api("scene_scaling", "normalize")
+    open_scene = api("open_scene", "raster")
     t_import = time.perf_counter() - t0
     t1 = time.perf_counter()
-    net, meta = ck.load_model(p["model"])
+    net, meta = load_model(p["model"])
     net = net.float().eval()
     t_load = time.perf_counter() - t1
     tile, overlap, batch = meta.tile_size, meta.overlap, p["batch_size"]
@@ -201,10 +212,8 @@ def child_toolbelt(p: dict[str, Any]) -> dict[str, Any]:
         profile = src.profile
         bands = list(range(1, meta.bands + 1))
         image = src.read(bands)
-        scene = raster.open_scene(p["scene"])
-        offset, scale = norm.scene_scaling(
-            meta.normalization, meta.mean, meta.std, src, scene, bands
-        )
+        scene = open_scene(p["scene"])
+        offset, scale = scene_scaling(meta.normalization, meta.mean, meta.std, src, scene, bands)
     x = (image.astype(np.float32) - offset.reshape(-1, 1, 1)) / scale.reshape(-1, 1, 1)
     del image
     x = np.ascontiguousarray(np.moveaxis(x, 0, -1))  # HWC, as the slicer takes it
@@ -281,17 +290,25 @@ def conv_flops(net: Any, bands: int, size: int) -> int:
     return total
 
 
+def seconds_per_tile(net: Any, x: Any, batches: int) -> float:
+    """Mean wall time of ``batches`` forward passes of the batch ``x``, per tile."""
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(batches):
+            net(x)
+    return (time.perf_counter() - t0) / (batches * int(x.shape[0]))
+
+
 def child_netbench(p: dict[str, Any]) -> dict[str, Any]:
     """FLOPs per tile, and the pure network's seconds per tile at batch ``batch_size`` for each
     way of running it (random standardized tiles, warm-up first)."""
     _threads(p["threads"])
     import torch
 
-    sys.path.insert(0, str(BENCH))
-    import backends  # benchmarks/backends.py
-
-    pm, ck = lib("predict"), lib("checkpoint")
-    net, meta = ck.load_model(p["model"])
+    predictor = api("Predictor")
+    net, meta = api("load_model", "checkpoint")(p["model"])
     net = net.float().eval()
     tile = meta.tile_size
     flops = conv_flops(net, meta.bands, tile)
@@ -304,14 +321,14 @@ def child_netbench(p: dict[str, Any]) -> dict[str, Any]:
     if p["tiles"] < 1:  # FLOPs only
         return out
     nets: dict[str, Any] = {
-        "torch fp32 channels_last (fused)": pm.Predictor(
+        "torch fp32 channels_last (fused)": predictor(
             p["model"], device="cpu", precision="fp32", backend="torch"
         ).net,
-        "onnxruntime fp32": pm.Predictor(p["model"], device="cpu", backend="onnxruntime").net,
+        "onnxruntime fp32": predictor(p["model"], device="cpu", backend="onnxruntime").net,
         "toolbelt: unfused NCHW": net,
     }
     if p.get("int8"):
-        nets["int8 (onnxruntime)"] = pm.Predictor(p["int8"], device="cpu").net
+        nets["int8 (onnxruntime)"] = predictor(p["int8"], device="cpu").net
     x = torch.randn(
         p["batch_size"], meta.bands, tile, tile, generator=torch.Generator().manual_seed(0)
     )
@@ -319,8 +336,8 @@ def child_netbench(p: dict[str, Any]) -> dict[str, Any]:
         xin = (
             x.contiguous(memory_format=torch.channels_last) if name.startswith("torch fp32") else x
         )
-        backends.ms_per_tile(n, xin, 2)  # warm-up
-        out["s_per_tile"][name] = backends.ms_per_tile(n, xin, p["tiles"]) / 1000
+        seconds_per_tile(n, xin, 2)  # warm-up
+        out["s_per_tile"][name] = seconds_per_tile(n, xin, p["tiles"])
     return out
 
 
@@ -339,8 +356,7 @@ def child_quantize(p: dict[str, Any]) -> dict[str, Any]:
 def child_prepare(p: dict[str, Any]) -> dict[str, Any]:
     """Fill the onnxruntime backend's graph cache (a user's second run finds it there)."""
     _threads(p["threads"])
-    pm = lib("predict")
-    pred = pm.Predictor(p["model"], device="cpu", backend="onnxruntime")
+    pred = api("Predictor")(p["model"], device="cpu", backend="onnxruntime")
     return {"backend": pred.backend}
 
 
