@@ -1,7 +1,7 @@
 """Predict many scenes into one directory: resumable, in this process or on a Dask cluster.
 
 :func:`run_batch` expands the inputs (paths, recursive globs, ``@list`` files, URLs, and STAC
-catalogs, collections and items through :mod:`geounet.archive.stac`), gives each scene an output name, and runs :class:`~geounet.prediction.predict.Predictor` over the scenes that are not
+catalogs, collections and items through :mod:`geounet.archive.stac`), gives each scene an output name, and runs :class:`~geounet.prediction.predictor.Predictor` over the scenes that are not
 done yet. Outputs go straight into the output directory as ``NAME.<format>``,
 ``NAME.mask.tif`` and ``NAME.probabilities.tif``, each written atomically (a temporary beside it,
 then a rename), so nothing half-written ever carries a final name.
@@ -61,7 +61,8 @@ from geounet.geodata.raster import expand_rasters, is_remote
 from geounet.geodata.tiling import check_tile_size
 from geounet.network.backends import load_onnx
 from geounet.network.checkpoint import file_hash, is_onnx, load_model, read_meta
-from geounet.prediction.predict import PredictConfig, Predictor
+from geounet.prediction.config import Backend, Precision, PredictConfig
+from geounet.prediction.predictor import Predictor
 
 try:
     import fcntl
@@ -616,7 +617,11 @@ _PREDICTORS_LOCK = threading.Lock()
 
 
 def worker_predictor(
-    model: str, model_hash: str, device: str, precision: str = "auto", backend: str = "auto"
+    model: str,
+    model_hash: str,
+    device: str,
+    precision: Precision = "auto",
+    backend: Backend = "auto",
 ) -> Predictor:
     """The predictor of this worker process for a model, loaded on first use and then kept.
 
@@ -639,7 +644,7 @@ def worker_predictor(
             _PREDICTORS.clear()
             predictor = Predictor(
                 model, device=_worker_device(device), precision=precision, backend=backend
-            )  # type: ignore[arg-type]
+            )
             _PREDICTORS[key] = predictor
         return predictor
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from geounet import __version__
 from geounet.errors import OutputError
-from geounet.vectors.vectorize import MASK_NODATA
+from geounet.vectors.strips import MASK_NODATA
 
 if TYPE_CHECKING:
     from geounet.network.contract import ModelMeta
@@ -106,7 +106,7 @@ def mask_classes(meta: ModelMeta) -> list[dict[str, Any]]:
     """The classification extension's class objects of a model's class mask: each value, name,
     description and colour (``rrggbb``), and the nodata value.
 
-    Mask values are those :func:`geounet.prediction.predict.predict_raster` writes: 0 background and 1 the
+    Mask values are those :func:`geounet.prediction.predictor.predict_raster` writes: 0 background and 1 the
     class for a binary model; the class index for a multi-class one; 255 nodata.
     """
     colours = list(meta.colours or [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -21,7 +21,13 @@ from geounet.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from geounet.archive.batch import BatchProgress
+    from geounet.archive.batch import BatchProgress, VectorFormat
+    from geounet.prediction.config import Backend, Device, ProbDtype
+
+    # ParamType is generic from click 8.4 on; subscripting it at run time needs click >= 8.4
+    _KeysType = click.ParamType[tuple[str, ...]]
+else:
+    _KeysType = click.ParamType
 
 #: geounet.archive.batch.VectorFormat, spelled out so that ``--help`` does not import torch.
 FORMATS = ("gpkg", "geojson", "fgb", "parquet")
@@ -29,7 +35,7 @@ FORMATS = ("gpkg", "geojson", "fgb", "parquet")
 MAX_LISTED_FAILURES = 10
 
 
-class AssetKeys(click.ParamType):
+class AssetKeys(_KeysType):
     """A comma-separated list of STAC asset keys in order of preference, e.g. ``visual,image``."""
 
     name = "KEYS"
@@ -166,7 +172,7 @@ def batch(
     inputs: tuple[str, ...],
     out_dir: Path,
     model_path: str | None,
-    fmt: str,
+    fmt: VectorFormat,
     probabilities: bool,
     mask: bool,
     workers: int,
@@ -174,15 +180,15 @@ def batch(
     tile_size: int | None,
     overlap: int | None,
     batch_size: int | None,
-    device: str,
-    backend: str,
+    device: Device,
+    backend: Backend,
     tta: bool,
-    resample: str,
+    resample: Literal["auto", "off"],
     regularize: bool | None,
     split_m: float | None,
     split_seeds: float | None,
     threshold: float,
-    prob_dtype: str,
+    prob_dtype: ProbDtype,
     bands: tuple[int, ...] | None,
     min_area_m2: float | None,
     simplify: float,
@@ -211,13 +217,13 @@ def batch(
     """
     from geounet.archive.batch import run_batch
     from geounet.errors import Terminated
-    from geounet.prediction.predict import PredictConfig
+    from geounet.prediction.config import PredictConfig
 
     config = PredictConfig(
         tile_size=tile_size,
         overlap=overlap,
         batch_size=batch_size,
-        device=device,  # type: ignore[arg-type]
+        device=device,
         threshold=threshold,
         bands=bands,
         min_area_m2=min_area_m2,
@@ -230,7 +236,7 @@ def batch(
         resample=resample,
         regularize=regularize,
         split_m=split_m,
-        split_seeds=split_seeds,  # type: ignore[arg-type]
+        split_seeds=split_seeds,
     )
     if workers or scheduler:
         _quiet_dask()
@@ -243,7 +249,7 @@ def batch(
             model=model_path,
             config=config,
             fmt=fmt,
-            probabilities=probabilities,  # type: ignore[arg-type]
+            probabilities=probabilities,
             mask=mask,
             workers=workers,
             scheduler=scheduler,

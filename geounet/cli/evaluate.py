@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from geounet.cli.options import backend_opt, device_opt, tile_progress, tta_opt
+
+if TYPE_CHECKING:
+    from geounet.prediction.config import Backend, Device
 
 
 @click.command()
@@ -80,8 +84,8 @@ def evaluate(
     line_buffer_m: float | None,
     tile_size: int | None,
     overlap: int | None,
-    device: str,
-    backend: str,
+    device: Device,
+    backend: Backend,
     tta: bool,
     json_path: Path | None,
 ) -> None:
@@ -91,8 +95,8 @@ def evaluate(
     geounet evaluate scene.tif --labels buildings.gpkg -m buildings.safetensors --json report.json
     """
     from geounet.geodata.raster import AtomicOutputs
-    from geounet.labels.labels import LabelSpec
-    from geounet.prediction.predict import PredictConfig
+    from geounet.labels.spec import LabelSpec
+    from geounet.prediction.config import PredictConfig
     from geounet.training.evaluate import evaluate as run_evaluate
 
     if (model_path is None) == (prediction is None):
@@ -119,7 +123,7 @@ def evaluate(
                 iou_threshold=iou_threshold,
                 line_buffer_m=line_buffer_m,
                 progress=update,
-            )  # type: ignore[arg-type]
+            )
         finally:
             close()
         if tmp_json is not None:

@@ -45,27 +45,26 @@ def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    sink = tempfile.TemporaryFile()
-    os.dup2(sink.fileno(), 2)
-    old_stderr = sys.stderr
-    sys.stderr = os.fdopen(
-        os.dup(saved), "w", buffering=1, encoding=old_stderr.encoding, errors="backslashreplace"
-    )
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        sys.stderr.close()
-        sys.stderr = old_stderr
-        sink.close()
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        old_stderr = sys.stderr
+        sys.stderr = os.fdopen(
+            os.dup(saved), "w", buffering=1, encoding=old_stderr.encoding, errors="backslashreplace"
+        )
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sys.stderr.close()
+            sys.stderr = old_stderr
 
 
 class GeounetGroup(click.Group):
     """A click group whose ``main`` maps every exception to one line and an exit status."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         given = kwargs.get("args", args[0] if args else None)
         argv = list(given) if given is not None else sys.argv[1:]
         debug = "--debug" in argv

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -78,14 +78,21 @@ def announce_model(ctx: click.Context, model: str | None) -> str:
     return str(path)
 
 
-class BandList(click.ParamType):
+if TYPE_CHECKING:
+    # ParamType is generic from click 8.4 on; subscripting it at run time needs click >= 8.4
+    _BandsType = click.ParamType[tuple[int, ...]]
+else:
+    _BandsType = click.ParamType
+
+
+class BandList(_BandsType):
     """A comma-separated list of 1-based band indexes, e.g. ``4,3,2``."""
 
     name = "BANDS"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[int, ...]:  # noqa: D102
+    ) -> tuple[int, ...]:
         if isinstance(value, tuple):
             return value
         try:
@@ -145,7 +152,7 @@ class ManyValues(click.Option):
         kwargs["multiple"] = True
         super().__init__(*args, **kwargs)
 
-    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:  # noqa: D102
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
         super().add_to_parser(parser, ctx)
         for name in self.opts:
             opt = parser._long_opt.get(name) or parser._short_opt.get(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -18,6 +19,9 @@ from geounet.cli.options import (
     tile_progress,
     tta_opt,
 )
+
+if TYPE_CHECKING:
+    from geounet.prediction.config import Backend, Device, Precision, ProbDtype
 
 
 @click.command()
@@ -122,17 +126,17 @@ def predict(
     overlap: int | None,
     batch_size: int | None,
     compile_: bool,
-    precision: str,
-    device: str,
-    backend: str,
+    precision: Precision,
+    device: Device,
+    backend: Backend,
     tta: bool,
-    resample: str,
+    resample: Literal["auto", "off"],
     regularize: bool | None,
     split_m: float | None,
     split_seeds: float | None,
     threshold: float,
     probabilities: Path | None,
-    prob_dtype: str,
+    prob_dtype: ProbDtype,
     mask: Path | None,
     bands: tuple[int, ...] | None,
     min_area_m2: float | None,
@@ -146,7 +150,8 @@ def predict(
     geounet predict scene.tif -o buildings.gpkg              # the bundled building model
     geounet predict scene.tif -o roads.gpkg -m roads.safetensors --mask mask.tif
     """
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
 
     if out is None and probabilities is None and mask is None:
         raise click.UsageError("give -o/--output, --probabilities or --mask")
@@ -154,7 +159,7 @@ def predict(
         tile_size=tile_size,
         overlap=overlap,
         batch_size=batch_size,
-        device=device,  # type: ignore[arg-type]
+        device=device,
         threshold=threshold,
         bands=bands,
         min_area_m2=min_area_m2,
@@ -169,7 +174,7 @@ def predict(
         resample=resample,
         regularize=regularize,
         split_m=split_m,
-        split_seeds=split_seeds,  # type: ignore[arg-type]
+        split_seeds=split_seeds,
     )
     model_path = announce_model(ctx, model_path)
     update, close = tile_progress(ctx, Path(scene).name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -215,37 +216,38 @@ from geounet.cli.options import BandList, ManyValues, device_opt, overwrite_opt,
 )
 @overwrite_opt
 @click.pass_context
-def train(ctx: click.Context, out: Path, **opts: object) -> None:
+def train(ctx: click.Context, /, out: Path, **opts: Any) -> None:
     """Train a U-Net from imagery plus vector labels.
 
     \b
     geounet train --images 'tiles/*.tif' --labels roads.shp --line-width 6 -o roads.safetensors
     """
+    from geounet.training.config import TrainConfig
     from geounet.training.dataset import Augment
-    from geounet.training.train import TrainConfig, train_model
+    from geounet.training.train import train_model
 
     classes = opts.pop("classes")
     geometry: dict[str, str] = {}
-    for item in opts.pop("class_geometry") or ():  # type: ignore[union-attr]
+    for item in opts.pop("class_geometry") or ():
         name, sep, kind = str(item).partition("=")
         if not sep or not name.strip() or kind.strip() not in ("polygon", "line"):
             raise click.BadParameter(
                 f"{item!r}: give CLASS=polygon or CLASS=line", param_hint="--class-geometry"
             )
         geometry[name.strip()] = kind.strip()
-    augment = Augment.parse(str(opts.pop("augment")), scale=float(opts.pop("scale_jitter")))  # type: ignore[arg-type]
+    augment = Augment.parse(str(opts.pop("augment")), scale=float(opts.pop("scale_jitter")))
     init, resume = opts.pop("init"), opts.pop("resume")
     cfg = TrainConfig(
         out=str(out),
         classes=[c.strip() for c in str(classes).split(",") if c.strip()] if classes else None,
-        images=list(opts.pop("images")),  # type: ignore[call-overload]
-        val_images=list(opts.pop("val_images")),  # type: ignore[call-overload]
-        labels=list(opts.pop("labels")),  # type: ignore[call-overload]
+        images=list(opts.pop("images")),
+        val_images=list(opts.pop("val_images")),
+        labels=list(opts.pop("labels")),
         augment=augment,
         class_geometry=geometry or None,
         init=str(init) if init else None,
         resume=str(resume) if resume else None,
-        **opts,  # type: ignore[arg-type]
+        **opts,
     )
     quiet = bool((ctx.find_root().obj or {}).get("quiet"))
     state = {"epoch": 0}
