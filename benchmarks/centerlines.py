@@ -221,7 +221,7 @@ def predict_and_score(
 ) -> dict[str, Any]:
     import geopandas as gpd
 
-    from geounet.labels.labels import LabelSpec
+    from geounet.labels.spec import LabelSpec
     from geounet.prediction.predict import PredictConfig, predict_raster
     from geounet.training.evaluate import evaluate
 

@@ -67,12 +67,12 @@ _LAZY = {
     "UNet": "geounet.network.unet",
     "export_onnx": "geounet.network.export",
     "make_scene": "geounet.synthetic",
-    "read_labels": "geounet.labels.labels",
+    "read_labels": "geounet.labels.vector",
 }
 
 if TYPE_CHECKING:
     from geounet.archive.batch import BatchSummary, run_batch
-    from geounet.labels.labels import read_labels
+    from geounet.labels.vector import read_labels
     from geounet.network.checkpoint import (
         bundled_models,
         create_model,

@@ -303,7 +303,7 @@ def test_evaluate_reports_line_measures_of_a_mask(tmp_path) -> None:
     import geopandas as gpd
     import rasterio
 
-    from geounet.labels.labels import LabelSpec
+    from geounet.labels.spec import LabelSpec
     from geounet.training.evaluate import evaluate
 
     t = from_origin(500000, 5000000, 0.5, 0.5)
@@ -487,7 +487,7 @@ def test_evaluate_reads_both_layers_of_a_polygon_and_line_prediction(tmp_path) -
     import geopandas as gpd
     import rasterio
 
-    from geounet.labels.labels import LabelSpec
+    from geounet.labels.spec import LabelSpec
     from geounet.training.evaluate import evaluate
 
     t = from_origin(500000, 5000000, 0.5, 0.5)

@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from geounet.errors import GeounetError
 from geounet.geodata import normalize
 from geounet.geodata.raster import open_scene, pixel_size_m
-from geounet.labels.labels import read_labels
+from geounet.labels.vector import read_labels
 from geounet.training.dataset import (
     IGNORE_INDEX,
     Augment,

@@ -1,4 +1,4 @@
-"""Tests for mask-raster labels and several label sources (geounet.labels.labels, LabelSet)."""
+"""Tests for mask-raster labels and several label sources (geounet.labels.masks, .sets)."""
 
 from __future__ import annotations
 
@@ -19,18 +19,12 @@ from rasterio.windows import Window
 
 from geounet.errors import LabelsError, LabelsOutsideRasterError
 from geounet.geodata.raster import Scene, open_scene
-from geounet.labels.labels import (
-    BINARY_CLASS_NAME,
-    IGNORE_VALUE,
-    Labels,
-    LabelSet,
-    LabelSpec,
-    MaskLabels,
-    RasterLabels,
-    RasterMaskLabels,
-    expand_label_sources,
-    read_label_sources,
-)
+from geounet.labels.mask_windows import RasterMaskLabels
+from geounet.labels.masks import MaskLabels
+from geounet.labels.rasterize import RasterLabels
+from geounet.labels.sets import LabelSet, expand_label_sources, read_label_sources
+from geounet.labels.spec import BINARY_CLASS_NAME, IGNORE_VALUE, LabelSpec
+from geounet.labels.vector import Labels
 from geounet.training.dataset import IGNORE_INDEX
 
 BUILDINGS = SHARED_DATA.parent / "buildings-rgb"
@@ -325,7 +319,7 @@ def test_a_mask_named_like_an_image_elsewhere_is_not_used(
         tmp_path / "masks" / "x.tif", class_mask(), transform=GRID * Affine.translation(1000, 0)
     )
     write_raster(tmp_path / "masks" / "y.tif", np.ones((SIZE, SIZE), dtype=np.uint8))
-    with caplog.at_level(logging.WARNING, logger="geounet.labels.labels"):
+    with caplog.at_level(logging.WARNING, logger="geounet.labels.masks"):
         labels = read_label_sources(
             [str(tmp_path / "masks")], LabelSpec(class_field="c", classes=("a", "b"))
         )
@@ -498,7 +492,7 @@ def test_an_image_without_a_mask_is_ignored_when_there_are_only_masks(
     far = labels.for_scene(scenes[1])
     assert far.empty and len(far) == 0 and far.centroids_px().shape == (0, 2)
     assert (whole(far, scenes[1]) == IGNORE_VALUE).all()
-    with caplog.at_level(logging.WARNING, logger="geounet.labels.labels"):
+    with caplog.at_level(logging.WARNING, logger="geounet.labels.sets"):
         assert labels.check(scenes) == ["x.tif"]
     assert "1 of 2 images have no mask" in caplog.text and "far.tif" in caplog.text
 

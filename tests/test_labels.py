@@ -1,4 +1,4 @@
-"""Tests for geounet.labels.labels: reading, class mapping, reprojection, buffering, rasterizing."""
+"""Tests for geounet.labels.vector: reading, class mapping, reprojection, buffering, rasterizing."""
 
 from __future__ import annotations
 
@@ -20,13 +20,9 @@ from rasterio.windows import Window
 
 from geounet.errors import LabelsError, LabelsOutsideRasterError
 from geounet.geodata.raster import open_scene
-from geounet.labels.labels import (
-    Labels,
-    LabelSpec,
-    RasterLabels,
-    check_overlap,
-    read_labels,
-)
+from geounet.labels.rasterize import RasterLabels
+from geounet.labels.spec import LabelSpec
+from geounet.labels.vector import Labels, check_overlap, read_labels
 
 UTM = "EPSG:32633"
 ORIGIN = (500_000.0, 5_000_100.0)  # top-left of the test grids in UTM 33N
@@ -158,7 +154,7 @@ def test_multi_layer_file_reads_the_first_layer(
     path = tmp_path / "labels.gpkg"
     frame([px_box(1, 1, 3, 3)]).to_file(path, layer="first")
     frame([px_box(1, 1, 3, 3), px_box(5, 5, 6, 6)]).to_file(path, layer="second")
-    with caplog.at_level(logging.WARNING, logger="geounet.labels.labels"):
+    with caplog.at_level(logging.WARNING, logger="geounet.labels.vector"):
         labels = read_labels(path)
     assert len(labels) == 1
     assert "reading the first, 'first'" in caplog.text

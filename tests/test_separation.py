@@ -15,7 +15,9 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from geounet.geodata.raster import open_scene
-from geounet.labels.labels import LabelSpec, read_label_sources, read_labels
+from geounet.labels.sets import read_label_sources
+from geounet.labels.spec import LabelSpec
+from geounet.labels.vector import read_labels
 from geounet.training.dataset import (
     CONTACT_INDEX,
     IGNORE_INDEX,

@@ -20,7 +20,8 @@ from torch import nn
 
 from geounet.errors import GeounetError, LabelsError, LabelsOutsideRasterError
 from geounet.geodata.raster import open_scene
-from geounet.labels.labels import LabelSpec, read_labels
+from geounet.labels.spec import LabelSpec
+from geounet.labels.vector import read_labels
 from geounet.network.checkpoint import load_model, read_meta
 from geounet.network.unet import UNet
 from geounet.prediction.predict import PredictConfig, predict_raster

@@ -27,7 +27,8 @@ from rasterio.windows import Window
 
 from geounet.errors import GeounetError, LabelsError
 from geounet.geodata.raster import gdal_path, open_scene
-from geounet.labels.labels import LabelSpec, read_labels
+from geounet.labels.spec import LabelSpec
+from geounet.labels.vector import read_labels
 from geounet.prediction.predict import PolygonOptions, PredictConfig, Predictor, Progress
 from geounet.training.train import scores_from_confusion
 from geounet.vectors.centerline import CenterlineOptions, StripCenterliner

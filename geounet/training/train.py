@@ -48,7 +48,8 @@ from geounet.geodata.raster import (
     resolve_bands,
 )
 from geounet.geodata.tiling import check_tile_size
-from geounet.labels.labels import LabelSpec, read_label_sources
+from geounet.labels.sets import read_label_sources
+from geounet.labels.spec import LabelSpec
 from geounet.network.checkpoint import build_model, load_model, save_model
 from geounet.network.contract import CLASS_GEOMETRIES, DEFAULT_COLOURS, ModelMeta
 from geounet.network.unet import add_core_channel, autocast_dtype, drop_core_channel
