@@ -26,7 +26,20 @@ from pathlib import Path
 from typing import Any
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "spacenet-vegas-samples"
-COMMAND = ["--epochs", "15", "--tile-size", "256", "--width", "16", "--depth", "4", "--batch-size", "8", "--seed", "0"]
+COMMAND = [
+    "--epochs",
+    "15",
+    "--tile-size",
+    "256",
+    "--width",
+    "16",
+    "--depth",
+    "4",
+    "--batch-size",
+    "8",
+    "--seed",
+    "0",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,23 +51,42 @@ def main(argv: list[str] | None = None) -> int:
 
     from geounet.network.checkpoint import load_model, save_model
     from geounet.training.evaluate import evaluate
-    from geounet.training.train import _load_resume, _metrics_path, _resume_path
+    from geounet.training.finish import _metrics_path, _resume_path
+    from geounet.training.resume import _load_resume
 
     scene, labels = args.data / "buildings_pan.tif", args.data / "buildings.geojson"
     if not scene.exists():
-        print(f"no {scene}: this benchmark needs ../shared/data/spacenet-vegas-samples", file=sys.stderr)
+        print(
+            f"no {scene}: this benchmark needs ../shared/data/spacenet-vegas-samples",
+            file=sys.stderr,
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.out / "atl.safetensors"
-    cmd = [sys.executable, "-m", "geounet", "train", "--images", str(scene), "--labels", str(labels),
-           *COMMAND, "-o", str(model), "--overwrite", *args.train_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geounet",
+        "train",
+        "--images",
+        str(scene),
+        "--labels",
+        str(labels),
+        *COMMAND,
+        "-o",
+        str(model),
+        "--overwrite",
+        *args.train_args,
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - t0
 
     net, meta = load_model(model)
     weights, _, state = _load_resume(_resume_path(model))
-    net.load_state_dict(state["ema_weights"] or weights)  # the last epoch's weight average, if the run kept one
+    net.load_state_dict(
+        state["ema_weights"] or weights
+    )  # the last epoch's weight average, if the run kept one
     last = args.out / "atl_last.safetensors"
     save_model(net, meta, last)
 

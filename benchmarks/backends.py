@@ -1,7 +1,7 @@
 """PyTorch against onnxruntime as ``geounet predict --backend`` runs them: speed and agreement.
 
 Speed (``--speed``): the bundled model (or ``--model``) is loaded twice through
-:class:`geounet.prediction.predict.Predictor`, ``backend="torch"`` (float32, BatchNorm folded, channels_last)
+:class:`geounet.prediction.predictor.Predictor`, ``backend="torch"`` (float32, BatchNorm folded, channels_last)
 and ``backend="onnxruntime"`` (the in-memory export, cached), and random standardized tiles go
 through ``Predictor.net`` alone at batch 1. The backends alternate within each repeat, the one
 that goes first swapping every repeat, so that other load on a shared machine hits both; each
@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from geounet.network.checkpoint import resolve_model
-from geounet.prediction.predict import PredictConfig, Predictor
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import Predictor
 
 
 def ms_per_tile(net: torch.nn.Module, x: torch.Tensor, tiles: int) -> float:
@@ -51,15 +52,22 @@ def ms_per_tile(net: torch.nn.Module, x: torch.Tensor, tiles: int) -> float:
     return (time.perf_counter() - t0) / (tiles * x.shape[0]) * 1000
 
 
-def speed(model: str | None, *, tile: int, repeats: int, tiles: int, int8: Path | None = None) -> None:
+def speed(
+    model: str | None, *, tile: int, repeats: int, tiles: int, int8: Path | None = None
+) -> None:
     """Print interleaved per-tile times of both backends (and an int8 graph; see the module
     docstring)."""
     path = str(resolve_model(model))
-    preds = {b: Predictor(path, device="cpu", precision="fp32", backend=b) for b in ("torch", "onnxruntime")}
+    preds = {
+        b: Predictor(path, device="cpu", precision="fp32", backend=b)
+        for b in ("torch", "onnxruntime")
+    }
     if int8 is not None:
         preds["int8"] = Predictor(str(int8), device="cpu")
     bands = preds["torch"].meta.bands
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, bands, tile, tile), dtype=np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(0).standard_normal((1, bands, tile, tile), dtype=np.float32)
+    )
     x = x.contiguous(memory_format=torch.channels_last)  # as Predictor feeds both
     times: dict[str, list[float]] = {b: [] for b in preds}
     for p in preds.values():
@@ -73,14 +81,22 @@ def speed(model: str | None, *, tile: int, repeats: int, tiles: int, int8: Path 
     with open("/proc/loadavg") as f:
         load1 = f.read().split()[0]
     ratios = [t / o for t, o in zip(times["torch"], times["onnxruntime"], strict=True)]
-    print(f"{Path(path).name}, {tile} px tiles, batch 1, {torch.get_num_threads()} threads, {repeats} repeats x {tiles} tiles; load {load0} -> {load1}")
+    print(
+        f"{Path(path).name}, {tile} px tiles, batch 1, {torch.get_num_threads()} threads, {repeats} repeats x {tiles} tiles; load {load0} -> {load1}"
+    )
     for b, ts in times.items():
-        print(f"  {b:<12} median {statistics.median(ts):7.1f} ms/tile  range {min(ts):7.1f} .. {max(ts):7.1f}")
+        print(
+            f"  {b:<12} median {statistics.median(ts):7.1f} ms/tile  range {min(ts):7.1f} .. {max(ts):7.1f}"
+        )
     wins = sum(r > 1 for r in ratios)
-    print(f"  ratio torch/onnxruntime median {statistics.median(ratios):.2f}  range {min(ratios):.2f} .. {max(ratios):.2f}  (onnxruntime faster in {wins} of {repeats})")
+    print(
+        f"  ratio torch/onnxruntime median {statistics.median(ratios):.2f}  range {min(ratios):.2f} .. {max(ratios):.2f}  (onnxruntime faster in {wins} of {repeats})"
+    )
     if int8 is not None:
         r8 = [o / q for o, q in zip(times["onnxruntime"], times["int8"], strict=True)]
-        print(f"  ratio onnxruntime/int8 median {statistics.median(r8):.2f}  range {min(r8):.2f} .. {max(r8):.2f}")
+        print(
+            f"  ratio onnxruntime/int8 median {statistics.median(r8):.2f}  range {min(r8):.2f} .. {max(r8):.2f}"
+        )
 
 
 def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, Any]:
@@ -105,7 +121,9 @@ def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="geounet-backends-") as tmp:
         for image in images:
             for name, (m, cfg) in runs.items():
-                predictor = Predictor(m, device=cfg.device, precision=cfg.precision, backend=cfg.backend)
+                predictor = Predictor(
+                    m, device=cfg.device, precision=cfg.precision, backend=cfg.backend
+                )
                 out = Path(tmp) / f"{image.stem}-{name.replace(' ', '-')}.tif"
                 t0 = time.perf_counter()
                 predictor.run(image, mask=out, config=cfg)
@@ -116,9 +134,14 @@ def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, 
                     rep = evaluate(image, labels_for(data, image), model=m, config=cfg)
                     px = rep["pixel"][rep["classes"][1]]
                     ob = rep["object"].get(rep["classes"][1], {"tp": 0, "fp": 0, "fn": 0})
-                except LabelsError:  # no building in the image: every predicted pixel is false (as buildings.score)
+                except (
+                    LabelsError
+                ):  # no building in the image: every predicted pixel is false (as buildings.score)
                     m_ = masks[name][image.stem]
-                    px, ob = {"tp": 0, "fp": int(((m_ > 0) & (m_ < 255)).sum()), "fn": 0}, {"tp": 0, "fp": 0, "fn": 0}
+                    px, ob = (
+                        {"tp": 0, "fp": int(((m_ > 0) & (m_ < 255)).sum()), "fn": 0},
+                        {"tp": 0, "fp": 0, "fn": 0},
+                    )
                 acc = sums[name]
                 for k in ("tp", "fp", "fn"):
                     acc[k] = acc.get(k, 0) + int(px[k])
@@ -136,7 +159,13 @@ def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, 
         acc = sums[name]
         f1 = 2 * acc["tp"] / max(1, 2 * acc["tp"] + acc["fp"] + acc["fn"])
         of1 = 2 * acc["obj_tp"] / max(1, 2 * acc["obj_tp"] + acc["obj_fp"] + acc["obj_fn"])
-        result[name] = {"agreement": same / total, "worst_image": worst, "pixel_f1": f1, "object_f1": of1, "predict_s": seconds[name]}
+        result[name] = {
+            "agreement": same / total,
+            "worst_image": worst,
+            "pixel_f1": f1,
+            "object_f1": of1,
+            "predict_s": seconds[name],
+        }
         print(
             f"{name:<12} agreement {100 * same / total:8.4f} % (worst image {100 * worst:.4f} %)  pixel F1 {f1:.4f}  "
             f"object F1 {of1:.4f}  predict {seconds[name]:.1f} s over {len(images)} images",
@@ -145,7 +174,9 @@ def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, 
     return result
 
 
-def quantize(model: str | None, data: Path, out: Path, *, windows: int = 2, size: int = 256) -> Path:
+def quantize(
+    model: str | None, data: Path, out: Path, *, windows: int = 2, size: int = 256
+) -> Path:
     """Write an int8 copy of the backend graph (QDQ, per-channel weights), calibrated on windows of
     the model's training images (the held-out ones excluded), with geounet's metadata so that
     ``Predictor(out)`` runs it (every output channel kept, as the backend graph)."""
@@ -176,7 +207,9 @@ def quantize(model: str | None, data: Path, out: Path, *, windows: int = 2, size
             arr = src.read(list(range(1, meta.bands + 1))).astype(np.float32)[None]
         valid = np.ones((1, *arr.shape[-2:]), bool)
         offset, scale = reference.array_scaling(arr, valid)
-        x = (arr - np.asarray(offset, np.float32).reshape(1, -1, 1, 1)) / np.asarray(scale, np.float32).reshape(1, -1, 1, 1)
+        x = (arr - np.asarray(offset, np.float32).reshape(1, -1, 1, 1)) / np.asarray(
+            scale, np.float32
+        ).reshape(1, -1, 1, 1)
         h, w = x.shape[-2:]
         for k in range(windows):  # top-left and bottom-right corners
             r, c = (0, 0) if k % 2 == 0 else (h - size, w - size)
@@ -194,12 +227,27 @@ def quantize(model: str | None, data: Path, out: Path, *, windows: int = 2, size
         q = Path(tmp) / "q.onnx"
         t0 = time.perf_counter()
         quantize_static(
-            str(graph), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(graph),
+            str(q),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
         )
-        print(f"quantized on {len(samples)} windows of {len(train)} training images in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"quantized on {len(samples)} windows of {len(train)} training images in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         proto = onnx.load(str(q))
-    extra = {"format_version": ONNX_FORMAT_VERSION, "input": "input", "logits": "logits", "fixed_size": None, "source": path.name, "int8": True}
+    extra = {
+        "format_version": ONNX_FORMAT_VERSION,
+        "input": "input",
+        "logits": "logits",
+        "fixed_size": None,
+        "source": path.name,
+        "int8": True,
+    }
     for key, value in {"geounet": meta.to_json(), "geounet_onnx": json.dumps(extra)}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -210,13 +258,22 @@ def quantize(model: str | None, data: Path, out: Path, *, windows: int = 2, size
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model file or bundled name [default: the bundled 'buildings']")
-    ap.add_argument("--speed", action="store_true", help="time the network per tile instead of scoring agreement")
+    ap.add_argument(
+        "--speed",
+        action="store_true",
+        help="time the network per tile instead of scoring agreement",
+    )
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--tiles", type=int, default=3, help="tiles per backend per repeat")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/buildings-rgb"))
     ap.add_argument("--int8", type=Path, help="also score this quantized .onnx file")
-    ap.add_argument("--quantize", type=Path, metavar="OUT", help="write an int8 graph calibrated on training windows to OUT first (then scored, or timed)")
+    ap.add_argument(
+        "--quantize",
+        type=Path,
+        metavar="OUT",
+        help="write an int8 graph calibrated on training windows to OUT first (then scored, or timed)",
+    )
     args = ap.parse_args()
     if args.quantize:
         args.int8 = quantize(args.model, args.data, args.quantize)

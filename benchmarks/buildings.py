@@ -41,7 +41,9 @@ def held_out(data: Path) -> tuple[list[Path], list[Path]]:
 
     val_inria: set[str] = set()
     for city in ("austin", "chicago"):
-        frame = gpd.read_file(data / "inria" / f"buildings_{city}.geojson", columns=["image", "source_split"])
+        frame = gpd.read_file(
+            data / "inria" / f"buildings_{city}.geojson", columns=["image", "source_split"]
+        )
         val_inria |= set(frame.loc[frame["source_split"] == "val", "image"].astype(str))
     images = sorted((data / "rio").glob("*.tif")) + sorted((data / "inria").glob("*.tif"))
     val = [p for p in images if p.stem in VAL_RIO or p.stem in val_inria or p.name in val_inria]
@@ -50,7 +52,11 @@ def held_out(data: Path) -> tuple[list[Path], list[Path]]:
 
 
 def label_files(data: Path) -> list[Path]:
-    return [data / "rio" / "buildings.geojson", data / "inria" / "buildings_austin.geojson", data / "inria" / "buildings_chicago.geojson"]
+    return [
+        data / "rio" / "buildings.geojson",
+        data / "inria" / "buildings_austin.geojson",
+        data / "inria" / "buildings_chicago.geojson",
+    ]
 
 
 def labels_for(data: Path, image: Path) -> Path:
@@ -59,18 +65,33 @@ def labels_for(data: Path, image: Path) -> Path:
 
 
 def score(
-    model: Path, images: list[Path], data: Path, *, tta: bool = False, regularize: bool | None = None, split_m: float | None = None,
-    split_seeds: float | None = None, threshold: float = 0.5,
+    model: Path,
+    images: list[Path],
+    data: Path,
+    *,
+    tta: bool = False,
+    regularize: bool | None = None,
+    split_m: float | None = None,
+    split_seeds: float | None = None,
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Predict each image whole and score it (``geounet.training.evaluate.evaluate`` with the model, as
     ``geounet evaluate`` does); sums per source and overall."""
     import rasterio
 
     from geounet.errors import LabelsError
-    from geounet.prediction.predict import PredictConfig, Predictor
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import Predictor
     from geounet.training.evaluate import evaluate
 
-    cfg = PredictConfig(device="cpu", tta=tta, regularize=regularize, split_m=split_m, split_seeds=split_seeds, threshold=threshold)
+    cfg = PredictConfig(
+        device="cpu",
+        tta=tta,
+        regularize=regularize,
+        split_m=split_m,
+        split_seeds=split_seeds,
+        threshold=threshold,
+    )
     per_image: dict[str, Any] = {}
     sums: dict[str, dict[str, int]] = {}
     t0 = time.perf_counter()
@@ -79,14 +100,23 @@ def score(
             rep = evaluate(image, labels_for(data, image), model=model, config=cfg)
             px = rep["pixel"][rep["classes"][1]]
             ob = rep["object"].get(rep["classes"][1], {"tp": 0, "fp": 0, "fn": 0})
-            row = {k: int(px[k]) for k in ("tp", "fp", "fn")} | {f"obj_{k}": int(ob[k]) for k in ("tp", "fp", "fn")}
+            row = {k: int(px[k]) for k in ("tp", "fp", "fn")} | {
+                f"obj_{k}": int(ob[k]) for k in ("tp", "fp", "fn")
+            }
         except LabelsError:  # an image without buildings: every predicted pixel is false
             with tempfile.TemporaryDirectory() as tmp:
                 mask = Path(tmp) / "mask.tif"
                 Predictor(str(model), device="cpu").run(image, mask=mask, config=cfg)
                 with rasterio.open(mask) as src:
                     m = src.read(1)
-            row = {"tp": 0, "fp": int(((m > 0) & (m < 255)).sum()), "fn": 0, "obj_tp": 0, "obj_fp": -1, "obj_fn": 0}
+            row = {
+                "tp": 0,
+                "fp": int(((m > 0) & (m < 255)).sum()),
+                "fn": 0,
+                "obj_tp": 0,
+                "obj_fp": -1,
+                "obj_fn": 0,
+            }
         per_image[image.stem] = row
         for key in (source_of(image.stem), "all"):
             acc = sums.setdefault(key, {})
@@ -121,10 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="with --evaluate-only: the model to score")
     ap.add_argument("--evaluate-only", action="store_true")
     ap.add_argument("--tta", action="store_true", help="score with test-time augmentation too")
-    ap.add_argument("--split-seeds", type=float, default=None, metavar="P", help="score with predict --split-seeds P too")
-    ap.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold for scoring (predict --threshold)")
-    ap.add_argument("--score-on", choices=["held-out", "training"], default="held-out",
-                    help="with --evaluate-only: the images to score (training: for choices made without the held-out ones)")
+    ap.add_argument(
+        "--split-seeds",
+        type=float,
+        default=None,
+        metavar="P",
+        help="score with predict --split-seeds P too",
+    )
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="foreground probability threshold for scoring (predict --threshold)",
+    )
+    ap.add_argument(
+        "--score-on",
+        choices=["held-out", "training"],
+        default="held-out",
+        help="with --evaluate-only: the images to score (training: for choices made without the held-out ones)",
+    )
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--tile-size", type=int, default=256)
@@ -136,20 +181,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--normalization", default="scene")
     ap.add_argument("--gsd", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--init", type=Path, help="continue from this model (fine-tuning: a new schedule)")
-    ap.add_argument("--separation", type=float, default=None, help="train --separation (metres; 0 = off)")
+    ap.add_argument(
+        "--init", type=Path, help="continue from this model (fine-tuning: a new schedule)"
+    )
+    ap.add_argument(
+        "--separation", type=float, default=None, help="train --separation (metres; 0 = off)"
+    )
     ap.add_argument("--contact-weight", type=float, default=None)
-    ap.add_argument("--core", type=float, default=None, help="train --core (metres; 0 = no core channel)")
-    ap.add_argument("--core-only", action="store_true", help="train --core-only (the core channel alone)")
-    ap.add_argument("--ema", type=float, default=None, help="train --ema (weight average decay; 0 = raw weights)")
+    ap.add_argument(
+        "--core", type=float, default=None, help="train --core (metres; 0 = no core channel)"
+    )
+    ap.add_argument(
+        "--core-only", action="store_true", help="train --core-only (the core channel alone)"
+    )
+    ap.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        help="train --ema (weight average decay; 0 = raw weights)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same flags; --threads may differ)")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (same flags; --threads may differ)",
+    )
     args = ap.parse_args(argv)
 
     import torch
 
+    from geounet.training.config import TrainConfig
     from geounet.training.dataset import Augment
-    from geounet.training.train import TrainConfig, _resume_path, train_model
+    from geounet.training.finish import _resume_path
+    from geounet.training.train import train_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     train, val = held_out(args.data)
-    report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                              "train_images": len(train), "val_images": [p.stem for p in val]}
+    report: dict[str, Any] = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "train_images": len(train),
+        "val_images": [p.stem for p in val],
+    }
     model = args.model or args.out / "model.safetensors"
     if args.evaluate_only and args.score_on == "training":
         val = train
@@ -203,19 +270,41 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
 
         def on_epoch(r: dict[str, Any]) -> None:
-            print(f"epoch {r['epoch']}: loss {r['train_loss']:.4f} val IoU {r['val_iou']} F1 {r['val_f1']} "
-                  f"({r['seconds']:.0f} s, {time.perf_counter() - t0:.0f} s in all)", flush=True)
+            print(
+                f"epoch {r['epoch']}: loss {r['train_loss']:.4f} val IoU {r['val_iou']} F1 {r['val_f1']} "
+                f"({r['seconds']:.0f} s, {time.perf_counter() - t0:.0f} s in all)",
+                flush=True,
+            )
 
         result = train_model(cfg, on_epoch=on_epoch, on_info=lambda line: print(line, flush=True))
         report["train_seconds"] = round(time.perf_counter() - t0, 1)
         report["best_epoch"] = result.best_epoch
         report["best_val_iou_windows"] = round(result.best_iou, 4)
-    report["plain"] = score(model, val, args.data, regularize=False, split_seeds=0, threshold=args.threshold)
-    report["regularized"] = score(model, val, args.data, regularize=True, split_seeds=0, threshold=args.threshold)
+    report["plain"] = score(
+        model, val, args.data, regularize=False, split_seeds=0, threshold=args.threshold
+    )
+    report["regularized"] = score(
+        model, val, args.data, regularize=True, split_seeds=0, threshold=args.threshold
+    )
     if args.tta:
-        report["tta"] = score(model, val, args.data, tta=True, regularize=False, split_seeds=0, threshold=args.threshold)
+        report["tta"] = score(
+            model,
+            val,
+            args.data,
+            tta=True,
+            regularize=False,
+            split_seeds=0,
+            threshold=args.threshold,
+        )
     if args.split_seeds is not None:
-        report["seeds"] = score(model, val, args.data, regularize=False, split_seeds=args.split_seeds, threshold=args.threshold)
+        report["seeds"] = score(
+            model,
+            val,
+            args.data,
+            regularize=False,
+            split_seeds=args.split_seeds,
+            threshold=args.threshold,
+        )
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"{'':20} {'pixel IoU':>9} {'pixel F1':>9} {'object F1':>9}  images")
     for variant in ("plain", "regularized", "tta", "seeds"):
@@ -224,9 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("rio", "austin", "chicago", "all"):
             r = report[variant].get(key)
             if r:
-                print(f"{variant + ' ' + key:20} {r['pixel_iou']:9.3f} {r['pixel_f1']:9.3f} {r['object_f1']:9.3f}  {r['images']}")
+                print(
+                    f"{variant + ' ' + key:20} {r['pixel_iou']:9.3f} {r['pixel_f1']:9.3f} {r['object_f1']:9.3f}  {r['images']}"
+                )
     if "train_seconds" in report:
-        print(f"trained in {report['train_seconds'] / 60:.1f} min, best epoch {report['best_epoch']}")
+        print(
+            f"trained in {report['train_seconds'] / 60:.1f} min, best epoch {report['best_epoch']}"
+        )
     return 0
 
 

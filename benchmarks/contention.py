@@ -8,7 +8,7 @@ vectorizes 448-row strips of a synthetic 8192-wide mask without pause (the work
 
 Prints ms per tile in both cases and the strips the thread managed meanwhile. On a machine
 whose cores are all taken by PyTorch's threads, the thread costs the network far more than its
-own work; with a spare core it costs little. ``geounet.prediction.predict`` runs the strip worker thread only
+own work; with a spare core it costs little. ``geounet.prediction.predictor`` runs the strip worker thread only
 when ``spare_cores()`` (or on CUDA), see ``PredictConfig.strip_thread``.
 """
 
@@ -25,8 +25,9 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from geounet.network.checkpoint import create_model
-from geounet.prediction.predict import Predictor, spare_cores
-from geounet.vectors.vectorize import StripVectorizer
+from geounet.prediction.predictor import Predictor
+from geounet.prediction.stages import spare_cores
+from geounet.vectors.strips import StripVectorizer
 
 
 def main() -> None:
@@ -56,7 +57,9 @@ def main() -> None:
     strips = [0]
 
     def strip_work() -> None:
-        vec = StripVectorizer(from_origin(0, 0, 0.5, 0.5), CRS.from_epsg(32633), ["background", "building"])
+        vec = StripVectorizer(
+            from_origin(0, 0, 0.5, 0.5), CRS.from_epsg(32633), ["background", "building"]
+        )
         row = 0
         while not stop.is_set():
             p = 1 / (1 + np.exp(-logits))
@@ -73,8 +76,10 @@ def main() -> None:
     th.join()
     print(f"torch threads {torch.get_num_threads()}, spare cores: {spare_cores()}")
     print(f"forward alone: {alone:.0f} ms/tile")
-    print(f"forward beside a busy strip thread: {busy:.0f} ms/tile ({busy / alone:.2f}x); "
-          f"the thread handled {strips[0]} strips in those {seconds:.1f} s")
+    print(
+        f"forward beside a busy strip thread: {busy:.0f} ms/tile ({busy / alone:.2f}x); "
+        f"the thread handled {strips[0]} strips in those {seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -492,7 +492,7 @@ def print_table(
 ) -> None:
     print(f"\n### {size} x {size}\n")
     rep = max((len(v) for v in results.values()), default=1)
-    head = "| run | backend | wall s | peak RSS MB | network s | network share | tiles | network GFLOP/s | % of fp32 peak | mask = torch's |"
+    head = f"| run | backend | wall s | peak RSS MB | network s | network share | tiles | network GFLOP/s | % of fp32 peak | mask = {ref}'s |"
     if rep > 1:
         head = head.replace("| wall s |", "| wall s best (median) |")
     print(head)
@@ -712,7 +712,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"  auto ran {results['auto'][-1]['backend']}; its mask equals onnxruntime's on {100 * a:.4f} % of pixels",
                     flush=True,
                 )
-        print_table(size, results, flops, peak, "torch" if "torch" in results else None)
+        print_table(
+            size, results, flops, peak, "torch" if "torch" in results else next(iter(results), None)
+        )
         ratios = print_ratios(size, results, peak, flops)
         sys.stdout.flush()
         report["sizes"][str(size)] = {"scene": str(scene), "runs": results, "ratios": ratios}

@@ -4,7 +4,7 @@
     python benchmarks/errors.py --out /tmp/err --source rio --training   # the 11 Rio training images
     python benchmarks/errors.py --out /tmp/err --model M --source chicago
 
-Predicts each image with the model's defaults (``geounet.prediction.predict.predict_raster``), then sorts every
+Predicts each image with the model's defaults (``geounet.prediction.predictor.predict_raster``), then sorts every
 label polygon of the image by the prediction that overlaps it most:
 
 - matched: IoU >= 0.5 with it (what object F1 counts);
@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import buildings  # noqa: E402  (benchmarks/buildings.py: the data folder, the held-out split, the label files)
+import buildings  # benchmarks/buildings.py: the data folder, the held-out split, the label files
 
 SHIFT = 4
 
@@ -70,26 +70,40 @@ def best_shift(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     (dy, dx), iou = max(scores.items(), key=lambda kv: kv[1])
     if iou == 0:  # no overlap at any shift: no offset to speak of
         return {"best_shift_px": None, "iou_at_best": 0.0, "iou_unshifted": 0.0}
-    return {"best_shift_px": [dy, dx], "iou_at_best": round(iou, 4), "iou_unshifted": round(scores[0, 0], 4)}
+    return {
+        "best_shift_px": [dy, dx],
+        "iou_at_best": round(iou, 4),
+        "iou_unshifted": round(scores[0, 0], 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=buildings.DATA)
-    ap.add_argument("--out", type=Path, required=True, help="folder for the predictions and errors.json")
+    ap.add_argument(
+        "--out", type=Path, required=True, help="folder for the predictions and errors.json"
+    )
     ap.add_argument("--model", default="buildings", help="model file or bundled name")
     ap.add_argument("--source", choices=["rio", "austin", "chicago"], default="rio")
-    ap.add_argument("--training", action="store_true", help="the source's training images instead of its held-out ones")
+    ap.add_argument(
+        "--training",
+        action="store_true",
+        help="the source's training images instead of its held-out ones",
+    )
     args = ap.parse_args(argv)
 
     import geopandas as gpd
     import rasterio
     from shapely.geometry import box
 
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
 
     if not args.data.is_dir():
-        print(f"{args.data} not found: this benchmark needs ../shared/data/buildings-rgb", file=sys.stderr)
+        print(
+            f"{args.data} not found: this benchmark needs ../shared/data/buildings-rgb",
+            file=sys.stderr,
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     train, val = buildings.held_out(args.data)
@@ -98,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     per_image = {}
     for image in images:
         vec, mask = args.out / f"{image.stem}.gpkg", args.out / f"{image.stem}_mask.tif"
-        predict_raster(image, vec, model=args.model, mask=mask, config=PredictConfig(overwrite=True))
+        predict_raster(
+            image, vec, model=args.model, mask=mask, config=PredictConfig(overwrite=True)
+        )
         labels = gpd.read_file(buildings.labels_for(args.data, image))
         predicted = gpd.read_file(vec, layer=image.stem)
         with rasterio.open(image) as src:
@@ -113,13 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             pred = src.read(1) == 1
         with rasterio.open(image.parent / "masks" / image.name) as src:
             truth = src.read(1) > 0
-        per_image[image.stem] = {**{k: len(v) for k, v in sorted_.items()}, **best_shift(pred, truth)}
+        per_image[image.stem] = {
+            **{k: len(v) for k, v in sorted_.items()},
+            **best_shift(pred, truth),
+        }
     report = {
         "model": args.model,
         "images": [p.stem for p in images],
         "label_polygons": sum(len(v) for v in totals.values()),
         "counts": {k: len(v) for k, v in totals.items()},
-        "median_area_m2": {k: round(float(np.median(v)), 1) if v else None for k, v in totals.items()},
+        "median_area_m2": {
+            k: round(float(np.median(v)), 1) if v else None for k, v in totals.items()
+        },
         "per_image": per_image,
     }
     text = json.dumps(report, indent=2)

@@ -31,7 +31,9 @@ SCORES = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8)
 AREAS = (0.0, 10.0, 15.0, 20.0, 30.0)
 
 
-def polygons_and_matches(model: str, images: list[Path], data: Path, out: Path) -> list[dict[str, Any]]:
+def polygons_and_matches(
+    model: str, images: list[Path], data: Path, out: Path
+) -> list[dict[str, Any]]:
     """One row per predicted polygon (image, source, score, area, matched, best IoU) and one per
     image with its number of label polygons."""
     import geopandas as gpd
@@ -39,7 +41,8 @@ def polygons_and_matches(model: str, images: list[Path], data: Path, out: Path) 
 
     from geounet.labels.spec import LabelSpec
     from geounet.labels.vector import read_labels
-    from geounet.prediction.predict import PredictConfig, Predictor
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import Predictor
     from geounet.training.evaluate import match_pairs
 
     predictor = Predictor(model, device="cpu")
@@ -56,10 +59,16 @@ def polygons_and_matches(model: str, images: list[Path], data: Path, out: Path) 
         matched = {i for i, _, _ in matches}
         source = buildings.source_of(image.stem)
         for i in range(len(frame)):
-            rows.append({
-                "image": image.stem, "source": source, "score": float(frame["score"].iloc[i]),
-                "area_m2": float(frame["area_m2"].iloc[i]), "matched": i in matched, "best_iou": round(float(best[i]), 4),
-            })
+            rows.append(
+                {
+                    "image": image.stem,
+                    "source": source,
+                    "score": float(frame["score"].iloc[i]),
+                    "area_m2": float(frame["area_m2"].iloc[i]),
+                    "matched": i in matched,
+                    "best_iou": round(float(best[i]), 4),
+                }
+            )
         rows.append({"image": image.stem, "source": source, "labels": len(truth)})
     return rows
 
@@ -88,17 +97,25 @@ def sweep(rows: list[dict[str, Any]], source: str | None) -> dict[str, Any]:
             "iou_under_0.3": int((false & (best > 0) & (best < 0.3)).sum()),
             "iou_0.3_to_0.5": int((false & (best >= 0.3)).sum()),
         },
-        "median_score": {"matched": round(float(np.median(score[hit])), 3) if hit.any() else None,
-                         "false": round(float(np.median(score[false])), 3) if false.any() else None},
+        "median_score": {
+            "matched": round(float(np.median(score[hit])), 3) if hit.any() else None,
+            "false": round(float(np.median(score[false])), 3) if false.any() else None,
+        },
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=buildings.DATA)
-    ap.add_argument("--out", type=Path, required=True, help="folder for the polygons and filters.json")
+    ap.add_argument(
+        "--out", type=Path, required=True, help="folder for the polygons and filters.json"
+    )
     ap.add_argument("--model", default="buildings", help="model file or bundled name")
-    ap.add_argument("--held-out", action="store_true", help="the 12 held-out images instead of the 44 training ones")
+    ap.add_argument(
+        "--held-out",
+        action="store_true",
+        help="the 12 held-out images instead of the 44 training ones",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
@@ -113,12 +130,38 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = polygons_and_matches(args.model, images, args.data, args.out)
     report = {src or "all": sweep(rows, src) for src in ("rio", "austin", "chicago", None)}
-    print(f"{'held-out' if args.held_out else 'training'} images ({len(images)}), object F1 (tp/fp/fn):")
+    print(
+        f"{'held-out' if args.held_out else 'training'} images ({len(images)}), object F1 (tp/fp/fn):"
+    )
     for key, r in report.items():
-        print(f"{key}: false polygons {r['false_polygons']}, median score matched {r['median_score']['matched']} / false {r['median_score']['false']}")
-        print("  min score " + "  ".join(f"{s}: {v['f1']:.3f} ({v['tp']}/{v['fp']}/{v['fn']})" for s, v in r["min_score"].items()))
-        print("  min area  " + "  ".join(f"{a}: {v['f1']:.3f} ({v['tp']}/{v['fp']}/{v['fn']})" for a, v in r["min_area_m2"].items()))
-    (args.out / "filters.json").write_text(json.dumps({"model": str(args.model), "images": [p.stem for p in images], "report": report, "polygons": rows}, indent=1))
+        print(
+            f"{key}: false polygons {r['false_polygons']}, median score matched {r['median_score']['matched']} / false {r['median_score']['false']}"
+        )
+        print(
+            "  min score "
+            + "  ".join(
+                f"{s}: {v['f1']:.3f} ({v['tp']}/{v['fp']}/{v['fn']})"
+                for s, v in r["min_score"].items()
+            )
+        )
+        print(
+            "  min area  "
+            + "  ".join(
+                f"{a}: {v['f1']:.3f} ({v['tp']}/{v['fp']}/{v['fn']})"
+                for a, v in r["min_area_m2"].items()
+            )
+        )
+    (args.out / "filters.json").write_text(
+        json.dumps(
+            {
+                "model": str(args.model),
+                "images": [p.stem for p in images],
+                "report": report,
+                "polygons": rows,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

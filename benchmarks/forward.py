@@ -62,9 +62,21 @@ def main() -> None:
     print(f"model {args.model}, one {args.tile} px tile per forward, {args.tiles} timed")
     for name in VARIANTS:
         out = subprocess.run(
-            [sys.executable, __file__, "--model", args.model, "--tile", str(args.tile),
-             "--tiles", str(args.tiles), "--child", name],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                args.model,
+                "--tile",
+                str(args.tile),
+                "--tiles",
+                str(args.tiles),
+                "--child",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{name:<55} {r['ms']:6.0f} ms/tile   peak RSS +{r['added_mb']:.0f} MB")

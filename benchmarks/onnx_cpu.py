@@ -1,7 +1,7 @@
 """onnxruntime against PyTorch on the CPU: milliseconds per tile of the same network.
 
 Each model is exported with :func:`geounet.network.export.export_onnx` and loaded twice through
-:class:`geounet.prediction.predict.Predictor`: from its safetensors file (PyTorch as geounet runs it on the CPU:
+:class:`geounet.prediction.predictor.Predictor`: from its safetensors file (PyTorch as geounet runs it on the CPU:
 BatchNorm folded, channels_last, float32) and from the ONNX file (onnxruntime's CPU provider, as
 many threads as PyTorch). Random standardized tiles go through ``Predictor.net`` (the network
 alone, no reading or blending) at batch 1 and 4 after one warm-up; the two backends alternate
@@ -26,7 +26,7 @@ import torch
 from geounet.network.checkpoint import create_model, save_model
 from geounet.network.export import export_onnx
 from geounet.network.unet import calibrate_batchnorm
-from geounet.prediction.predict import Predictor
+from geounet.prediction.predictor import Predictor
 
 
 def ms_per_tile(net: torch.nn.Module, x: torch.Tensor) -> float:
@@ -37,13 +37,17 @@ def ms_per_tile(net: torch.nn.Module, x: torch.Tensor) -> float:
     return (time.perf_counter() - t0) / x.shape[0] * 1000
 
 
-def compare(name: str, model: Path, tmp: Path, *, tile: int, batches: list[int], repeats: int) -> None:
+def compare(
+    name: str, model: Path, tmp: Path, *, tile: int, batches: list[int], repeats: int
+) -> None:
     onnx_path = export_onnx(model, tmp / f"{model.stem}.onnx", overwrite=True)
     reference = Predictor(str(model), device="cpu", backend="torch")
     nets = {"pytorch": reference.net, "onnxruntime": Predictor(str(onnx_path), device="cpu").net}
     bands = reference.meta.bands
     for batch in batches:
-        x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, bands, tile, tile), dtype=np.float32))
+        x = torch.from_numpy(
+            np.random.default_rng(0).standard_normal((batch, bands, tile, tile), dtype=np.float32)
+        )
         x = x.contiguous(memory_format=torch.channels_last)  # as Predictor feeds both
         best = {k: float("inf") for k in nets}
         for net in nets.values():
@@ -52,7 +56,10 @@ def compare(name: str, model: Path, tmp: Path, *, tile: int, batches: list[int],
             for k, net in nets.items():
                 best[k] = min(best[k], ms_per_tile(net, x))
         pt, ort = best["pytorch"], best["onnxruntime"]
-        print(f"{name:<28} batch {batch}: PyTorch {pt:7.1f} ms/tile   onnxruntime {ort:7.1f} ms/tile   ratio {pt / ort:4.2f}", flush=True)
+        print(
+            f"{name:<28} batch {batch}: PyTorch {pt:7.1f} ms/tile   onnxruntime {ort:7.1f} ms/tile   ratio {pt / ort:4.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -76,11 +83,25 @@ def main() -> None:
             calibrate_batchnorm(net, [torch.randn(2, 3, 64, 64) for _ in range(2)])
             path = tmp / f"w{width}.safetensors"
             save_model(net, meta, path)
-            compare(f"width {width}, depth 4", path, tmp, tile=args.tile, batches=args.batches, repeats=args.repeats)
+            compare(
+                f"width {width}, depth 4",
+                path,
+                tmp,
+                tile=args.tile,
+                batches=args.batches,
+                repeats=args.repeats,
+            )
         if not args.no_bundled:
             from geounet.network.checkpoint import resolve_model
 
-            compare("bundled buildings (w16)", resolve_model("buildings"), tmp, tile=args.tile, batches=args.batches, repeats=args.repeats)
+            compare(
+                "bundled buildings (w16)",
+                resolve_model("buildings"),
+                tmp,
+                tile=args.tile,
+                batches=args.batches,
+                repeats=args.repeats,
+            )
 
 
 if __name__ == "__main__":

@@ -36,11 +36,21 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--samples", type=int, default=96)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and precision")
-    ap.add_argument("--step", action="store_true", help="only time training steps, fp32 against bf16")
-    ap.add_argument("--predict", action="store_true", help="inference: masks and object F1, fp32 against bf16")
-    ap.add_argument("--model", default=None, help="--predict: model file (default: the bundled one)")
-    ap.add_argument("--images", type=int, default=None, help="--predict: only the first N held-out images")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="one run per seed and precision"
+    )
+    ap.add_argument(
+        "--step", action="store_true", help="only time training steps, fp32 against bf16"
+    )
+    ap.add_argument(
+        "--predict", action="store_true", help="inference: masks and object F1, fp32 against bf16"
+    )
+    ap.add_argument(
+        "--model", default=None, help="--predict: model file (default: the bundled one)"
+    )
+    ap.add_argument(
+        "--images", type=int, default=None, help="--predict: only the first N held-out images"
+    )
     args = ap.parse_args()
     if args.step:
         return time_steps()
@@ -50,7 +60,8 @@ def main() -> int:
     from test_train import synthetic_scene  # the test suite's scene generator
 
     from geounet.network.unet import cpu_supports_bf16
-    from geounet.training.train import TrainConfig, train_model
+    from geounet.training.config import TrainConfig
+    from geounet.training.train import train_model
 
     print(f"native bf16 on this CPU: {cpu_supports_bf16()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,15 +69,31 @@ def main() -> int:
         scene, labels = synthetic_scene(d / "a.tif", d / "a.gpkg", seed=1)
         for seed, precision in [(s, p) for s in args.seeds for p in ("fp32", "bf16")]:
             t0 = time.perf_counter()
-            r = train_model(TrainConfig(
-                images=[str(scene)], labels=str(labels), out=str(d / f"{precision}-{seed}.safetensors"), class_field="kind",
-                classes=["building", "road"], tile_size=64, batch_size=8, epochs=args.epochs,
-                samples_per_epoch=args.samples, width=args.width, depth=3, lr=5e-3, device="cpu", seed=seed,
-                precision=precision, plot=False,
-            ))
+            r = train_model(
+                TrainConfig(
+                    images=[str(scene)],
+                    labels=str(labels),
+                    out=str(d / f"{precision}-{seed}.safetensors"),
+                    class_field="kind",
+                    classes=["building", "road"],
+                    tile_size=64,
+                    batch_size=8,
+                    epochs=args.epochs,
+                    samples_per_epoch=args.samples,
+                    width=args.width,
+                    depth=3,
+                    lr=5e-3,
+                    device="cpu",
+                    seed=seed,
+                    precision=precision,
+                    plot=False,
+                )
+            )
             secs = time.perf_counter() - t0
-            print(f"seed {seed} {precision}: best val IoU {r.best_iou:.3f} (epoch {r.best_epoch}), final train loss "
-                  f"{r.history[-1]['train_loss']:.4f}, {secs / args.epochs:.1f} s/epoch")
+            print(
+                f"seed {seed} {precision}: best val IoU {r.best_iou:.3f} (epoch {r.best_epoch}), final train loss "
+                f"{r.history[-1]['train_loss']:.4f}, {secs / args.epochs:.1f} s/epoch"
+            )
     return 0
 
 
@@ -107,7 +134,8 @@ def compare_inference(model: str | None, limit: int | None) -> int:
     from geounet.errors import LabelsError
     from geounet.network.checkpoint import resolve_model
     from geounet.network.unet import cpu_supports_bf16
-    from geounet.prediction.predict import PolygonOptions, PredictConfig, Predictor
+    from geounet.prediction.config import PolygonOptions, PredictConfig
+    from geounet.prediction.predictor import Predictor
     from geounet.training.evaluate import evaluate
 
     if not DATA.exists():
@@ -116,10 +144,17 @@ def compare_inference(model: str | None, limit: int | None) -> int:
     model_path = str(resolve_model(model))
     _, images = held_out(DATA)
     images = images[:limit] if limit else images
-    print(f"model {model_path}; native bf16 on this CPU: {cpu_supports_bf16()}; {len(images)} held-out images")
-    predictors = {p: Predictor(model_path, device="cpu", precision=p, backend="torch") for p in ("fp32", "bf16")}  # type: ignore[arg-type]
+    print(
+        f"model {model_path}; native bf16 on this CPU: {cpu_supports_bf16()}; {len(images)} held-out images"
+    )
+    predictors = {
+        p: Predictor(model_path, device="cpu", precision=p, backend="torch")
+        for p in ("fp32", "bf16")
+    }  # type: ignore[arg-type]
     opts = PolygonOptions.resolve(None, predictors["fp32"].meta)
-    cfg = PredictConfig(device="cpu", regularize=opts.regularize, split_m=opts.split_m, min_area_m2=opts.min_area_m2)
+    cfg = PredictConfig(
+        device="cpu", regularize=opts.regularize, split_m=opts.split_m, min_area_m2=opts.min_area_m2
+    )
     same = valid = 0
     sums = {p: {"tp": 0, "fp": 0, "fn": 0, "otp": 0, "ofp": 0, "ofn": 0} for p in predictors}
     seconds = dict.fromkeys(predictors, 0.0)
@@ -147,16 +182,23 @@ def compare_inference(model: str | None, limit: int | None) -> int:
             n_same = int((masks["fp32"][ok] == masks["bf16"][ok]).sum())
             same += n_same
             valid += int(ok.sum())
-            print(f"  {image.stem:12s} {masks['fp32'].shape[1]}x{masks['fp32'].shape[0]}: "
-                  f"{100 * n_same / max(1, int(ok.sum())):.3f} % of pixels agree", flush=True)
+            print(
+                f"  {image.stem:12s} {masks['fp32'].shape[1]}x{masks['fp32'].shape[0]}: "
+                f"{100 * n_same / max(1, int(ok.sum())):.3f} % of pixels agree",
+                flush=True,
+            )
     print(f"pixels that agree: {100 * same / max(1, valid):.3f} % of {valid}")
     for p, a in sums.items():
         f1 = 2 * a["tp"] / max(1, 2 * a["tp"] + a["fp"] + a["fn"])
         of1 = 2 * a["otp"] / max(1, 2 * a["otp"] + a["ofp"] + a["ofn"])
-        print(f"{p}: pixel F1 {f1:.4f}, object F1 {of1:.4f} (tp/fp/fn {a['otp']}/{a['ofp']}/{a['ofn']}), "
-              f"{seconds[p]:.1f} s predicting")
+        print(
+            f"{p}: pixel F1 {f1:.4f}, object F1 {of1:.4f} (tp/fp/fn {a['otp']}/{a['ofp']}/{a['ofn']}), "
+            f"{seconds[p]:.1f} s predicting"
+        )
     net = predictors["fp32"].net
-    x = torch.randn(1, predictors["fp32"].meta.bands, 512, 512).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, predictors["fp32"].meta.bands, 512, 512).contiguous(
+        memory_format=torch.channels_last
+    )
     for p in ("fp32", "bf16", "fp32", "bf16"):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
             net(x)

@@ -52,7 +52,7 @@ def _setup_child(p: dict[str, Any]) -> None:
 
 
 def _predictor(p: dict[str, Any]) -> Any:
-    from geounet.prediction.predict import Predictor
+    from geounet.prediction.predictor import Predictor
 
     kwargs = {"compile": True} if p.get("compile") else {}
     return Predictor(p["model"], device=p["device"], **kwargs)
@@ -95,7 +95,8 @@ def child_e2e(p: dict[str, Any]) -> dict[str, Any]:
     _setup_child(p)
     import torch
 
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
 
     out = Path(p["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -106,24 +107,46 @@ def child_e2e(p: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     if p.get("batch"):
         batch = int(p["batch"])
-        cfg = PredictConfig(tile_size=p["tile"], overlap=p["overlap"], batch_size=batch,
-                            device=p["device"], overwrite=True, **extra)
+        cfg = PredictConfig(
+            tile_size=p["tile"],
+            overlap=p["overlap"],
+            batch_size=batch,
+            device=p["device"],
+            overwrite=True,
+            **extra,
+        )
         r = predict_raster(p["scene"], out / "vectors.gpkg", model=p["model"], config=cfg, **paths)
     else:
         pred = _predictor(p)
         batch = _batch(pred, p)
         if pred.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()  # not the batch-size probe's peak
-        cfg = PredictConfig(tile_size=p["tile"], overlap=p["overlap"], batch_size=batch,
-                            device=p["device"], overwrite=True, **extra)
+        cfg = PredictConfig(
+            tile_size=p["tile"],
+            overlap=p["overlap"],
+            batch_size=batch,
+            device=p["device"],
+            overwrite=True,
+            **extra,
+        )
         r = pred.run(p["scene"], out / "vectors.gpkg", config=cfg, **paths)
     wall = time.perf_counter() - t0
-    sizes = {f.name: f.stat().st_size / 2**20 for f in out.iterdir()
-             if f.is_file() and f.name.startswith(("vectors.", "mask.", "probabilities."))}
+    sizes = {
+        f.name: f.stat().st_size / 2**20
+        for f in out.iterdir()
+        if f.is_file() and f.name.startswith(("vectors.", "mask.", "probabilities."))
+    }
     return {
-        "wall": wall, "seconds": r.seconds, "timings": r.timings, "features": r.features, "batch": batch,
-        "tiles": r.tiles, "skipped": r.tiles_skipped, "class_counts": r.class_counts,
-        "output_mb": sizes, **_peaks(p["device"]),
+        "wall": wall,
+        "seconds": r.seconds,
+        "timings": r.timings,
+        "features": r.features,
+        "batch": batch,
+        "tiles": r.tiles,
+        "skipped": r.tiles_skipped,
+        "class_counts": r.class_counts,
+        "output_mb": sizes,
+        **_peaks(p["device"]),
     }
 
 
@@ -150,12 +173,20 @@ def child_forward(p: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     while done < n:
         k = min(bs, n - done)
-        pred.forward(batches[calls % 2][:k], valid[:k], scaling=scaling)  # numpy on the CPU: synchronous
+        pred.forward(
+            batches[calls % 2][:k], valid[:k], scaling=scaling
+        )  # numpy on the CPU: synchronous
         done += k
         calls += 1
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "tiles": done, "calls": calls, "warmup_batches": warmup, "batch": bs,
-            **_peaks(p["device"])}
+    return {
+        "seconds": seconds,
+        "tiles": done,
+        "calls": calls,
+        "warmup_batches": warmup,
+        "batch": bs,
+        **_peaks(p["device"]),
+    }
 
 
 def child_naive(p: dict[str, Any]) -> dict[str, Any]:
@@ -232,9 +263,16 @@ def child_naive(p: dict[str, Any]) -> dict[str, Any]:
     frame.to_file(out / "naive.gpkg", driver="GPKG")
     t_write = time.perf_counter() - t0
     return {
-        "wall": time.perf_counter() - t_start, "features": len(frame), "tiles": len(windows),
-        "timings": {"read": t_read, "model": t_model, "threshold": t_threshold,
-                    "shapes": t_shapes, "write": t_write},
+        "wall": time.perf_counter() - t_start,
+        "features": len(frame),
+        "tiles": len(windows),
+        "timings": {
+            "read": t_read,
+            "model": t_model,
+            "threshold": t_threshold,
+            "shapes": t_shapes,
+            "write": t_write,
+        },
         **_peaks(p["device"]),
     }
 
@@ -245,7 +283,8 @@ def child_vectorize(p: dict[str, Any]) -> dict[str, Any]:
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from geounet.vectors.vectorize import StripVectorizer, write_vectors
+    from geounet.vectors.strips import StripVectorizer
+    from geounet.vectors.writer import write_vectors
 
     width, height, rows = p["width"], p["height"], p["strip_rows"]
     t0 = time.perf_counter()
@@ -273,8 +312,13 @@ def child_vectorize(p: dict[str, Any]) -> dict[str, Any]:
     write_vectors(frame, out / "vectorized.gpkg")
     t_write = time.perf_counter() - t0
     res: dict[str, Any] = {
-        "generate": t_gen, "add": t_add, "finish": t_finish, "write": t_write,
-        "features": len(frame), "shapes_burned": n_shapes, "foreground": fg,
+        "generate": t_gen,
+        "add": t_add,
+        "finish": t_finish,
+        "write": t_write,
+        "features": len(frame),
+        "shapes_burned": n_shapes,
+        "foreground": fg,
     }
     res.update(_peaks("cpu"))
     if p["reference"]:
@@ -282,7 +326,9 @@ def child_vectorize(p: dict[str, Any]) -> dict[str, Any]:
         from shapely.geometry import shape
 
         t0 = time.perf_counter()
-        ref = [shape(g) for g, _ in shapes(mask, mask=mask > 0, connectivity=4, transform=transform)]
+        ref = [
+            shape(g) for g, _ in shapes(mask, mask=mask > 0, connectivity=4, transform=transform)
+        ]
         res["reference_seconds"] = time.perf_counter() - t0
         res["reference_features"] = len(ref)
     return res
@@ -349,7 +395,10 @@ def _synthetic_mask(width: int, height: int, n: int, seed: int) -> tuple[Any, in
 
 
 CHILDREN = {
-    "load": child_load, "e2e": child_e2e, "forward": child_forward, "naive": child_naive,
+    "load": child_load,
+    "e2e": child_e2e,
+    "forward": child_forward,
+    "naive": child_naive,
     "vectorize": child_vectorize,
 }
 
@@ -358,16 +407,20 @@ def run_child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run a child in a fresh interpreter and return its JSON result."""
     proc = subprocess.run(
         [sys.executable, str(HERE), "--child", kind, json.dumps(params)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT) and proc.returncode == 0:
-            return json.loads(line[len(RESULT):])
+            return json.loads(line[len(RESULT) :])
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
     raise SystemExit(f"benchmark child {kind!r} failed (exit {proc.returncode})")
 
 
-def best_of(kind: str, params: dict[str, Any], repeat: int, key: str) -> tuple[dict[str, Any], list[float]]:
+def best_of(
+    kind: str, params: dict[str, Any], repeat: int, key: str
+) -> tuple[dict[str, Any], list[float]]:
     """Run a child ``repeat`` times; return the fastest run and every time."""
     runs = []
     for _ in range(max(1, repeat)):
@@ -392,7 +445,9 @@ def parse_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be N or WxH, not {text!r}") from None
 
 
-def ensure_scene(work: Path, width: int, height: int, args: argparse.Namespace, bands: int, dtype: str) -> Path:
+def ensure_scene(
+    work: Path, width: int, height: int, args: argparse.Namespace, bands: int, dtype: str
+) -> Path:
     """A cached synthetic scene (generated once; make_scene's memory is bounded)."""
     from geounet.synthetic import make_scene
 
@@ -402,8 +457,15 @@ def ensure_scene(work: Path, width: int, height: int, args: argparse.Namespace, 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp.tif")
         t0 = time.perf_counter()
-        make_scene(tmp, width=width, height=height, pixel_size=args.pixel_size, seed=args.seed,
-                   bands=bands, dtype=dtype)
+        make_scene(
+            tmp,
+            width=width,
+            height=height,
+            pixel_size=args.pixel_size,
+            seed=args.seed,
+            bands=bands,
+            dtype=dtype,
+        )
         os.replace(tmp, path)
         print(f"(generated {name} in {time.perf_counter() - t0:.1f} s)")
     return path
@@ -416,9 +478,19 @@ def ensure_model(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, 
     if args.model:
         path = Path(args.model)
         meta = read_meta(path)
-        return path, {"source": str(path), "calibrated": False, "width": meta.arch_args.get("width"),
-                      "depth": meta.depth, "bands": meta.bands, "dtype": meta.dtype}
-    path = work / "models" / f"unet_w{args.model_width}_d{args.model_depth}_s{args.seed}_calibrated.safetensors"
+        return path, {
+            "source": str(path),
+            "calibrated": False,
+            "width": meta.arch_args.get("width"),
+            "depth": meta.depth,
+            "bands": meta.bands,
+            "dtype": meta.dtype,
+        }
+    path = (
+        work
+        / "models"
+        / f"unet_w{args.model_width}_d{args.model_depth}_s{args.seed}_calibrated.safetensors"
+    )
     info_path = path.with_suffix(".json")
     if not path.exists() or not info_path.exists():
         info = calibrate_model(work, path, args)
@@ -442,14 +514,28 @@ def calibrate_model(work: Path, path: Path, args: argparse.Namespace) -> dict[st
     from geounet.network.unet import calibrate_batchnorm
 
     t0 = time.perf_counter()
-    net, meta = create_model(bands=3, classes=["building"], width=args.model_width,
-                             depth=args.model_depth, seed=args.seed)
-    calib = ensure_scene(work, 1024, 1024, argparse.Namespace(pixel_size=args.pixel_size, seed=args.seed + 1000), 3, "uint8")
+    net, meta = create_model(
+        bands=3,
+        classes=["building"],
+        width=args.model_width,
+        depth=args.model_depth,
+        seed=args.seed,
+    )
+    calib = ensure_scene(
+        work,
+        1024,
+        1024,
+        argparse.Namespace(pixel_size=args.pixel_size, seed=args.seed + 1000),
+        3,
+        "uint8",
+    )
     with rasterio.open(calib) as src:
         img = torch.from_numpy(src.read().astype(np.float32))
     mean = torch.tensor(meta.mean).view(-1, 1, 1)
     std = torch.tensor(meta.std).view(-1, 1, 1)
-    crops = [((img[:, r : r + 512, c : c + 512] - mean) / std)[None] for r in (0, 512) for c in (0, 512)]
+    crops = [
+        ((img[:, r : r + 512, c : c + 512] - mean) / std)[None] for r in (0, 512) for c in (0, 512)
+    ]
     calibrate_batchnorm(net, crops)
     with torch.no_grad():
         logits = torch.cat([net(x) for x in crops]).numpy()
@@ -457,16 +543,29 @@ def calibrate_model(work: Path, path: Path, args: argparse.Namespace) -> dict[st
         net.head.bias -= q90
     fg = float((logits - q90 >= 0).mean())
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta.provenance = {"created": "benchmarks/predict.py", "seed": args.seed, "trained": False,
-                       "calibrated": "BatchNorm on 4 synthetic 512px crops, head bias -> 10% foreground"}
+    meta.provenance = {
+        "created": "benchmarks/predict.py",
+        "seed": args.seed,
+        "trained": False,
+        "calibrated": "BatchNorm on 4 synthetic 512px crops, head bias -> 10% foreground",
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_model(net, meta, tmp)
     os.replace(tmp, path)
-    print(f"(calibrated U-Net width {args.model_width} depth {args.model_depth} in "
-          f"{time.perf_counter() - t0:.1f} s: head bias -{q90:.3f}, foreground {fg:.1%} on the crops)")
-    return {"source": "seeded, calibrated", "calibrated": True, "width": args.model_width,
-            "depth": args.model_depth, "bands": 3, "dtype": "uint8", "head_shift": q90,
-            "calibration_foreground": fg}
+    print(
+        f"(calibrated U-Net width {args.model_width} depth {args.model_depth} in "
+        f"{time.perf_counter() - t0:.1f} s: head bias -{q90:.3f}, foreground {fg:.1%} on the crops)"
+    )
+    return {
+        "source": "seeded, calibrated",
+        "calibrated": True,
+        "width": args.model_width,
+        "depth": args.model_depth,
+        "bands": 3,
+        "dtype": "uint8",
+        "head_shift": q90,
+        "calibration_foreground": fg,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,34 +591,57 @@ def machine(device: str) -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "python": platform.python_version(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
         "load_average": os.getloadavg(),
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     try:
-        rev = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "geounet"],
-                               capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "geounet"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         info["commit"] = rev + (" (geounet/ modified)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         pass
     return info
 
 
-def print_header(args: argparse.Namespace, info: dict[str, Any], model_info: dict[str, Any]) -> None:
-    print(f"# geounet prediction benchmark, {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
+def print_header(
+    args: argparse.Namespace, info: dict[str, Any], model_info: dict[str, Any]
+) -> None:
+    print(
+        f"# geounet prediction benchmark, {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}"
+    )
     print(f"# command: python {shlex.join(sys.argv)}")
     la = ", ".join(f"{x:.2f}" for x in info["load_average"])
-    print(f"# machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']:.0f} GB RAM; "
-          f"load average {la}")
+    print(
+        f"# machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']:.0f} GB RAM; "
+        f"load average {la}"
+    )
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
-    print(f"# python {info['python']}, torch {info['torch']} ({info['torch_threads']} threads), "
-          f"device {info['device']}{gpu}; geounet commit {info.get('commit', '?')}")
-    print(f"# model: {model_info['source']}, U-Net width {model_info['width']}, depth {model_info['depth']}, "
-          f"{model_info['bands']} bands {model_info['dtype']}")
+    print(
+        f"# python {info['python']}, torch {info['torch']} ({info['torch_threads']} threads), "
+        f"device {info['device']}{gpu}; geounet commit {info.get('commit', '?')}"
+    )
+    print(
+        f"# model: {model_info['source']}, U-Net width {model_info['width']}, depth {model_info['depth']}, "
+        f"{model_info['bands']} bands {model_info['dtype']}"
+    )
     print()
 
 
@@ -559,12 +681,26 @@ def resolve(args: argparse.Namespace) -> tuple[str, int | None]:
     return device, args.batch_size
 
 
-def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int | None,
-                 model: Path, model_info: dict[str, Any]) -> list[dict[str, Any]]:
+def mode_predict(
+    args: argparse.Namespace,
+    work: Path,
+    device: str,
+    batch: int | None,
+    model: Path,
+    model_info: dict[str, Any],
+) -> list[dict[str, Any]]:
     sizes = args.size or [(2048, 2048)]
     ts, ov = args.tile_size, args.overlap
-    common = {"model": str(model), "device": device, "tile": ts, "overlap": ov, "batch": batch,
-              "threads": args.threads, "compile": args.compile, "strip_thread": args.strip_thread}
+    common = {
+        "model": str(model),
+        "device": device,
+        "tile": ts,
+        "overlap": ov,
+        "batch": batch,
+        "threads": args.threads,
+        "compile": args.compile,
+        "strip_thread": args.strip_thread,
+    }
     base = run_child("load", common)
     print(f"start-up baseline (imports + model on {device}): peak RSS {mb(base['peak_rss_mb'])}\n")
     results = []
@@ -575,189 +711,342 @@ def mode_predict(args: argparse.Namespace, work: Path, device: str, batch: int |
         km2 = pixels * args.pixel_size**2 / 1e6
         tiles = n_tiles(height, width, ts, ov)
         overhead = tiles * ts * ts / pixels
-        print(f"== scene {width}x{height} ({mp:.1f} MP, {km2:.2f} km² at {args.pixel_size:g} m), "
-              f"tile {ts}, overlap {ov}, batch {batch or 'auto'}, {device}"
-              f"{', torch.compile' if args.compile else ''} ==")
+        print(
+            f"== scene {width}x{height} ({mp:.1f} MP, {km2:.2f} km² at {args.pixel_size:g} m), "
+            f"tile {ts}, overlap {ov}, batch {batch or 'auto'}, {device}"
+            f"{', torch.compile' if args.compile else ''} =="
+        )
         out = work / "out" / f"{width}x{height}"
-        e2e, walls = best_of("e2e", {**common, "scene": str(scene), "out": str(out)}, args.repeat, "wall")
+        e2e, walls = best_of(
+            "e2e", {**common, "scene": str(scene), "out": str(out)}, args.repeat, "wall"
+        )
         bs = e2e["batch"]
         common_bs = {**common, "batch": bs}
         calls = pipeline_calls(height, width, ts, ov, bs)
-        print(f"tiles {tiles}; overlap overhead tiles*tile²/(H*W) = {overhead:.3f}; batch {bs}"
-              f"{' (chosen by geounet)' if not batch else ''}: {calls} forward calls in the pipeline "
-              f"at most (all-nodata tiles are skipped)")
+        print(
+            f"tiles {tiles}; overlap overhead tiles*tile²/(H*W) = {overhead:.3f}; batch {bs}"
+            f"{' (chosen by geounet)' if not batch else ''}: {calls} forward calls in the pipeline "
+            f"at most (all-nodata tiles are skipped)"
+        )
         load = e2e["wall"] - e2e["seconds"]
         tm = e2e["timings"]
         other = e2e["seconds"] - sum(tm.get(k, 0.0) for k in STEPS)
-        rep = f"best of {len(walls)}: " + ", ".join(f"{w:.1f}" for w in walls) + " s" if len(walls) > 1 else "1 run"
+        rep = (
+            f"best of {len(walls)}: " + ", ".join(f"{w:.1f}" for w in walls) + " s"
+            if len(walls) > 1
+            else "1 run"
+        )
         rep += f"; 1-min load average {e2e['load_before']:.2f} before it"
         print(f"geounet predict_raster -> vectors.gpkg + mask.tif + probabilities.tif ({rep}):")
         gpu = f", peak GPU memory {mb(e2e['gpu_peak_mb'])}" if "gpu_peak_mb" in e2e else ""
-        print(f"  wall {e2e['wall']:.2f} s (model load {load:.2f} s), {mp / e2e['wall']:.3f} MP/s, "
-              f"{km2 / e2e['wall'] * 3600:,.0f} km²/h; peak RSS {mb(e2e['peak_rss_mb'])}{gpu}; "
-              f"{e2e['features']} features ({e2e['features'] / km2:,.0f}/km²)")
-        split = ", ".join(f"{k} {tm.get(k, 0.0):.2f} s ({tm.get(k, 0.0) / e2e['seconds']:.1%})" for k in STEPS)
+        print(
+            f"  wall {e2e['wall']:.2f} s (model load {load:.2f} s), {mp / e2e['wall']:.3f} MP/s, "
+            f"{km2 / e2e['wall'] * 3600:,.0f} km²/h; peak RSS {mb(e2e['peak_rss_mb'])}{gpu}; "
+            f"{e2e['features']} features ({e2e['features'] / km2:,.0f}/km²)"
+        )
+        split = ", ".join(
+            f"{k} {tm.get(k, 0.0):.2f} s ({tm.get(k, 0.0) / e2e['seconds']:.1%})" for k in STEPS
+        )
         print(f"  main thread: {split}, other {other:.2f} s ({other / e2e['seconds']:.1%})")
         busy = ", ".join(f"{k} {tm.get(k, 0.0):.2f} s" for k in BACKGROUND)
         print(f"  strip handling and tail, by kind of work: {busy}")
 
         res: dict[str, Any] = {
-            "size": [width, height], "tiles": tiles, "overlap_overhead": overhead,
-            "batch": bs, "pipeline_calls": calls, "e2e": e2e,
-            "e2e_walls": walls, "startup_rss_mb": base["peak_rss_mb"],
+            "size": [width, height],
+            "tiles": tiles,
+            "overlap_overhead": overhead,
+            "batch": bs,
+            "pipeline_calls": calls,
+            "e2e": e2e,
+            "e2e_walls": walls,
+            "startup_rss_mb": base["peak_rss_mb"],
         }
         fwd_tiles = e2e["tiles"] - e2e["skipped"]
         if args.forward_tiles is not None:
             fwd_tiles = min(fwd_tiles, args.forward_tiles)
         if fwd_tiles > 0:
-            fwd, fwalls = best_of("forward", {**common_bs, "tiles": fwd_tiles}, args.repeat, "seconds")
+            fwd, _fwalls = best_of(
+                "forward", {**common_bs, "tiles": fwd_tiles}, args.repeat, "seconds"
+            )
             per_tile = fwd["seconds"] / fwd["tiles"]
             forward_all = per_tile * (e2e["tiles"] - e2e["skipped"])
             eff = forward_all / e2e["wall"]
-            scaled = "" if fwd_tiles == e2e["tiles"] - e2e["skipped"] else \
-                f" (scaled from {fwd_tiles} tiles: {fwd['seconds']:.2f} s)"
-            print(f"pure forward (Predictor.forward, random batches of {bs}, after "
-                  f"{fwd['warmup_batches']} warm-up): {e2e['tiles'] - e2e['skipped']} tiles in "
-                  f"{forward_all:.2f} s{scaled} = {per_tile * 1000:.0f} ms/tile, "
-                  f"{ts * ts / per_tile / 1e6:.3f} MP/s of tile pixels (load {fwd['load_before']:.2f} before)")
-            print(f"pipeline efficiency = pure forward / end-to-end = {forward_all:.2f} / "
-                  f"{e2e['wall']:.2f} = {eff:.3f}"
-                  + (f"  [target >= 0.9 on the CPU: {verdict(eff >= 0.9)}]" if device == "cpu" else ""))
-            print(f"  (model time inside the pipeline {tm['model']:.2f} s = "
-                  f"{tm['model'] / forward_all:.3f} x pure forward)")
+            scaled = (
+                ""
+                if fwd_tiles == e2e["tiles"] - e2e["skipped"]
+                else f" (scaled from {fwd_tiles} tiles: {fwd['seconds']:.2f} s)"
+            )
+            print(
+                f"pure forward (Predictor.forward, random batches of {bs}, after "
+                f"{fwd['warmup_batches']} warm-up): {e2e['tiles'] - e2e['skipped']} tiles in "
+                f"{forward_all:.2f} s{scaled} = {per_tile * 1000:.0f} ms/tile, "
+                f"{ts * ts / per_tile / 1e6:.3f} MP/s of tile pixels (load {fwd['load_before']:.2f} before)"
+            )
+            print(
+                f"pipeline efficiency = pure forward / end-to-end = {forward_all:.2f} / "
+                f"{e2e['wall']:.2f} = {eff:.3f}"
+                + (
+                    f"  [target >= 0.9 on the CPU: {verdict(eff >= 0.9)}]"
+                    if device == "cpu"
+                    else ""
+                )
+            )
+            print(
+                f"  (model time inside the pipeline {tm['model']:.2f} s = "
+                f"{tm['model'] / forward_all:.3f} x pure forward)"
+            )
             imports = tm.get("imports", 0.0)
             if imports > 0:
                 eff_scene = forward_all / (e2e["wall"] - imports)
-                print(f"  per scene of a batch (pandas/pyogrio, {imports:.2f} s, load once per process): "
-                      f"{forward_all:.2f} / {e2e['wall'] - imports:.2f} = {eff_scene:.3f}")
+                print(
+                    f"  per scene of a batch (pandas/pyogrio, {imports:.2f} s, load once per process): "
+                    f"{forward_all:.2f} / {e2e['wall'] - imports:.2f} = {eff_scene:.3f}"
+                )
                 res.update(efficiency_per_batch_scene=eff_scene)
             share = tm["model"] / e2e["wall"]
-            print(f"model share of the end-to-end wall, same run = {tm['model']:.2f} / {e2e['wall']:.2f} = "
-                  f"{share:.3f} (the same ratio measured inside one process: unaffected by the machine "
-                  f"getting faster or slower between the two runs above)")
+            print(
+                f"model share of the end-to-end wall, same run = {tm['model']:.2f} / {e2e['wall']:.2f} = "
+                f"{share:.3f} (the same ratio measured inside one process: unaffected by the machine "
+                f"getting faster or slower between the two runs above)"
+            )
             res.update(model_share=share)
             res.update(forward=fwd, forward_seconds_all_tiles=forward_all, efficiency=eff)
         if args.naive:
-            nv, nwalls = best_of("naive", {**common_bs, "scene": str(scene), "out": str(out)}, args.repeat, "wall")
+            nv, nwalls = best_of(
+                "naive", {**common_bs, "scene": str(scene), "out": str(out)}, args.repeat, "wall"
+            )
             nt = nv["timings"]
-            print(f"naive reference (whole scene in memory, {nv['tiles']} non-overlapping tiles, "
-                  f"hard stitch, whole-mask shapes, GeoPackage; load {nv['load_before']:.2f} before): "
-                  + ", ".join(f"{k} {v:.2f} s" for k, v in nt.items()))
+            print(
+                f"naive reference (whole scene in memory, {nv['tiles']} non-overlapping tiles, "
+                f"hard stitch, whole-mask shapes, GeoPackage; load {nv['load_before']:.2f} before): "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in nt.items())
+            )
             rows = [
                 ("seconds", f"{e2e['wall']:.2f}", f"{nv['wall']:.2f}", e2e["wall"] / nv["wall"]),
-                ("µs per useful pixel", f"{e2e['wall'] / pixels * 1e6:.3f}",
-                 f"{nv['wall'] / pixels * 1e6:.3f}", e2e["wall"] / nv["wall"]),
-                ("peak RSS MB", f"{e2e['peak_rss_mb']:,.0f}", f"{nv['peak_rss_mb']:,.0f}",
-                 e2e["peak_rss_mb"] / nv["peak_rss_mb"]),
-                ("peak RSS above start-up MB", f"{e2e['peak_rss_mb'] - base['peak_rss_mb']:,.0f}",
-                 f"{nv['peak_rss_mb'] - base['peak_rss_mb']:,.0f}",
-                 (e2e["peak_rss_mb"] - base["peak_rss_mb"]) / max(nv["peak_rss_mb"] - base["peak_rss_mb"], 1e-9)),
-                ("tiles through the model", str(e2e["tiles"]), str(nv["tiles"]), e2e["tiles"] / nv["tiles"]),
-                ("features", str(e2e["features"]), str(nv["features"]), e2e["features"] / max(nv["features"], 1)),
+                (
+                    "µs per useful pixel",
+                    f"{e2e['wall'] / pixels * 1e6:.3f}",
+                    f"{nv['wall'] / pixels * 1e6:.3f}",
+                    e2e["wall"] / nv["wall"],
+                ),
+                (
+                    "peak RSS MB",
+                    f"{e2e['peak_rss_mb']:,.0f}",
+                    f"{nv['peak_rss_mb']:,.0f}",
+                    e2e["peak_rss_mb"] / nv["peak_rss_mb"],
+                ),
+                (
+                    "peak RSS above start-up MB",
+                    f"{e2e['peak_rss_mb'] - base['peak_rss_mb']:,.0f}",
+                    f"{nv['peak_rss_mb'] - base['peak_rss_mb']:,.0f}",
+                    (e2e["peak_rss_mb"] - base["peak_rss_mb"])
+                    / max(nv["peak_rss_mb"] - base["peak_rss_mb"], 1e-9),
+                ),
+                (
+                    "tiles through the model",
+                    str(e2e["tiles"]),
+                    str(nv["tiles"]),
+                    e2e["tiles"] / nv["tiles"],
+                ),
+                (
+                    "features",
+                    str(e2e["features"]),
+                    str(nv["features"]),
+                    e2e["features"] / max(nv["features"], 1),
+                ),
             ]
             if "gpu_peak_mb" in e2e:
-                rows.append(("peak GPU MB", f"{e2e['gpu_peak_mb']:,.0f}", f"{nv['gpu_peak_mb']:,.0f}",
-                             e2e["gpu_peak_mb"] / max(nv["gpu_peak_mb"], 1e-9)))
+                rows.append(
+                    (
+                        "peak GPU MB",
+                        f"{e2e['gpu_peak_mb']:,.0f}",
+                        f"{nv['gpu_peak_mb']:,.0f}",
+                        e2e["gpu_peak_mb"] / max(nv["gpu_peak_mb"], 1e-9),
+                    )
+                )
             print(f"  {'':<28}{'geounet':>12}{'naive':>12}{'geounet/naive':>15}")
             for name, a, b, ratio in rows:
                 print(f"  {name:<28}{a:>12}{b:>12}{ratio:>15.3f}")
             faster = e2e["wall"] < nv["wall"]
             rss_ratio = e2e["peak_rss_mb"] / nv["peak_rss_mb"]
-            print(f"  [target faster per useful pixel than naive: {verdict(faster)}; "
-                  f"peak RSS <= 1/4 of naive (defined at 8192x8192): {rss_ratio:.3f}, {verdict(rss_ratio <= 0.25)}]")
+            print(
+                f"  [target faster per useful pixel than naive: {verdict(faster)}; "
+                f"peak RSS <= 1/4 of naive (defined at 8192x8192): {rss_ratio:.3f}, {verdict(rss_ratio <= 0.25)}]"
+            )
             res.update(naive=nv, naive_walls=nwalls)
         print()
         results.append(res)
 
     if len(results) > 1:
         print("== summary ==")
-        print(f"{'scene':>12} {'tiles':>6} {'ovh':>6} {'wall s':>8} {'MP/s':>7} {'km²/h':>8} "
-              f"{'RSS MB':>8} {'effic.':>7} {'naive s':>8} {'naive RSS':>10} {'features':>9}")
+        print(
+            f"{'scene':>12} {'tiles':>6} {'ovh':>6} {'wall s':>8} {'MP/s':>7} {'km²/h':>8} "
+            f"{'RSS MB':>8} {'effic.':>7} {'naive s':>8} {'naive RSS':>10} {'features':>9}"
+        )
         for r in results:
             w, h = r["size"]
             e = r["e2e"]
             nv = r.get("naive")
-            print(f"{w:>5}x{h:<6} {r['tiles']:>6} {r['overlap_overhead']:>6.3f} {e['wall']:>8.1f} "
-                  f"{w * h / 1e6 / e['wall']:>7.3f} {w * h * args.pixel_size**2 / 1e6 / e['wall'] * 3600:>8.0f} "
-                  f"{e['peak_rss_mb']:>8.0f} {r.get('efficiency', float('nan')):>7.3f} "
-                  f"{(nv['wall'] if nv else float('nan')):>8.1f} {(nv['peak_rss_mb'] if nv else float('nan')):>10.0f} "
-                  f"{e['features']:>9}")
+            print(
+                f"{w:>5}x{h:<6} {r['tiles']:>6} {r['overlap_overhead']:>6.3f} {e['wall']:>8.1f} "
+                f"{w * h / 1e6 / e['wall']:>7.3f} {w * h * args.pixel_size**2 / 1e6 / e['wall'] * 3600:>8.0f} "
+                f"{e['peak_rss_mb']:>8.0f} {r.get('efficiency', float('nan')):>7.3f} "
+                f"{(nv['wall'] if nv else float('nan')):>8.1f} {(nv['peak_rss_mb'] if nv else float('nan')):>10.0f} "
+                f"{e['features']:>9}"
+            )
         print()
     return results
 
 
-def mode_vectorize(args: argparse.Namespace, work: Path, device: str, batch: int | None,
-                   model: Path, model_info: dict[str, Any]) -> dict[str, Any]:
+def mode_vectorize(
+    args: argparse.Namespace,
+    work: Path,
+    device: str,
+    batch: int | None,
+    model: Path,
+    model_info: dict[str, Any],
+) -> dict[str, Any]:
     width, height = (args.size or [(16384, 16384)])[0]
     ts, ov = args.tile_size, args.overlap
-    print(f"== vectorize a {width}x{height} mask (~{args.shapes} seeded shapes) with StripVectorizer "
-          f"in strips of {args.strip_rows} rows ==")
-    v = run_child("vectorize", {
-        "width": width, "height": height, "shapes": args.shapes, "seed": args.seed,
-        "strip_rows": args.strip_rows, "pixel_size": args.pixel_size, "reference": args.reference,
-        "out": str(work / "out" / "vectorize"),
-    })
+    print(
+        f"== vectorize a {width}x{height} mask (~{args.shapes} seeded shapes) with StripVectorizer "
+        f"in strips of {args.strip_rows} rows =="
+    )
+    v = run_child(
+        "vectorize",
+        {
+            "width": width,
+            "height": height,
+            "shapes": args.shapes,
+            "seed": args.seed,
+            "strip_rows": args.strip_rows,
+            "pixel_size": args.pixel_size,
+            "reference": args.reference,
+            "out": str(work / "out" / "vectorize"),
+        },
+    )
     vec_s = v["add"] + v["finish"]
-    print(f"mask: {v['shapes_burned']} shapes burned in {v['generate']:.1f} s (not timed), "
-          f"{v['foreground']:.1%} foreground")
-    print(f"StripVectorizer: add {v['add']:.2f} s + finish {v['finish']:.2f} s = {vec_s:.2f} s -> "
-          f"{v['features']} polygons ({vec_s / (width * height) * 1e9:.2f} ns/px); GeoPackage write "
-          f"{v['write']:.2f} s; child peak RSS {mb(v['peak_rss_mb'])} (the whole mask is held for the benchmark)")
+    print(
+        f"mask: {v['shapes_burned']} shapes burned in {v['generate']:.1f} s (not timed), "
+        f"{v['foreground']:.1%} foreground"
+    )
+    print(
+        f"StripVectorizer: add {v['add']:.2f} s + finish {v['finish']:.2f} s = {vec_s:.2f} s -> "
+        f"{v['features']} polygons ({vec_s / (width * height) * 1e9:.2f} ns/px); GeoPackage write "
+        f"{v['write']:.2f} s; child peak RSS {mb(v['peak_rss_mb'])} (the whole mask is held for the benchmark)"
+    )
     if "reference_seconds" in v:
-        print(f"reference: rasterio.features.shapes over the whole mask + shapely: "
-              f"{v['reference_seconds']:.2f} s -> {v['reference_features']} polygons "
-              f"(StripVectorizer/whole-mask = {vec_s / v['reference_seconds']:.2f})")
+        print(
+            f"reference: rasterio.features.shapes over the whole mask + shapely: "
+            f"{v['reference_seconds']:.2f} s -> {v['reference_features']} polygons "
+            f"(StripVectorizer/whole-mask = {vec_s / v['reference_seconds']:.2f})"
+        )
     tiles = n_tiles(height, width, ts, ov)
     fwd_tiles = args.forward_tiles if args.forward_tiles else 8
-    fwd, _ = best_of("forward", {"model": str(model), "device": device, "tile": ts, "batch": batch,
-                                 "tiles": fwd_tiles, "threads": args.threads,
-                                 "compile": args.compile}, args.repeat, "seconds")
+    fwd, _ = best_of(
+        "forward",
+        {
+            "model": str(model),
+            "device": device,
+            "tile": ts,
+            "batch": batch,
+            "tiles": fwd_tiles,
+            "threads": args.threads,
+            "compile": args.compile,
+        },
+        args.repeat,
+        "seconds",
+    )
     per_tile = fwd["seconds"] / fwd["tiles"]
     model_s = per_tile * tiles
     ratio = (vec_s + v["write"]) / model_s
-    print(f"model time for the same scene (estimated): {tiles} tiles of {ts} at overlap {ov} x "
-          f"{per_tile * 1000:.0f} ms/tile (pure forward over {fwd['tiles']} tiles, batch {fwd['batch']}, "
-          f"{device}) = {model_s:,.0f} s")
-    print(f"vectorize / model = {vec_s:.1f} / {model_s:,.0f} = {vec_s / model_s:.4f}; "
-          f"with the GeoPackage write {ratio:.4f}  [target a small fraction: {verdict(ratio < 0.1)} (< 0.1)]")
+    print(
+        f"model time for the same scene (estimated): {tiles} tiles of {ts} at overlap {ov} x "
+        f"{per_tile * 1000:.0f} ms/tile (pure forward over {fwd['tiles']} tiles, batch {fwd['batch']}, "
+        f"{device}) = {model_s:,.0f} s"
+    )
+    print(
+        f"vectorize / model = {vec_s:.1f} / {model_s:,.0f} = {vec_s / model_s:.4f}; "
+        f"with the GeoPackage write {ratio:.4f}  [target a small fraction: {verdict(ratio < 0.1)} (< 0.1)]"
+    )
     print()
-    return {"size": [width, height], "vectorize": v, "forward": fwd, "tiles": tiles,
-            "model_seconds_estimate": model_s, "ratio": vec_s / model_s, "ratio_with_write": ratio}
+    return {
+        "size": [width, height],
+        "vectorize": v,
+        "forward": fwd,
+        "tiles": tiles,
+        "model_seconds_estimate": model_s,
+        "ratio": vec_s / model_s,
+        "ratio_with_write": ratio,
+    }
 
 
-def mode_memory(args: argparse.Namespace, work: Path, device: str, batch: int | None,
-                model: Path, model_info: dict[str, Any]) -> dict[str, Any]:
+def mode_memory(
+    args: argparse.Namespace,
+    work: Path,
+    device: str,
+    batch: int | None,
+    model: Path,
+    model_info: dict[str, Any],
+) -> dict[str, Any]:
     width, height = (args.size or [(2048, 1024)])[0]
     ts, ov = args.tile_size, args.overlap
     factors = [int(f) for f in args.factors.split(",")]
-    common = {"model": str(model), "device": device, "tile": ts, "overlap": ov, "batch": batch,
-              "threads": args.threads, "compile": args.compile}
-    scenes = {f: ensure_scene(work, width, height * f, args, model_info["bands"], model_info["dtype"])
-              for f in factors}
+    common = {
+        "model": str(model),
+        "device": device,
+        "tile": ts,
+        "overlap": ov,
+        "batch": batch,
+        "threads": args.threads,
+        "compile": args.compile,
+    }
+    scenes = {
+        f: ensure_scene(work, width, height * f, args, model_info["bands"], model_info["dtype"])
+        for f in factors
+    }
     base = run_child("load", common)["peak_rss_mb"]
-    print(f"== peak RSS against scene height: width {width}, heights {height} x {args.factors}, "
-          f"tile {ts}, overlap {ov}, batch {batch or 'auto'}, {device} ==")
+    print(
+        f"== peak RSS against scene height: width {width}, heights {height} x {args.factors}, "
+        f"tile {ts}, overlap {ov}, batch {batch or 'auto'}, {device} =="
+    )
     print(f"start-up baseline (imports + model): {base:.0f} MB")
-    print(f"{'scene':>12} {'tiles':>6} {'seconds':>8} {'peak RSS MB':>12} {'ratio':>6} "
-          f"{'above base MB':>14} {'ratio':>6} {'features':>9} {'load':>5}")
+    print(
+        f"{'scene':>12} {'tiles':>6} {'seconds':>8} {'peak RSS MB':>12} {'ratio':>6} "
+        f"{'above base MB':>14} {'ratio':>6} {'features':>9} {'load':>5}"
+    )
     rows = []
     first = None
     for f in factors:
         h = height * f
-        r, _ = best_of("e2e", {**common, "scene": str(scenes[f]), "out": str(work / "out" / f"mem_{width}x{h}")},
-                       args.repeat, "wall")
+        r, _ = best_of(
+            "e2e",
+            {**common, "scene": str(scenes[f]), "out": str(work / "out" / f"mem_{width}x{h}")},
+            args.repeat,
+            "wall",
+        )
         first = first or r
         ratio = r["peak_rss_mb"] / first["peak_rss_mb"]
         above = r["peak_rss_mb"] - base
         ratio_above = above / max(first["peak_rss_mb"] - base, 1e-9)
-        print(f"{width:>5}x{h:<6} {r['tiles']:>6} {r['wall']:>8.1f} {r['peak_rss_mb']:>12.0f} {ratio:>6.3f} "
-              f"{above:>14.0f} {ratio_above:>6.2f} {r['features']:>9} {r['load_before']:>5.2f}")
+        print(
+            f"{width:>5}x{h:<6} {r['tiles']:>6} {r['wall']:>8.1f} {r['peak_rss_mb']:>12.0f} {ratio:>6.3f} "
+            f"{above:>14.0f} {ratio_above:>6.2f} {r['features']:>9} {r['load_before']:>5.2f}"
+        )
         rows.append({"height": h, **r})
     growth = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
-    print(f"{factors[-1] // factors[0]}x taller: peak RSS x{growth:.3f}  "
-          f"[target under 15% more: {verdict(growth < 1.15)}]")
+    print(
+        f"{factors[-1] // factors[0]}x taller: peak RSS x{growth:.3f}  "
+        f"[target under 15% more: {verdict(growth < 1.15)}]"
+    )
     print()
-    return {"width": width, "base_height": height, "startup_rss_mb": base, "runs": rows, "growth": growth}
+    return {
+        "width": width,
+        "base_height": height,
+        "startup_rss_mb": base,
+        "runs": rows,
+        "growth": growth,
+    }
 
 
 def main() -> None:
@@ -770,42 +1059,95 @@ def main() -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--vectorize", action="store_true",
-                      help="StripVectorizer on a large synthetic mask vs the model time (default size 16384)")
-    mode.add_argument("--memory-scaling", action="store_true",
-                      help="peak RSS at heights x --factors (default size 2048x1024)")
-    ap.add_argument("--size", type=parse_size, action="append",
-                    help="scene size N or WxH; repeat for several (default 2048; see the modes)")
+    mode.add_argument(
+        "--vectorize",
+        action="store_true",
+        help="StripVectorizer on a large synthetic mask vs the model time (default size 16384)",
+    )
+    mode.add_argument(
+        "--memory-scaling",
+        action="store_true",
+        help="peak RSS at heights x --factors (default size 2048x1024)",
+    )
+    ap.add_argument(
+        "--size",
+        type=parse_size,
+        action="append",
+        help="scene size N or WxH; repeat for several (default 2048; see the modes)",
+    )
     ap.add_argument("--tile-size", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=None,
-                    help="default: geounet's own (Predictor.batch_size_for: 1 on the CPU, "
-                         "from free GPU memory on CUDA)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the network (PredictConfig.compile)")
-    ap.add_argument("--strip-thread", dest="strip_thread", action=argparse.BooleanOptionalAction, default=None,
-                    help="strips on the worker thread or inline (PredictConfig.strip_thread; default: geounet's choice)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="default: geounet's own (Predictor.batch_size_for: 1 on the CPU, "
+        "from free GPU memory on CUDA)",
+    )
+    ap.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (PredictConfig.compile)"
+    )
+    ap.add_argument(
+        "--strip-thread",
+        dest="strip_thread",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="strips on the worker thread or inline (PredictConfig.strip_thread; default: geounet's choice)",
+    )
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")
-    ap.add_argument("--model", default=None, help="a real model file (default: a calibrated seeded U-Net)")
-    ap.add_argument("--model-width", type=int, default=16, help="width of the seeded U-Net (the seed-size model is 64)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads in the children (default: torch's)"
+    )
+    ap.add_argument(
+        "--model", default=None, help="a real model file (default: a calibrated seeded U-Net)"
+    )
+    ap.add_argument(
+        "--model-width",
+        type=int,
+        default=16,
+        help="width of the seeded U-Net (the seed-size model is 64)",
+    )
     ap.add_argument("--model-depth", type=int, default=4)
-    ap.add_argument("--pixel-size", type=float, default=0.5, help="metres per pixel of the synthetic scenes")
+    ap.add_argument(
+        "--pixel-size", type=float, default=0.5, help="metres per pixel of the synthetic scenes"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run the naive whole-scene reference")
-    ap.add_argument("--forward-tiles", type=int, default=None,
-                    help="tiles for the pure-forward measurement (default: as many as the scene; "
-                         "fewer are scaled up; 0 skips it)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each measurement; the fastest is reported")
-    ap.add_argument("--work-dir", type=Path,
-                    default=Path(os.environ.get("TMPDIR", "/tmp")) / "geounet-bench",
-                    help="cache of scenes and models, and outputs")
-    ap.add_argument("--shapes", type=int, default=5000, help="--vectorize: shapes burned into the mask")
+    ap.add_argument(
+        "--naive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the naive whole-scene reference",
+    )
+    ap.add_argument(
+        "--forward-tiles",
+        type=int,
+        default=None,
+        help="tiles for the pure-forward measurement (default: as many as the scene; "
+        "fewer are scaled up; 0 skips it)",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="runs of each measurement; the fastest is reported"
+    )
+    ap.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "geounet-bench",
+        help="cache of scenes and models, and outputs",
+    )
+    ap.add_argument(
+        "--shapes", type=int, default=5000, help="--vectorize: shapes burned into the mask"
+    )
     ap.add_argument("--strip-rows", type=int, default=512, help="--vectorize: rows per strip")
-    ap.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
-                    help="--vectorize: also time rasterio.features.shapes over the whole mask")
+    ap.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--vectorize: also time rasterio.features.shapes over the whole mask",
+    )
     ap.add_argument("--factors", default="1,2,4,8", help="--memory-scaling: height multipliers")
-    ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    ap.add_argument(
+        "--json", type=Path, default=None, help="also write every figure to this JSON file"
+    )
     args = ap.parse_args()
 
     work = args.work_dir
@@ -820,11 +1162,23 @@ def main() -> None:
     la = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"# done in {time.perf_counter() - t0:.0f} s; load average now {la}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "command": sys.argv, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": info, "model": model_info, "device": device, "batch_size": batch,
-            "tile_size": args.tile_size, "overlap": args.overlap, "results": results,
-        }, indent=1, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": sys.argv,
+                    "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                    "machine": info,
+                    "model": model_info,
+                    "device": device,
+                    "batch_size": batch,
+                    "tile_size": args.tile_size,
+                    "overlap": args.overlap,
+                    "results": results,
+                },
+                indent=1,
+                default=str,
+            )
+        )
 
 
 if __name__ == "__main__":

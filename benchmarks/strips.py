@@ -25,8 +25,8 @@ import rasterio
 
 from geounet.geodata.raster import open_scene
 from geounet.prediction.blend import Strip
-from geounet.prediction.predict import _postprocess, _prob_array
-from geounet.vectors.vectorize import StripVectorizer
+from geounet.prediction.sinks import _postprocess, _prob_array
+from geounet.vectors.strips import StripVectorizer
 
 try:
     from geounet.geodata.cog import StripWriter
@@ -44,7 +44,9 @@ class _Binary:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--probabilities", type=Path, default=WORK / "out" / "8192x8192" / "probabilities.tif")
+    ap.add_argument(
+        "--probabilities", type=Path, default=WORK / "out" / "8192x8192" / "probabilities.tif"
+    )
     ap.add_argument("--strip-rows", type=int, default=448, help="rows per strip (tile - overlap)")
     args = ap.parse_args()
     scene = open_scene(args.probabilities)
@@ -55,7 +57,9 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="geounet-strips-"))
     t = dict.fromkeys(("postprocess", "probabilities", "mask", "vectorize", "close", "finish"), 0.0)
     probs_w = StripWriter(out / "p.tif", scene, count=1, dtype="float32", nodata=float("nan"))
-    mask_w = StripWriter(out / "m.tif", scene, count=1, dtype="uint8", nodata=255, overview_resampling="nearest")
+    mask_w = StripWriter(
+        out / "m.tif", scene, count=1, dtype="uint8", nodata=255, overview_resampling="nearest"
+    )
     vec = StripVectorizer(scene.transform, scene.crs, ["background", "building"])
     for row in range(0, scene.height, args.strip_rows):
         lg = logits[None, row : row + args.strip_rows].copy()
@@ -81,7 +85,11 @@ def main() -> None:
     n = len(vec.finish())
     t["finish"] = time.perf_counter() - t0
     print(f"{scene.width}x{scene.height} in strips of {args.strip_rows} rows, {n} polygons:")
-    print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()) + f"; total {sum(t.values()):.2f} s")
+    print(
+        "  "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in t.items())
+        + f"; total {sum(t.values()):.2f} s"
+    )
     for f in out.iterdir():
         f.unlink()
     out.rmdir()

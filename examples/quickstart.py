@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 def run(*args: str) -> str:
     cmd = [sys.executable, "-m", "geounet", *args]
     print("$ geounet " + " ".join(shlex.quote(a) for a in args), flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(proc.returncode)
     return proc.stdout

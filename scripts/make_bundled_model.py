@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import buildings  # noqa: E402  (benchmarks/buildings.py)
+import buildings  # benchmarks/buildings.py
 
 MIN_AREA_M2 = 5.0
 #: Polygons split at necks under 2 m (touching roofs); see README "The bundled building model".
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         base = square if regularize else plain
         meta.split_seeds = level if seeded["all"]["object_f1"] > base["all"]["object_f1"] else 0.0
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
         ).stdout.strip()
         meta.provenance = {
             **meta.provenance,
@@ -347,18 +347,18 @@ def main(argv: list[str] | None = None) -> int:
             if train_args
             else [
                 STAGE_1,
-                STAGE_2 + ["--init", "<stage 1 model>"],
-                STAGE_3 + ["--init", "<stage 2 model>"],
-                STAGE_4 + ["--init", "<stage 3 model>"],
-                STAGE_5 + ["--init", "<stage 4 model>"],
-                STAGE_6 + ["--init", f"<stage 5 model widened to {WIDEN_6} channels, seed 6>"],
-                STAGE_7 + ["--init", "<stage 6 model>"],
-                STAGE_8
-                + [
+                [*STAGE_2, "--init", "<stage 1 model>"],
+                [*STAGE_3, "--init", "<stage 2 model>"],
+                [*STAGE_4, "--init", "<stage 3 model>"],
+                [*STAGE_5, "--init", "<stage 4 model>"],
+                [*STAGE_6, "--init", f"<stage 5 model widened to {WIDEN_6} channels, seed 6>"],
+                [*STAGE_7, "--init", "<stage 6 model>"],
+                [
+                    *STAGE_8,
                     "--init",
                     f"<stage 7 model without its core channel, widened to {WIDEN_8} channels, seed 12>",
                 ],
-                STAGE_9 + ["--init", "<stage 8 model>"],
+                [*STAGE_9, "--init", "<stage 8 model>"],
             ],
             "split_m": SPLIT_M,
             "commit": commit,

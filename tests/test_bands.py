@@ -16,7 +16,7 @@ from geounet.cli.main import cli
 from geounet.errors import BandMismatchError
 from geounet.geodata.raster import band_names, colour_bands, open_scene, resolve_bands
 from geounet.network.checkpoint import save_model
-from geounet.training.train import _band_names
+from geounet.training.plan import _band_names
 
 RGB = ["red", "green", "blue"]
 
@@ -59,7 +59,9 @@ def test_untagged_or_ambiguous_scenes_keep_the_file_order(make_raster: MakeRaste
         _tagged(make_raster, "u.tif", _data(4), [C.gray, C.undefined, C.undefined, C.undefined])
     )
     assert colour_bands(untagged, RGB) is None
-    with pytest.raises(BandMismatchError, match="model expects 3 bands, u.tif has 4; pass --bands"):
+    with pytest.raises(
+        BandMismatchError, match=r"model expects 3 bands, u.tif has 4; pass --bands"
+    ):
         resolve_bands(untagged, None, 3, RGB)
     twice = open_scene(_tagged(make_raster, "t.tif", _data(4), [C.red, C.green, C.blue, C.red]))
     assert colour_bands(twice, RGB) is None
@@ -75,7 +77,7 @@ def test_new_models_name_their_bands_by_colour_when_the_images_agree(
     plain = open_scene(_tagged(make_raster, "c.tif", _data(3), [C.gray, C.undefined, C.undefined]))
     assert band_names(rgb, (1, 2, 3)) == RGB and band_names(bgr, (3, 2, 1)) == RGB
     assert band_names(plain, (1, 2, 3)) == ["band1", "band2", "band3"]
-    entry = lambda s, b: SimpleNamespace(scene=s, bands=b)  # noqa: E731
+    entry = lambda s, b: SimpleNamespace(scene=s, bands=b)
     assert _band_names([entry(rgb, (1, 2, 3)), entry(bgr, (3, 2, 1))]) == RGB
     assert _band_names([entry(rgb, (1, 2, 3)), entry(plain, (1, 2, 3))]) == [
         "band1",

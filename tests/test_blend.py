@@ -69,7 +69,7 @@ def test_stitch_of_a_global_field_reproduces_it() -> None:
     # Each tile reports the true value of a smooth global field: blending must give it back.
     yy, xx = np.mgrid[0:300, 0:260]
     field = np.sin(yy / 17.0) + np.cos(xx / 23.0)
-    out, valid, _ = stitch(
+    out, _valid, _ = stitch(
         300,
         260,
         64,

@@ -173,6 +173,7 @@ def test_debug_shows_traceback(tmp_path: Path, model_file: Path) -> None:
         ],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "RasterReadError" in proc.stderr
     proc = subprocess.run(
@@ -189,6 +190,7 @@ def test_debug_shows_traceback(tmp_path: Path, model_file: Path) -> None:
         ],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -234,7 +236,8 @@ def test_interrupted_predict_leaves_nothing(tmp_path: Path, sig: int, code: int,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=default_sigint,
+        # the child must take Ctrl-C; preexec_fn is the only way to restore SIGINT before exec
+        preexec_fn=default_sigint,  # noqa: PLW1509
     )
     deadline = time.monotonic() + 60
     while not any(outdir.glob(".m.tif.geounet-*.tmp/*")) and time.monotonic() < deadline:

@@ -22,7 +22,8 @@ from geounet.labels.vector import read_labels
 from geounet.network.checkpoint import load_model, read_meta, save_model
 from geounet.network.contract import ModelMeta
 from geounet.network.unet import UNet, add_core_channel, drop_core_channel
-from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import predict_raster
 from geounet.training.dataset import (
     BORDER_INDEX,
     CONTACT_INDEX,
@@ -32,8 +33,10 @@ from geounet.training.dataset import (
     mark_borders,
 )
 from geounet.training.evaluate import evaluate
-from geounet.training.train import confusion, segmentation_loss, train_model
-from geounet.vectors.vectorize import split_at_valleys
+from geounet.training.metrics import confusion
+from geounet.training.step import segmentation_loss
+from geounet.training.train import train_model
+from geounet.vectors.separate import split_at_valleys
 
 T = from_origin(500000, 5000000, 0.5, 0.5)
 
@@ -78,7 +81,7 @@ def test_training_windows_get_borders_and_contacts(make_raster: MakeRaster, tmp_
     rl = read_labels(labels).for_scene(scene)
     ds = lambda e: WindowDataset(
         [e], [Sample(0, 0, 0)], tile_size=64, mean=[0, 0, 0], std=[1, 1, 1]
-    )  # noqa: E731
+    )
     entry = ImageEntry(scene, scene.data_bands, rl, [], contact_px=1, core_px=2)
     _, target = ds(entry).read(Sample(0, 0, 0))
     core = target == 1
@@ -266,7 +269,14 @@ def test_train_with_a_core_channel_and_fine_tune_it_away(tmp_path: Path) -> None
     img, lab = synthetic_scene(tmp_path / "a.tif", tmp_path / "a.gpkg", seed=1)
     scenes = {"a": img, "la": lab}
     out = tmp_path / "core.safetensors"
-    kw = dict(classes=["building"], epochs=1, samples_per_epoch=16, width=4, depth=2, tile_size=32)
+    kw = {
+        "classes": ["building"],
+        "epochs": 1,
+        "samples_per_epoch": 16,
+        "width": 4,
+        "depth": 2,
+        "tile_size": 32,
+    }
     result = train_model(small_config(scenes, out, core_m=1.0, **kw))  # type: ignore[arg-type]
     net, meta = load_model(out)
     assert meta.core_m == 1.0 and meta.outputs == 2 and meta.binary and net.classes == 2
@@ -292,7 +302,14 @@ def test_core_only_training_changes_the_core_weights_and_nothing_else(tmp_path: 
 
     img, lab = synthetic_scene(tmp_path / "a.tif", tmp_path / "a.gpkg", seed=1)
     scenes = {"a": img, "la": lab}
-    kw = dict(classes=["building"], epochs=1, samples_per_epoch=16, width=4, depth=2, tile_size=32)
+    kw = {
+        "classes": ["building"],
+        "epochs": 1,
+        "samples_per_epoch": 16,
+        "width": 4,
+        "depth": 2,
+        "tile_size": 32,
+    }
     base = tmp_path / "base.safetensors"
     train_model(small_config(scenes, base, **kw))  # type: ignore[arg-type]
     out = tmp_path / "core.safetensors"

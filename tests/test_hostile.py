@@ -559,6 +559,7 @@ def test_disk_full_midway(work: dict[str, Path], make_raster: MakeRaster) -> Non
         capture_output=True,
         text=True,
         preexec_fn=_limit_file_size,
+        check=False,
     )
     assert proc.returncode == 1, proc.stderr
     err = proc.stderr.strip()
@@ -609,8 +610,13 @@ def test_interrupted_training_leaves_no_partial_output_and_resumes(
         "--val-fraction",
         "0.25",
     ]
+    # the child must take Ctrl-C; preexec_fn is the only way to restore SIGINT before exec
     proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,  # noqa: PLW1509
     )
     resume = tmp_path / "m.resume.safetensors"
     deadline = time.monotonic() + 120
@@ -630,7 +636,7 @@ def test_interrupted_training_leaves_no_partial_output_and_resumes(
     done = len((tmp_path / "m.metrics.jsonl").read_text().splitlines())
     assert done >= 1
     proc2 = subprocess.run(
-        [*args, "--resume", str(resume)], capture_output=True, text=True, timeout=300
+        [*args, "--resume", str(resume)], capture_output=True, text=True, timeout=300, check=False
     )
     assert proc2.returncode == 0, proc2.stderr
     lines = [json.loads(x) for x in (tmp_path / "m.metrics.jsonl").read_text().splitlines()]

@@ -101,9 +101,7 @@ def test_imports_only_go_down(module: str) -> None:
     if module == "geounet":
         return  # the package's __init__: lazy names only (checked below)
     level = _level(_unit(module))
-    upward = sorted(
-        dep for dep in GRAPH[module] if dep != "geounet" and _level(_unit(dep)) > level
-    )
+    upward = sorted(dep for dep in GRAPH[module] if dep != "geounet" and _level(_unit(dep)) > level)
     assert not upward, f"{module} (layer {level}) imports higher layers: {upward}"
 
 

@@ -89,12 +89,12 @@ def test_pickle_is_refused_and_never_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
     class Exploit:
-        def __reduce__(self):  # noqa: ANN204
+        def __reduce__(self):
             return (open, (str(marker), "w"))
 
     path = tmp_path / "evil.safetensors"
     path.write_bytes(pickle.dumps({"state_dict": Exploit()}))
-    with pytest.raises(CheckpointError, match="not a safetensors model file.*never loads pickled"):
+    with pytest.raises(CheckpointError, match=r"not a safetensors model file.*never loads pickled"):
         load_model(path)
     assert not marker.exists()
 
@@ -116,7 +116,7 @@ def test_future_format_refused(tmp_path: Path) -> None:
         str(path),
         metadata={META_KEY: json.dumps(data)},
     )
-    with pytest.raises(CheckpointError, match="newer geounet.*upgrade geounet"):
+    with pytest.raises(CheckpointError, match=r"newer geounet.*upgrade geounet"):
         read_meta(path)
 
 
@@ -186,15 +186,17 @@ def test_widen_keeps_the_function_and_breaks_the_copies_apart(depth: int) -> Non
     first = wide.inc[0].weight
     copies = [j for j in range(4, 7)]
     originals = [int((first[j] - first[:4]).abs().flatten(1).sum(1).argmin()) for j in copies]
-    for j, o in zip(copies, originals):
+    for j, o in zip(copies, originals, strict=True):
         torch.testing.assert_close(first[j], first[o])
     wide.zero_grad()
     wide(x).square().mean().backward()
     grad = wide.inc[0].weight.grad
-    assert all(not torch.allclose(grad[j], grad[o]) for j, o in zip(copies, originals))
+    assert all(not torch.allclose(grad[j], grad[o]) for j, o in zip(copies, originals, strict=True))
     # The same seed gives the same network; narrowing is refused.
     again = widen(net.eval(), 7, seed=3)
-    for a, b in zip(again.state_dict().values(), widen(net, 7, seed=3).state_dict().values()):
+    for a, b in zip(
+        again.state_dict().values(), widen(net, 7, seed=3).state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="cannot narrow"):
         widen(net, 3)

@@ -17,7 +17,8 @@ import pytest
 import rasterio
 from conftest import meta_for, threshold_unet
 
-from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import predict_raster
 from geounet.synthetic import make_scene
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin")
@@ -30,6 +31,7 @@ def _qgis_available() -> bool:
         [SYSTEM_PYTHON, "-c", "import qgis.core"],
         capture_output=True,
         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        check=False,
     )
     return proc.returncode == 0
 
@@ -110,6 +112,7 @@ def test_outputs_open_in_qgis_with_style_crs_and_extent(tmp_path: Path, crs: str
         text=True,
         timeout=300,
         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -41,7 +43,7 @@ def test_windows_cover_property(height: int, width: int, tile: int, frac: float)
     assert hits.min() >= 1
     # Interior windows step exactly by the stride; only the last is snapped to the edge.
     starts = axis_starts(width, tile, tile - overlap)
-    assert all(b - a == tile - overlap for a, b in zip(starts[:-2], starts[1:-1]))
+    assert all(b - a == tile - overlap for a, b in itertools.pairwise(starts[:-1]))
     assert starts == sorted(set(starts))
 
 
