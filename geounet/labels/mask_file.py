@@ -170,3 +170,6 @@ def scan_mask_values(mask: MaskFile, ignore_value: int) -> npt.NDArray[np.int64]
     if bad.any():
         raise _bad_mask_value(mask.name, float(values[bad][0]), MAX_CLASSES, ignore_value)
     return values.astype(np.int64)
+
+
+__all__ = ["MaskFile", "open_mask"]

@@ -269,3 +269,6 @@ def _grid_offset(
     if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
         return None
     return round(row), round(col)
+
+
+__all__ = ["RasterMaskLabels"]

@@ -252,3 +252,6 @@ def _reproject_bounds(
     if not np.isfinite(out).all():
         return (math.nan, math.nan, math.nan, math.nan)
     return (float(out[0]), float(out[1]), float(out[2]), float(out[3]))
+
+
+__all__ = ["MaskLabels"]

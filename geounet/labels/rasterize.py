@@ -244,3 +244,6 @@ class RasterLabels:
                 .reshape(-1, 2)
             )
         return self._centroids.copy()
+
+
+__all__ = ["RasterLabels"]

@@ -405,3 +405,12 @@ class LabelSet:
             "that the labels belong to these images (masks are matched by file name, else by "
             "location)"
         )
+
+
+__all__ = [
+    "MASK_SUFFIXES",
+    "VECTOR_SUFFIXES",
+    "LabelSet",
+    "expand_label_sources",
+    "read_label_sources",
+]

@@ -151,3 +151,6 @@ def class_ids(
             ", ".join(unused[:MAX_LISTED]),
         )
     return ids, names
+
+
+__all__ = ["BINARY_CLASS_NAME", "IGNORE_VALUE", "MAX_CLASSES", "LabelSpec"]
