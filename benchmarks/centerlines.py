@@ -179,7 +179,8 @@ def machine() -> str:
 def train(
     images: list[Path], labels: list[Path], out: Path, args: argparse.Namespace, **kw: Any
 ) -> dict[str, Any]:
-    from geounet.training.train import TrainConfig, train_model
+    from geounet.training.config import TrainConfig
+    from geounet.training.train import train_model
 
     cfg = TrainConfig(
         images=[str(p) for p in images],

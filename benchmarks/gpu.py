@@ -568,8 +568,9 @@ def part_train(
     import torch
 
     from geounet.network.checkpoint import read_meta, resolve_model
+    from geounet.training.config import TrainConfig
     from geounet.training.dataset import Augment
-    from geounet.training.train import TrainConfig, train_model
+    from geounet.training.train import train_model
 
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed window sizes: cuDNN's fastest kernels pay

@@ -53,8 +53,8 @@ _LAZY = {
     "PredictConfig": "geounet.prediction.predict",
     "PredictResult": "geounet.prediction.predict",
     "train_model": "geounet.training.train",
-    "TrainConfig": "geounet.training.train",
-    "TrainResult": "geounet.training.train",
+    "TrainConfig": "geounet.training.config",
+    "TrainResult": "geounet.training.config",
     "evaluate": "geounet.training.evaluate",
     "run_batch": "geounet.archive.batch",
     "BatchSummary": "geounet.archive.batch",
@@ -85,8 +85,9 @@ if TYPE_CHECKING:
     from geounet.network.unet import UNet
     from geounet.prediction.predict import PredictConfig, Predictor, PredictResult, predict_raster
     from geounet.synthetic import make_scene
+    from geounet.training.config import TrainConfig, TrainResult
     from geounet.training.evaluate import evaluate
-    from geounet.training.train import TrainConfig, TrainResult, train_model
+    from geounet.training.train import train_model
 
 
 def __getattr__(name: str) -> Any:

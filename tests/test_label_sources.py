@@ -562,7 +562,8 @@ def test_labels_that_miss_every_image(tmp_path: Path) -> None:
 
 def test_training_from_masks_and_vectors(tmp_path: Path) -> None:
     from geounet.network.checkpoint import read_meta
-    from geounet.training.train import TrainConfig, train_model
+    from geounet.training.config import TrainConfig
+    from geounet.training.train import train_model
 
     rng = np.random.default_rng(1)
     for name, shift in (("a", 0), ("b", 1000)):

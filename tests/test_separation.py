@@ -26,7 +26,8 @@ from geounet.training.dataset import (
     WindowDataset,
     mark_contacts,
 )
-from geounet.training.train import confusion, segmentation_loss
+from geounet.training.metrics import confusion
+from geounet.training.step import segmentation_loss
 
 RES = 0.5
 T = from_origin(500000, 5000000, RES, RES)

@@ -25,19 +25,15 @@ from geounet.labels.vector import read_labels
 from geounet.network.checkpoint import load_model, read_meta
 from geounet.network.unet import UNet
 from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.training.config import TrainConfig
 from geounet.training.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
+from geounet.training.epoch import EpochChooser
 from geounet.training.evaluate import evaluate
-from geounet.training.train import (
-    EpochChooser,
-    TrainConfig,
-    WeightAverage,
-    _load_resume,
-    cell_iou_sums,
-    iou_standard_error,
-    lr_at,
-    prior_bias,
-    train_model,
-)
+from geounet.training.metrics import cell_iou_sums, iou_standard_error
+from geounet.training.plan import prior_bias
+from geounet.training.resume import _load_resume
+from geounet.training.step import WeightAverage, lr_at
+from geounet.training.train import train_model
 
 ORIGIN = (500000.0, 5000000.0)
 
@@ -887,7 +883,7 @@ def test_cell_sums_and_the_iou_standard_error_match_a_direct_count_and_a_bootstr
 
 
 def test_the_training_plot_shows_the_error_band_and_the_kept_epoch(tmp_path: Path) -> None:
-    from geounet.training.train import plot_history
+    from geounet.training.finish import plot_history
 
     history = [
         {

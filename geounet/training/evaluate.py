@@ -30,7 +30,7 @@ from geounet.geodata.raster import gdal_path, open_scene
 from geounet.labels.spec import LabelSpec
 from geounet.labels.vector import read_labels
 from geounet.prediction.predict import PolygonOptions, PredictConfig, Predictor, Progress
-from geounet.training.train import scores_from_confusion
+from geounet.training.metrics import scores_from_confusion
 from geounet.vectors.centerline import CenterlineOptions, StripCenterliner
 from geounet.vectors.vectorize import MASK_NODATA, VECTOR_FORMATS, StripVectorizer
 
