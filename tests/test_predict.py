@@ -23,7 +23,7 @@ from geounet.errors import (
 from geounet.network.checkpoint import create_model
 from geounet.network.unet import calibrate_batchnorm, cpu_supports_bf16
 from geounet.prediction.predict import PredictConfig, Predictor, predict_raster
-from geounet.vectors.vectorize import VECTOR_FORMATS
+from geounet.vectors.writer import VECTOR_FORMATS
 
 
 def burn_boxes(
@@ -423,7 +423,7 @@ def test_polygons_stream_to_the_file_and_a_failure_leaves_nothing(
     make_raster: MakeRaster, tmp_path: Path, monkeypatch, suffix: str
 ) -> None:
     import geounet.prediction.predict as predict_module
-    from geounet.vectors.vectorize import VectorWriter
+    from geounet.vectors.writer import VectorWriter
 
     rng = np.random.default_rng(0)
     band = ((rng.random((256, 200)) < 0.3) * 255).astype(np.uint8)  # speckle: many small polygons

@@ -13,7 +13,7 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
 from geounet.prediction.predict import PredictConfig, predict_raster
-from geounet.vectors.vectorize import regularize_polygon
+from geounet.vectors.polygons import regularize_polygon
 
 
 def _corner_angles(poly: shapely.Polygon) -> np.ndarray:
@@ -122,7 +122,7 @@ def test_squared_outlines_stay_inside_the_scene() -> None:
     # past the edge; the outline is clipped to the scene.
     from rasterio.crs import CRS
 
-    from geounet.vectors.vectorize import StripVectorizer
+    from geounet.vectors.strips import StripVectorizer
 
     t = from_origin(500000, 5000000, 0.5, 0.5)
     roof = shapely.affinity.rotate(shapely.box(-8, 10, 20, 26), 30)

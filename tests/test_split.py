@@ -15,7 +15,8 @@ from rasterio.transform import from_origin
 
 from geounet.prediction.predict import PredictConfig, predict_raster
 from geounet.training.evaluate import evaluate, match_objects, match_pairs
-from geounet.vectors.vectorize import StripVectorizer, split_at_valleys, split_necks, vectorize_mask
+from geounet.vectors.separate import split_at_valleys, split_necks
+from geounet.vectors.strips import StripVectorizer, vectorize_mask
 
 DUMBBELL = shapely.union_all(
     [shapely.box(0, 0, 20, 20), shapely.box(20, 9, 23, 10), shapely.box(23, 0, 40, 18)]

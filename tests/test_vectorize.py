@@ -14,7 +14,8 @@ from rasterio.features import rasterize, shapes
 from rasterio.transform import from_origin
 
 from geounet.errors import OutputError
-from geounet.vectors.vectorize import VECTOR_FORMATS, vectorize_mask, write_vectors
+from geounet.vectors.strips import vectorize_mask
+from geounet.vectors.writer import VECTOR_FORMATS, write_vectors
 
 UTM = CRS.from_epsg(32633)
 T = from_origin(500000, 5000000, 0.5, 0.5)
@@ -186,7 +187,7 @@ def test_joined_polygons_are_valid_without_repair(
 
 
 def test_finished_polygons_are_ready_before_the_end() -> None:
-    from geounet.vectors.vectorize import StripVectorizer
+    from geounet.vectors.strips import StripVectorizer
 
     mask = np.zeros((30, 20), dtype=np.uint8)
     mask[2:5, 2:5] = 1  # inside strip 1
@@ -223,7 +224,8 @@ def test_a_polygon_across_many_strips_keeps_its_holes() -> None:
 
 @pytest.mark.parametrize("suffix", sorted(VECTOR_FORMATS))
 def test_streamed_batches_give_the_file_written_at_once(tmp_path: Path, suffix: str) -> None:
-    from geounet.vectors.vectorize import StripVectorizer, VectorWriter
+    from geounet.vectors.strips import StripVectorizer
+    from geounet.vectors.writer import VectorWriter
 
     rng = np.random.default_rng(3)
     mask = ((rng.random((64, 50)) < 0.5) * rng.integers(1, 3, size=(64, 50))).astype(np.uint8)
@@ -272,7 +274,7 @@ def test_streamed_batches_give_the_file_written_at_once(tmp_path: Path, suffix: 
 
 
 def test_a_writer_with_only_empty_batches_makes_an_empty_file(tmp_path: Path) -> None:
-    from geounet.vectors.vectorize import VectorWriter
+    from geounet.vectors.writer import VectorWriter
 
     empty = vectorize_mask(np.zeros((4, 4), np.uint8), T, UTM, NAMES)
     for suffix in (".fgb", ".parquet", ".gpkg"):
@@ -284,9 +286,9 @@ def test_a_writer_with_only_empty_batches_makes_an_empty_file(tmp_path: Path) ->
 
 
 def test_wide_strips_are_polygonized_in_bands_with_the_same_result(monkeypatch) -> None:
-    from geounet.vectors import vectorize
+    from geounet.vectors import strips
 
-    monkeypatch.setattr(vectorize, "CHUNK_PIXELS", 300)  # 3 rows of 90 columns per call
+    monkeypatch.setattr(strips, "CHUNK_PIXELS", 300)  # 3 rows of 90 columns per call
     mask = seam_mask()
     frame = vectorize_mask(mask, T, UTM, NAMES)  # one strip of 120 rows, in 40 bands
     same_polygons(frame, reference(mask))
@@ -299,18 +301,18 @@ def test_bands_with_many_pieces_are_halved_with_the_same_result(
 ) -> None:
     """Speckle: a band with more pieces than MAX_BAND_PIECES is vectorized in halves (down to
     single rows), which moves the seams; the polygons stay those of the whole mask."""
-    from geounet.vectors import vectorize
+    from geounet.vectors import strips
 
     rng = np.random.default_rng(seed)
     mask = (rng.random((37, 41)) < density).astype(np.uint8) * rng.integers(
         1, 3, size=(37, 41)
     ).astype(np.uint8)
-    old = vectorize.MAX_BAND_PIECES
-    vectorize.MAX_BAND_PIECES = limit
+    old = strips.MAX_BAND_PIECES
+    strips.MAX_BAND_PIECES = limit
     try:
         frame = vectorize_mask(mask, T, UTM, NAMES, strip_height=16)
     finally:
-        vectorize.MAX_BAND_PIECES = old
+        strips.MAX_BAND_PIECES = old
     same_polygons(frame, reference(mask))
 
 
@@ -349,7 +351,7 @@ def test_an_interrupt_during_the_final_conversion_stops_it_as_an_interrupt(
 
     import pyogrio.raw
 
-    from geounet.vectors.vectorize import VectorWriter
+    from geounet.vectors.writer import VectorWriter
 
     frame = vectorize_mask(seam_mask(), T, UTM, NAMES)
     writer = VectorWriter(tmp_path / "i.fgb")
@@ -383,15 +385,16 @@ def test_a_large_flatgeobuf_is_written_without_its_in_memory_index(
 ) -> None:
     """GDAL's FlatGeobuf writer holds every feature's extent to build the index: above
     FGB_INDEX_MAX_FEATURES the streamed file has none (smaller, same features) and a warning says so."""
-    from geounet.vectors import vectorize
+    from geounet.vectors import writer as vector_writer
+    from geounet.vectors.strips import StripVectorizer
 
     rng = np.random.default_rng(4)
     mask = (rng.random((64, 60)) < 0.3).astype(np.uint8)
     sizes = {}
     for limit in (10**9, 50):
-        monkeypatch.setattr(vectorize, "FGB_INDEX_MAX_FEATURES", limit)
-        vec = vectorize.StripVectorizer(T, UTM, NAMES)
-        writer = vectorize.VectorWriter(tmp_path / f"s{limit}.fgb")
+        monkeypatch.setattr(vector_writer, "FGB_INDEX_MAX_FEATURES", limit)
+        vec = StripVectorizer(T, UTM, NAMES)
+        writer = vector_writer.VectorWriter(tmp_path / f"s{limit}.fgb")
         for r0 in range(0, 64, 8):
             vec.add(r0, mask[r0 : r0 + 8], None)
             while (frame := vec.take(40)) is not None:

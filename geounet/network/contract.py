@@ -65,10 +65,10 @@ class ModelMeta:
         regularize: Square polygon outlines by default when predicting (building models).
         min_area_m2: Drop polygons smaller than this by default when predicting.
         split_m: Split polygons at necks narrower than this (metres) by default when
-            predicting (touching buildings; :func:`geounet.vectors.vectorize.split_necks`); 0 = off.
+            predicting (touching buildings; :func:`geounet.vectors.separate.split_necks`); 0 = off.
         split_seeds: Cut a binary model's objects apart along the probability valleys between
             cores at or above this probability by default when predicting (touching
-            buildings; :func:`geounet.vectors.vectorize.split_at_valleys`); 0 = off.
+            buildings; :func:`geounet.vectors.separate.split_at_valleys`); 0 = off.
         class_geometry: What ``predict`` writes for a class, by name: ``polygon`` (outlines) or
             ``line`` (centerlines, :mod:`geounet.vectors.centerline`). A class not named is a polygon
             class (every model file from before this field).
@@ -77,7 +77,7 @@ class ModelMeta:
         core_m: Binary models: when above 0, the network has one output channel more, the
             probability that a pixel lies in an object's core (its footprint shrunk by this
             many metres, each object on its own). ``predict`` grows objects from those cores,
-            so that touching buildings come out apart (:func:`geounet.vectors.vectorize.split_at_valleys`).
+            so that touching buildings come out apart (:func:`geounet.vectors.separate.split_at_valleys`).
         format_version: Layout version of this metadata.
     """
 

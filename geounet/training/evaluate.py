@@ -32,7 +32,8 @@ from geounet.labels.vector import read_labels
 from geounet.prediction.predict import PolygonOptions, PredictConfig, Predictor, Progress
 from geounet.training.metrics import scores_from_confusion
 from geounet.vectors.centerline import CenterlineOptions, StripCenterliner
-from geounet.vectors.vectorize import MASK_NODATA, VECTOR_FORMATS, StripVectorizer
+from geounet.vectors.strips import MASK_NODATA, StripVectorizer
+from geounet.vectors.writer import VECTOR_FORMATS
 
 logger = logging.getLogger(__name__)
 
