@@ -1,9 +1,20 @@
 """Joining the pieces of a polygon across strip seams, boundary by boundary.
 
-The outlines of pieces that reach a seam are cut there into paths (:func:`cut_pieces`), the
-seam edges of each joined group added (:func:`seam_runs`), and the paths linked end to end into
-rings (:func:`link`), with no polygon overlay; a closed group becomes a valid polygon
-(:func:`polygons_from_groups`). :class:`geounet.vectors.strips.StripVectorizer` drives it.
+In pixel coordinates every vertex is an integer, and a seam is the line y = s between the last
+row of one strip and the first row of the next. A piece that reaches a seam has its rings cut
+there (:func:`cut_pieces`): the edges lying on the seam line are dropped and what is left are
+*paths* whose ends lie on the line. Which seam edges the joined polygon has is known from the
+two mask rows alone: a unit edge under column x remains where exactly one of the pixels above
+and below belongs to the group (:func:`seam_runs`). Linking the paths and those edges end to end
+gives the joined rings (:func:`link`), with no overlay: the work per seam is the paths and edges
+that meet there, not the size of the polygon, and a polygon that spans the scene is built once,
+when it closes (:func:`polygons_from_groups`). Rings run with the polygon on their left
+(exteriors counter-clockwise in the pixel frame's x/y, holes clockwise), so the one ring of
+positive area is the exterior. Where two paths arrive at one point (two pixels of the group
+touching only at a corner), each takes the left turn: the rings stay simple (OGC-valid, a hole
+may touch the exterior at a point), as a whole-mask polygonization gives them.
+
+:class:`geounet.vectors.strips.StripVectorizer` drives it, strip by strip.
 """
 
 from __future__ import annotations

@@ -542,23 +542,6 @@ def vectorize_mask(
     return vec.finish()
 
 
-# ----------------------------------------------------------------------------------------------
-# Joining pieces across strip seams, boundary by boundary.
-#
-# In pixel coordinates every vertex is an integer, and a seam is the line y = s between the last
-# row of one strip and the first row of the next. A piece that reaches a seam has its rings cut
-# there: the edges lying on the seam line are dropped and what is left are *paths* whose ends lie
-# on the line. Which seam edges the joined polygon has is known from the two mask rows alone: a
-# unit edge under column x remains where exactly one of the pixels above and below belongs to the
-# group. Linking the paths and those edges end to end gives the joined rings, with no overlay:
-# the work per seam is the paths and edges that meet there, not the size of the polygon, and a
-# polygon that spans the scene is built once, when it closes. Rings run with the polygon on their
-# left (exteriors counter-clockwise in the pixel frame's x/y, holes clockwise), so the one ring of
-# positive area is the exterior. Where two paths arrive at one point (two pixels of the group
-# touching only at a corner), each takes the left turn: the rings stay simple (OGC-valid, a hole
-# may touch the exterior at a point), as a whole-mask polygonization gives them.
-
-
 @dataclass
 class _Done:
     """Finished polygons in pixel coordinates, with their class, score sum and pixel count."""
