@@ -223,7 +223,8 @@ def predict_and_score(
     import geopandas as gpd
 
     from geounet.labels.spec import LabelSpec
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
     from geounet.training.evaluate import evaluate
 
     t0 = time.perf_counter()

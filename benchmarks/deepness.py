@@ -242,7 +242,8 @@ def predict_mask(
     scene: Path, out: Path, *, split_seeds: float | None = None, precision: str = "auto"
 ) -> npt.NDArray[np.uint8]:
     """``geounet predict SCENE --mask OUT`` with the bundled model, as an array."""
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
 
     cfg = PredictConfig(device="cpu", precision=precision, split_seeds=split_seeds, overwrite=True)  # type: ignore[arg-type]
     predict_raster(scene, mask=out, model="buildings", config=cfg)

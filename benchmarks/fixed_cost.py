@@ -6,7 +6,7 @@ model and the default backend (onnxruntime on the CPU, graph cached under ``$GEO
 - ``import geounet.cli.main`` in a fresh interpreter (what ``geounet --help`` pays), median;
 - the wall time of ``geounet predict SCENE -o OUT.gpkg --overwrite`` as a subprocess: the first
   run against an empty cache (it exports the onnxruntime graph) and the median of the warm runs;
-- one warm in-process run of :func:`geounet.prediction.predict.predict_raster` split into its imports, the
+- one warm in-process run of :func:`geounet.prediction.predictor.predict_raster` split into its imports, the
   model load (``Predictor``), the network (``timings["model"]``), the rest of ``Predictor.run``
   and the network's share of the whole process.
 
@@ -33,7 +33,8 @@ SCENE = Path(__file__).resolve().parent.parent / "examples" / "rio_55.tif"
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from geounet.prediction.predict import PredictConfig, Predictor, predict_raster
+from geounet.prediction.predictor import Predictor, predict_raster
+from geounet.prediction.config import PredictConfig
 t1 = time.perf_counter()
 Predictor("buildings")
 t2 = time.perf_counter()

@@ -48,10 +48,10 @@ __version__ = "0.1.0"
 
 #: Public name -> module that defines it (imported on first access).
 _LAZY = {
-    "predict_raster": "geounet.prediction.predict",
-    "Predictor": "geounet.prediction.predict",
-    "PredictConfig": "geounet.prediction.predict",
-    "PredictResult": "geounet.prediction.predict",
+    "predict_raster": "geounet.prediction.predictor",
+    "Predictor": "geounet.prediction.predictor",
+    "PredictConfig": "geounet.prediction.config",
+    "PredictResult": "geounet.prediction.config",
     "train_model": "geounet.training.train",
     "TrainConfig": "geounet.training.config",
     "TrainResult": "geounet.training.config",
@@ -83,7 +83,8 @@ if TYPE_CHECKING:
     from geounet.network.contract import ModelMeta
     from geounet.network.export import export_onnx
     from geounet.network.unet import UNet
-    from geounet.prediction.predict import PredictConfig, Predictor, PredictResult, predict_raster
+    from geounet.prediction.config import PredictConfig, PredictResult
+    from geounet.prediction.predictor import Predictor, predict_raster
     from geounet.synthetic import make_scene
     from geounet.training.config import TrainConfig, TrainResult
     from geounet.training.evaluate import evaluate

@@ -18,7 +18,9 @@ from geounet.network.backends import backend_cache_entry, cache_dir, load_backen
 from geounet.network.checkpoint import create_model, file_hash, load_model, save_model
 from geounet.network.export import export_onnx
 from geounet.network.unet import calibrate_batchnorm, fuse_batchnorm
-from geounet.prediction.predict import PredictConfig, Predictor, choose_backend
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.plan import choose_backend
+from geounet.prediction.predictor import Predictor
 
 pytest.importorskip("onnxruntime")
 import onnxruntime

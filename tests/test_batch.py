@@ -36,7 +36,7 @@ from geounet.cli.main import cli
 from geounet.errors import CheckpointError, GeounetError, OutputError, OutputExistsError
 from geounet.geodata.raster import expand_rasters
 from geounet.network.checkpoint import save_model
-from geounet.prediction.predict import PredictConfig
+from geounet.prediction.config import PredictConfig
 from geounet.synthetic import make_scene
 
 TEMPORARY = re.compile(r"^\..*\.geounet-.*\.tmp$")

@@ -180,7 +180,8 @@ def line_scene(tmp_path_factory: pytest.TempPathFactory):
     import rasterio
 
     from geounet.network.checkpoint import create_model, save_model
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
 
     d = tmp_path_factory.mktemp("lines")
     rng = np.random.default_rng(0)
@@ -221,7 +222,8 @@ def line_scene(tmp_path_factory: pytest.TempPathFactory):
 def test_line_only_model_writes_linestrings_to_the_output(line_scene, suffix: str) -> None:
     import pyogrio
 
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
 
     d, scene, models, threshold = line_scene
     out = d / f"roads{suffix}"
@@ -264,7 +266,8 @@ def gpd_read(path):
 def test_polygon_and_line_model_writes_two_layers_or_two_files(line_scene) -> None:
     import pyogrio
 
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
 
     d, scene, models, _ = line_scene
     cfg = PredictConfig(device="cpu", tile_size=64, overlap=16, overwrite=True)
@@ -285,7 +288,8 @@ def test_polygon_and_line_model_writes_two_layers_or_two_files(line_scene) -> No
 
 def test_a_failed_run_leaves_no_line_file(line_scene) -> None:
     from geounet.errors import GeounetError
-    from geounet.prediction.predict import PredictConfig, predict_raster
+    from geounet.prediction.config import PredictConfig
+    from geounet.prediction.predictor import predict_raster
 
     d, scene, models, _ = line_scene
     (d / "bad_lines.shp").write_text("taken")

@@ -26,7 +26,8 @@ from geounet.network.contract import ModelMeta
 from geounet.network.export import export_onnx
 from geounet.network.onnx_file import read_onnx_meta
 from geounet.network.unet import UNet, calibrate_batchnorm, fuse_batchnorm
-from geounet.prediction.predict import PredictConfig, Predictor
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import Predictor
 
 
 def run(*args: str) -> Any:

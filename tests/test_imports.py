@@ -40,6 +40,6 @@ def test_the_cli_imports_no_library_before_a_command_runs() -> None:
     assert loaded("import geounet.cli.main", heavy) == []
 
 
-@pytest.mark.parametrize("module", ["geounet.prediction.predict", "geounet.archive.batch"])
+@pytest.mark.parametrize("module", ["geounet.prediction.predictor", "geounet.archive.batch"])
 def test_prediction_imports_leave_outputs_and_extras_to_their_use(module: str) -> None:
     assert loaded(f"import {module}", LAZY) == []

@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 from geounet.geodata.raster import ReadAhead, WindowReader, open_scene
 from geounet.geodata.tiling import tile_windows
 from geounet.prediction.blend import Stitcher, StripAssembler
-from geounet.prediction.predict import StripWorker, TileBatcher
+from geounet.prediction.stages import StripWorker, TileBatcher
 
 
 def _scene(tmp_path, height=70, width=90):

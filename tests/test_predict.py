@@ -22,7 +22,8 @@ from geounet.errors import (
 )
 from geounet.network.checkpoint import create_model
 from geounet.network.unet import calibrate_batchnorm, cpu_supports_bf16
-from geounet.prediction.predict import PredictConfig, Predictor, predict_raster
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import Predictor, predict_raster
 from geounet.vectors.writer import VECTOR_FORMATS
 
 
@@ -259,7 +260,7 @@ def test_a_scene_stretched_model_takes_16_bit_scenes(
     meta.mean, meta.std = [0.5] * 3, [0.25] * 3
     model = (net, meta)
     a = predict_raster(byte, tmp_path / "a.gpkg", model=model, mask=tmp_path / "a.tif")
-    with caplog.at_level("WARNING", logger="geounet.prediction.predict"):
+    with caplog.at_level("WARNING", logger="geounet.prediction.plan"):
         b = predict_raster(wide, tmp_path / "b.gpkg", model=model, mask=tmp_path / "b.tif")
     assert "u16.tif is uint16, the model was trained on uint8" in caplog.text
     with rasterio.open(tmp_path / "a.tif") as ma, rasterio.open(tmp_path / "b.tif") as mb:
@@ -422,7 +423,7 @@ def test_strip_thread_gives_the_same_outputs_and_leaves_the_model_alone(
 def test_polygons_stream_to_the_file_and_a_failure_leaves_nothing(
     make_raster: MakeRaster, tmp_path: Path, monkeypatch, suffix: str
 ) -> None:
-    import geounet.prediction.predict as predict_module
+    import geounet.prediction.sinks as predict_module
     from geounet.vectors.writer import VectorWriter
 
     rng = np.random.default_rng(0)
@@ -493,7 +494,7 @@ def test_precision_bf16_runs_the_network_in_bf16_and_keeps_the_mask(
 
 def test_inference_dtype_choices() -> None:
     from geounet.errors import GeounetError
-    from geounet.prediction.predict import inference_dtype
+    from geounet.prediction.plan import inference_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert inference_dtype(cpu, "fp32") is None and inference_dtype(cuda, "fp32") is None

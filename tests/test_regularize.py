@@ -12,7 +12,8 @@ from conftest import MakeRaster, meta_for, threshold_unet
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
-from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import predict_raster
 from geounet.vectors.polygons import regularize_polygon
 
 

@@ -14,7 +14,9 @@ from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
 from geounet.geodata.raster import open_scene
-from geounet.prediction.predict import PredictConfig, predict_raster, resample_factor
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.plan import resample_factor
+from geounet.prediction.predictor import predict_raster
 
 BOXES = [
     shapely.box(500006.0, 4999970.0, 500018.0, 4999988.0),

@@ -13,7 +13,8 @@ from conftest import MakeRaster, meta_for, threshold_unet
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import predict_raster
 from geounet.training.evaluate import evaluate, match_objects, match_pairs
 from geounet.vectors.separate import split_at_valleys, split_necks
 from geounet.vectors.strips import StripVectorizer, vectorize_mask

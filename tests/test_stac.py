@@ -22,7 +22,7 @@ from geounet.archive.batch import MANIFEST_NAME, read_manifest, run_batch
 from geounet.archive.stac import COG_MEDIA_TYPE, is_stac_source, read_stac_scenes
 from geounet.cli.main import cli
 from geounet.errors import GeounetError, OutputError, OutputExistsError
-from geounet.prediction.predict import PredictConfig
+from geounet.prediction.config import PredictConfig
 from geounet.synthetic import make_scene
 
 pystac = pytest.importorskip("pystac")

@@ -22,7 +22,7 @@ from geounet.archive.stac_model import MLM_EXTENSION, data_license, model_item, 
 from geounet.cli.main import cli
 from geounet.errors import OutputExistsError
 from geounet.network.checkpoint import file_hash, read_meta
-from geounet.prediction.predict import PredictConfig
+from geounet.prediction.config import PredictConfig
 from geounet.synthetic import make_scene
 
 pystac = pytest.importorskip("pystac")

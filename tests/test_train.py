@@ -24,7 +24,8 @@ from geounet.labels.spec import LabelSpec
 from geounet.labels.vector import read_labels
 from geounet.network.checkpoint import load_model, read_meta
 from geounet.network.unet import UNet
-from geounet.prediction.predict import PredictConfig, predict_raster
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import predict_raster
 from geounet.training.config import TrainConfig
 from geounet.training.dataset import ImageEntry, SpatialSplit, WindowDataset, plan_epoch
 from geounet.training.epoch import EpochChooser

@@ -19,14 +19,9 @@ from scipy import ndimage
 from geounet.cli.main import cli
 from geounet.network.checkpoint import create_model
 from geounet.network.unet import UNet, calibrate_batchnorm
-from geounet.prediction.predict import (
-    TTA_VARIANTS,
-    PredictConfig,
-    Predictor,
-    dihedral,
-    predict_raster,
-    undo_dihedral,
-)
+from geounet.prediction.config import PredictConfig
+from geounet.prediction.predictor import Predictor, predict_raster
+from geounet.prediction.tta import TTA_VARIANTS, dihedral, undo_dihedral
 
 Array = np.ndarray
 # The 8 symmetries of the square on the last two axes, as (transform, inverse), written out with

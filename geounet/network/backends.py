@@ -38,7 +38,7 @@ class OnnxNet(torch.nn.Module):
     """An exported model's network run by onnxruntime, called like the U-Net.
 
     ``net(x)`` takes normalized tiles (N, bands, H, W) on any device and returns their float32
-    logits on the same device, so :class:`~geounet.prediction.predict.Predictor` (plain and TTA forward
+    logits on the same device, so :class:`~geounet.prediction.predictor.Predictor` (plain and TTA forward
     passes) uses it in place of the PyTorch module.
 
     Attributes:
@@ -74,7 +74,7 @@ class OnnxNet(torch.nn.Module):
 
 
 def load_onnx(path: str | os.PathLike[str], *, device: str = "cpu") -> tuple[OnnxNet, ModelMeta]:
-    """An exported ONNX model ready for :class:`~geounet.prediction.predict.Predictor`, and its contract.
+    """An exported ONNX model ready for :class:`~geounet.prediction.predictor.Predictor`, and its contract.
 
     Args:
         path: The ``.onnx`` file.

@@ -1,3 +1,3 @@
 """Tiled prediction: windows read ahead, batched through the network, blended back into strips
-(:mod:`.blend`) and streamed to rasters and vectors (:mod:`.predict`).
+(:mod:`.blend`) and streamed to rasters and vectors (:mod:`.predictor`, :mod:`.sinks`).
 """

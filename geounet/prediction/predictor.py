@@ -1,24 +1,23 @@
 """Streaming tiled prediction: scene -> tiles -> U-Net batches -> blended strips -> outputs.
 
-Memory is bounded by one strip of tile rows: reading runs ahead in background threads, logits are
-blended into a rolling :class:`~geounet.prediction.blend.Stitcher`, and each finished strip goes straight to
-the probability/mask GeoTIFFs and the strip vectorizer. The scene is never held whole.
+:class:`Predictor` loads a model once and runs it over scenes; :func:`predict_raster` is one
+scene with a model loaded for it. Memory is bounded by one strip of tile rows: reading runs
+ahead in background threads, logits are blended into a rolling
+:class:`~geounet.prediction.blend.Stitcher`, and each finished strip goes straight to the outputs
+(:mod:`.sinks`). The scene is never held whole. What a run is asked and returns is in
+:mod:`.config`, what it settles before the first tile in :mod:`.plan`, the stages its loop chains
+in :mod:`.stages`, and the symmetries of test-time augmentation in :mod:`.tta`.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,366 +25,50 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
-from geounet.errors import BandMismatchError, GeounetError, OutputError, TilingError
+from geounet.errors import GeounetError, OutputError, TilingError
 from geounet.geodata import normalize
-from geounet.geodata.cog import StripWriter
 from geounet.geodata.raster import (
     AtomicOutputs,
     ReadAhead,
-    Scene,
     WindowReader,
     gdal_options,
     open_scene,
-    pixel_size_m,
     resolve_bands,
 )
-from geounet.geodata.style import (
-    line_qml,
-    mask_qml,
-    probability_qml,
-    vector_qml,
-    write_category_names,
-    write_sidecar_qml,
-)
-from geounet.geodata.tiling import Tile, check_tile_size, fit_tile, tile_windows
-from geounet.network.backends import OnnxNet, load_backend, load_onnx, onnxruntime_available
+from geounet.geodata.tiling import check_tile_size, fit_tile, tile_windows
+from geounet.network.backends import OnnxNet, load_backend, load_onnx
 from geounet.network.checkpoint import is_onnx, load_model, resolve_model
 from geounet.network.contract import ModelMeta
-from geounet.network.unet import UNet, autocast_dtype, fuse_batchnorm, resolve_device
-from geounet.prediction.blend import Strip, StripAssembler
-from geounet.vectors.centerline import CenterlineOptions, StripCenterliner
-from geounet.vectors.vectorize import (
-    MASK_NODATA,
-    WRITE_BATCH,
-    StripVectorizer,
-    VectorWriter,
-    band_rows,
-    import_vector_libraries,
-    split_at_valleys,
-    vector_driver,
+from geounet.network.unet import UNet, fuse_batchnorm, resolve_device
+from geounet.prediction.blend import StripAssembler
+from geounet.prediction.config import (
+    TIMINGS,
+    Backend,
+    Precision,
+    PredictConfig,
+    PredictResult,
+    Progress,
+    line_output,
 )
+from geounet.prediction.plan import (
+    RunPlan,
+    check_dtype,
+    choose_backend,
+    inference_dtype,
+    resample_factor,
+)
+from geounet.prediction.sinks import StripSinks, style_clash
+from geounet.prediction.stages import (
+    StripWorker,
+    TileBatch,
+    TileBatcher,
+    release_free_memory,
+    spare_cores,
+)
+from geounet.prediction.tta import TTA_VARIANTS, dihedral, undo_dihedral
+from geounet.vectors.writer import vector_driver
 
 logger = logging.getLogger(__name__)
-
-
-#: Cores smaller than this (m²) do not start a basin of their own (see ``split_seeds``).
-SEED_MIN_M2 = 4.0
-
-
-def split_px(split_m: float, scene: Scene) -> float:
-    """A neck width in metres as pixels of the scene (0 when off or the unit is unknown)."""
-    if split_m <= 0:
-        return 0.0
-    g = pixel_size_m(scene)
-    return split_m / g if g else 0.0
-
-
-ProbDtype = Literal["float32", "uint8"]
-Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "fp32", "bf16"]
-Backend = Literal["auto", "torch", "onnxruntime"]
-
-#: What ``precision="auto"`` runs on a CPU with native bf16 (AVX512-BF16 or AMX). bf16: on the
-#: bundled model's 12 held-out images its masks agree with float32's on 99.967 % of pixels, with
-#: the same object matches and pixel F1 0.7069 against 0.7070 (benchmarks/README.md, "bf16
-#: inference"). CPUs without it emulate bf16, several times slower: float32 there.
-CPU_AUTO_PRECISION: Precision = "bf16"
-
-
-def inference_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype of the network for ``precision`` on ``device`` (None: float32):
-    :func:`geounet.network.unet.autocast_dtype`, with ``auto`` on the CPU as :data:`CPU_AUTO_PRECISION`
-    says.
-
-    Raises:
-        GeounetError: An unknown precision.
-    """
-    try:
-        dtype = autocast_dtype(device, precision)
-    except ValueError as exc:
-        raise GeounetError(str(exc)) from None
-    if precision == "auto" and device.type == "cpu" and CPU_AUTO_PRECISION == "fp32":
-        return None
-    return dtype
-
-
-#: Finished strips that may wait for the strip worker before the model waits for it.
-STRIPS_IN_FLIGHT = 2
-#: Keys of ``PredictResult.timings``. On the main thread (they add up to the run, with opening
-#: and tiling): ``read_wait`` (waiting for the reader threads), ``model``, ``stitch``,
-#: ``strips`` (handling finished strips inline), ``strips_wait`` (waiting for the strip worker
-#: thread when it runs) and ``tail`` (after the last tile: the last strips, COG copies, vector
-#: finish and write; of which ``imports``: loading pandas/pyogrio for the vector file, once per
-#: process). What strip handling and the tail spent, wherever they ran: ``postprocess``,
-#: ``write``, ``vectorize``.
-TIMINGS = (
-    "read_wait",
-    "model",
-    "stitch",
-    "strips",
-    "strips_wait",
-    "tail",
-    "imports",
-    "postprocess",
-    "write",
-    "vectorize",
-)
-#: progress(done, total): tiles done so far out of total.
-Progress = Callable[[int, int], None]
-#: Forward passes per tile with test-time augmentation: the 8 symmetries of the square (the
-#: dihedral group D4), 4 quarter turns each with and without a mirror.
-TTA_VARIANTS = 8
-
-#: ``resample="auto"`` acts when scene and model pixel sizes differ by more than this factor.
-RESAMPLE_RATIO = 1.5
-
-
-def resample_factor(meta: ModelMeta, scene: Scene, mode: str = "auto") -> float:
-    """Scene pixels per model pixel for prediction: 1 (no resampling) unless ``mode`` is
-    ``auto``, both pixel sizes are known, and they differ by more than :data:`RESAMPLE_RATIO`."""
-    if mode == "off" or not meta.gsd:
-        return 1.0
-    size = pixel_size_m(scene)
-    if not size:
-        return 1.0
-    factor = meta.gsd / size
-    return factor if max(factor, 1 / factor) > RESAMPLE_RATIO else 1.0
-
-
-@dataclass
-class PredictConfig:
-    """Options of a prediction run (CLI flags mirror these).
-
-    Attributes:
-        tile_size: Window size in pixels (None: the model's default).
-        overlap: Pixels shared by neighbouring windows (None: the model's default).
-        batch_size: Tiles per forward pass (None: 1 on CPU; on CUDA, from free GPU memory).
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        threshold: Probability at or above which a pixel is foreground (binary models).
-        bands: 1-based bands to feed the model (None: every band but alpha).
-        min_area_m2: Drop polygons smaller than this (None: the model's default, 0 for most).
-        simplify: Douglas-Peucker tolerance in pixels (0: none).
-        to_crs: Reproject the vector output (e.g. ``EPSG:4326``); None keeps the scene's CRS.
-        prob_dtype: ``float32`` (nodata NaN) or ``uint8`` (0..254 = 0..1, nodata 255).
-        readers: Background reader threads.
-        overwrite: Replace existing outputs.
-        compile: ``torch.compile`` the network first.
-        strip_thread: Post-process, write and vectorize finished strips on a background thread
-            (None: on CUDA, or when PyTorch's threads leave a CPU core free).
-        tta: Test-time augmentation: run every tile under the 8 rotations and mirrors of the
-            square, turn the logits back and average them (before the sigmoid/softmax and the
-            blending). Costs 8 forward passes per tile: about 8 times the network's time.
-        resample: ``auto``: when the scene's pixel size differs from the model's by more than
-            :data:`RESAMPLE_RATIO` (either way), each tile is read at the scene's resolution over
-            the ground a model tile covers, resampled to the model's pixel size for the network,
-            and its logits resampled back before blending, so every output stays on the scene's
-            own grid. ``off``: the network sees the scene's pixels as they are.
-        regularize: Square polygon outlines (right angles along each building's dominant
-            orientation, small jogs removed; :func:`geounet.vectors.vectorize.regularize_polygon`).
-            None: the model's default (its metadata says; off for the bundled building model, where it lowered object F1).
-        split_m: Split polygons where parts meet through a neck narrower than this many
-            metres (touching buildings; :func:`geounet.vectors.vectorize.split_necks`); 0 = off,
-            None = the model's default.
-        split_seeds: Binary models: cut objects apart along the valleys of the probability
-            between cores at or above this probability (a seeded watershed, before the mask is
-            written and vectorized; :func:`geounet.vectors.vectorize.split_at_valleys`); 0 = off, None =
-            the model's default. A model with a core channel (``core_m``) takes its cores from
-            that channel: P is then the core probability.
-        precision: The network's arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16
-            on CUDA and on CPUs with native bf16 (see :data:`CPU_AUTO_PRECISION`), float32 on
-            other CPUs, where bf16 is emulated.
-        backend: What runs the network: ``torch``, ``onnxruntime`` (the model exported in memory
-            and cached, :func:`geounet.network.backends.load_backend`) or ``auto`` (see
-            :func:`choose_backend`).
-    """
-
-    tile_size: int | None = None
-    overlap: int | None = None
-    batch_size: int | None = None
-    device: Device = "auto"
-    threshold: float = 0.5
-    bands: Sequence[int] | None = None
-    min_area_m2: float | None = None
-    simplify: float = 0.0
-    to_crs: str | None = None
-    prob_dtype: ProbDtype = "float32"
-    readers: int = 2
-    overwrite: bool = False
-    compile: bool = False
-    strip_thread: bool | None = None
-    tta: bool = False
-    resample: Literal["auto", "off"] = "auto"
-    regularize: bool | None = None
-    split_m: float | None = None
-    split_seeds: float | None = None
-    precision: Precision = "auto"
-    backend: Backend = "auto"
-
-
-@dataclass(frozen=True)
-class PolygonOptions:
-    """How a class mask becomes polygons: the run's options where given, else the model's
-    defaults (see :class:`PredictConfig`; without a model, everything off)."""
-
-    min_area_m2: float = 0.0
-    regularize: bool = False
-    split_m: float = 0.0
-    simplify: float = 0.0
-    split_seeds: float = 0.0
-
-    @classmethod
-    def resolve(cls, cfg: PredictConfig | None, meta: ModelMeta | None) -> PolygonOptions:
-        """The options of a run with ``cfg`` (None: all defaults) and a model ``meta``."""
-        cfg = cfg or PredictConfig()
-        return cls(
-            min_area_m2=cfg.min_area_m2
-            if cfg.min_area_m2 is not None
-            else meta.min_area_m2
-            if meta
-            else 0.0,
-            regularize=cfg.regularize
-            if cfg.regularize is not None
-            else bool(meta and meta.regularize),
-            split_m=cfg.split_m if cfg.split_m is not None else meta.split_m if meta else 0.0,
-            simplify=cfg.simplify,
-            split_seeds=cfg.split_seeds
-            if cfg.split_seeds is not None
-            else meta.split_seeds
-            if meta
-            else 0.0,
-        )
-
-    def vectorizer(self, scene: Scene, class_names: Sequence[str]) -> StripVectorizer:
-        """A :class:`StripVectorizer` for ``scene`` with these options."""
-        return StripVectorizer(
-            scene.transform,
-            scene.crs,
-            class_names,
-            simplify=self.simplify,
-            min_area_m2=self.min_area_m2,
-            regularize=bool(self.regularize),
-            split_px=split_px(self.split_m, scene),
-        )
-
-
-@dataclass
-class PredictResult:
-    """What a run produced (``features`` counts polygons and lines; ``lines``: the file with the
-    centerlines when it is not ``vectors``, see :func:`line_output`)."""
-
-    scene: str
-    vectors: Path | None
-    probabilities: Path | None
-    mask: Path | None
-    features: int
-    tiles: int
-    tiles_skipped: int
-    seconds: float
-    timings: dict[str, float] = field(default_factory=dict)
-    #: Scene pixels per model pixel (1: the network saw the scene's own pixels).
-    resample_factor: float = 1.0
-    class_counts: dict[str, int] = field(default_factory=dict)
-    lines: Path | None = None
-    line_features: int = 0
-    #: The 1-based scene bands the model read, in its order, and their colour names where they
-    #: were found by colour interpretation rather than taken in file order (else empty).
-    bands: tuple[int, ...] = ()
-    bands_by_colour: tuple[str, ...] = ()
-
-
-def line_output(out: str | os.PathLike[str], meta: ModelMeta) -> tuple[Path | None, str | None]:
-    """Where a model's centerlines go for the vector output ``out``: (file, GeoPackage layer).
-
-    A model with line classes only writes them to ``out`` itself. With polygon classes too, a
-    GeoPackage gets a second layer, ``<stem>_lines``, and any other format a second file beside
-    it, ``<stem>_lines<suffix>``. (None, None): no line class.
-    """
-    path = Path(out)
-    if not meta.line_class_ids:
-        return None, None
-    if not meta.polygon_class_ids:
-        return path, None
-    if vector_driver(path) == "GPKG":
-        return path, f"{path.stem}_lines"
-    return path.with_name(f"{path.stem}_lines{path.suffix}"), None
-
-
-
-
-def choose_backend(
-    backend: str,
-    device: torch.device,
-    amp: torch.dtype | None,
-    *,
-    compile: bool,
-    model_file: bool = True,
-) -> str:
-    """The backend that runs a PyTorch model: ``torch`` or ``onnxruntime``.
-
-    ``auto`` picks onnxruntime for a model file on the CPU in float32 when onnx and onnxruntime
-    are installed and the network is not compiled; PyTorch otherwise (CUDA, bf16, and a loaded
-    ``(UNet, ModelMeta)`` pair, which has no file to key the export's cache by). On this project's 2-core AVX2
-    CPUs onnxruntime ran the bundled model's 512 px tiles faster than PyTorch float32 in
-    interleaved runs (benchmarks/README.md, "Backends: PyTorch or onnxruntime").
-
-    Raises:
-        GeounetError: An unknown backend, or ``onnxruntime`` with bf16 or ``compile``.
-    """
-    if backend not in ("auto", "torch", "onnxruntime"):
-        raise GeounetError(f"unknown backend {backend!r}; use auto, torch or onnxruntime")
-    if backend == "onnxruntime":
-        if amp is not None and device.type == "cpu":
-            raise GeounetError(
-                "--backend onnxruntime runs float32 on the CPU; use --precision fp32 or --backend torch"
-            )
-        if compile:
-            raise GeounetError("--compile applies to --backend torch")
-        return backend
-    if (
-        backend == "auto"
-        and model_file
-        and device.type == "cpu"
-        and amp is None
-        and not compile
-        and onnxruntime_available()
-    ):
-        return "onnxruntime"
-    return "torch"
-
-
-def check_dtype(scene: Scene, meta: ModelMeta) -> None:
-    """Refuse a scene whose dtype differs from the one the model was trained on, unless the
-    model stretches each scene by its own percentiles (``normalization`` mode ``scene``, as the
-    bundled building model does): then a 16-bit or float scene reaches the network scaled like
-    an 8-bit one (its 2nd and 98th percentiles at 0 and 1), and is taken with a warning.
-
-    Raises:
-        BandMismatchError: With how to fix it.
-    """
-    if np.dtype(scene.dtype) == np.dtype(meta.dtype):
-        return
-    norm = meta.normalization or {}
-    if normalize.any_dtype(norm):
-        logger.warning(
-            "%s is %s, the model was trained on %s: it is read through the scene's own %g-%g "
-            "percentile stretch, as the model's training images were",
-            scene.name,
-            scene.dtype,
-            meta.dtype,
-            norm.get("low", 2),
-            norm.get("high", 98),
-        )
-        return
-    raise BandMismatchError(
-        f"model expects {meta.dtype} pixels, {scene.name} is {scene.dtype}; rescale it "
-        f"(gdal_translate -ot {_gdal_type(meta.dtype)} -scale) or use a model trained on {scene.dtype}"
-    )
-
-
-def _gdal_type(dtype: str) -> str:
-    return {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}.get(
-        dtype, dtype
-    )
 
 
 class Predictor:
@@ -466,7 +149,9 @@ class Predictor:
             net, self.meta = load_model(model)
         # BatchNorm folded into the convolutions: one pass and one activation less per conv.
         # channels_last suits both cuDNN and oneDNN: on this project's CPUs it is 1.7x faster.
-        self.net = fuse_batchnorm(net).to(self.device).eval().to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's stubs leave it out of its overloads.
+        net = fuse_batchnorm(net).to(self.device).eval()
+        self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if compile:
@@ -584,7 +269,7 @@ class Predictor:
         with torch.autocast(
             self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None
         ):
-            y = self.net(x)
+            y: torch.Tensor = self.net(x)
         return y.float().cpu().contiguous().numpy()
 
     def _forward_tta(self, x: torch.Tensor, max_batch: int | None) -> npt.NDArray[np.float32]:
@@ -661,13 +346,13 @@ class Predictor:
             vectors = outputs.reserve(out, overwrite=cfg.overwrite) if out is not None else None
             line_path, line_layer = line_output(out, self.meta) if out is not None else (None, None)
             lines = None
-            if line_path is not None and vectors is not None:
+            if line_path is not None and vectors is not None and out is not None:
                 lines = (
                     vectors
                     if line_path == Path(out)
                     else outputs.reserve(line_path, overwrite=cfg.overwrite),
                     line_layer,
-                )  # type: ignore[arg-type]
+                )
             sinks = StripSinks(
                 self.meta,
                 cfg,
@@ -679,7 +364,7 @@ class Predictor:
                 else None,
                 mask=outputs.reserve(mask, overwrite=cfg.overwrite) if mask else None,
                 timings=timings,
-                vector_style=not _style_clash(out, probabilities, mask),
+                vector_style=not style_clash(out, probabilities, mask),
             )
             reader = WindowReader(scene, plan.bands, plan.tile_size)
             scaling = normalize.scene_scaling(
@@ -802,6 +487,7 @@ class Predictor:
                 tile_size = fitted
         net_size = tile_size if factor != 1.0 else None
         if factor != 1.0:
+            assert meta.gsd is not None  # resample_factor is 1 for a model without it
             tile_size, overlap = max(1, round(tile_size * factor)), round(overlap * factor)
             logger.info(
                 "scene pixels %.3g m, model %.3g m: windows resampled x%.2f",
@@ -829,494 +515,6 @@ class Predictor:
         if cfg.strip_thread is not None:
             return cfg.strip_thread
         return self.device.type == "cuda" or spare_cores()
-
-
-@dataclass
-class RunPlan:
-    """A scene checked against the model, and how it is cut up (:meth:`Predictor.plan`).
-
-    ``tile_size`` and ``overlap`` are in scene pixels; ``net_size`` is the size the network sees
-    when windows are resampled (None when not), ``factor`` scene pixels per model pixel.
-    """
-
-    scene: Scene
-    bands: list[int]
-    tiles: list[Tile]
-    tile_size: int
-    overlap: int
-    net_size: int | None
-    factor: float
-    batch_size: int
-
-
-@dataclass
-class TileBatch:
-    """Tiles that go through the network together, with their raw pixels and validity."""
-
-    tiles: list[Tile]
-    data: npt.NDArray[np.float32]
-    valid: npt.NDArray[np.bool_]
-
-
-class TileBatcher:
-    """The batching stage: groups tiles that have valid pixels into batches of ``size``.
-
-    Tiles without a valid pixel (all nodata) are counted in :attr:`skipped` and never batched.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.tiles: list[Tile] = []
-        self._data: list[npt.NDArray[np.float32]] = []
-        self._valid: list[npt.NDArray[np.bool_]] = []
-        self._first = 0
-        self._seen = 0
-        self.skipped = 0
-
-    def add(
-        self, index: int, tile: Tile, data: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]
-    ) -> bool:
-        """Add tile number ``index`` (consecutive from 0); True when the batch is full."""
-        self._seen = index + 1
-        if not valid.any():
-            self.skipped += 1
-        else:
-            if not self.tiles:
-                self._first = index
-            self.tiles.append(tile)
-            self._data.append(data)
-            self._valid.append(valid)
-        return len(self.tiles) >= self.size
-
-    @property
-    def waiting_from(self) -> int:
-        """Index of the first tile not yet handed out in a batch (every earlier one was)."""
-        return self._first if self.tiles else self._seen
-
-    def take(self) -> TileBatch:
-        """The batch so far (the batcher starts a new one)."""
-        batch = TileBatch(list(self.tiles), np.stack(self._data), np.stack(self._valid))
-        self.tiles.clear()
-        self._data.clear()
-        self._valid.clear()
-        return batch
-
-
-class StripWorker:
-    """The policy for finished strips: handled inline, or in order on one background thread.
-
-    In the background, at most :data:`STRIPS_IN_FLIGHT` strips wait before :meth:`submit`
-    waits for the oldest; a failure of the thread is raised by the next :meth:`submit` or
-    :meth:`drain`. :meth:`call` runs other work (closing the writers) on the same thread.
-
-    Args:
-        handle: What to do with a strip.
-        background: Use the thread (True) or handle strips in the caller's thread.
-        timings: ``strips`` (inline handling) and ``strips_wait`` (waiting for the thread) add up here.
-    """
-
-    def __init__(
-        self, handle: Callable[[Strip], None], *, background: bool, timings: dict[str, float]
-    ) -> None:
-        self._handle = handle
-        self.background = background
-        self._timings = timings
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geounet-strips")
-        self._in_flight: deque[Future[None]] = deque()
-
-    def submit(self, strip: Strip) -> None:
-        """Handle a strip (strips must come in scene order)."""
-        t0 = time.perf_counter()
-        while self._in_flight and (
-            self._in_flight[0].done() or len(self._in_flight) >= STRIPS_IN_FLIGHT
-        ):
-            self._in_flight.popleft().result()  # re-raises a failure of the strip thread
-        self._timings["strips_wait"] += time.perf_counter() - t0
-        if not self.background:
-            t0 = time.perf_counter()
-            self._handle(strip)
-            self._timings["strips"] += time.perf_counter() - t0
-            return
-        self._in_flight.append(self._pool.submit(self._handle, strip))
-
-    def drain(self) -> None:
-        """Wait until every submitted strip is handled."""
-        while self._in_flight:
-            self._in_flight.popleft().result()
-
-    def call(self, fn: Callable[[], None]) -> Future[None]:
-        """Run ``fn`` on the strip thread (after the strips submitted before)."""
-        return self._pool.submit(fn)
-
-    def shutdown(self) -> None:
-        """Drop strips not started and wait for the one in progress."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-class StripSinks:
-    """The output stage: each finished strip to probabilities, class mask and polygons.
-
-    :meth:`handle` turns a strip's logits into probabilities and classes and passes them to
-    the probability and mask GeoTIFF writers and to the strip vectorizer (whichever were
-    asked for). :meth:`close` finishes them: the COG copies run on the strip thread beside the
-    vector file's writing; :meth:`abort` drops them after a failure.
-
-    Args:
-        meta: The model's contract (classes, colours, defaults of the polygon options).
-        cfg: The run's options.
-        scene: The scene (grid, CRS).
-        vectors, probabilities, mask: Temporary paths of the outputs asked for, or None.
-        timings: ``postprocess``, ``write``, ``vectorize`` and ``imports`` add up here.
-        vector_style: Write the vector layer's QGIS style (see :func:`_style_clash`).
-    """
-
-    def __init__(
-        self,
-        meta: ModelMeta,
-        cfg: PredictConfig,
-        scene: Scene,
-        *,
-        vectors: Path | None,
-        probabilities: Path | None,
-        mask: Path | None,
-        timings: dict[str, float],
-        vector_style: bool = True,
-        lines: tuple[Path, str | None] | None = None,
-    ) -> None:
-        self.meta = meta
-        self.cfg = cfg
-        self.timings = timings
-        self.names = meta.mask_classes
-        self.counts = np.zeros(256, dtype=np.int64)
-        self.features = 0
-        self._prob_path, self._mask_path = probabilities, mask
-        n_out = meta.class_channels  # a core channel is not written
-        self.probabilities: StripWriter | None = None
-        self.mask: StripWriter | None = None
-        self.vectorizer: StripVectorizer | None = None
-        self.vector_writer: VectorWriter | None = None
-        if probabilities is not None:
-            self.probabilities = StripWriter(
-                probabilities,
-                scene,
-                count=n_out,
-                dtype=cfg.prob_dtype,
-                nodata=float("nan") if cfg.prob_dtype == "float32" else 255,
-                descriptions=[f"probability of {c}" for c in meta.classes],
-            )
-            if cfg.prob_dtype == "uint8":
-                self.probabilities.dataset.scales = [1 / 254] * n_out
-        if mask is not None:
-            self.mask = StripWriter(
-                mask,
-                scene,
-                count=1,
-                dtype="uint8",
-                nodata=MASK_NODATA,
-                descriptions=["class"],
-                overview_resampling="nearest",
-            )
-            self.mask.dataset.write_colormap(1, _colormap(meta))
-            self.mask.dataset.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(self.names)})
-        # Line classes go to the centerliner only (see line_output for where their file is).
-        self._line_ids = np.asarray(meta.line_class_ids, dtype=np.uint8)
-        polygon_options = PolygonOptions.resolve(cfg, meta)
-        # Touching objects cut along probability valleys (binary models; mask and polygons).
-        self.seeds = polygon_options.split_seeds if meta.binary else 0.0
-        if cfg.split_seeds and not meta.binary:
-            logger.warning(
-                "--split-seeds applies to binary models only; this model has %d classes",
-                len(meta.classes),
-            )
-        self.seed_px = max(4, round(SEED_MIN_M2 / (pixel_size_m(scene) or 1.0) ** 2))
-        self.centerliner: StripCenterliner | None = None
-        self.line_writer: VectorWriter | None = None
-        self.line_features = 0
-        if vectors is not None and meta.polygon_class_ids:
-            self.vectorizer = polygon_options.vectorizer(scene, self.names)
-            style = vector_qml(self.names[1:], _class_colours(meta)) if vector_style else None
-            self.vector_writer = VectorWriter(vectors, style=style)
-        if lines is not None:
-            options = CenterlineOptions(
-                line_width_m=meta.line_width_m or 4.0, simplify=cfg.simplify or 1.0
-            )
-            self.centerliner = StripCenterliner(
-                scene.transform, scene.crs, self.names, meta.line_class_ids, options
-            )
-            colours = {value: colour for value, _, colour in _mask_entries(meta)}
-            style = (
-                line_qml(
-                    [self.names[i] for i in meta.line_class_ids],
-                    [colours[i] for i in meta.line_class_ids],
-                    meta.line_width_m,
-                )
-                if vector_style
-                else None
-            )
-            self.line_writer = VectorWriter(lines[0], style=style, layer=lines[1], lines=True)
-
-    @property
-    def writers(self) -> list[StripWriter]:
-        """The raster writers in use."""
-        return [w for w in (self.probabilities, self.mask) if w is not None]
-
-    def handle(self, strip: Strip) -> None:
-        """Post-process one strip and hand it to every output."""
-        t0 = time.perf_counter()
-        cls, score, probs = _postprocess(strip, self.meta, self.cfg.threshold)
-        if self.seeds > 0:
-            # A model with a core channel grows its objects from the cores it predicts; others
-            # from the cores of their own probability.
-            core = probs[self.meta.class_channels] if self.meta.core_m > 0 else None
-            cls = split_at_valleys(cls, score, self.seeds, self.seed_px, core=core)
-        # Band by band: bincount widens uint8 to int64, 8 bytes a pixel of a wide strip at once.
-        step = band_rows(cls.shape[1])
-        for r0 in range(0, cls.shape[0], step):
-            self.counts += np.bincount(cls[r0 : r0 + step].ravel(), minlength=256)[:256]
-        t1 = time.perf_counter()
-        if self.probabilities is not None:
-            self.probabilities.write(
-                strip.row_off,
-                _prob_array(probs[: self.meta.class_channels], strip.valid, self.cfg.prob_dtype),
-            )
-        if self.mask is not None:
-            self.mask.write(strip.row_off, cls[None])
-        t2 = time.perf_counter()
-        self.timings["postprocess"] += t1 - t0
-        self.timings["write"] += t2 - t1
-        if self.centerliner is not None:
-            t0 = time.perf_counter()
-            self.centerliner.add(strip.row_off, cls, score)
-            self.timings["vectorize"] += time.perf_counter() - t0
-            if self.centerliner.ready >= WRITE_BATCH:
-                self._write_lines()
-        if self.vectorizer is not None:
-            if len(self._line_ids):
-                cls = np.where(np.isin(cls, self._line_ids), 0, cls).astype(np.uint8)
-            # Band by band, writing finished polygons between bands: what waits for the file
-            # stays near one batch, even when a wide strip holds hundreds of thousands.
-            step = band_rows(strip.logits.shape[-1])
-            for r0 in range(0, strip.height, step):
-                t0 = time.perf_counter()
-                self.vectorizer.add(strip.row_off + r0, cls[r0 : r0 + step], score[r0 : r0 + step])
-                self.timings["vectorize"] += time.perf_counter() - t0
-                if self.vectorizer.ready >= WRITE_BATCH:
-                    self._write_polygons()
-
-    def _write_polygons(self, *, final: bool = False) -> None:
-        """Finished polygons to the vector file, in batches of :data:`WRITE_BATCH` (all of them
-        with ``final``, after the last strip)."""
-        assert self.vectorizer is not None and self.vector_writer is not None
-        self._drain(self.vectorizer, self.vector_writer, final=final)
-
-    def _write_lines(self, *, final: bool = False) -> None:
-        """Finished centerlines to their file, in batches (all of them with ``final``)."""
-        assert self.centerliner is not None and self.line_writer is not None
-        self._drain(self.centerliner, self.line_writer, final=final)
-
-    def _drain(
-        self, source: StripVectorizer | StripCenterliner, writer: VectorWriter, *, final: bool
-    ) -> None:
-        """What ``source`` has finished to ``writer``, a batch at a time (``--to-crs`` applied);
-        with ``final``, everything, and an empty file with its columns if nothing came."""
-        self.timings["imports"] += import_vector_libraries()
-        while True:
-            t0 = time.perf_counter()
-            frame = source.take(WRITE_BATCH, final=final)
-            t1 = time.perf_counter()
-            self.timings["vectorize"] += t1 - t0
-            if frame is None:
-                if final and writer.features == 0:
-                    writer.write(source.finish())
-                return
-            if self.cfg.to_crs:
-                frame = _reproject(frame, self.cfg.to_crs)
-            writer.write(frame)
-            self.timings["write"] += time.perf_counter() - t1
-
-    def close(self, worker: StripWorker) -> None:
-        """Finish every output (after the last strip): COG copies on ``worker``'s thread beside
-        the vector file, then the QGIS styles."""
-        timings = self.timings
-        closing = [
-            worker.call(functools.partial(_timed, w.close, timings, "write")) for w in self.writers
-        ]
-        if self.vector_writer is not None:
-            self._write_polygons(final=True)
-            t0 = time.perf_counter()
-            self.features = self.vector_writer.close()
-            timings["write"] += time.perf_counter() - t0
-        if self.line_writer is not None:
-            self._write_lines(final=True)
-            t0 = time.perf_counter()
-            self.line_features = self.line_writer.close()
-            self.features += self.line_features
-            timings["write"] += time.perf_counter() - t0
-        for fut in closing:
-            fut.result()
-        if self._prob_path is not None:
-            write_sidecar_qml(
-                self._prob_path, probability_qml(254 if self.cfg.prob_dtype == "uint8" else 1.0)
-            )
-        if self._mask_path is not None:
-            write_sidecar_qml(self._mask_path, mask_qml(_mask_entries(self.meta)))
-            write_category_names(self._mask_path, self.names)
-
-    def abort(self) -> None:
-        """Drop the writers after a failure (the temporary files go with AtomicOutputs)."""
-        for w in self.writers:
-            w.abort()
-        if self.vector_writer is not None:
-            self.vector_writer.abort()
-        if self.line_writer is not None:
-            self.line_writer.abort()
-
-    def class_counts(self) -> dict[str, int]:
-        """Pixels of each foreground class so far, by name."""
-        return {
-            name: int(self.counts[i])
-            for i, name in enumerate(self.names)
-            if i > 0 and self.counts[i]
-        }
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th symmetry of the square (0..7) applied to the last two axes (rows, cols).
-
-    ``k % 4`` quarter turns counter-clockwise (:func:`torch.rot90` from rows towards columns),
-    after a left-right mirror when ``k >= 4``; ``k = 0`` is the identity.
-    """
-    if k >= 4:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-def undo_dihedral(y: torch.Tensor, k: int) -> torch.Tensor:
-    """The inverse of :func:`dihedral`: ``undo_dihedral(dihedral(x, k), k)`` equals ``x``."""
-    y = torch.rot90(y, -(k % 4), dims=(-2, -1))
-    if k >= 4:
-        y = torch.flip(y, dims=(-1,))
-    return y
-
-
-def release_free_memory() -> None:
-    """Hand memory the C allocator holds but no longer uses back to the OS (glibc; else no-op).
-
-    glibc keeps freed blocks of large arrays in its heap for reuse; between the tile loop and the
-    tail (COG copies, vector writing) that is dead weight in the peak.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def spare_cores() -> bool:
-    """Whether this process may use more CPU cores than PyTorch's intra-op threads."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return cores > torch.get_num_threads()
-
-
-def _style_clash(
-    out: str | os.PathLike[str] | None, *rasters: str | os.PathLike[str] | None
-) -> bool:
-    """Whether a non-GeoPackage vector output's style file (its ``.qml`` beside it) is the name
-    that a raster output of the same stem needs for its own style."""
-    if out is None or vector_driver(out) == "GPKG":
-        return False
-    return Path(out).with_suffix(".qml") in {Path(p).with_suffix(".qml") for p in rasters if p}
-
-
-def _timed(fn: Callable[[], None], timings: dict[str, float], key: str) -> None:
-    t0 = time.perf_counter()
-    try:
-        fn()
-    finally:
-        timings[key] += time.perf_counter() - t0
-
-
-def _reproject(frame: Any, to_crs: str) -> Any:
-    try:
-        return frame.to_crs(to_crs)
-    except Exception as exc:  # pyproj.CRSError and friends
-        raise GeounetError(f"cannot reproject to {to_crs!r}: {str(exc).splitlines()[0]}") from exc
-
-
-def _postprocess(
-    strip: Strip, meta: ModelMeta, threshold: float
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Logits -> (class mask with nodata 255, score, probabilities).
-
-    The score is the probability of each pixel's class; for a binary model, the foreground
-    probability everywhere (the probabilities' own band: only foreground pixels are scored).
-
-    Works in place on the strip's logits (they become the probabilities), a few strip-sized
-    arrays in all.
-    """
-    logits = strip.logits
-    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for very negative logits: p = 0
-        if meta.binary:
-            probs = np.negative(logits, out=logits)
-            np.exp(probs, out=probs)
-            probs += 1.0
-            np.reciprocal(probs, out=probs)
-            fg = probs[0] >= threshold
-            # Only foreground is vectorized, so the foreground probability is the score that
-            # matters (no strip-sized copy with 1 - p in the background).
-            score = probs[0]
-            cls = fg.view(np.uint8)
-        else:
-            probs = np.subtract(logits, logits.max(axis=0, keepdims=True), out=logits)
-            np.exp(probs, out=probs)
-            probs /= probs.sum(axis=0, keepdims=True)
-            cls = probs.argmax(axis=0).astype(np.uint8)
-            score = probs.max(axis=0)
-    if not strip.valid.all():
-        cls[~strip.valid] = MASK_NODATA
-    return cls, score.astype(np.float32, copy=False), probs.astype(np.float32, copy=False)
-
-
-def _prob_array(
-    probs: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_], dtype: ProbDtype
-) -> npt.NDArray[Any]:
-    """Probabilities as written: uint8 0..254 (nodata 255), or float32 with NaN nodata (in place)."""
-    if dtype == "uint8":
-        out = np.rint(probs * 254).astype(np.uint8)
-        out[:, ~valid] = 255
-        return out
-    if not valid.all():
-        probs[:, ~valid] = np.nan
-    return probs
-
-
-def _mask_entries(meta: ModelMeta) -> list[tuple[int, str, str]]:
-    """(mask value, class name, #colour) of every foreground class."""
-    colours = meta.colours or []
-    offset = 1 if meta.binary else 0
-    out = []
-    for i, name in enumerate(meta.classes):
-        value = i + offset
-        if value:
-            out.append((value, name, colours[i] if i < len(colours) else "#ff0000"))
-    return out
-
-
-def _class_colours(meta: ModelMeta) -> list[str]:
-    """Colours of the foreground classes, in mask-value order."""
-    return [colour for _, _, colour in _mask_entries(meta)]
-
-
-def _colormap(meta: ModelMeta) -> dict[int, tuple[int, int, int, int]]:
-    cmap: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
-    for value, _, hexc in _mask_entries(meta):
-        r, g, b = (int(hexc[k : k + 2], 16) for k in (1, 3, 5))
-        cmap[value] = (r, g, b, 255)
-    return cmap
 
 
 def predict_raster(

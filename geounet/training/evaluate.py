@@ -29,7 +29,8 @@ from geounet.errors import GeounetError, LabelsError
 from geounet.geodata.raster import gdal_path, open_scene
 from geounet.labels.spec import LabelSpec
 from geounet.labels.vector import read_labels
-from geounet.prediction.predict import PolygonOptions, PredictConfig, Predictor, Progress
+from geounet.prediction.config import PolygonOptions, PredictConfig, Progress
+from geounet.prediction.predictor import Predictor
 from geounet.training.metrics import scores_from_confusion
 from geounet.vectors.centerline import CenterlineOptions, StripCenterliner
 from geounet.vectors.strips import MASK_NODATA, StripVectorizer
