@@ -23,14 +23,14 @@ class TrainConfig:
     Attributes:
         images: Raster paths, globs or folders (folders contribute their GeoTIFFs).
         labels: Label sources: vector files, mask rasters, globs or folders (one string is one
-            source); see :func:`geounet.labels.labels.read_label_sources`.
+            source); see :func:`geounet.labels.sets.read_label_sources`.
         out: Model file to write (the best epoch by validation IoU, or the last: ``keep``).
         val_images: Images used wholly for validation (disables block splitting).
         class_field: Attribute naming each feature's class (None: binary task).
         classes: Class names to use, in order (None: every value found).
         line_width_m: Lines are buffered to this full width in metres.
         class_geometry: Overrides of each class's geometry (``{"road": "line"}``); a class
-            labelled with lines only is a line class without it (see :class:`ModelMeta`).
+            labelled with lines only is a line class without it (see :class:`geounet.network.contract.ModelMeta`).
         point_radius_m: Points are buffered to this radius in metres.
         bands: 1-based bands to use (None: all but alpha).
         tile_size: Training window size in pixels.
@@ -46,7 +46,7 @@ class TrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: DataLoader worker processes.
         samples_per_epoch: Training windows per epoch (None: four times the training area in
-            tiles, between 512 and 2000; see :func:`default_samples`).
+            tiles, between 512 and 2000; see :func:`geounet.training.plan.default_samples`).
         positive_fraction: Share of windows centred on labelled features.
         schedule: Learning-rate schedule.
         resume: Resume checkpoint (``MODEL.resume.safetensors``) of an interrupted run.
@@ -76,10 +76,10 @@ class TrainConfig:
             ``init`` network, BatchNorm statistics included, stays as it is, so its mask and
             pixel figures do not change, and a step costs little more than a forward pass.
         ema: Decay of the running average of the weights (Polyak averaging) that is validated
-            and saved; 0 = the raw weights. See :class:`WeightAverage`.
+            and saved; 0 = the raw weights. See :class:`geounet.training.step.WeightAverage`.
         keep: Which epoch's weights ``out`` holds: ``auto`` (the default: the latest epoch
             whose validation IoU is within one standard error of the best so far, see
-            :class:`EpochChooser`), ``best`` (the highest validation IoU) or ``last`` (the end
+            :class:`geounet.training.epoch.EpochChooser`), ``best`` (the highest validation IoU) or ``last`` (the end
             of the schedule). With a validation area of a few objects the highest IoU is a
             noisy pick, often an early epoch that fits the data less well.
     """

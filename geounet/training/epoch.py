@@ -85,7 +85,7 @@ def _validate(
     binary: bool,
     use_amp: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """Confusion matrix, per-cell IoU sums (:func:`cell_iou_sums`), loss sum and window count."""
+    """Confusion matrix, per-cell IoU sums (:func:`geounet.training.metrics.cell_iou_sums`), loss sum and window count."""
     n_classes = 2 if binary else n_out
     cm = torch.zeros((n_classes, n_classes), dtype=torch.int64)
     cells = torch.zeros((n_classes, 6), dtype=torch.float64)

@@ -2,8 +2,8 @@
 
 :func:`confusion` and :func:`cell_iou_sums` reduce a batch to sums that add across batches and
 ranks; :func:`scores_from_confusion` and :func:`iou_standard_error` turn the sums into IoU, F1,
-precision, recall and the error of the IoU. :func:`nanmean`, :func:`mean_se` and
-:func:`rounded` average the foreground classes' figures for an epoch's record.
+precision, recall and the error of the IoU. :func:`nanmean` and :func:`mean_se` average the
+foreground classes' figures for an epoch's record, :func:`rounded` rounds them for it.
 """
 
 from __future__ import annotations

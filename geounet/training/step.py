@@ -82,11 +82,11 @@ def lr_at(step: int, total: int, base: float, schedule: Schedule) -> float:
 def segmentation_loss(
     logits: torch.Tensor, target: torch.Tensor, binary: bool, contact_weight: float = 1.0
 ) -> torch.Tensor:
-    """BCE+Dice (binary, one channel) or CE+Dice (multi-class), ignoring :data:`IGNORE_INDEX`.
+    """BCE+Dice (binary, one channel) or CE+Dice (multi-class), ignoring :data:`geounet.training.dataset.IGNORE_INDEX`.
 
-    :data:`CONTACT_INDEX` pixels are background whose cross-entropy counts ``contact_weight``
+    :data:`~geounet.training.dataset.CONTACT_INDEX` pixels are background whose cross-entropy counts ``contact_weight``
     times (the U-Net paper's separation weight, as a band rather than a decaying map).
-    :data:`BORDER_INDEX` pixels are foreground; a binary network's second channel, when it
+    :data:`~geounet.training.dataset.BORDER_INDEX` pixels are foreground; a binary network's second channel, when it
     has one, is scored (BCE+Dice again) against the core, the foreground without them.
     """
     valid = target != IGNORE_INDEX

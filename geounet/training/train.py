@@ -52,7 +52,7 @@ def train_model(
     on_epoch: EpochCallback | None = None,
     on_info: InfoCallback | None = None,
 ) -> TrainResult:
-    """Train (or fine-tune, or resume) a model. See :class:`TrainConfig`.
+    """Train (or fine-tune, or resume) a model. See :class:`geounet.training.config.TrainConfig`.
 
     Raises:
         GeounetError: Bad images, labels, model files or options; nothing half-written is left.
