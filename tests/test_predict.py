@@ -239,7 +239,7 @@ def test_band_selection_and_mismatch(make_raster: MakeRaster, tmp_path: Path) ->
 def test_dtype_mismatch(make_raster: MakeRaster, tmp_path: Path) -> None:
     scene = make_raster("u16.tif", dtype="uint16")
     net = constant_unet(3, 1.0)
-    with pytest.raises(BandMismatchError, match="model expects uint8 pixels, u16.tif is uint16"):
+    with pytest.raises(BandMismatchError, match=r"model expects uint8 pixels, u16.tif is uint16"):
         predict_raster(scene, tmp_path / "a.gpkg", model=(net, meta_for(net)))
 
 
@@ -305,7 +305,7 @@ def test_truncated_scene_leaves_no_output(make_raster: MakeRaster, tmp_path: Pat
     cut.write_bytes(raw[: len(raw) // 2])
     net = constant_unet(3, 1.0)
     out, probs = tmp_path / "o.gpkg", tmp_path / "p.tif"
-    with pytest.raises(RasterReadError, match="cut.tif"):
+    with pytest.raises(RasterReadError, match=r"cut.tif"):
         predict_raster(
             cut,
             out,
