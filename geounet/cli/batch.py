@@ -14,9 +14,16 @@ from geounet.cli.options import (
     announce_model,
     backend_opt,
     device_opt,
+    min_area_opt,
     model_opt,
+    overlap_opt,
+    prob_dtype_opt,
+    regularize_opt,
     seeds_opt,
+    simplify_opt,
     split_opt,
+    threshold_opt,
+    tile_size_opt,
     tta_opt,
 )
 
@@ -91,12 +98,8 @@ class AssetKeys(_KeysType):
     metavar="ADDRESS",
     help="Run on a Dask cluster: scheduler address (tcp://host:8786) or scheduler file. Workers need the model, inputs and --out-dir at the same paths.",
 )
-@click.option(
-    "--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's]."
-)
-@click.option(
-    "--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's]."
-)
+@tile_size_opt
+@overlap_opt
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -114,38 +117,12 @@ class AssetKeys(_KeysType):
 )
 @split_opt
 @seeds_opt
-@click.option(
-    "--regularize/--no-regularize",
-    default=None,
-    help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Foreground probability threshold.",
-)
-@click.option(
-    "--prob-dtype",
-    type=click.Choice(["float32", "uint8"]),
-    default="float32",
-    show_default=True,
-    help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).",
-)
+@regularize_opt
+@threshold_opt
+@prob_dtype_opt
 @click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
-@click.option(
-    "--min-area",
-    "min_area_m2",
-    type=click.FloatRange(min=0),
-    help="Drop polygons smaller than this many m² [default: the model's; 0 for most].",
-)
-@click.option(
-    "--simplify",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    help="Simplify polygons, tolerance in pixels.",
-)
+@min_area_opt
+@simplify_opt
 @click.option(
     "--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS]."
 )

@@ -61,6 +61,46 @@ model_opt = click.option(
 )
 
 
+# Options that predict and batch share, word for word.
+tile_size_opt = click.option(
+    "--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's]."
+)
+overlap_opt = click.option(
+    "--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's]."
+)
+regularize_opt = click.option(
+    "--regularize/--no-regularize",
+    default=None,
+    help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].",
+)
+threshold_opt = click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Foreground probability threshold.",
+)
+prob_dtype_opt = click.option(
+    "--prob-dtype",
+    type=click.Choice(["float32", "uint8"]),
+    default="float32",
+    show_default=True,
+    help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).",
+)
+min_area_opt = click.option(
+    "--min-area",
+    "min_area_m2",
+    type=click.FloatRange(min=0),
+    help="Drop polygons smaller than this many m² [default: the model's; 0 for most].",
+)
+simplify_opt = click.option(
+    "--simplify",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Simplify polygons, tolerance in pixels.",
+)
+
+
 def announce_model(ctx: click.Context, model: str | None) -> str:
     """The model file to use; when none was named, say on stderr which bundled one is used."""
     from geounet.network.checkpoint import DEFAULT_MODEL, read_meta, resolve_model

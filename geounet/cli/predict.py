@@ -12,11 +12,18 @@ from geounet.cli.options import (
     announce_model,
     backend_opt,
     device_opt,
+    min_area_opt,
     model_opt,
+    overlap_opt,
     overwrite_opt,
+    prob_dtype_opt,
+    regularize_opt,
     seeds_opt,
+    simplify_opt,
     split_opt,
+    threshold_opt,
     tile_progress,
+    tile_size_opt,
     tta_opt,
 )
 
@@ -34,12 +41,8 @@ if TYPE_CHECKING:
     help="Vector output: .geojson, .gpkg, .fgb, .shp or .parquet.",
 )
 @model_opt
-@click.option(
-    "--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's]."
-)
-@click.option(
-    "--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's]."
-)
+@tile_size_opt
+@overlap_opt
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -70,48 +73,22 @@ if TYPE_CHECKING:
 )
 @split_opt
 @seeds_opt
-@click.option(
-    "--regularize/--no-regularize",
-    default=None,
-    help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Foreground probability threshold.",
-)
+@regularize_opt
+@threshold_opt
 @click.option(
     "--probabilities",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write class probabilities (GeoTIFF).",
 )
-@click.option(
-    "--prob-dtype",
-    type=click.Choice(["float32", "uint8"]),
-    default="float32",
-    show_default=True,
-    help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).",
-)
+@prob_dtype_opt
 @click.option(
     "--mask",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the class mask (uint8 GeoTIFF).",
 )
 @click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
-@click.option(
-    "--min-area",
-    "min_area_m2",
-    type=click.FloatRange(min=0),
-    help="Drop polygons smaller than this many m² [default: the model's; 0 for most].",
-)
-@click.option(
-    "--simplify",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    help="Simplify polygons, tolerance in pixels.",
-)
+@min_area_opt
+@simplify_opt
 @click.option(
     "--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS]."
 )
