@@ -20,7 +20,6 @@ from geounet.network.checkpoint import file_hash, load_model, resolve_model
 from geounet.network.contract import ModelMeta
 from geounet.network.export import DEFAULT_OPSET, compare_logits, compare_stored, trace_graph
 from geounet.network.onnx_file import (
-    EXTRA_HINT,
     INPUT,
     LOGITS,
     logits_graph,
@@ -28,6 +27,7 @@ from geounet.network.onnx_file import (
     read_proto,
     read_records,
     require_onnx,
+    require_onnxruntime,
 )
 from geounet.network.unet import UNet, fuse_batchnorm
 
@@ -182,7 +182,7 @@ def load_backend(
         GeounetError: onnx/onnxruntime missing, no CUDA provider for ``cuda``, or an export that
             fails or disagrees with PyTorch.
     """
-    ort = _require_onnxruntime()
+    ort = require_onnxruntime("--backend onnxruntime")
     cuda = device.startswith("cuda")
     if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise GeounetError(
@@ -223,15 +223,6 @@ def load_backend(
             f"onnxruntime cannot run {name}: {str(exc).splitlines()[0][:160]}; use --backend torch"
         ) from exc
     return OnnxNet(session, fixed_size=None, name=name), meta
-
-
-def _require_onnxruntime() -> Any:
-    """The ``onnxruntime`` module (a cached graph needs no ``onnx``, which is slow to import)."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise GeounetError(f"--backend onnxruntime needs onnxruntime: {EXTRA_HINT}") from exc
-    return onnxruntime
 
 
 def _logits_entry(entry: Path) -> Path:

@@ -53,11 +53,20 @@ def require_onnx(what: str, *, runtime: bool = True) -> tuple[Any, Any]:
         raise GeounetError(f"{what} needs the onnx package: {EXTRA_HINT}") from exc
     if not runtime:
         return onnx, None
+    return onnx, require_onnxruntime(what)
+
+
+def require_onnxruntime(what: str) -> Any:
+    """The ``onnxruntime`` module alone (a cached graph needs no ``onnx``, which is slow to import).
+
+    Raises:
+        GeounetError: It is not installed, naming the pip extra.
+    """
     try:
         import onnxruntime
     except ImportError as exc:
         raise GeounetError(f"{what} needs onnxruntime: {EXTRA_HINT}") from exc
-    return onnx, onnxruntime
+    return onnxruntime
 
 
 def logits_graph(data: bytes) -> bytes:
