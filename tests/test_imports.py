@@ -43,3 +43,15 @@ def test_the_cli_imports_no_library_before_a_command_runs() -> None:
 @pytest.mark.parametrize("module", ["geounet.prediction.predictor", "geounet.archive.batch"])
 def test_prediction_imports_leave_outputs_and_extras_to_their_use(module: str) -> None:
     assert loaded(f"import {module}", LAZY) == []
+
+
+def test_the_package_names_its_public_api_without_loading_torch() -> None:
+    # `import geounet` stays light; each public name loads its module on first use, documented.
+    assert loaded("import geounet", ("torch", "numpy", "rasterio", *LAZY)) == []
+    statement = (
+        "import geounet; "
+        "missing = [n for n in geounet.__all__ if n != '__version__' and not getattr(geounet, n).__doc__]; "
+        "assert not missing, missing; "
+        "assert len(geounet.__all__) >= 30"
+    )
+    assert loaded(statement, ("torch",)) == ["torch"]
