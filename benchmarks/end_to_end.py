@@ -8,12 +8,12 @@ running the CLI; the wall time is taken by this process from the child's start t
 the peak RSS is the child's own high-water mark (``VmHWM``, read as it exits; ``os.wait4``'s
 ``ru_maxrss`` would include this process's RSS at the fork). The runs (``--runs``):
 
-- ``torch``: ``geounet predict SCENE -o out.gpkg --mask mask.tif --backend torch`` (PyTorch float32
+- ``torch``: ``geounet predict SCENE -o out.gpkg --mask mask.tif --backend torch --precision fp32`` (PyTorch float32
   was the default before ``--backend``); the child runs what the CLI runs (``Predictor`` then
   ``Predictor.run``, as ``predict_raster``) and reports ``PredictResult.timings["model"]``;
-- ``onnxruntime``: the same with ``--backend onnxruntime`` (what ``auto`` picks on a CPU);
-- ``auto``: the same with ``--backend auto`` (first scene size only), to confirm it runs
-  onnxruntime and writes the same mask;
+- ``onnxruntime``: the same with ``--backend onnxruntime`` (float32);
+- ``auto``: no ``--backend`` or ``--precision``: what a user gets (onnxruntime float32 on an AVX2
+  CPU; PyTorch bf16 autocast on a CPU with native bf16, AVX512-BF16 or AMX);
 - ``int8``: ``geounet predict -m int8.onnx ...`` with the graph ``benchmarks/backends.py
   --quantize`` writes (its ``quantize`` function, imported); measured, NOT offered: pixel F1
   0.376 against 0.746 (benchmarks/README.md, "int8: measured, not offered");
@@ -36,9 +36,10 @@ network's GFLOP/s as a share of the CPU's float32 peak (goal >= 60 %).
 
 FLOPs per tile are counted from the network: forward hooks on every Conv2d / ConvTranspose2d of
 the (unfused) model at 1 x bands x 512 x 512, 2 x MACs (biases, BatchNorm, activations,
-pooling not counted). The fp32 peak is cores x 32 FLOP/cycle (AVX2: 2 FMA units x 8 lanes x 2)
-x the clock, the clock from lscpu's max MHz when given, else /proc/cpuinfo's "cpu MHz" (a VM's
-figure, not necessarily the boost clock). Before the runs, a separate child times the pure
+pooling not counted). The fp32 peak is measured by ``benchmarks/cpu_peak.py`` (``--threads``
+threads of AVX2 FMA chains; its clock from a chain of dependent adds); without a C compiler it
+falls back to threads x 32 FLOP/cycle (AVX2: 2 FMA units x 8 lanes x 2) x lscpu's max MHz or
+/proc/cpuinfo's "cpu MHz" (a VM's nominal figure, below the boost clock the cores run at). Before the runs, a separate child times the pure
 network per tile at batch 1 (warm-up, then ``--net-tiles`` tiles): PyTorch fp32 channels_last
 (fused, as geounet runs it), onnxruntime, int8 and the unfused NCHW network (as the toolbelt
 script runs it).
@@ -73,6 +74,14 @@ GEOUNET_RUNS = ("torch", "onnxruntime", "auto", "int8")
 TOOLBELT_INSTALL = ".venv/bin/pip install --no-deps pytorch-toolbelt==0.8.0 opencv-python-headless"
 #: float32 FLOP per cycle per core with AVX2: 2 FMA units x 8 lanes x 2 (multiply and add).
 FLOP_PER_CYCLE = 32
+#: --backend and --precision of each geounet run. "auto" is what a user gets with no option: on a
+#: CPU with native bf16 (AVX512-BF16, AMX) PyTorch in bf16, elsewhere onnxruntime in float32.
+RUN_SETTINGS = {
+    "torch": ("torch", "fp32"),
+    "onnxruntime": ("onnxruntime", "fp32"),
+    "auto": ("auto", "auto"),
+    "int8": ("auto", "fp32"),
+}
 
 # geounet's library by its current module paths (the package is being reorganized into
 # subpackages; the flat paths of the previous layout are the fallback).
@@ -123,7 +132,7 @@ def child_geounet(p: dict[str, Any]) -> dict[str, Any]:
     _threads(p["threads"])
     config_cls, predictor_cls = api("PredictConfig"), api("Predictor")
     t_import = time.perf_counter() - t0
-    cfg = config_cls(backend=p["backend"], overwrite=True)
+    cfg = config_cls(backend=p["backend"], precision=p["precision"], overwrite=True)
     t1 = time.perf_counter()
     pred = predictor_cls(
         p["model"],
@@ -141,7 +150,7 @@ def child_geounet(p: dict[str, Any]) -> dict[str, Any]:
     if session is not None:
         ort_threads = session.get_session_options().intra_op_num_threads
     return {
-        "backend": pred.backend,
+        "backend": pred.backend + (" bf16" if pred.amp is not None else " fp32"),
         "import_s": t_import,
         "load_s": t_load,
         "run_s": result.seconds,
@@ -324,18 +333,21 @@ def child_netbench(p: dict[str, Any]) -> dict[str, Any]:
         "torch fp32 channels_last (fused)": predictor(
             p["model"], device="cpu", precision="fp32", backend="torch"
         ).net,
-        "onnxruntime fp32": predictor(p["model"], device="cpu", backend="onnxruntime").net,
+        "onnxruntime fp32": predictor(
+            p["model"], device="cpu", precision="fp32", backend="onnxruntime"
+        ).net,
         "toolbelt: unfused NCHW": net,
     }
+    bf16 = predictor(p["model"], device="cpu", precision="auto", backend="torch")
+    if bf16.amp is not None:  # native bf16 (AVX512-BF16 / AMX): what precision auto runs here
+        nets["torch bf16 channels_last (fused)"] = bf16._forward_plain
     if p.get("int8"):
         nets["int8 (onnxruntime)"] = predictor(p["int8"], device="cpu").net
     x = torch.randn(
         p["batch_size"], meta.bands, tile, tile, generator=torch.Generator().manual_seed(0)
     )
     for name, n in nets.items():
-        xin = (
-            x.contiguous(memory_format=torch.channels_last) if name.startswith("torch fp32") else x
-        )
+        xin = x.contiguous(memory_format=torch.channels_last) if name.startswith("torch ") else x
         seconds_per_tile(n, xin, 2)  # warm-up
         out["s_per_tile"][name] = seconds_per_tile(n, xin, p["tiles"])
     return out
@@ -356,7 +368,7 @@ def child_quantize(p: dict[str, Any]) -> dict[str, Any]:
 def child_prepare(p: dict[str, Any]) -> dict[str, Any]:
     """Fill the onnxruntime backend's graph cache (a user's second run finds it there)."""
     _threads(p["threads"])
-    pred = api("Predictor")(p["model"], device="cpu", backend="onnxruntime")
+    pred = api("Predictor")(p["model"], device="cpu", precision="fp32", backend="onnxruntime")
     return {"backend": pred.backend}
 
 
@@ -425,14 +437,36 @@ def cpu_info(threads: int) -> dict[str, Any]:
                 mhz, source = float(line.split(":")[1]), "lscpu CPU max MHz"
     except OSError:
         pass
+    reported = mhz
     peak = threads * FLOP_PER_CYCLE * (mhz or 0) / 1000
+    peak_source = f"{threads} x {FLOP_PER_CYCLE} FLOP/cycle x {source}"
+    bf16_peak = None
+    try:  # the clock and peak measured by benchmarks/cpu_peak.py (a VM's cpu MHz is not its clock)
+        spec = importlib.util.spec_from_file_location(
+            "cpu_peak", ROOT / "benchmarks" / "cpu_peak.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        probe = module.measure(threads, 100_000_000)
+        mhz, source = (
+            probe["clock_ghz"] * 1000,
+            "measured by benchmarks/cpu_peak.py (dependent adds)",
+        )
+        peak, peak_source = probe["fma_gflops"], f"measured: {threads} threads of AVX2 FMA chains"
+        bf16_peak = probe["bf16_gflops"]
+    except (RuntimeError, OSError) as exc:
+        print(f"cpu_peak.py could not measure the peak ({exc}); using the reported clock")
     return {
         "model": model,
         "cores": os.cpu_count(),
         "threads": threads,
         "mhz": mhz,
         "mhz_source": source,
+        "reported_mhz": reported,
         "peak_gflops": peak,
+        "peak_source": peak_source,
+        "bf16_peak_gflops": bf16_peak,
     }
 
 
@@ -488,11 +522,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(
-    size: int, results: dict[str, list[dict[str, Any]]], flops: int, peak: float, ref: str | None
+    size: int,
+    results: dict[str, list[dict[str, Any]]],
+    flops: int,
+    peaks: dict[str, float | None],
+    ref: str | None,
 ) -> None:
     print(f"\n### {size} x {size}\n")
     rep = max((len(v) for v in results.values()), default=1)
-    head = f"| run | backend | wall s | peak RSS MB | network s | network share | tiles | network GFLOP/s | % of fp32 peak | mask = {ref}'s |"
+    head = f"| run | backend | wall s | peak RSS MB | network s | network share | tiles | network GFLOP/s | % of peak (its precision) | mask = {ref}'s |"
     if rep > 1:
         head = head.replace("| wall s |", "| wall s best (median) |")
     print(head)
@@ -506,7 +544,7 @@ def print_table(
         label = name + (" (not offered)" if name == "int8" else "")
         print(
             f"| {label} | {b['backend']} | {wall} | {b['peak_rss_mb']:.0f} | {b['model_s']:.1f} | "
-            f"{100 * b['model_s'] / b['wall_s']:.1f} % | {b['tiles']} | {fmt(gf)} | {fmt(100 * gf / peak if gf and peak else None)} % | "
+            f"{100 * b['model_s'] / b['wall_s']:.1f} % | {b['tiles']} | {fmt(gf)} | {fmt(100 * gf / peak_of(b, peaks) if gf and peak_of(b, peaks) else None)} % | "
             f"{fmt(100 * same if same is not None else None, '.4f')} % |"
         )
     print(
@@ -514,8 +552,13 @@ def print_table(
     )
 
 
+def peak_of(row: dict[str, Any], peaks: dict[str, float | None]) -> float | None:
+    """The peak a run's network is a share of: bf16's for a bf16 run, float32's otherwise."""
+    return peaks["bf16"] if str(row.get("backend", "")).endswith("bf16") else peaks["fp32"]
+
+
 def print_ratios(
-    size: int, results: dict[str, list[dict[str, Any]]], peak: float, flops: int
+    size: int, results: dict[str, list[dict[str, Any]]], peaks: dict[str, float | None], flops: int
 ) -> dict[str, Any]:
     best = {k: summarize(v)["best"] for k, v in results.items()}
     out: dict[str, Any] = {}
@@ -529,19 +572,22 @@ def print_ratios(
             print(
                 f"  end-to-end speed-up of {name} vs torch: {r:.2f}x (goal >= 1.5x: {'met' if r >= 1.5 else 'missed'})"
             )
-    if "onnxruntime" in best and "toolbelt" in best:
-        r = best["toolbelt"]["wall_s"] / best["onnxruntime"]["wall_s"]
-        out["onnxruntime_vs_toolbelt"] = r
+    default = "auto" if "auto" in best else "onnxruntime"
+    if default in best and "toolbelt" in best:
+        r = best["toolbelt"]["wall_s"] / best[default]["wall_s"]
+        out[f"{default}_vs_toolbelt"] = r
         print(
-            f"  geounet default (onnxruntime) vs toolbelt: {r:.2f}x faster (goal > 1: {'met' if r > 1 else 'missed'}); "
-            f"peak RSS {best['onnxruntime']['peak_rss_mb'] / best['toolbelt']['peak_rss_mb']:.2f}x toolbelt's"
+            f"  geounet default ({default}: {best[default]['backend']}) vs toolbelt: {r:.2f}x faster (goal > 1: {'met' if r > 1 else 'missed'}); "
+            f"peak RSS {best[default]['peak_rss_mb'] / best['toolbelt']['peak_rss_mb']:.2f}x toolbelt's"
         )
     for name, b in best.items():
+        peak = peak_of(b, peaks)
         if b["model_s"] and peak:
             frac = flops * b["tiles"] / b["model_s"] / 1e9 / peak
             out[f"peak_fraction_{name}"] = frac
+            kind = "bf16" if peak == peaks["bf16"] else "fp32"
             print(
-                f"  network GFLOP/s of {name} as a share of the fp32 peak: {100 * frac:.1f} % (goal >= 60 %: {'met' if frac >= 0.6 else 'missed'})"
+                f"  network GFLOP/s of {name} as a share of the {kind} peak: {100 * frac:.1f} % (goal >= 60 %: {'met' if frac >= 0.6 else 'missed'})"
             )
     return out
 
@@ -614,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU: {cpu['model']}, {cpu['cores']} cores; threads per run (torch and onnxruntime intra-op): {args.threads}"
     )
     print(
-        f"clock: {cpu['mhz']} MHz from {cpu['mhz_source']}; fp32 peak = {args.threads} x {FLOP_PER_CYCLE} FLOP/cycle x clock = {cpu['peak_gflops']:.1f} GFLOP/s"
+        f"clock: {cpu['mhz']:.0f} MHz {cpu['mhz_source']} (reported: {cpu['reported_mhz']} MHz); fp32 peak {cpu['peak_gflops']:.1f} GFLOP/s ({cpu['peak_source']}); bf16 peak {fmt(cpu['bf16_peak_gflops'])} GFLOP/s"
     )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     print(f"load average at start: {os.getloadavg()}", flush=True)
@@ -649,17 +695,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     flops = net["flops_per_tile"]
     peak = cpu["peak_gflops"]
+    peaks: dict[str, float | None] = {"fp32": peak, "bf16": cpu["bf16_peak_gflops"]}
     print(
         f"\nFLOPs per {net['tile']} px tile, counted by forward hooks (2 x MACs of every Conv2d/ConvTranspose2d): {flops / 1e9:.2f} GFLOP"
     )
     print(
         f"pure network per tile at batch {batch} (2 warm-up, {args.net_tiles} timed, random standardized tiles, one process):\n"
     )
-    print("| network | s per tile | GFLOP/s | % of fp32 peak |")
+    print("| network | s per tile | GFLOP/s | % of peak (its precision) |")
     print("|---|---|---|---|")
     for name, s in net["s_per_tile"].items():
         print(
-            f"| {name} | {s:.3f} | {flops / s / 1e9:.1f} | {100 * flops / s / 1e9 / peak:.1f} % |"
+            f"| {name} | {s:.3f} | {flops / s / 1e9:.1f} | {fmt(100 * flops / s / 1e9 / p if (p := peaks['bf16' if 'bf16' in name else 'fp32']) else None)} % |"
         )
     sys.stdout.flush()
 
@@ -670,9 +717,9 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": {},
         "argv": sys.argv,
     }
-    for si, size in enumerate(args.sizes):
+    for size in args.sizes:
         scene = build_scene(work, size, args.data)
-        results: dict[str, list[dict[str, Any]]] = {r: [] for r in runs if r != "auto" or si == 0}
+        results: dict[str, list[dict[str, Any]]] = {r: [] for r in runs}
         for rep in range(args.repeats):
             masks: dict[str, Path] = {}
             for name, rows in results.items():
@@ -686,10 +733,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 else:
                     model = str(int8) if name == "int8" else args.model
-                    backend = "auto" if name == "int8" else name
+                    backend, precision = RUN_SETTINGS[name]
                     r = run_child(
                         "geounet",
-                        {**p, "model": model, "backend": backend, "out": str(out_dir / "out.gpkg")},
+                        {
+                            **p,
+                            "model": model,
+                            "backend": backend,
+                            "precision": precision,
+                            "out": str(out_dir / "out.gpkg"),
+                        },
                         work,
                         env,
                     )
@@ -713,9 +766,13 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         print_table(
-            size, results, flops, peak, "torch" if "torch" in results else next(iter(results), None)
+            size,
+            results,
+            flops,
+            peaks,
+            "torch" if "torch" in results else next(iter(results), None),
         )
-        ratios = print_ratios(size, results, peak, flops)
+        ratios = print_ratios(size, results, peaks, flops)
         sys.stdout.flush()
         report["sizes"][str(size)] = {"scene": str(scene), "runs": results, "ratios": ratios}
         if args.json:
