@@ -11,4 +11,5 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     # The CPU build; a plain "torch" would pull a multi-GB CUDA build.
     .venv/bin/python -m pip install -q "${GEOUNET_TORCH:-torch==2.13.0}"
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+# Extras: dev (tests, linters) by default; scripts/test.sh adds docs (the MkDocs site).
+.venv/bin/python -m pip install -q -e ".[${GEOUNET_EXTRAS:-dev}]"
