@@ -1,6 +1,6 @@
 """The documentation cannot drift from the code.
 
-- Every tutorial's ``bash`` blocks run, in order, as one script, from a copy of the repository's
+- Every tutorial's (and Getting started's) ``bash`` blocks run, in order, as one script, from a copy of the repository's
   layout (``examples/`` and the sample data at ``../shared/data``), with the page's own speed-ups
   applied. A page steers its test with HTML comments (invisible on the site):
 
@@ -32,7 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SHARED = ROOT.parent / "shared" / "data"
-TUTORIALS = sorted((DOCS / "tutorials").glob("*.md"))
+TUTORIALS = [DOCS / "getting-started.md", *sorted((DOCS / "tutorials").glob("*.md"))]
 
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```",
