@@ -99,7 +99,9 @@ def speed(
         )
 
 
-def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, Any]:
+def agreement(
+    model: str | None, data: Path, *, int8: Path | None, bf16: bool = False
+) -> dict[str, Any]:
     """Agreement with PyTorch float32 and held-out F1 per backend (see the module docstring)."""
     import rasterio
     from buildings import held_out, labels_for
@@ -112,8 +114,10 @@ def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, 
         "torch fp32": (path, PredictConfig(device="cpu", precision="fp32", backend="torch")),
         "onnxruntime": (path, PredictConfig(device="cpu", precision="fp32", backend="onnxruntime")),
     }
+    if bf16:  # what --precision auto runs on a CPU with native bf16 (AVX512-BF16, AMX)
+        runs["torch bf16"] = (path, PredictConfig(device="cpu", precision="bf16", backend="torch"))
     if int8 is not None:
-        runs["int8"] = (str(int8), PredictConfig(device="cpu"))
+        runs["int8"] = (str(int8), PredictConfig(device="cpu", precision="fp32"))
     _, images = held_out(data)
     masks: dict[str, dict[str, np.ndarray]] = {k: {} for k in runs}
     sums: dict[str, dict[str, int]] = {k: {} for k in runs}
@@ -175,11 +179,23 @@ def agreement(model: str | None, data: Path, *, int8: Path | None) -> dict[str, 
 
 
 def quantize(
-    model: str | None, data: Path, out: Path, *, windows: int = 2, size: int = 256
+    model: str | None,
+    data: Path,
+    out: Path,
+    *,
+    windows: int = 2,
+    size: int = 256,
+    reduce_range: bool = False,
+    calibration: str = "minmax",
 ) -> Path:
     """Write an int8 copy of the backend graph (QDQ, per-channel weights), calibrated on windows of
     the model's training images (the held-out ones excluded), with geounet's metadata so that
-    ``Predictor(out)`` runs it (every output channel kept, as the backend graph)."""
+    ``Predictor(out)`` runs it (every output channel kept, as the backend graph).
+
+    ``reduce_range`` quantizes weights to 7 bits: onnxruntime's U8S8 kernels on AVX2 (and AVX-512
+    without VNNI) multiply with VPMADDUBSW, whose 16-bit pair sums saturate with full-range
+    weights; its documentation advises 7-bit weights there. ``calibration``: ``minmax`` or
+    ``percentile`` (99.999th percentile of each activation's magnitude)."""
     import json
 
     import onnx
@@ -188,6 +204,7 @@ def quantize(
     from buildings import held_out
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
@@ -232,8 +249,12 @@ def quantize(
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile
+            if calibration == "percentile"
+            else CalibrationMethod.MinMax,
         )
         print(
             f"quantized on {len(samples)} windows of {len(train)} training images in {time.perf_counter() - t0:.0f} s",
@@ -274,13 +295,30 @@ def main() -> None:
         metavar="OUT",
         help="write an int8 graph calibrated on training windows to OUT first (then scored, or timed)",
     )
+    ap.add_argument(
+        "--bf16", action="store_true", help="also score PyTorch under bf16 autocast (agreement)"
+    )
+    ap.add_argument(
+        "--reduce-range",
+        action="store_true",
+        help="with --quantize: 7-bit weights (no VPMADDUBSW saturation on AVX2 CPUs)",
+    )
+    ap.add_argument(
+        "--calibration", choices=("minmax", "percentile"), default="minmax", help="with --quantize"
+    )
     args = ap.parse_args()
     if args.quantize:
-        args.int8 = quantize(args.model, args.data, args.quantize)
+        args.int8 = quantize(
+            args.model,
+            args.data,
+            args.quantize,
+            reduce_range=args.reduce_range,
+            calibration=args.calibration,
+        )
     if args.speed:
         speed(args.model, tile=args.tile, repeats=args.repeats, tiles=args.tiles, int8=args.int8)
     else:
-        agreement(args.model, args.data, int8=args.int8)
+        agreement(args.model, args.data, int8=args.int8, bf16=args.bf16)
 
 
 if __name__ == "__main__":
