@@ -63,7 +63,7 @@ class AssetKeys(_KeysType):
         return keys
 
 
-@click.command()
+@click.command(short_help="Segment many scenes or a STAC catalog; resumable.")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option(
     "-o",
@@ -71,7 +71,8 @@ class AssetKeys(_KeysType):
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     metavar="DIR",
-    help="Output folder (created if missing): NAME.<format> per scene and manifest.jsonl.",
+    help="Output folder, created if missing: NAME.<format> per scene (and NAME.mask.tif, "
+    "NAME.probabilities.tif) and manifest.jsonl, the record of every scene.",
 )
 @model_opt
 @click.option(
@@ -81,29 +82,38 @@ class AssetKeys(_KeysType):
     type=click.Choice(FORMATS),
     default="gpkg",
     show_default=True,
-    help="Vector format of the polygons.",
+    help="Vector format of each scene's polygons.",
 )
-@click.option("--probabilities", is_flag=True, help="Also write NAME.probabilities.tif per scene.")
-@click.option("--mask", is_flag=True, help="Also write NAME.mask.tif (class mask) per scene.")
+@click.option(
+    "--probabilities",
+    is_flag=True,
+    help="Also write each scene's class probabilities to NAME.probabilities.tif (a COG).",
+)
+@click.option(
+    "--mask", is_flag=True, help="Also write each scene's class mask to NAME.mask.tif (a COG)."
+)
 @click.option(
     "-w",
     "--workers",
     type=click.IntRange(min=0),
     default=0,
     metavar="N",
-    help="Local worker processes (Dask) [default: one scene after another in this process].",
+    help="Run N local Dask worker processes, each loading the model once [default: 0, one scene "
+    "after another in this process]. Needs pip install 'geounet[dask]'.",
 )
 @click.option(
     "--scheduler",
     metavar="ADDRESS",
-    help="Run on a Dask cluster: scheduler address (tcp://host:8786) or scheduler file. Workers need the model, inputs and --out-dir at the same paths.",
+    help="Run on an existing Dask cluster: its scheduler address (tcp://host:8786) or scheduler "
+    "file. Workers must see the model, the inputs and DIR at the same paths.",
 )
 @tile_size_opt
 @overlap_opt
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    help="Tiles per forward pass [default: 4 CPU, 16 CUDA].",
+    help="Tiles per forward pass [default: 1 on the CPU, the fastest there; on CUDA, as many "
+    "as fit in about 60 % of the free GPU memory].",
 )
 @device_opt
 @backend_opt
@@ -113,35 +123,49 @@ class AssetKeys(_KeysType):
     type=click.Choice(["auto", "off"]),
     default="auto",
     show_default=True,
-    help="auto: resample windows to the model's pixel size when a scene's differs by more than 1.5x.",
+    help="auto: when a scene's ground pixel size differs from the model's by more than 1.5x, "
+    "resample its tiles to the model's pixel size and the predictions back; outputs stay on the "
+    "scene's grid. off: feed the scenes' pixels as they are.",
 )
 @split_opt
 @seeds_opt
 @regularize_opt
 @threshold_opt
 @prob_dtype_opt
-@click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
+@click.option(
+    "--bands",
+    type=BandList(),
+    help="1-based scene bands to feed the model, in the model's band order, e.g. 3,2,1 for BGR "
+    "files [default: found by colour interpretation for an RGB model, else file order; alpha "
+    "left out].",
+)
 @min_area_opt
 @simplify_opt
 @click.option(
-    "--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: each scene's CRS]."
+    "--to-crs",
+    help="Reproject every vector output to this CRS, e.g. EPSG:4326 [default: each scene's "
+    "CRS]. Rasters stay on each scene's grid.",
 )
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Replace files with output names already in a DIR that has no manifest.jsonl (outputs of earlier batch runs are always replaced when redone).",
+    help="Replace files that already have an output's name in a DIR without manifest.jsonl. "
+    "Outputs of earlier batch runs are replaced when redone, with or without it.",
 )
 @click.option(
     "--asset",
     type=AssetKeys(),
     metavar="KEY[,KEY...]",
-    help="STAC inputs: the asset to segment in each item, or several in order of preference (visual,image,B04) [default: a GeoTIFF asset that is no label, thumbnail, overview or metadata, with the model's band count if listed, visual before data; a lone asset as it is].",
+    help="STAC inputs: the asset key to segment in each item, or several in order of preference "
+    "(visual,image,B04) [default: a GeoTIFF asset that is not a label, thumbnail, overview or "
+    "metadata, with the model's band count where listed, visual before data].",
 )
 @click.option(
     "--stac-out",
     type=click.Path(file_okay=False, path_type=Path),
     metavar="DIR",
-    help="Also write a static STAC catalog of the results into DIR (DIR/catalog.json, one item per scene).",
+    help="Also write a static STAC 1.1 catalog of the results into DIR (DIR/catalog.json, one "
+    "item per scene and the model's item); DIR must be a folder of its own.",
 )
 @click.pass_context
 def batch(
@@ -174,11 +198,16 @@ def batch(
     asset: tuple[str, ...] | None,
     stac_out: Path | None,
 ) -> None:
-    """Segment many scenes into one folder; re-run the same command to resume.
+    """\b
+        geounet batch 'archive/**/*.tif' -o out/ -m buildings --mask
+        geounet batch @scenes.txt -o out/ --workers 4
+        geounet batch stac/catalog.json -o out/ --asset visual --stac-out out/stac
 
-    INPUTS are GeoTIFF paths, globs ('archive/**/*.tif', quoted), @FILE (a text file with one
+    Segment many scenes into one folder; run the same command again to resume.
+
+    INPUTS are GeoTIFF paths, globs (`'archive/**/*.tif'`, quoted), @FILE (a text file with one
     path or URL per line, relative to the file), URLs that GDAL reads window by window
-    (https://, s3://, /vsicurl/...) and STAC JSON files or http(s) URLs (*.json: a catalog or
+    (https://, s3://, /vsicurl/...) and STAC JSON files or http(s) URLs (`*.json`: a catalog or
     collection, walked recursively, an item collection or an item, such as `rio stac` writes;
     one scene per item, the asset chosen by --asset). Each scene gives DIR/NAME.<format> (and NAME.mask.tif,
     NAME.probabilities.tif), NAME being its file name without suffix (a STAC item's id), plus a
@@ -186,11 +215,8 @@ def batch(
     done with the same input, model and options are skipped; a scene that fails (or a STAC item
     without the asset) is recorded there, the others go on, and the exit status is 1.
 
-    \b
-    geounet batch 'archive/**/*.tif' -o out/ -m buildings.safetensors --mask
-    geounet batch @scenes.txt -o out/ -m buildings.safetensors --workers 4
-    geounet batch stac/catalog.json -o out/ -m buildings --asset visual,image --stac-out out/stac
-    geounet batch @scenes.txt -o /shared/out -m /shared/m.safetensors --scheduler tcp://head:8786
+    Docs: docs/tutorials/stac-dask.md and docs/reference/cli.md (build the site from the source
+    tree with mkdocs serve).
     """
     from geounet.archive.batch import run_batch
     from geounet.errors import Terminated

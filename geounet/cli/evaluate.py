@@ -14,28 +14,44 @@ if TYPE_CHECKING:
     from geounet.prediction.config import Backend, Device
 
 
-@click.command()
+@click.command(short_help="Score a model or a prediction against labels.")
 @click.argument("scene", type=str)
 @click.option(
-    "--labels", required=True, type=click.Path(path_type=Path), help="Vector labels (any CRS)."
+    "--labels",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Reference labels: a vector file GDAL reads, in any CRS (polygons, lines, points).",
 )
 @click.option(
-    "-m", "--model", "model_path", help="Model file or bundled model name to run over SCENE."
+    "-m",
+    "--model",
+    "model_path",
+    help="Model to run over SCENE and score: a bundled name, a .safetensors or an .onnx file. "
+    "Give this or --prediction.",
 )
 @click.option(
     "--prediction",
     type=click.Path(path_type=Path),
-    help="Existing prediction: mask GeoTIFF or vector file.",
+    help="Score an existing prediction instead of running a model: a class mask GeoTIFF or a "
+    "vector file from geounet predict.",
 )
-@click.option("--class-field", help="Attribute holding each label's class.")
-@click.option("--classes", help="Comma-separated class names, in the model's order.")
+@click.option(
+    "--class-field",
+    help="Attribute that holds each label's class [default: every label is the one foreground "
+    "class].",
+)
+@click.option(
+    "--classes",
+    help="Comma-separated class names in the model's order, when the labels name them "
+    "differently or hold more.",
+)
 @click.option(
     "--line-width",
     "line_width_m",
     type=float,
     default=4.0,
     show_default=True,
-    help="Buffer label lines to this width (metres).",
+    help="Label lines are buffered to this full width in metres to score pixels.",
 )
 @click.option(
     "--point-radius",
@@ -43,23 +59,33 @@ if TYPE_CHECKING:
     type=float,
     default=2.0,
     show_default=True,
-    help="Buffer label points (metres).",
+    help="Label points are buffered to discs of this radius in metres.",
 )
 @click.option(
     "--iou-threshold",
     type=click.FloatRange(0, 1, min_open=True),
     default=0.5,
     show_default=True,
-    help="Object match IoU.",
+    help="IoU at or above which a predicted polygon matches a label polygon (one to one) for "
+    "object precision, recall and F1.",
 )
 @click.option(
     "--line-buffer",
     "line_buffer_m",
     type=click.FloatRange(min=0, min_open=True),
-    help="Line classes: completeness/correctness/quality of centerlines within this many metres [default: half the model's line width].",
+    help="Line classes: a centerline within this many metres of a label line counts for "
+    "completeness, correctness and quality [default: half the model's line width].",
 )
-@click.option("--tile-size", type=click.IntRange(min=1), help="Tile size when running a model.")
-@click.option("--overlap", type=click.IntRange(min=0), help="Overlap when running a model.")
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=1),
+    help="Tile size in pixels when running a model, as in predict [default: the model's].",
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    help="Tile overlap in pixels when running a model, as in predict [default: the model's].",
+)
 @device_opt
 @backend_opt
 @tta_opt
@@ -67,7 +93,7 @@ if TYPE_CHECKING:
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the report as JSON.",
+    help="Also write the report to this JSON file (pixel, object and line keys per class).",
 )
 @click.pass_context
 def evaluate(
@@ -89,10 +115,16 @@ def evaluate(
     tta: bool,
     json_path: Path | None,
 ) -> None:
-    """Pixel and object metrics of a model (or a prediction) against vector labels.
+    """\b
+        geounet evaluate scene.tif --labels houses.gpkg -m buildings
+        geounet evaluate scene.tif --labels houses.gpkg --prediction found.gpkg
 
-    \b
-    geounet evaluate scene.tif --labels buildings.gpkg -m buildings.safetensors --json report.json
+    Score a model run over SCENE, or an existing prediction, against labels: pixel IoU, F1,
+    precision and recall per class, object F1 (matches at IoU >= 0.5) for polygon classes, and
+    completeness, correctness and quality for line classes.
+
+    Docs: docs/tutorials/fine-tune.md, docs/model-card.md and docs/reference/cli.md (build the
+    site from the source tree with mkdocs serve).
     """
     from geounet.geodata.raster import AtomicOutputs
     from geounet.labels.spec import LabelSpec

@@ -117,16 +117,31 @@ class GeounetGroup(click.Group):
 
 @click.group(cls=GeounetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="geounet")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or log output.")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More log output on stderr: -v for information, -vv for debugging.",
+)
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bars and no log output; errors still show."
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the full traceback of an error instead of its one-line message.",
+)
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
-    """Segment large geospatial rasters with a U-Net.
+    """\b
+        geounet predict scene.tif -o buildings.gpkg
 
-    \b
-    geounet predict scene.tif -o buildings.gpkg --model buildings.safetensors
-    geounet model create -o m.safetensors --bands 3 --classes 1 --width 16
+    Segment large geospatial rasters with a U-Net: find buildings with the bundled model, train
+    your own from labels, score, export and run whole archives. COMMAND --help lists each
+    command's options.
+
+    Docs: docs/index.md, docs/getting-started.md and docs/reference/cli.md (build the site from
+    the source tree with mkdocs serve).
     """
     level = logging.ERROR if quiet else max(logging.DEBUG, logging.WARNING - 10 * verbose)
     logging.basicConfig(

@@ -10,12 +10,21 @@ import click
 from geounet.cli.options import overwrite_opt
 
 
-@click.group()
+@click.group(short_help="List, inspect, create and export models.")
 def model() -> None:
-    """Create and inspect model files."""
+    """\b
+        geounet model list
+        geounet model info buildings
+
+    List the bundled models, print a model's contract, create an untrained model, or export one
+    to ONNX for QGIS (Deepness) and onnxruntime.
+
+    Docs: docs/concepts/model-contract.md, docs/tutorials/qgis-deepness.md and
+    docs/reference/cli.md (build the site from the source tree with mkdocs serve).
+    """
 
 
-@model.command()
+@model.command(short_help="Write an untrained, seeded model file.")
 @click.option(
     "-o",
     "--output",
@@ -24,44 +33,49 @@ def model() -> None:
     required=True,
     help="Model file to write (.safetensors).",
 )
-@click.option("--bands", type=click.IntRange(min=1), required=True, help="Input bands.")
+@click.option("--bands", type=click.IntRange(min=1), required=True, help="Number of input bands.")
 @click.option(
     "--classes",
     default="1",
     show_default=True,
-    help="1 (binary), a count, or comma-separated names (background first when several).",
+    help="1 for a binary model (one foreground class), a class count, or comma-separated class "
+    "names (background first when there are several).",
 )
 @click.option(
     "--width",
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="Channels of the first U-Net level.",
+    help="Channels of the U-Net's first level; each level down doubles them.",
 )
 @click.option(
     "--depth",
     type=click.IntRange(min=1, max=8),
     default=4,
     show_default=True,
-    help="Down/up steps.",
+    help="Down and up steps of the U-Net; tile sizes must be multiples of 2**depth.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Weight-initialization seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial weights.")
 @click.option(
     "--dtype",
     default="uint8",
     show_default=True,
     type=click.Choice(["uint8", "uint16", "int16", "float32"]),
-    help="Pixel type the model expects.",
+    help="Pixel type the model expects of its scenes (part of its contract).",
 )
 @click.option(
     "--tile-size",
     type=click.IntRange(min=16),
     default=512,
     show_default=True,
-    help="Default tile size.",
+    help="The model's tile size in pixels, predict's default (a multiple of 2**depth).",
 )
 @click.option(
-    "--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Default overlap."
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="The model's tile overlap in pixels, predict's default.",
 )
 @overwrite_opt
 def create(
@@ -76,10 +90,14 @@ def create(
     overlap: int,
     overwrite: bool,
 ) -> None:
-    """Write an untrained, seeded model (for tests, benchmarks and fine-tuning).
+    """\b
+        geounet model create -o m.safetensors --bands 3 --classes 1 --width 16
 
-    \b
-    geounet model create -o m.safetensors --bands 3 --classes 1 --width 16 --depth 4 --seed 0
+    Write an untrained model with seeded weights and a contract (bands, dtype, classes, tile
+    size), for tests, benchmarks or as a starting point.
+
+    Docs: docs/concepts/model-contract.md and docs/reference/cli.md (build the site from the
+    source tree with mkdocs serve).
     """
     from geounet.geodata.raster import AtomicOutputs
     from geounet.geodata.tiling import check_tile_size
@@ -109,10 +127,18 @@ def create(
     click.echo(str(out))
 
 
-@model.command("list")
+@model.command("list", short_help="List the bundled models and their held-out figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def list_(as_json: bool) -> None:
-    """List the models bundled with geounet (use them with -m NAME)."""
+    """\b
+        geounet model list
+
+    List the models bundled with geounet, with their bands, pixel size, size and held-out
+    figures; use one with -m NAME.
+
+    Docs: docs/model-card.md and docs/reference/cli.md (build the site from the source tree with
+    mkdocs serve).
+    """
     from geounet.network.checkpoint import DEFAULT_MODEL, bundled_models, read_meta
 
     rows = []
@@ -150,7 +176,7 @@ def list_(as_json: bool) -> None:
                 )
 
 
-@model.command()
+@model.command(short_help="Export a model to ONNX for QGIS Deepness and onnxruntime.")
 @click.argument("path", metavar="MODEL")
 @click.option(
     "-o",
@@ -161,23 +187,31 @@ def list_(as_json: bool) -> None:
     help="ONNX file to write (.onnx).",
 )
 @click.option(
-    "--opset", type=click.IntRange(13, 20), default=17, show_default=True, help="ONNX opset."
+    "--opset",
+    type=click.IntRange(13, 20),
+    default=17,
+    show_default=True,
+    help="ONNX opset; lower it only for an older runtime that needs it.",
 )
 @click.option(
     "--fixed-size",
     type=click.IntRange(min=16),
-    help="The input's height and width in pixels (batch stays dynamic) [default: the model's tile size].",
+    help="Fix the input's height and width to this many pixels, a multiple of 2**depth; the "
+    "batch stays dynamic [default: the model's tile size].",
 )
 @click.option(
     "--dynamic-size",
     is_flag=True,
-    help="Leave the input's height and width symbolic (any multiple of 2**depth, for onnxruntime); QGIS Deepness cannot load such a file.",
+    help="Leave the input's height and width symbolic (any multiple of 2**depth), for "
+    "onnxruntime users; QGIS Deepness cannot load such a file.",
 )
 @click.option(
     "--stretch-from",
     "stretch_from",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="For a model that stretches each scene: fold this scene's own percentile stretch into Deepness' standardization [default: the model's typical stretch].",
+    help="For a model that stretches each scene by its percentiles: fold this scene's stretch "
+    "into the file's standardization, so that Deepness feeds the network what geounet would on "
+    "it [default: the model's typical training stretch].",
 )
 @overwrite_opt
 def export(
@@ -189,15 +223,18 @@ def export(
     stretch_from: Path | None,
     overwrite: bool,
 ) -> None:
-    """Export a model (a file or a bundled name) to ONNX, for QGIS (Deepness) and onnxruntime.
+    """\b
+        geounet model export buildings -o buildings.onnx
+
+    Export a model (a file or a bundled name) to ONNX, for QGIS (Deepness) and onnxruntime.
 
     The file carries Deepness' metadata (Segmentor, class names, resolution, tile size and
     overlap, threshold, standardization) and geounet's whole contract, so
     `geounet predict -m OUT.onnx` runs it too. Its input is fixed to the model's tile size, as
     Deepness needs. Needs `pip install 'geounet[onnx]'`.
 
-    \b
-    geounet model export buildings -o buildings.onnx
+    Docs: docs/tutorials/qgis-deepness.md, docs/concepts/model-contract.md and
+    docs/reference/cli.md (build the site from the source tree with mkdocs serve).
     """
     from geounet.network.export import export_onnx
 
@@ -215,22 +252,28 @@ def export(
     click.echo(str(written))
 
 
-@model.command()
+@model.command(short_help="Print a model's input contract and provenance.")
 @click.argument("path", metavar="MODEL")
-@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole contract as JSON.")
 @click.option(
     "--stac",
     "stac_out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the model as a STAC Item (MLM extension) to this JSON file, and print its path.",
+    help="Instead, write the model as a STAC Item (MLM extension) to this JSON file and print "
+    "its path.",
 )
 @overwrite_opt
 def info(path: str, as_json: bool, stac_out: Path | None, overwrite: bool) -> None:
-    """Print a model's input contract and provenance (a file or a bundled model's name).
+    """\b
+        geounet model info buildings
+        geounet model info m.onnx --json
 
-    \b
-    geounet model info buildings
-    geounet model info buildings --stac buildings.json
+    Print a model's input contract and provenance: bands, dtype, normalization, classes, tile
+    size, pixel size, polygon defaults and how it was trained. MODEL is a bundled name, a
+    .safetensors or an .onnx file.
+
+    Docs: docs/concepts/model-contract.md and docs/reference/cli.md (build the site from the
+    source tree with mkdocs serve).
     """
     from geounet.geodata.normalize import describe
     from geounet.network.checkpoint import is_onnx, read_meta, resolve_model

@@ -7,22 +7,26 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+overwrite_opt = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace outputs that already exist; without it, an existing output is an error.",
+)
 device_opt = click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
     show_default=True,
-    help="Where the model runs (auto: CUDA when present).",
+    help="Where the network runs; auto uses CUDA when PyTorch sees a GPU, else the CPU.",
 )
 backend_opt = click.option(
     "--backend",
     type=click.Choice(["auto", "torch", "onnxruntime"]),
     default="auto",
     show_default=True,
-    help="What runs the network: PyTorch, or onnxruntime (the model exported once and cached in "
-    "~/.cache/geounet or $GEOUNET_CACHE); auto: onnxruntime on the CPU in float32 when installed, "
-    "PyTorch otherwise.",
+    help="What runs the network. auto: onnxruntime on the CPU in float32 when geounet[onnx] is "
+    "installed (the model is exported once and cached in $GEOUNET_CACHE or ~/.cache/geounet), "
+    "PyTorch otherwise (CUDA, bf16, --compile). Name one to force it, e.g. to compare speed.",
 )
 
 
@@ -30,8 +34,8 @@ split_opt = click.option(
     "--split-touching",
     "split_m",
     type=click.FloatRange(min=0),
-    help="Split polygons where parts meet through a neck narrower than this many metres "
-    "(touching buildings); 0 = off [default: the model's].",
+    help="Split a polygon where its parts meet through a neck narrower than this many metres "
+    "(two roofs that touch); 0 turns it off [default: the model's, see geounet model info].",
 )
 
 seeds_opt = click.option(
@@ -39,16 +43,17 @@ seeds_opt = click.option(
     "split_seeds",
     type=click.FloatRange(min=0, max=1),
     metavar="P",
-    help="Cut touching objects apart along the probability valleys between cores at or above "
-    "probability P (a seeded watershed; binary models; a model with a core channel grows objects "
-    "from its predicted cores, P being the core probability); 0 = off [default: the model's].",
+    help="Binary models: part touching objects in the mask, growing them from cores at or above "
+    "probability P (the predicted core channel when the model has one, else the foreground "
+    "probability, cut along its valleys). Raise P to cut less; 0 turns it off "
+    "[default: the model's, see geounet model info].",
 )
 
 tta_opt = click.option(
     "--tta",
     is_flag=True,
-    help="Test-time augmentation: average the logits over the 8 rotations and mirrors of each "
-    "tile (8x the network time).",
+    help="Test-time augmentation: average each tile's logits over its 8 rotations and mirrors. "
+    "About 8x the network's time for a small gain; off by default.",
 )
 
 
@@ -57,47 +62,60 @@ model_opt = click.option(
     "--model",
     "model_path",
     metavar="MODEL",
-    help="Model file (.safetensors) or bundled model name [default: the bundled 'buildings' model].",
+    help="A bundled model's name (geounet model list), a .safetensors model file or an exported "
+    ".onnx file [default: the bundled 'buildings' model].",
 )
 
 
 # Options that predict and batch share, word for word.
 tile_size_opt = click.option(
-    "--tile-size", type=click.IntRange(min=1), help="Tile size in pixels [default: the model's]."
+    "--tile-size",
+    type=click.IntRange(min=1),
+    help="Tile size in model pixels, a multiple of 2**depth [default: the model's]. Larger tiles "
+    "give the network more context and take more memory.",
 )
 overlap_opt = click.option(
-    "--overlap", type=click.IntRange(min=0), help="Overlap in pixels [default: the model's]."
+    "--overlap",
+    type=click.IntRange(min=0),
+    help="Pixels that neighbouring tiles share; predictions are blended across them so that no "
+    "seams show [default: the model's].",
 )
 regularize_opt = click.option(
     "--regularize/--no-regularize",
     default=None,
-    help="Square building outlines (right angles, small jogs removed) [default: the model's; see geounet model info].",
+    help="Square building outlines: right angles along each building's main direction, small "
+    "jogs removed; round or irregular shapes keep their outline "
+    "[default: the model's, see geounet model info].",
 )
 threshold_opt = click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
     default=0.5,
     show_default=True,
-    help="Foreground probability threshold.",
+    help="Binary models: probability at or above which a pixel is foreground (multi-class "
+    "models take the most probable class). Raise it for fewer, surer objects.",
 )
 prob_dtype_opt = click.option(
     "--prob-dtype",
     type=click.Choice(["float32", "uint8"]),
     default="float32",
     show_default=True,
-    help="Probability GeoTIFF type (uint8: 0..254 scaled, 255 nodata).",
+    help="Type of the probability GeoTIFF: float32 (nodata NaN) or uint8 (0..254 for 0..1, "
+    "nodata 255; a quarter of the size).",
 )
 min_area_opt = click.option(
     "--min-area",
     "min_area_m2",
     type=click.FloatRange(min=0),
-    help="Drop polygons smaller than this many m² [default: the model's; 0 for most].",
+    help="Drop polygons smaller than this many square metres of ground "
+    "[default: the model's, 0 for most; see geounet model info].",
 )
 simplify_opt = click.option(
     "--simplify",
     type=click.FloatRange(min=0),
     default=0.0,
-    help="Simplify polygons, tolerance in pixels.",
+    help="Simplify outlines within this tolerance in pixels (Douglas-Peucker); 0, the "
+    "default, keeps the pixel outline (centerlines are simplified within 1 pixel then).",
 )
 
 

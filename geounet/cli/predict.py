@@ -31,14 +31,15 @@ if TYPE_CHECKING:
     from geounet.prediction.config import Backend, Device, Precision, ProbDtype
 
 
-@click.command()
+@click.command(short_help="Segment one scene: polygons, class mask, probabilities.")
 @click.argument("scene", type=str)
 @click.option(
     "-o",
     "--output",
     "out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Vector output: .geojson, .gpkg, .fgb, .shp or .parquet.",
+    help="Vector file to write; its suffix picks the format: .gpkg, .geojson, .fgb, .shp or "
+    ".parquet. Coordinates are in the scene's CRS unless --to-crs says otherwise.",
 )
 @model_opt
 @tile_size_opt
@@ -46,20 +47,23 @@ if TYPE_CHECKING:
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    help="Tiles per forward pass [default: 1 on CPU, from free memory on CUDA].",
+    help="Tiles per forward pass [default: 1 on the CPU, the fastest there; on CUDA, as many "
+    "as fit in about 60 % of the free GPU memory].",
 )
 @click.option(
     "--compile",
     "compile_",
     is_flag=True,
-    help="torch.compile the network (faster on long GPU runs).",
+    help="Compile the network with torch.compile first (runs on PyTorch): a start-up cost "
+    "that pays off on long GPU runs.",
 )
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16"]),
     default="auto",
     show_default=True,
-    help="The network's arithmetic: bf16 autocast or float32 (auto: bf16 on CUDA and on CPUs with native bf16, float32 elsewhere).",
+    help="The network's arithmetic: fp32, or bf16 autocast. auto uses bf16 on CUDA and on CPUs "
+    "with native bf16 (AVX512-BF16, AMX), float32 on other CPUs, which would emulate bf16 slowly.",
 )
 @device_opt
 @backend_opt
@@ -69,7 +73,9 @@ if TYPE_CHECKING:
     type=click.Choice(["auto", "off"]),
     default="auto",
     show_default=True,
-    help="auto: resample windows to the model's pixel size when the scene's differs by more than 1.5x (outputs stay on the scene's grid).",
+    help="auto: when the scene's ground pixel size differs from the model's by more than 1.5x, "
+    "resample each tile to the model's pixel size and its prediction back; outputs stay on the "
+    "scene's grid. off: feed the scene's pixels as they are.",
 )
 @split_opt
 @seeds_opt
@@ -78,19 +84,29 @@ if TYPE_CHECKING:
 @click.option(
     "--probabilities",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write class probabilities (GeoTIFF).",
+    help="Also write the class probabilities to this Cloud-Optimized GeoTIFF, on the scene's "
+    "grid (type: --prob-dtype).",
 )
 @prob_dtype_opt
 @click.option(
     "--mask",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the class mask (uint8 GeoTIFF).",
+    help="Also write the class mask to this Cloud-Optimized GeoTIFF, on the scene's grid: uint8, "
+    "0 background, 1.. the classes, 255 nodata, with a colour table.",
 )
-@click.option("--bands", type=BandList(), help="1-based bands to use, in model order (e.g. 3,2,1).")
+@click.option(
+    "--bands",
+    type=BandList(),
+    help="1-based scene bands to feed the model, in the model's band order, e.g. 3,2,1 for a BGR "
+    "file [default: found by colour interpretation for an RGB model, else file order; alpha "
+    "left out].",
+)
 @min_area_opt
 @simplify_opt
 @click.option(
-    "--to-crs", help="Reproject the vector output, e.g. EPSG:4326 [default: the scene's CRS]."
+    "--to-crs",
+    help="Reproject the vector output to this CRS, e.g. EPSG:4326 [default: the scene's CRS]. "
+    "Rasters stay on the scene's grid.",
 )
 @overwrite_opt
 @click.pass_context
@@ -121,11 +137,16 @@ def predict(
     to_crs: str | None,
     overwrite: bool,
 ) -> None:
-    """Segment SCENE and write polygons in its CRS.
+    """\b
+        geounet predict scene.tif -o buildings.gpkg
+        geounet predict scene.tif -o roads.gpkg -m roads.safetensors --mask m.tif
 
-    \b
-    geounet predict scene.tif -o buildings.gpkg              # the bundled building model
-    geounet predict scene.tif -o roads.gpkg -m roads.safetensors --mask mask.tif
+    Segment SCENE (a GeoTIFF path or URL) and write polygons, or centerlines for line classes, in
+    its CRS. Without -m the bundled building model runs; -o, --mask and --probabilities choose the
+    outputs (at least one).
+
+    Docs: docs/tutorials/own-imagery.md, docs/concepts/outputs.md and docs/reference/cli.md
+    (build the site from the source tree with mkdocs serve).
     """
     from geounet.prediction.config import PredictConfig
     from geounet.prediction.predictor import predict_raster
