@@ -145,9 +145,20 @@ def panel(ax: Any, image: np.ndarray, extent: Any, title: str) -> None:
 
 
 def save(fig: Any, name: str) -> None:
+    """Write the figure as a 256-colour PNG (imagery compresses poorly as true colour)."""
+    import io
+
+    from PIL import Image
+
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / name
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.05)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.05)
+    buf.seek(0)
+    image = Image.open(buf).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        path, optimize=True
+    )
     print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1024:.0f} KB")
 
 
@@ -170,8 +181,8 @@ def own_imagery(checkout: Path) -> None:
 
     # The Chicago crop read four ways; each file shown as a viewer shows bands 1, 2, 3.
     variants = [
-        ("chicago1_4.tif (8-bit RGB)", data / "inria" / "chicago1_4.tif", out / "chicago.gpkg"),
-        ("16-bit copy", out / "chicago_16bit.tif", out / "chicago_16bit.gpkg"),
+        ("chicago1_4.tif (8-bit RGB)", data / "inria" / "chicago1_4.tif", out / "chicago.geojson"),
+        ("16-bit copy (values 0-2040)", out / "chicago_16bit.tif", out / "chicago_16bit.gpkg"),
         ("B, G, R, NIR (tagged)", out / "chicago_bgrn.tif", out / "chicago_bgrn.gpkg"),
         ("B, G, R untagged, --bands 3,2,1", out / "chicago_bgr.tif", out / "chicago_bgr.gpkg"),
     ]
@@ -180,7 +191,7 @@ def own_imagery(checkout: Path) -> None:
         rgb, extent, crs = read_rgb(scene)
         panel(ax, rgb, extent, "")
         n = outlines(ax, polygons, crs, PRED_COLOUR, linewidth=1.1)
-        ax.set_title(f"{title}\n{n} polygons", fontsize=9)
+        ax.set_title(f"{title}\n{n} polygons", fontsize=9, linespacing=1.3)
     save(fig, "own-imagery-variants.png")
     plt.close(fig)
 
@@ -191,16 +202,16 @@ def own_imagery(checkout: Path) -> None:
     with rasterio.open(out / "chicago_mask.tif") as src:
         mask = src.read(1)
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
-    panel(axes[0], prob, extent, "--probabilities (0 to 1)")
+    panel(axes[0], prob, extent, "--probabilities\n0 (dark) to 1 (bright)")
     axes[0].images[0].set_cmap("magma")
     axes[0].images[0].set_clim(0, 1)
-    panel(axes[1], np.where(mask == 1, 1.0, 0.0), extent, "--mask (building = 1)")
+    panel(axes[1], np.where(mask == 1, 1.0, 0.0), extent, "--mask\nbuilding (white), background")
     axes[1].images[0].set_cmap("gray")
     panel(axes[2], rgb, extent, "")
-    n = outlines(axes[2], out / "chicago.gpkg", crs, PRED_COLOUR, linewidth=1.1)
+    n = outlines(axes[2], out / "chicago.geojson", crs, PRED_COLOUR, linewidth=1.1)
     axes[2].set_title(f"polygons, defaults\n{n} polygons", fontsize=9)
     panel(axes[3], rgb, extent, "")
-    n = outlines(axes[3], out / "chicago.fgb", crs, PRED_COLOUR, linewidth=1.1)
+    n = outlines(axes[3], out / "chicago_squared.fgb", crs, PRED_COLOUR, linewidth=1.1)
     axes[3].set_title(f"--min-area 20 --regularize\n{n} polygons", fontsize=9)
     save(fig, "own-imagery-outputs.png")
     plt.close(fig)
