@@ -71,8 +71,8 @@ class AssetKeys(_KeysType):
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     metavar="DIR",
-    help="Output folder, created if missing: NAME.<format> per scene (and NAME.mask.tif, "
-    "NAME.probabilities.tif) and manifest.jsonl, the record of every scene.",
+    help="Output folder, created if missing: NAME.gpkg (the suffix of --format), NAME.mask.tif "
+    "and NAME.probabilities.tif per scene, and manifest.jsonl, the record of every scene.",
 )
 @model_opt
 @click.option(
@@ -209,9 +209,9 @@ def batch(
     path or URL per line, relative to the file), URLs that GDAL reads window by window
     (https://, s3://, /vsicurl/...) and STAC JSON files or http(s) URLs (`*.json`: a catalog or
     collection, walked recursively, an item collection or an item, such as `rio stac` writes;
-    one scene per item, the asset chosen by --asset). Each scene gives DIR/NAME.<format> (and NAME.mask.tif,
-    NAME.probabilities.tif), NAME being its file name without suffix (a STAC item's id), plus a
-    short hash when two inputs share one. DIR/manifest.jsonl records every scene. Scenes already
+    one scene per item, the asset chosen by --asset). Each scene gives DIR/NAME.gpkg (the suffix
+    of --format), and NAME.mask.tif and NAME.probabilities.tif when asked, NAME being its file
+    name without suffix (a STAC item's id), plus a short hash when two inputs share one. DIR/manifest.jsonl records every scene. Scenes already
     done with the same input, model and options are skipped; a scene that fails (or a STAC item
     without the asset) is recorded there, the others go on, and the exit status is 1.
 
