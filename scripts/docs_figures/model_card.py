@@ -12,15 +12,20 @@ does:
 - pixel IoU/F1 of the class mask (the figures ``geounet model info buildings`` records; squared
   outlines do not change the mask) and of the polygons themselves (rasterized);
 - object F1 of the polygons: IoU >= 0.5, one to one (SpaceNet's rule), tp/fp/fn summed per source;
-- the error of each figure: the range of the per-image figures, and a 95 % interval from a
-  bootstrap over images (each source's 4 images drawn with replacement, 2,000 times; "all"
-  draws 4 of each source).
+- the error of each figure: the range of the per-image figures, and 95 % intervals from two
+  bootstraps (2,000 draws, seed 0): over images (each source's 4 images drawn with
+  replacement; "all" draws 4 of each source) and, for object F1, over objects (each source's
+  matches, false polygons and missed buildings drawn with replacement).
 
-Then it renders the page's pictures (image crop, predicted outlines solid, label outlines dashed)
-at the crops listed in ``PICTURES`` and prints every figure (``--json`` writes them too).
-``--candidates`` also lists, per image, the error cases the failure-mode pictures were chosen
-from: merged neighbours, false polygons on no building, missed small buildings, and missed or
-partly found buildings under vegetation. About a minute on 2 CPU cores.
+It sorts every labelled building as ``benchmarks/errors.py`` does (matched, merged with a
+neighbour, partly found, missed) and counts the failure modes of the page: merged neighbours,
+false polygons that overlap no building, small buildings (5-20 m²) and buildings under green
+vegetation. It predicts copies of one held-out crop (``CONTRACT_IMAGE``) as other files would
+bring it (BGR, a fourth band, 16-bit, finer and coarser pixels). Then it renders the page's
+pictures (image crop, predicted outlines solid, label outlines dashed) at the crops listed in
+``PICTURES`` and prints every figure (``--json`` writes them too). ``--candidates`` also lists
+every error case per image, from which the pictures' crops were chosen. About a minute on 2
+CPU cores.
 """
 
 from __future__ import annotations
