@@ -307,7 +307,7 @@ def make_scene(
     """Write a synthetic aerial-looking GeoTIFF and, optionally, its building footprints.
 
     The raster is tiled (256 x 256 blocks), DEFLATE-compressed and written in strips of
-    :data:`STRIP_ROWS` rows, so memory stays bounded for very large scenes (16384 x 16384 and
+    `STRIP_ROWS` rows, so memory stays bounded for very large scenes (16384 x 16384 and
     more). Buildings are axis-aligned or rotated rectangles and L-shapes, 8 to 40 m across, with
     terracotta, light grey, dark grey or brown roofs and a shadow; they never overlap each other
     or a road.
@@ -341,7 +341,7 @@ def make_scene(
             ``class`` = ``"road"`` (not supported for ``.shp``, which cannot mix geometry types).
 
     Returns:
-        A :class:`SceneInfo` describing the files written, with the building footprints and
+        A `SceneInfo` describing the files written, with the building footprints and
         road centrelines in map coordinates.
 
     Raises:

@@ -705,9 +705,9 @@ def run_batch(
     """Predict every scene of an archive into ``out_dir``, skipping those already done.
 
     Args:
-        inputs: Paths, globs, ``@list`` files and URLs (see :func:`~geounet.geodata.raster.expand_rasters`),
+        inputs: Paths, globs, ``@list`` files and URLs (see `expand_rasters`),
             and STAC JSON files or http(s) URLs (``.json``: an Item, ItemCollection, Catalog or
-            Collection, one scene per item, see :func:`~geounet.archive.stac.read_stac_scenes`).
+            Collection, one scene per item, see `read_stac_scenes`).
         out_dir: Output directory (created if missing). Per scene: ``NAME.<fmt>`` (polygons),
             ``NAME.probabilities.tif`` and ``NAME.mask.tif`` if asked for, where ``NAME`` is the
             scene's file name without suffix (plus ``-<hash of the input>`` when two inputs
@@ -722,14 +722,14 @@ def run_batch(
             process).
         scheduler: Address (``tcp://host:8786``) or scheduler file of a running Dask cluster to
             submit the scenes to.
-        progress: Called with a :class:`BatchProgress` at the start, per tile (single-process
+        progress: Called with a `BatchProgress` at the start, per tile (single-process
             runs) and per finished scene.
         asset: The asset key of STAC items to segment, or several in order of preference
             (each item gives the first it has; an item with none of them is recorded as
-            failed). Default: the asset :func:`~geounet.archive.stac.choose_asset` picks, which prefers
+            failed). Default: the asset `choose_asset` picks, which prefers
             one with as many bands as the model (or as ``config.bands`` needs).
         stac_out: Also write a static STAC catalog of the done scenes into this folder (see
-            :func:`~geounet.archive.stac.write_results_catalog`), after the scenes ran: every scene of
+            `write_results_catalog`), after the scenes ran: every scene of
             this batch whose last ``done`` record (with this model) still has its outputs, also
             one that failed in this run without touching them (a STAC item gone broken).
 

@@ -71,7 +71,7 @@ def read_labels(path: str | os.PathLike[str], spec: LabelSpec | None = None) -> 
         spec: Class field, class names and buffer sizes; default a binary task.
 
     Returns:
-        The labels in their own CRS, ready for :meth:`Labels.for_raster`.
+        The labels in their own CRS, ready for `Labels.for_raster`.
 
     Raises:
         LabelsError: Missing, empty or unreadable file; no features; no CRS; a ``class_field``

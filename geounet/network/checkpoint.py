@@ -59,7 +59,12 @@ DEFAULT_MODEL = "buildings"
 
 
 def bundled_models() -> dict[str, Path]:
-    """Models shipped with geounet, by name (the file name without ``.safetensors``)."""
+    """Models shipped with geounet, by name (the file name without ``.safetensors``).
+
+    Returns:
+        ``{name: path}``, sorted by name; empty when none is installed. ``-m NAME`` and every
+        function that takes a model accept these names.
+    """
     if not BUNDLED_DIR.is_dir():
         return {}
     return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.safetensors"))}
@@ -93,9 +98,17 @@ def is_onnx(path: str | os.PathLike[str]) -> bool:
 
 
 def read_meta(path: str | os.PathLike[str] | None) -> ModelMeta:
-    """Read only the metadata of a model file (or bundled model, see :func:`resolve_model`).
+    """Read only the metadata of a model file (or bundled model), without loading its weights.
 
-    An ``.onnx`` file written by :func:`geounet.network.export.export_onnx` gives the contract it carries.
+    An ``.onnx`` file written by `geounet.network.export.export_onnx` gives the contract it carries.
+
+    Args:
+        path: A model file (``.safetensors`` or ``.onnx``), a bundled model's name, or None for
+            the default bundled model (``buildings``). An existing path wins over a bundled
+            name.
+
+    Returns:
+        The model's contract, validated.
 
     Raises:
         CheckpointError: Missing file, not safetensors (e.g. a pickle), or no geounet metadata.
@@ -139,6 +152,17 @@ def load_model(
 ) -> tuple[UNet, ModelMeta]:
     """Load a model file (or bundled model): metadata, then weights into a freshly built network
     (float32, eval mode; weights stored as float16 are widened).
+
+    Nothing is unpickled: the weights are read from the safetensors file into a network built
+    from the metadata.
+
+    Args:
+        path: A ``.safetensors`` model file, a bundled model's name, or None for the default
+            bundled model (``buildings``). ONNX files are for prediction only (use `Predictor`).
+        device: Where to put the network (``cpu``, ``cuda``, a ``torch.device``).
+
+    Returns:
+        The network and its contract.
 
     Raises:
         CheckpointError: Anything wrong with the file, including weights that do not match the
@@ -201,6 +225,11 @@ def create_model(
         tile_size: Default tile size.
         overlap: Default overlap.
         band_names: Optional names (default ``band1..``).
+
+    Returns:
+        The network (seeded random weights, eval mode) and its contract, which scales raw
+        values of ``dtype`` with a fixed mean and standard deviation; write both with
+        `save_model`.
     """
     if isinstance(classes, int):
         names = ["foreground"] if classes == 1 else [f"class{i}" for i in range(classes)]

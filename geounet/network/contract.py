@@ -59,25 +59,25 @@ class ModelMeta:
         gsd: Ground sample distance in metres the model was trained at (None if unknown).
         provenance: Free-form training record (data, epochs, metrics, time).
         normalization: How raw values are stretched before ``mean``/``std`` (see
-            :mod:`geounet.geodata.normalize`); empty: ``mean``/``std`` are in raw units. A per-scene
+            `geounet.geodata.normalize`); empty: ``mean``/``std`` are in raw units. A per-scene
             stretch also records the typical stretch of the training images
             (``typical_lo``/``typical_hi``), which the ONNX export folds in for Deepness.
         regularize: Square polygon outlines by default when predicting (building models).
         min_area_m2: Drop polygons smaller than this by default when predicting.
         split_m: Split polygons at necks narrower than this (metres) by default when
-            predicting (touching buildings; :func:`geounet.vectors.separate.split_necks`); 0 = off.
+            predicting (touching buildings; `geounet.vectors.separate.split_necks`); 0 = off.
         split_seeds: Cut a binary model's objects apart along the probability valleys between
             cores at or above this probability by default when predicting (touching
-            buildings; :func:`geounet.vectors.separate.split_at_valleys`); 0 = off.
+            buildings; `geounet.vectors.separate.split_at_valleys`); 0 = off.
         class_geometry: What ``predict`` writes for a class, by name: ``polygon`` (outlines) or
-            ``line`` (centerlines, :mod:`geounet.vectors.centerline`). A class not named is a polygon
+            ``line`` (centerlines, `geounet.vectors.centerline`). A class not named is a polygon
             class (every model file from before this field).
         line_width_m: Full width in metres the line classes were buffered to when training
             (None: unknown); the default of the centerline and line-evaluation distances.
         core_m: Binary models: when above 0, the network has one output channel more, the
             probability that a pixel lies in an object's core (its footprint shrunk by this
             many metres, each object on its own). ``predict`` grows objects from those cores,
-            so that touching buildings come out apart (:func:`geounet.vectors.separate.split_at_valleys`).
+            so that touching buildings come out apart (`geounet.vectors.separate.split_at_valleys`).
         format_version: Layout version of this metadata.
     """
 
@@ -134,12 +134,19 @@ class ModelMeta:
         return ["background", *self.classes] if self.binary else list(self.classes)
 
     def geometry_of(self, name: str) -> str:
-        """``polygon`` or ``line``: what a class is vectorized as."""
+        """``polygon`` or ``line``: what a class is vectorized as.
+
+        Args:
+            name: A class name (one of `classes`).
+
+        Returns:
+            ``line`` for a line class (centerlines), else ``polygon``.
+        """
         return self.class_geometry.get(name, "polygon")
 
     @property
     def line_class_ids(self) -> list[int]:
-        """Mask values of the line classes (see :attr:`mask_classes`)."""
+        """Mask values of the line classes (see `mask_classes`)."""
         return [
             i for i, n in enumerate(self.mask_classes) if i > 0 and self.geometry_of(n) == "line"
         ]
@@ -158,6 +165,13 @@ class ModelMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "model") -> ModelMeta:
         """Build and validate metadata read from a file.
+
+        Args:
+            data: The parsed JSON document; keys this version does not know are ignored.
+            source: The file's name, for error messages.
+
+        Returns:
+            The validated contract.
 
         Raises:
             CheckpointError: Missing keys, a newer format, or inconsistent values.
@@ -179,7 +193,12 @@ class ModelMeta:
         return meta
 
     def validate(self, source: str = "model") -> None:
-        """Check internal consistency.
+        """Check internal consistency: a known architecture, one band name, mean and std per
+        input band, one class name per output, a core channel on binary models only, known
+        class geometries and a valid normalization record.
+
+        Args:
+            source: The file's name, for error messages.
 
         Raises:
             CheckpointError: Naming what is inconsistent.

@@ -245,7 +245,7 @@ def export_onnx(
 
     Raises:
         GeounetError: onnx/onnxruntime missing, a bad model, opset or size, an unwritable output
-            (:class:`~geounet.errors.OutputError`), or an export that disagrees with PyTorch.
+            (`OutputError`), or an export that disagrees with PyTorch.
     """
     onnx, ort = require_onnx("exporting to ONNX")
     if dynamic_size and fixed_size is not None:

@@ -69,6 +69,20 @@ class UNet(nn.Module):
         depth: Number of down (and up) steps; tiles must be divisible by ``2**depth``.
 
     Input: float (N, in_channels, H, W). Output: logits (N, classes, H, W).
+
+    Attributes:
+        in_channels: Input bands.
+        classes: Output channels.
+        width: Channels of the first level.
+        depth: Number of down (and up) steps.
+        inc: The first level's double convolution (3x3 convolution, BatchNorm, ReLU, twice).
+        downs: The encoder: ``depth`` steps of 2x2 max-pooling and a double convolution.
+        ups: The decoder: ``depth`` steps of a 2x2 transposed convolution, concatenation with
+            the encoder's features at that level (the skip connection) and a double convolution.
+        head: The 1x1 convolution that gives the logits.
+
+    Raises:
+        ValueError: A size that is not positive.
     """
 
     def __init__(self, in_channels: int, classes: int, width: int = 64, depth: int = 4) -> None:
@@ -94,7 +108,15 @@ class UNet(nn.Module):
         return int(2**self.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of images."""
+        """Logits for a batch of images.
+
+        Args:
+            x: Float (N, in_channels, H, W), standardized as the model's contract says; H and W
+                multiples of ``2**depth``.
+
+        Returns:
+            Logits (N, classes, H, W).
+        """
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))

@@ -72,27 +72,27 @@ class PredictConfig:
             square, turn the logits back and average them (before the sigmoid/softmax and the
             blending). Costs 8 forward passes per tile: about 8 times the network's time.
         resample: ``auto``: when the scene's pixel size differs from the model's by more than
-            :data:`~geounet.prediction.plan.RESAMPLE_RATIO` (either way), each tile is read at the scene's resolution over
+            1.5x (`geounet.prediction.plan.RESAMPLE_RATIO`; either way), each tile is read at the scene's resolution over
             the ground a model tile covers, resampled to the model's pixel size for the network,
             and its logits resampled back before blending, so every output stays on the scene's
             own grid. ``off``: the network sees the scene's pixels as they are.
         regularize: Square polygon outlines (right angles along each building's dominant
-            orientation, small jogs removed; :func:`geounet.vectors.polygons.regularize_polygon`).
+            orientation, small jogs removed; `geounet.vectors.polygons.regularize_polygon`).
             None: the model's default (its metadata says; off for the bundled building model, where it lowered object F1).
         split_m: Split polygons where parts meet through a neck narrower than this many
-            metres (touching buildings; :func:`geounet.vectors.separate.split_necks`); 0 = off,
+            metres (touching buildings; `geounet.vectors.separate.split_necks`); 0 = off,
             None = the model's default.
         split_seeds: Binary models: cut objects apart along the valleys of the probability
             between cores at or above this probability (a seeded watershed, before the mask is
-            written and vectorized; :func:`geounet.vectors.separate.split_at_valleys`); 0 = off, None =
+            written and vectorized; `geounet.vectors.separate.split_at_valleys`); 0 = off, None =
             the model's default. A model with a core channel (``core_m``) takes its cores from
             that channel: P is then the core probability.
         precision: The network's arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto``: bf16
-            on CUDA and on CPUs with native bf16 (see :data:`~geounet.prediction.plan.CPU_AUTO_PRECISION`), float32 on
+            on CUDA and on CPUs with native bf16 (see `geounet.prediction.plan.CPU_AUTO_PRECISION`), float32 on
             other CPUs, where bf16 is emulated.
         backend: What runs the network: ``torch``, ``onnxruntime`` (the model exported in memory
-            and cached, :func:`geounet.network.backends.load_backend`) or ``auto`` (see
-            :func:`~geounet.prediction.plan.choose_backend`).
+            and cached, `geounet.network.backends.load_backend`) or ``auto`` (see
+            `geounet.prediction.plan.choose_backend`).
     """
 
     tile_size: int | None = None
@@ -166,8 +166,31 @@ class PolygonOptions:
 
 @dataclass
 class PredictResult:
-    """What a run produced (``features`` counts polygons and lines; ``lines``: the file with the
-    centerlines when it is not ``vectors``, see :func:`line_output`)."""
+    """What a run produced.
+
+    Attributes:
+        scene: The scene predicted, as given.
+        vectors: The vector file written (None without ``out``).
+        probabilities: The probability GeoTIFF written (None without it).
+        mask: The class-mask GeoTIFF written (None without it).
+        features: Features written: polygons and centerlines together.
+        tiles: Tiles in the scene's grid.
+        tiles_skipped: Tiles that held only nodata and never went through the network.
+        seconds: Wall time of the run.
+        timings: Seconds per part of the run, by the keys of `TIMINGS`.
+        resample_factor: Scene pixels per model pixel (1: the network saw the scene's own
+            pixels; see `PredictConfig.resample`).
+        class_counts: Pixels of each foreground class in the mask, by class name (classes
+            with none left out).
+        lines: The file that holds the centerlines of line classes; ``vectors`` itself when
+            the model has line classes only, a second file (or the same GeoPackage, in layer
+            ``<stem>_lines``) beside it when it has polygon classes too, None without line
+            classes (see `line_output`).
+        line_features: Centerlines written (included in ``features``).
+        bands: The 1-based scene bands the model read, in its order.
+        bands_by_colour: The colour names those bands were found by (their colour
+            interpretation), or empty when they were taken as given or in file order.
+    """
 
     scene: str
     vectors: Path | None

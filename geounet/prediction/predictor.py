@@ -74,19 +74,46 @@ logger = logging.getLogger(__name__)
 class Predictor:
     """A loaded model ready to run over scenes (keeps the model between scenes).
 
-    Args:
-        model: A model file path, or an already loaded ``(UNet, ModelMeta)`` pair. An ``.onnx``
-            file from :func:`geounet.network.export.export_onnx` runs through onnxruntime
-            (:class:`~geounet.network.backends.OnnxNet`) with the same contract and normalization.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        compile: Run the network through ``torch.compile`` (worth it for long runs on a GPU).
-        precision: ``auto``, ``fp32`` or ``bf16`` (see :class:`PredictConfig`).
-        backend: ``auto``, ``torch`` or ``onnxruntime`` (see :func:`choose_backend`); an
-            ``.onnx`` file always runs in onnxruntime.
+    Load it once and call `run` for each scene; `predict_raster` is one scene with a model
+    loaded for it.
+
+    ```python
+    from geounet import PredictConfig, Predictor
+
+    predictor = Predictor("buildings")
+    for scene in ["a.tif", "b.tif"]:
+        predictor.run(scene, scene.replace(".tif", ".gpkg"), config=PredictConfig(overwrite=True))
+    ```
 
     On CUDA the network runs in bf16 autocast (unless ``precision="fp32"``) with channels_last
     tensors, inputs are copied from pinned memory without blocking, cuDNN picks its fastest
     kernels, and the batch size (when not given) is chosen from the free GPU memory.
+
+    Args:
+        model: A bundled model's name, a model file path, or an already loaded
+            ``(UNet, ModelMeta)`` pair (copied: the caller's network is left as it is). An
+            ``.onnx`` file from `geounet.network.export.export_onnx` runs through onnxruntime
+            (`geounet.network.backends.OnnxNet`) with the same contract and normalization.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        compile: Run the network through ``torch.compile`` (worth it for long runs on a GPU).
+        precision: ``auto``, ``fp32`` or ``bf16`` (see `PredictConfig`).
+        backend: ``auto``, ``torch`` or ``onnxruntime`` (see
+            `geounet.prediction.plan.choose_backend`); an ``.onnx`` file always runs in
+            onnxruntime.
+
+    Attributes:
+        meta: The model's contract (`ModelMeta`): bands, normalization, classes, tile size.
+        net: The network as it runs: the PyTorch U-Net with BatchNorm folded into its
+            convolutions, in channels_last layout (compiled with ``compile``), or an
+            onnxruntime session wrapper.
+        device: The ``torch.device`` the network runs on.
+        backend: ``torch`` or ``onnxruntime``: what runs the network, once ``auto`` is settled.
+        amp: The autocast dtype (``torch.bfloat16``), or None for float32.
+
+    Raises:
+        GeounetError: A model that cannot be loaded (`CheckpointError`), or options that do
+            not apply to it (``compile`` or ``precision="bf16"`` with an ONNX file or the
+            onnxruntime backend).
     """
 
     def __init__(
@@ -161,7 +188,15 @@ class Predictor:
         self, batch: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """``(offset, scale)`` for arrays without a scene: the model's fixed scaling, or the
-        stretch of the arrays' own valid pixels for a model that stretches each scene."""
+        stretch of the arrays' own valid pixels for a model that stretches each scene.
+
+        Args:
+            batch: (N, bands, H, W) raw pixel values.
+            valid: (N, H, W) validity; only valid pixels enter the stretch.
+
+        Returns:
+            Per-band float32 ``offset`` and ``scale``: the network sees ``(x - offset) / scale``.
+        """
         norm = self.meta.normalization
         if norm.get("mode") != "scene":
             return normalize.fixed_scaling(norm, self.meta.mean, self.meta.std)
@@ -171,6 +206,12 @@ class Predictor:
 
     def batch_size_for(self, tile_size: int) -> int:
         """A batch size that fits: 1 on the CPU; on CUDA, from a probe of one tile's memory.
+
+        Args:
+            tile_size: Tile size in pixels, as the network sees it.
+
+        Returns:
+            Tiles per forward pass.
 
         On the CPU one tile at a time is both the fastest per tile (the activations stay in
         cache: 230 ms against 390 ms per 512 px tile at batch 4 for a width-16 U-Net on 2 cores)
@@ -218,7 +259,7 @@ class Predictor:
             valid: (N, H, W) validity; invalid pixels are set to the band mean (0 after
                 normalization) so nodata does not leak extreme values into the network.
             tta: Test-time augmentation: the mean of ``undo_dihedral(net(dihedral(x, k)), k)``
-                over the 8 symmetries ``k`` of the square (see :func:`dihedral`), 8 times the
+                over the 8 symmetries ``k`` of the square (see `dihedral`), 8 times the
                 network's work. Validity is applied before the transforms, as without TTA.
             max_batch: With ``tta``, at most this many tiles per forward pass (None: all 8 N
                 variants in one pass): the variants go through the network in groups of
@@ -226,7 +267,7 @@ class Predictor:
                 already ``max_batch``. Without ``tta`` the N tiles make one pass, as given.
 
             scaling: Per-band ``(offset, scale)`` of the scene the tiles come from (see
-                :func:`geounet.geodata.normalize.scene_scaling`; :meth:`run` passes it). None: the
+                `geounet.geodata.normalize.scene_scaling`; `run` passes it). None: the
                 model's fixed scaling, or for a model that stretches each scene, the stretch of
                 these tiles' own valid pixels.
             net_size: Resample the (square) tiles to this size for the network (bilinear,
@@ -308,7 +349,25 @@ class Predictor:
         config: PredictConfig | None = None,
         progress: Progress | None = None,
     ) -> PredictResult:
-        """Predict one scene. See :func:`predict_raster`."""
+        """Predict one scene with the loaded model.
+
+        Args:
+            scene_path: GeoTIFF path or GDAL-readable URL.
+            out: Vector output (.gpkg, .geojson, .fgb, .shp, .parquet), in the scene's CRS
+                unless ``config.to_crs`` says otherwise; None for none.
+            probabilities: Optional probability GeoTIFF (a COG on the scene's grid).
+            mask: Optional class-mask GeoTIFF (a COG on the scene's grid: uint8, nodata 255).
+            config: Options (None: the defaults and the model's); its ``device``,
+                ``compile``, ``precision`` and ``backend`` are the `Predictor`'s own and are
+                not read here.
+            progress: Called as ``progress(done, total)`` after each tile.
+
+        Returns:
+            What was written, with feature counts and timings.
+
+        Raises:
+            GeounetError: Any bad input or unwritable output; no output is left behind.
+        """
         # GDAL's block cache defaults to 5% of RAM and would grow with the scene; a strip of
         # blocks is all the streaming order ever revisits.
         env: dict[str, Any] = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 64}
@@ -455,6 +514,14 @@ class Predictor:
     def plan(self, scene_path: str | os.PathLike[str], cfg: PredictConfig) -> RunPlan:
         """Open a scene, check it against the model, and lay out its tiles.
 
+        Args:
+            scene_path: GeoTIFF path or GDAL-readable URL.
+            cfg: The run's options (tile size, overlap, bands, resampling, batch size).
+
+        Returns:
+            The scene, the bands to read, the tiles (in scene pixels), the network's tile size
+            and the resampling factor, and the batch size.
+
         Raises:
             GeounetError: A scene the model cannot read (bands, dtype, tile size).
         """
@@ -529,18 +596,27 @@ def predict_raster(
 ) -> PredictResult:
     """Segment a scene and write polygons (and optionally probability and mask GeoTIFFs).
 
+    ```python
+    import geounet
+
+    result = geounet.predict_raster("scene.tif", "buildings.gpkg", model="buildings")
+    print(result.features, result.vectors)
+    ```
+
     Args:
         scene: GeoTIFF path or GDAL-readable URL.
         out: Vector output (.geojson, .gpkg, .fgb, .shp, .parquet), in the scene's CRS unless
-            ``config.to_crs`` says otherwise.
-        model: Model file or a loaded ``(UNet, ModelMeta)``.
-        probabilities: Optional probability GeoTIFF in the scene's grid.
-        mask: Optional class-mask GeoTIFF (uint8, nodata 255).
-        config: Options.
+            ``config.to_crs`` says otherwise; None for none (then give ``probabilities`` or
+            ``mask``).
+        model: A bundled model's name, a model file (``.safetensors`` or ``.onnx``) or a loaded
+            ``(UNet, ModelMeta)`` pair.
+        probabilities: Optional probability GeoTIFF (a COG on the scene's grid).
+        mask: Optional class-mask GeoTIFF (a COG on the scene's grid: uint8, nodata 255).
+        config: Options (None: the defaults and the model's).
         progress: Called as ``progress(done, total)`` after each tile.
 
     Returns:
-        Paths, feature count and timings.
+        What was written (paths), feature counts, tiles and timings.
 
     Raises:
         GeounetError: Any bad input or unwritable output; no output is left behind.

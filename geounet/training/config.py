@@ -23,14 +23,14 @@ class TrainConfig:
     Attributes:
         images: Raster paths, globs or folders (folders contribute their GeoTIFFs).
         labels: Label sources: vector files, mask rasters, globs or folders (one string is one
-            source); see :func:`geounet.labels.sets.read_label_sources`.
+            source); see `geounet.labels.sets.read_label_sources`.
         out: Model file to write (the best epoch by validation IoU, or the last: ``keep``).
         val_images: Images used wholly for validation (disables block splitting).
         class_field: Attribute naming each feature's class (None: binary task).
         classes: Class names to use, in order (None: every value found).
         line_width_m: Lines are buffered to this full width in metres.
         class_geometry: Overrides of each class's geometry (``{"road": "line"}``); a class
-            labelled with lines only is a line class without it (see :class:`geounet.network.contract.ModelMeta`).
+            labelled with lines only is a line class without it (see `geounet.network.contract.ModelMeta`).
         point_radius_m: Points are buffered to this radius in metres.
         bands: 1-based bands to use (None: all but alpha).
         tile_size: Training window size in pixels.
@@ -46,15 +46,15 @@ class TrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: DataLoader worker processes.
         samples_per_epoch: Training windows per epoch (None: four times the training area in
-            tiles, between 512 and 2000; see :func:`geounet.training.plan.default_samples`).
+            tiles, between 512 and 2000; see `geounet.training.plan.default_samples`).
         positive_fraction: Share of windows centred on labelled features.
         schedule: Learning-rate schedule.
         resume: Resume checkpoint (``MODEL.resume.safetensors``) of an interrupted run.
         overwrite: Replace an existing model file.
         max_val_windows: Cap on validation windows.
         normalization: ``scene`` (each image's own 2-98 percentile stretch) or ``dataset``
-            (the training set's); see :mod:`geounet.geodata.normalize`.
-        augment: Training augmentations (:class:`geounet.training.dataset.Augment`).
+            (the training set's); see `geounet.geodata.normalize`.
+        augment: Training augmentations (`geounet.training.dataset.Augment`).
         gsd: Ground pixel size (metres) the model works at; windows of other images are
             resampled to it (None: the median of the training images').
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32),
@@ -69,17 +69,17 @@ class TrainConfig:
         contact_weight: Loss weight of those pixels.
         core_m: Binary labels only: give the network a second output, each object's core (its
             footprint shrunk by this many metres, every object on its own; see
-            :func:`geounet.training.dataset.mark_borders`), learnt beside the mask. ``predict`` grows the
+            `geounet.training.dataset.mark_borders`), learnt beside the mask. ``predict`` grows the
             objects from the cores, which parts buildings that touch. None: the ``init``
             model's (0 without one: no core channel).
         core_only: Train the core channel alone (the head's core weights): the rest of the
             ``init`` network, BatchNorm statistics included, stays as it is, so its mask and
             pixel figures do not change, and a step costs little more than a forward pass.
         ema: Decay of the running average of the weights (Polyak averaging) that is validated
-            and saved; 0 = the raw weights. See :class:`geounet.training.step.WeightAverage`.
+            and saved; 0 = the raw weights. See `geounet.training.step.WeightAverage`.
         keep: Which epoch's weights ``out`` holds: ``auto`` (the default: the latest epoch
             whose validation IoU is within one standard error of the best so far, see
-            :class:`geounet.training.epoch.EpochChooser`), ``best`` (the highest validation IoU) or ``last`` (the end
+            `geounet.training.epoch.EpochChooser`), ``best`` (the highest validation IoU) or ``last`` (the end
             of the schedule). With a validation area of a few objects the highest IoU is a
             noisy pick, often an early epoch that fits the data less well.
     """
@@ -130,7 +130,18 @@ KEEP_CHOICES = ("auto", "best", "last")
 
 @dataclass
 class TrainResult:
-    """What a run produced."""
+    """What a training run produced.
+
+    Attributes:
+        model: The model file (``.safetensors``), holding the kept epoch's weights.
+        metrics_file: ``MODEL.metrics.jsonl``: one JSON record per epoch.
+        resume_file: ``MODEL.resume.safetensors``: what ``resume`` needs to continue the run.
+        best_epoch: The epoch (from 1) with the highest validation IoU.
+        best_iou: That epoch's validation IoU.
+        history: Every epoch's record, as ``on_epoch`` receives them (see `train_model`).
+        seconds: Wall time of the run.
+        kept_epoch: The epoch (from 1) whose weights ``model`` holds, as ``keep`` chose it.
+    """
 
     model: Path
     metrics_file: Path

@@ -207,7 +207,7 @@ def evaluate(
         spec: How to read the labels (class field, class names, line width, point radius).
         config: Prediction options when ``model`` is given.
         iou_threshold: Object-matching IoU threshold.
-        line_buffer_m: Buffer in metres of the line measures (:func:`match_lines`) of the line
+        line_buffer_m: Buffer in metres of the line measures (`match_lines`) of the line
             classes (the model's, or those labelled with lines only); None: half the model's line
             width (or the spec's).
         progress: Tile progress when running a model.

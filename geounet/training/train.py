@@ -52,7 +52,34 @@ def train_model(
     on_epoch: EpochCallback | None = None,
     on_info: InfoCallback | None = None,
 ) -> TrainResult:
-    """Train (or fine-tune, or resume) a model. See :class:`geounet.training.config.TrainConfig`.
+    """Train (or fine-tune, or resume) a model and write it with its contract and provenance.
+
+    ```python
+    import geounet
+
+    cfg = geounet.TrainConfig(
+        images=["tiles/*.tif"], labels="buildings.gpkg", out="buildings.safetensors", epochs=10
+    )
+    result = geounet.train_model(cfg, on_info=print)
+    print(result.model, result.kept_epoch, result.best_iou)
+    ```
+
+    Under ``torchrun`` each process trains its share (DistributedDataParallel); only the first
+    writes files and calls the callbacks.
+
+    Args:
+        cfg: The run's options (see `TrainConfig`); ``cfg.init`` fine-tunes a model,
+            ``cfg.resume`` continues an interrupted run.
+        progress: Called as ``progress(done, total)`` after each training batch of an epoch.
+        on_epoch: Called after each epoch with its record: ``epoch``, ``train_loss``,
+            ``val_loss``, ``val_iou``, ``val_iou_se`` (its standard error), ``val_f1``,
+            ``val_precision``, ``val_recall``, ``per_class``, ``lr``, ``seconds``, ``split``;
+            the same record goes to ``MODEL.metrics.jsonl``.
+        on_info: Called with one line for each thing the run decides (the validation split,
+            the pixel size, the precision); None logs them.
+
+    Returns:
+        The files written, the best and the kept epoch, and every epoch's record.
 
     Raises:
         GeounetError: Bad images, labels, model files or options; nothing half-written is left.
