@@ -24,9 +24,10 @@ backend_opt = click.option(
     type=click.Choice(["auto", "torch", "onnxruntime"]),
     default="auto",
     show_default=True,
-    help="What runs the network. auto: onnxruntime on the CPU in float32 when geounet[onnx] is "
-    "installed (the model is exported once and cached in $GEOUNET_CACHE or ~/.cache/geounet), "
-    "PyTorch otherwise (CUDA, bf16, --compile). Name one to force it, e.g. to compare speed.",
+    help="What runs the network. auto: onnxruntime when the network runs on the CPU in float32 "
+    "and geounet[onnx] is installed (the model is exported once and cached in $GEOUNET_CACHE or "
+    "~/.cache/geounet); PyTorch on CUDA, in bf16 (the auto precision on CPUs with native bf16) "
+    "or with --compile. Name one to force it.",
 )
 
 
