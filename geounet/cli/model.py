@@ -1,4 +1,4 @@
-"""``geounet model create``, ``list``, ``info`` and ``export``."""
+"""``geounet model create``, ``list``, ``info``, ``export`` and ``quantize``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from pathlib import Path
 
 import click
 
-from geounet.cli.options import overwrite_opt
+from geounet.cli.options import ManyValues, overwrite_opt
 
 
-@click.group(short_help="List, inspect, create and export models.")
+@click.group(short_help="List, inspect, create, export and quantize models.")
 def model() -> None:
     """\b
         geounet model list
         geounet model info buildings
 
-    List the bundled models, print a model's contract, create an untrained model, or export one
-    to ONNX for QGIS (Deepness) and onnxruntime.
+    List the bundled models, print a model's contract, create an untrained model, export one
+    to ONNX for QGIS (Deepness) and onnxruntime, or write its int8 copy for fast CPU prediction.
 
     Docs: docs/concepts/model-contract.md, docs/tutorials/qgis-deepness.md and
     docs/reference/cli.md (build the site from the source tree with mkdocs serve).
@@ -249,6 +249,59 @@ def export(
         stretch_from=stretch_from,
         overwrite=overwrite,
     )
+    click.echo(str(written))
+
+
+@model.command(short_help="Write an int8 copy of a model for fast CPU prediction.")
+@click.argument("path", metavar="MODEL")
+@click.option(
+    "--images",
+    cls=ManyValues,
+    required=True,
+    help="Calibration images (GeoTIFFs like those the model will see, best its training "
+    "images): paths, globs, @list files or folders; several may follow one flag.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="ONNX file to write [default: MODEL-int8.onnx beside the model, where "
+    "--precision int8 finds it].",
+)
+@click.option(
+    "--windows",
+    type=click.IntRange(1, 5),
+    default=2,
+    show_default=True,
+    help="Calibration windows per image (corners, then the centre).",
+)
+@overwrite_opt
+def quantize(
+    path: str, images: tuple[str, ...], out: Path | None, windows: int, overwrite: bool
+) -> None:
+    """\b
+        geounet model quantize my.safetensors --images train/*.tif
+
+    Write an int8 copy of a model (onnxruntime, CPU), calibrated on windows of --images.
+
+    `geounet predict -m my.safetensors --precision int8` then runs it: on the bundled model it is
+    about twice as fast as float32 on a CPU with masks equal on 99.7 % of pixels; score yours
+    against your labels with `geounet evaluate -m MODEL-int8.onnx`. Needs
+    `pip install 'geounet[onnx]'`.
+
+    Docs: docs/performance.md and docs/reference/cli.md (build the site from the source tree
+    with mkdocs serve).
+    """
+    from geounet.geodata.raster import expand_rasters
+    from geounet.network.checkpoint import resolve_model
+    from geounet.network.quantize import INT8_SUFFIX, quantize_model
+
+    if out is None:
+        p = resolve_model(path)
+        out = p.with_name(p.stem + INT8_SUFFIX)
+    files = expand_rasters(images, folders=True)
+    written = quantize_model(path, files, out, windows=windows, overwrite=overwrite)
     click.echo(str(written))
 
 

@@ -96,7 +96,7 @@ class Predictor:
             (`geounet.network.backends.OnnxNet`) with the same contract and normalization.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         compile: Run the network through ``torch.compile`` (worth it for long runs on a GPU).
-        precision: ``auto``, ``fp32`` or ``bf16`` (see `PredictConfig`).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``int8`` (see `PredictConfig`).
         backend: ``auto``, ``torch`` or ``onnxruntime`` (see
             `geounet.prediction.plan.choose_backend`); an ``.onnx`` file always runs in
             onnxruntime.
@@ -125,11 +125,16 @@ class Predictor:
         precision: Precision = "auto",
         backend: Backend = "auto",
     ) -> None:
-        self.device = resolve_device(device)
-        self.backend = "torch"
         self._auto_batch: dict[int, int] = {}
         self.net: torch.nn.Module
-        self.amp: torch.dtype | None = inference_dtype(self.device, precision)
+        if precision == "int8":
+            self._load_int8(model, device, compile=compile, backend=backend)
+            return
+        self.device = resolve_device(device)
+        self.backend = "torch"
+        # an explicit onnxruntime backend settles precision auto as float32 (what it runs)
+        settled = "fp32" if precision == "auto" and backend == "onnxruntime" else precision
+        self.amp: torch.dtype | None = inference_dtype(self.device, settled)
         path = None if isinstance(model, tuple) else resolve_model(model)
         if path is not None and is_onnx(path):
             if compile:
@@ -183,6 +188,40 @@ class Predictor:
             torch.backends.cudnn.benchmark = True
         if compile:
             self.net = torch.compile(self.net)  # type: ignore[assignment]
+
+    def _load_int8(
+        self,
+        model: str | os.PathLike[str] | tuple[UNet, ModelMeta],
+        device: str,
+        *,
+        compile: bool,
+        backend: str,
+    ) -> None:
+        """``precision="int8"``: the model's int8 graph (``NAME-int8.onnx`` beside it, or an int8
+        ONNX file itself) in onnxruntime on the CPU."""
+        from geounet.network.quantize import INT8_SUFFIX, int8_sibling
+
+        if isinstance(model, tuple):
+            raise GeounetError(
+                "--precision int8 runs a model's int8 ONNX file; pass the model file"
+            )
+        if compile or backend == "torch":
+            raise GeounetError(
+                "--precision int8 runs in onnxruntime; drop --compile and --backend torch"
+            )
+        if device not in ("auto", "cpu"):
+            raise GeounetError("--precision int8 runs on the CPU; use --device cpu")
+        graph = int8_sibling(model)
+        if graph is None:
+            path = resolve_model(model)
+            raise GeounetError(
+                f"{path.name} has no int8 copy; write one with `geounet model quantize {model} "
+                f"--images TRAINING_IMAGES... -o {path.with_name(path.stem + INT8_SUFFIX)}`"
+            )
+        self.amp = None
+        onnx_net, self.meta = load_onnx(graph, device="cpu")
+        self.net, self.device, self.backend = onnx_net, onnx_net.device, "onnxruntime"
+        logger.info("the network runs in int8 (%s, onnxruntime)", graph.name)
 
     def array_scaling(
         self, batch: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]
