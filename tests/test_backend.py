@@ -17,7 +17,7 @@ from geounet.errors import GeounetError
 from geounet.network.backends import backend_cache_entry, cache_dir, load_backend
 from geounet.network.checkpoint import create_model, file_hash, load_model, save_model
 from geounet.network.export import export_onnx
-from geounet.network.unet import calibrate_batchnorm, fuse_batchnorm
+from geounet.network.unet import calibrate_batchnorm, cpu_supports_bf16, fuse_batchnorm
 from geounet.prediction.config import PredictConfig
 from geounet.prediction.plan import choose_backend
 from geounet.prediction.predictor import Predictor
@@ -127,7 +127,10 @@ def test_auto_rule_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(GeounetError, match="runs float32 on the CPU"):
         choose_backend("onnxruntime", cpu, torch.bfloat16, compile=False)
     model = lively_file(tmp_path / "m.safetensors")
-    assert Predictor(str(model), device="cpu").backend == "onnxruntime"
+    # with no option: PyTorch in bf16 on a CPU with native bf16, else onnxruntime in float32
+    expected = "torch" if cpu_supports_bf16() else "onnxruntime"
+    assert Predictor(str(model), device="cpu").backend == expected
+    assert Predictor(str(model), device="cpu", precision="fp32").backend == "onnxruntime"
     assert Predictor(str(model), device="cpu", backend="torch").backend == "torch"
     loaded = load_model(model)
     assert Predictor(loaded, device="cpu").backend == "torch"
@@ -155,6 +158,8 @@ def test_cli_backends_write_the_same_mask(tmp_path: Path, make_raster: object) -
                 str(out),
                 "--backend",
                 backend,
+                "--precision",
+                "fp32",  # PyTorch would run bf16 on a CPU with native bf16
                 "--device",
                 "cpu",
             ],
