@@ -24,7 +24,7 @@ vegetation. It predicts copies of one held-out crop (``CONTRACT_IMAGE``) as othe
 bring it (BGR, a fourth band, 16-bit, finer and coarser pixels). Then it renders the page's
 pictures (image crop, predicted outlines solid, label outlines dashed) at the crops listed in
 ``PICTURES`` and prints every figure (``--json`` writes them too). ``--candidates`` also lists
-every error case per image, from which the pictures' crops were chosen. About a minute on 2
+every error case per image, from which the pictures' crops were chosen. About two minutes on 2
 CPU cores.
 """
 
