@@ -164,7 +164,7 @@ def bootstrap(
     by_object["all"] = all_counts
 
     def f1(c: np.ndarray) -> np.ndarray:
-        return 2 * c[:, 0] / np.maximum(1, 2 * c[:, 0] + c[:, 1] + c[:, 2])
+        return np.asarray(2 * c[:, 0] / np.maximum(1, 2 * c[:, 0] + c[:, 1] + c[:, 2]))
 
     def interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
         return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
