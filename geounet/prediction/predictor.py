@@ -108,12 +108,13 @@ class Predictor:
             onnxruntime session wrapper.
         device: The ``torch.device`` the network runs on.
         backend: ``torch`` or ``onnxruntime``: what runs the network, once ``auto`` is settled.
-        amp: The autocast dtype (``torch.bfloat16``), or None for float32.
+        amp: The autocast dtype (``torch.bfloat16``), or None for float32 (and int8).
 
     Raises:
         GeounetError: A model that cannot be loaded (`CheckpointError`), or options that do
-            not apply to it (``compile`` or ``precision="bf16"`` with an ONNX file or the
-            onnxruntime backend).
+            not apply to it: ``compile`` or ``precision="bf16"`` with an ONNX file or the
+            onnxruntime backend; ``precision="int8"`` for a model without an int8 copy, off the
+            CPU, or with ``compile`` or ``backend="torch"``.
     """
 
     def __init__(
