@@ -285,9 +285,9 @@ def quantize(
 
     Write an int8 copy of a model (onnxruntime, CPU), calibrated on windows of --images.
 
-    `geounet predict -m my.safetensors --precision int8` then runs it: on the bundled model it is
-    about twice as fast as float32 on a CPU with masks equal on 99.7 % of pixels; score yours
-    against your labels with `geounet evaluate -m MODEL-int8.onnx`. Needs
+    `geounet predict -m my.safetensors --precision int8` then runs it, about twice as fast as
+    float32 on a CPU with nearly the same masks (docs/performance.md has the bundled model's
+    figures); score yours against your labels with `geounet evaluate -m MODEL-int8.onnx`. Needs
     `pip install 'geounet[onnx]'`.
 
     Docs: docs/performance.md and docs/reference/cli.md (build the site from the source tree
