@@ -17,6 +17,7 @@ from geounet.cli.options import (
     min_area_opt,
     model_opt,
     overlap_opt,
+    precision_opt,
     prob_dtype_opt,
     regularize_opt,
     seeds_opt,
@@ -29,7 +30,7 @@ from geounet.cli.options import (
 
 if TYPE_CHECKING:
     from geounet.archive.batch import BatchProgress, VectorFormat
-    from geounet.prediction.config import Backend, Device, ProbDtype
+    from geounet.prediction.config import Backend, Device, Precision, ProbDtype
 
     # ParamType is generic from click 8.4 on; subscripting it at run time needs click >= 8.4
     _KeysType = click.ParamType[tuple[str, ...]]
@@ -115,6 +116,7 @@ class AssetKeys(_KeysType):
     help="Tiles per forward pass [default: 1 on the CPU, the fastest there; on CUDA, as many "
     "as fit in about 60 % of the free GPU memory].",
 )
+@precision_opt
 @device_opt
 @backend_opt
 @tta_opt
@@ -181,6 +183,7 @@ def batch(
     tile_size: int | None,
     overlap: int | None,
     batch_size: int | None,
+    precision: Precision,
     device: Device,
     backend: Backend,
     tta: bool,
@@ -227,6 +230,7 @@ def batch(
         overlap=overlap,
         batch_size=batch_size,
         device=device,
+        precision=precision,
         threshold=threshold,
         bands=bands,
         min_area_m2=min_area_m2,

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from geounet.cli.options import backend_opt, device_opt, tile_progress, tta_opt
+from geounet.cli.options import backend_opt, device_opt, precision_opt, tile_progress, tta_opt
 
 if TYPE_CHECKING:
-    from geounet.prediction.config import Backend, Device
+    from geounet.prediction.config import Backend, Device, Precision
 
 
 @click.command(short_help="Score a model or a prediction against labels.")
@@ -86,6 +86,7 @@ if TYPE_CHECKING:
     type=click.IntRange(min=0),
     help="Tile overlap in pixels when running a model, as in predict [default: the model's].",
 )
+@precision_opt
 @device_opt
 @backend_opt
 @tta_opt
@@ -110,6 +111,7 @@ def evaluate(
     line_buffer_m: float | None,
     tile_size: int | None,
     overlap: int | None,
+    precision: Precision,
     device: Device,
     backend: Backend,
     tta: bool,
@@ -150,7 +152,12 @@ def evaluate(
                 prediction=prediction,
                 spec=spec,
                 config=PredictConfig(
-                    tile_size=tile_size, overlap=overlap, device=device, backend=backend, tta=tta
+                    tile_size=tile_size,
+                    overlap=overlap,
+                    precision=precision,
+                    device=device,
+                    backend=backend,
+                    tta=tta,
                 ),
                 iou_threshold=iou_threshold,
                 line_buffer_m=line_buffer_m,

@@ -31,6 +31,18 @@ backend_opt = click.option(
 )
 
 
+precision_opt = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="The network's arithmetic: fp32, or bf16 autocast. auto uses bf16 on CUDA and on CPUs "
+    "with native bf16 (AVX512-BF16, AMX), float32 on other CPUs, which would emulate bf16 slowly. "
+    "int8 runs the model's int8 copy on the CPU (NAME-int8.onnx beside it; the bundled model has "
+    "one; `geounet model quantize` writes others): about twice as fast, nearly the same masks.",
+)
+
+
 split_opt = click.option(
     "--split-touching",
     "split_m",

@@ -16,6 +16,7 @@ from geounet.cli.options import (
     model_opt,
     overlap_opt,
     overwrite_opt,
+    precision_opt,
     prob_dtype_opt,
     regularize_opt,
     seeds_opt,
@@ -57,16 +58,7 @@ if TYPE_CHECKING:
     help="Compile the network with torch.compile first (runs on PyTorch): a start-up cost "
     "that pays off on long GPU runs.",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "int8"]),
-    default="auto",
-    show_default=True,
-    help="The network's arithmetic: fp32, or bf16 autocast. auto uses bf16 on CUDA and on CPUs "
-    "with native bf16 (AVX512-BF16, AMX), float32 on other CPUs, which would emulate bf16 slowly. "
-    "int8 runs the model's int8 copy on the CPU (NAME-int8.onnx beside it; the bundled model has "
-    "one; `geounet model quantize` writes others): about twice as fast, nearly the same masks.",
-)
+@precision_opt
 @device_opt
 @backend_opt
 @tta_opt
