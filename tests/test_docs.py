@@ -206,3 +206,31 @@ def test_help_leads_with_an_example_and_names_the_docs() -> None:
         first = body.splitlines()[0].strip()
         assert first.startswith("geounet " + " ".join(args)), (args, first)
         assert "docs/" in result.output or "documentation" in result.output.lower(), args
+
+
+def test_every_option_and_public_name_has_a_description() -> None:
+    """The references are generated: an option without help or a public name without a docstring
+    would appear there empty."""
+    import inspect
+
+    import geounet
+    from geounet.cli.main import cli
+
+    def walk(cmd: click.Command, path: str) -> list[str]:
+        missing = [
+            f"{path} {p.opts[0]}"
+            for p in cmd.params
+            if isinstance(p, click.Option) and not (p.help or "").strip()
+        ]
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                missing += walk(sub, f"{path} {name}")
+        return missing
+
+    assert walk(cli, "geounet") == []
+    undocumented = [
+        name
+        for name in geounet.__all__
+        if name != "__version__" and len(inspect.getdoc(getattr(geounet, name)) or "") < 20
+    ]
+    assert undocumented == []
