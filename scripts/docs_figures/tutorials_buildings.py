@@ -239,7 +239,7 @@ def fine_tune(checkout: Path) -> None:
         ):
             panel(ax, rgb, extent, "")
             labels_in(ax, inria / "buildings_austin.geojson", extent, crs)
-            n = outlines(ax, out / f"{stem}_{suffix}.gpkg", crs, PRED_COLOUR, linewidth=1.3)
+            n = outlines(ax, out / f"{stem}_{suffix}.fgb", crs, PRED_COLOUR, linewidth=1.3)
             ax.set_title(f"{stem}, {name}: {n} polygons", fontsize=9)
     save(fig, "fine-tune-before-after.png")
     plt.close(fig)
