@@ -185,95 +185,35 @@ def quantize(
     *,
     windows: int = 2,
     size: int = 256,
-    reduce_range: bool = False,
+    reduce_range: bool = True,
     calibration: str = "minmax",
 ) -> Path:
-    """Write an int8 copy of the backend graph (QDQ, per-channel weights), calibrated on windows of
-    the model's training images (the held-out ones excluded), with geounet's metadata so that
-    ``Predictor(out)`` runs it (every output channel kept, as the backend graph).
+    """Write an int8 copy of the model with :func:`geounet.network.quantize.quantize_model`,
+    calibrated on windows of its training images (the held-out ones excluded).
 
-    ``reduce_range`` quantizes weights to 7 bits: onnxruntime's U8S8 kernels on AVX2 (and AVX-512
-    without VNNI) multiply with VPMADDUBSW, whose 16-bit pair sums saturate with full-range
-    weights; its documentation advises 7-bit weights there. ``calibration``: ``minmax`` or
-    ``percentile`` (99.999th percentile of each activation's magnitude)."""
-    import json
-
-    import onnx
-    import onnxruntime
-    import rasterio
+    ``reduce_range=False`` (full-range 8-bit weights) and ``calibration="percentile"`` are kept
+    for the experiments of benchmarks/README.md ("int8"); geounet itself always reduces the range."""
     from buildings import held_out
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
-    from geounet.network.backends import backend_cache_entry, load_backend
-    from geounet.network.onnx_file import ONNX_FORMAT_VERSION
+    from geounet.network.quantize import quantize_model
 
-    path = resolve_model(model)
-    _, meta = load_backend(path)  # fills the cache
-    graph = backend_cache_entry(path, onnxruntime.__version__)
-    reference = Predictor(str(path), device="cpu", backend="torch")
     train, _ = held_out(data)
-    samples: list[np.ndarray] = []
-    for image in train:
-        with rasterio.open(image) as src:
-            arr = src.read(list(range(1, meta.bands + 1))).astype(np.float32)[None]
-        valid = np.ones((1, *arr.shape[-2:]), bool)
-        offset, scale = reference.array_scaling(arr, valid)
-        x = (arr - np.asarray(offset, np.float32).reshape(1, -1, 1, 1)) / np.asarray(
-            scale, np.float32
-        ).reshape(1, -1, 1, 1)
-        h, w = x.shape[-2:]
-        for k in range(windows):  # top-left and bottom-right corners
-            r, c = (0, 0) if k % 2 == 0 else (h - size, w - size)
-            samples.append(np.ascontiguousarray(x[:, :, r : r + size, c : c + size]))
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.it = iter(samples)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.it, None)
-            return None if x is None else {"input": x}
-
-    with tempfile.TemporaryDirectory(prefix="geounet-int8-") as tmp:
-        q = Path(tmp) / "q.onnx"
-        t0 = time.perf_counter()
-        quantize_static(
-            str(graph),
-            str(q),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile
-            if calibration == "percentile"
-            else CalibrationMethod.MinMax,
-        )
-        print(
-            f"quantized on {len(samples)} windows of {len(train)} training images in {time.perf_counter() - t0:.0f} s",
-            flush=True,
-        )
-        proto = onnx.load(str(q))
-    extra = {
-        "format_version": ONNX_FORMAT_VERSION,
-        "input": "input",
-        "logits": "logits",
-        "fixed_size": None,
-        "source": path.name,
-        "int8": True,
-    }
-    for key, value in {"geounet": meta.to_json(), "geounet_onnx": json.dumps(extra)}.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(out))
-    return out
+    t0 = time.perf_counter()
+    written = quantize_model(
+        model,
+        train,
+        out,
+        windows=windows,
+        size=size,
+        overwrite=True,
+        reduce_range=reduce_range,
+        calibration=calibration,
+    )
+    print(
+        f"quantized on windows of {len(train)} training images in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    return written
 
 
 def main() -> None:
@@ -299,9 +239,10 @@ def main() -> None:
         "--bf16", action="store_true", help="also score PyTorch under bf16 autocast (agreement)"
     )
     ap.add_argument(
-        "--reduce-range",
+        "--full-range",
         action="store_true",
-        help="with --quantize: 7-bit weights (no VPMADDUBSW saturation on AVX2 CPUs)",
+        help="with --quantize: full 8-bit weights (saturate VPMADDUBSW on AVX2 CPUs; geounet "
+        "always uses 7-bit weights)",
     )
     ap.add_argument(
         "--calibration", choices=("minmax", "percentile"), default="minmax", help="with --quantize"
@@ -312,7 +253,7 @@ def main() -> None:
             args.model,
             args.data,
             args.quantize,
-            reduce_range=args.reduce_range,
+            reduce_range=not args.full_range,
             calibration=args.calibration,
         )
     if args.speed:

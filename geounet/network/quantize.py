@@ -108,6 +108,8 @@ def quantize_model(
     windows: int = 2,
     size: int = 256,
     overwrite: bool = False,
+    reduce_range: bool = True,
+    calibration: str = "minmax",
 ) -> Path:
     """Write an int8 copy of a model, calibrated on windows of ``images``.
 
@@ -120,6 +122,10 @@ def quantize_model(
         windows: Windows per image (corners, then the centre; at most 5).
         size: Window size in pixels (a multiple of 16 is used).
         overwrite: Replace an existing ``out``.
+        reduce_range: 7-bit weights (keep it: full-range weights saturate the int16 sums of
+            AVX2's VPMADDUBSW; see the module docstring).
+        calibration: ``minmax``, or ``percentile`` (the 99.999th percentile of each activation's
+            magnitude).
 
     Returns:
         The written file.
@@ -176,10 +182,12 @@ def quantize_model(
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            reduce_range=True,
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.Percentile
+            if calibration == "percentile"
+            else CalibrationMethod.MinMax,
         )
         proto = onnx.load(str(q))
     extra = {
