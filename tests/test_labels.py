@@ -73,6 +73,27 @@ def test_read_labels_reads_every_format(tmp_path: Path, suffix: str) -> None:
     assert (mask == 2).sum() == 400 and (mask == 1).sum() == 200
 
 
+def test_a_styled_geopackage_reads_its_vector_layer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """geounet's own GeoPackages (a layer_styles table beside the polygons) are labels as they
+    are: the table without geometry is passed over, without a warning; two vector layers warn."""
+    import pyogrio
+
+    path = tmp_path / "found.gpkg"
+    frame([px_box(10, 10, 30, 30)], cls=["house"]).to_file(path, layer="found")
+    pyogrio.write_dataframe(
+        gpd.pd.DataFrame({"styleName": ["found"]}), path, layer="layer_styles", append=True
+    )
+    with caplog.at_level(logging.WARNING):
+        labels = read_labels(path, LabelSpec(class_field="cls"))
+    assert len(labels) == 1 and "layers" not in caplog.text
+    frame([px_box(0, 0, 5, 5)], cls=["shed"]).to_file(path, layer="more")
+    with caplog.at_level(logging.WARNING):
+        read_labels(path, LabelSpec(class_field="cls"))
+    assert "2 vector layers; reading the first, 'found'" in caplog.text
+
+
 def test_missing_file_is_a_labels_error(tmp_path: Path) -> None:
     with pytest.raises(LabelsError, match=r"nope\.gpkg: no such file"):
         read_labels(tmp_path / "nope.gpkg")

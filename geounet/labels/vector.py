@@ -110,16 +110,19 @@ def _read_ogr(path: str, name: str, field: str | None, *, encoding: str | None) 
         layers = pyogrio.list_layers(path)
         if len(layers) == 0:
             raise LabelsError(f"{name} holds no vector layer; export the labels to .gpkg")
-        if len(layers) > 1:
+        # tables without geometry (a GeoPackage's QGIS layer_styles) are not label layers
+        spatial = [str(n) for n, geom in layers if geom] or [str(layers[0][0])]
+        if len(spatial) > 1:
             logger.warning(
-                "%s has %d layers; reading the first, %r", name, len(layers), str(layers[0][0])
+                "%s has %d vector layers; reading the first, %r", name, len(spatial), spatial[0]
             )
-        info = pyogrio.read_info(path, layer=0, encoding=encoding)
+        layer = spatial[0]
+        info = pyogrio.read_info(path, layer=layer, encoding=encoding)
         fields = [str(f) for f in info["fields"]]
         if field is not None and field not in fields:
             raise _missing_field(name, field, fields)
         frame = gpd.read_file(
-            path, engine="pyogrio", layer=0, columns=[field] if field else [], encoding=encoding
+            path, engine="pyogrio", layer=layer, columns=[field] if field else [], encoding=encoding
         )
     except (LabelsError, UnicodeDecodeError):
         raise
