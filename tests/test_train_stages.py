@@ -104,6 +104,37 @@ def test_the_plan_of_several_classes_and_a_coarser_model(
         assert plan.net.eval()(torch.zeros((1, 3, 32, 32))).shape == (1, 3, 32, 32)
 
 
+def test_fine_tuning_keeps_the_init_models_class_name_and_pixel_size(
+    scene: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--init`` a one-class model with labels that name no class: the class keeps the init
+    model's name (not "foreground"); a --gsd that differs from the init model's says it is ignored."""
+    from geounet.network.checkpoint import create_model, save_model
+
+    net, meta = create_model(bands=3, classes=["roof"], width=4, depth=2)
+    meta.gsd = 1.0
+    init = tmp_path / "roofs.safetensors"
+    save_model(net, meta, init)
+    import geopandas as gpd
+
+    labels = gpd.read_file(scene["la"])
+    roofs = tmp_path / "roofs.gpkg"
+    labels[labels["kind"] == "building"][["geometry"]].to_file(roofs)  # no class attribute
+    cfg = config(
+        scene,
+        tmp_path / "m.safetensors",
+        labels=str(roofs),
+        class_field=None,
+        classes=None,
+        init=str(init),
+        gsd=2.0,
+    )
+    with caplog.at_level("WARNING"):
+        plan = plan_of(cfg)
+    assert plan.class_names == ["roof"] and plan.meta.classes == ["roof"]
+    assert plan.gsd == 1.0 and "--gsd 2 is ignored" in caplog.text
+
+
 def test_one_step_changes_the_weights_and_returns_a_finite_loss(
     scene: dict[str, Path], tmp_path: Path
 ) -> None:

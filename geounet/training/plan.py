@@ -223,6 +223,15 @@ def plan_training(cfg: TrainConfig, dist: Dist, info: Callable[[str], None]) -> 
     labels = _read_labels(cfg)
     class_names = list(labels.class_names)
     binary = labels.binary
+    if (
+        init_meta is not None
+        and binary
+        and cfg.class_field is None
+        and not cfg.classes
+        and len(init_meta.classes) == 1
+        and class_names != list(init_meta.classes)
+    ):  # fine-tuning a one-class model on labels without a class field keeps its class's name
+        class_names = list(init_meta.classes)
     core_m = _core_width(cfg, init_meta, binary, len(class_names))
     n_classes_out = 1 if binary else len(class_names) + 1
     n_out = n_classes_out + (1 if core_m > 0 else 0)
@@ -238,6 +247,12 @@ def plan_training(cfg: TrainConfig, dist: Dist, info: Callable[[str], None]) -> 
     check_tile_size(cfg.tile_size, 0, multiple=2**depth)
     val_idx = [images.paths.index(p) for p in images.val_paths]
     gsd = init_meta.gsd if init_meta and init_meta.gsd else cfg.gsd
+    if init_meta and init_meta.gsd and cfg.gsd and abs(cfg.gsd - init_meta.gsd) > 1e-9:
+        logger.warning(
+            "--gsd %g is ignored: fine-tuning keeps the --init model's pixel size, %g m",
+            cfg.gsd,
+            init_meta.gsd,
+        )
     gsd = _target_gsd(entries, gsd, exclude=val_idx)
     split = SpatialSplit(
         entries,
