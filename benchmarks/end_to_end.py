@@ -80,7 +80,7 @@ RUN_SETTINGS = {
     "torch": ("torch", "fp32"),
     "onnxruntime": ("onnxruntime", "fp32"),
     "auto": ("auto", "auto"),
-    "int8": ("auto", "fp32"),
+    "int8": ("auto", "int8"),
 }
 
 # geounet's library by its current module paths (the package is being reorganized into
@@ -150,7 +150,8 @@ def child_geounet(p: dict[str, Any]) -> dict[str, Any]:
     if session is not None:
         ort_threads = session.get_session_options().intra_op_num_threads
     return {
-        "backend": pred.backend + (" bf16" if pred.amp is not None else " fp32"),
+        "backend": pred.backend
+        + (" int8" if p["precision"] == "int8" else " bf16" if pred.amp is not None else " fp32"),
         "import_s": t_import,
         "load_s": t_load,
         "run_s": result.seconds,
