@@ -220,6 +220,16 @@ def test_polygon_options_are_parameters_only_when_given() -> None:
     )
     assert given["split_seeds"] == 0.7 and given["split_m"] == 0.0
     assert {k: v for k, v in given.items() if k not in ("split_seeds", "split_m")} == base
+    # int8 runs another file and changes pixels: a parameter; fp32 and bf16 only round apart
+    for precision in ("fp32", "bf16"):
+        same = batch_params(
+            PredictConfig(precision=precision), fmt="gpkg", probabilities=False, mask=False
+        )
+        assert same == base
+    int8 = batch_params(
+        PredictConfig(precision="int8"), fmt="gpkg", probabilities=False, mask=False
+    )
+    assert int8 == {**base, "precision": "int8"}
 
 
 def test_tta_is_a_parameter_turning_it_on_or_off_redoes_scenes(
