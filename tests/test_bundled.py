@@ -52,6 +52,7 @@ def test_model_list_and_info_show_it() -> None:
     assert "held-out rio" in r.stdout and "object F1" in r.stdout
     r = CliRunner().invoke(cli, ["model", "list", "--json"], catch_exceptions=False)
     assert json.loads(r.stdout)[0]["name"] == "buildings"
+    assert json.loads(r.stdout)[0]["int8"] is True  # buildings-int8.onnx ships beside it
     r = CliRunner().invoke(cli, ["model", "info", "buildings"], catch_exceptions=False)
     assert (
         r.exit_code == 0

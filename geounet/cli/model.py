@@ -140,6 +140,7 @@ def list_(as_json: bool) -> None:
     mkdocs serve).
     """
     from geounet.network.checkpoint import DEFAULT_MODEL, bundled_models, read_meta
+    from geounet.network.quantize import INT8_SUFFIX
 
     rows = []
     for name, path in bundled_models().items():
@@ -153,6 +154,7 @@ def list_(as_json: bool) -> None:
                 "gsd_m": meta.gsd,
                 "classes": meta.classes,
                 "size_mb": round(path.stat().st_size / 1e6, 1),
+                "int8": path.with_name(path.stem + INT8_SUFFIX).is_file(),
                 "validation": meta.provenance.get("validation", {}),
             }
         )
@@ -167,6 +169,7 @@ def list_(as_json: bool) -> None:
         click.echo(
             f"{r['name']}{' (default)' if r['default'] else ''}: {', '.join(r['classes'])}; "
             f"{r['bands']} bands {r['dtype']}, {gsd} pixels, {r['size_mb']} MB"
+            + ("; int8 copy (--precision int8)" if r["int8"] else "")
         )
         for source, v in r["validation"].items():
             if isinstance(v, dict) and "pixel_f1" in v:
