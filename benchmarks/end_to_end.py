@@ -443,13 +443,10 @@ def cpu_info(threads: int) -> dict[str, Any]:
     peak_source = f"{threads} x {FLOP_PER_CYCLE} FLOP/cycle x {source}"
     bf16_peak = None
     try:  # the clock and peak measured by benchmarks/cpu_peak.py (a VM's cpu MHz is not its clock)
-        spec = importlib.util.spec_from_file_location(
-            "cpu_peak", ROOT / "benchmarks" / "cpu_peak.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        probe = module.measure(threads, 100_000_000)
+        sys.path.insert(0, str(BENCH))
+        import cpu_peak
+
+        probe = cpu_peak.measure(threads, 100_000_000)
         mhz, source = (
             probe["clock_ghz"] * 1000,
             "measured by benchmarks/cpu_peak.py (dependent adds)",

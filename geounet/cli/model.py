@@ -140,7 +140,7 @@ def list_(as_json: bool) -> None:
     mkdocs serve).
     """
     from geounet.network.checkpoint import DEFAULT_MODEL, bundled_models, read_meta
-    from geounet.network.quantize import INT8_SUFFIX
+    from geounet.network.quantize import int8_path
 
     rows = []
     for name, path in bundled_models().items():
@@ -154,7 +154,7 @@ def list_(as_json: bool) -> None:
                 "gsd_m": meta.gsd,
                 "classes": meta.classes,
                 "size_mb": round(path.stat().st_size / 1e6, 1),
-                "int8": path.with_name(path.stem + INT8_SUFFIX).is_file(),
+                "int8": int8_path(path).is_file(),
                 "validation": meta.provenance.get("validation", {}),
             }
         )
@@ -298,11 +298,10 @@ def quantize(
     """
     from geounet.geodata.raster import expand_rasters
     from geounet.network.checkpoint import resolve_model
-    from geounet.network.quantize import INT8_SUFFIX, quantize_model
+    from geounet.network.quantize import int8_path, quantize_model
 
     if out is None:
-        p = resolve_model(path)
-        out = p.with_name(p.stem + INT8_SUFFIX)
+        out = int8_path(resolve_model(path))
     files = expand_rasters(images, folders=True)
     written = quantize_model(path, files, out, windows=windows, overwrite=overwrite)
     click.echo(str(written))

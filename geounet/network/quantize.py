@@ -33,13 +33,19 @@ import numpy.typing as npt
 from geounet.errors import GeounetError, OutputError
 from geounet.network.checkpoint import is_onnx, load_model, resolve_model
 from geounet.network.contract import ModelMeta
-from geounet.network.onnx_file import ONNX_FORMAT_VERSION, require_onnx
+from geounet.network.onnx_file import ONNX_FORMAT_VERSION, onnx_properties, require_onnx
 from geounet.network.unet import fuse_batchnorm
 
 logger = logging.getLogger(__name__)
 
 #: Suffix of the int8 file beside a model: ``buildings.safetensors`` -> ``buildings-int8.onnx``.
 INT8_SUFFIX = "-int8.onnx"
+
+
+def int8_path(model_file: str | os.PathLike[str]) -> Path:
+    """Where a model file's int8 copy goes: ``NAME-int8.onnx`` beside ``NAME.safetensors``."""
+    path = Path(model_file)
+    return path.with_name(path.stem + INT8_SUFFIX)
 
 
 def int8_sibling(model: str | os.PathLike[str] | None) -> Path | None:
@@ -49,21 +55,13 @@ def int8_sibling(model: str | os.PathLike[str] | None) -> Path | None:
     path = resolve_model(model)
     if is_onnx(path):
         return path if is_int8_file(path) else None
-    sibling = path.with_name(path.stem + INT8_SUFFIX)
+    sibling = int8_path(path)
     return sibling if sibling.is_file() else None
 
 
 def is_int8_file(path: str | os.PathLike[str]) -> bool:
     """Whether an ONNX file is a geounet int8 graph (its ``geounet_onnx`` record says so)."""
-    onnx, _ = require_onnx("reading an ONNX model", runtime=False)
-    proto = onnx.load(str(path), load_external_data=False)
-    for entry in proto.metadata_props:
-        if entry.key == "geounet_onnx":
-            try:
-                return bool(json.loads(entry.value).get("int8"))
-            except json.JSONDecodeError:
-                return False
-    return False
+    return bool(onnx_properties(path)["geounet_onnx"].get("int8"))
 
 
 def calibration_windows(
@@ -143,71 +141,64 @@ def quantize_model(
         quantize_static,
     )
 
+    from geounet.geodata.raster import AtomicOutputs
     from geounet.network.backends import _backend_graph
 
     onnx, _ = require_onnx("int8 quantization")
     dest = Path(out)
     if dest.suffix.lower() != ".onnx":
         raise OutputError(f"{dest}: an int8 model is an ONNX file; name it *.onnx")
-    if dest.exists() and not overwrite:
-        raise OutputError(f"{dest} exists; pass --overwrite to replace it")
-    if not dest.parent.is_dir():
-        raise OutputError(f"cannot write {dest}: directory {dest.parent} does not exist")
     path = resolve_model(model)
     if is_onnx(path):
         raise GeounetError(f"{path.name} is an ONNX file; quantize the .safetensors model")
     if not images:
         raise GeounetError("int8 quantization needs calibration images (--images)")
-    net, meta = load_model(path)
-    net = fuse_batchnorm(net.float()).eval()
-    samples = list(calibration_windows(meta, images, windows=windows, size=size))
-    if not samples:
-        raise GeounetError("no calibration window: every image is smaller than 16 pixels")
-    data, _ = _backend_graph(onnx, onnxruntime, net, meta)
+    with AtomicOutputs() as outputs:
+        target = outputs.reserve(dest, overwrite=overwrite)  # an unwritable output fails first
+        net, meta = load_model(path)
+        net = fuse_batchnorm(net.float()).eval()
+        samples = list(calibration_windows(meta, images, windows=windows, size=size))
+        if not samples:
+            raise GeounetError("no calibration window: every image is smaller than 16 pixels")
+        data, _ = _backend_graph(onnx, onnxruntime, net, meta)
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.it = iter(samples)
+        class Reader(CalibrationDataReader):  # type: ignore[misc]
+            def __init__(self) -> None:
+                self.it = iter(samples)
 
-        def get_next(self) -> dict[str, Any] | None:
-            x = next(self.it, None)
-            return None if x is None else {"input": x}
+            def get_next(self) -> dict[str, Any] | None:
+                x = next(self.it, None)
+                return None if x is None else {"input": x}
 
-    with tempfile.TemporaryDirectory(prefix="geounet-int8-") as tmp:
-        fp32, q = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        fp32.write_bytes(data)
-        quantize_static(
-            str(fp32),
-            str(q),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile
-            if calibration == "percentile"
-            else CalibrationMethod.MinMax,
-        )
-        proto = onnx.load(str(q))
-    extra = {
-        "format_version": ONNX_FORMAT_VERSION,
-        "input": "input",
-        "logits": "logits",
-        "fixed_size": None,
-        "source": path.name,
-        "int8": True,
-        "calibration": {"windows": len(samples), "size": size, "images": len(images)},
-    }
-    for key, value in {"geounet": meta.to_json(), "geounet_onnx": json.dumps(extra)}.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    tmp_out = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    try:
-        onnx.save(proto, str(tmp_out))
-        os.replace(tmp_out, dest)
-    except OSError as exc:
-        tmp_out.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        with tempfile.TemporaryDirectory(prefix="geounet-int8-") as scratch:
+            fp32 = Path(scratch) / "fp32.onnx"
+            fp32.write_bytes(data)
+            quantize_static(
+                str(fp32),
+                str(target),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile
+                if calibration == "percentile"
+                else CalibrationMethod.MinMax,
+            )
+        proto = onnx.load(str(target))
+        extra = {
+            "format_version": ONNX_FORMAT_VERSION,
+            "input": "input",
+            "logits": "logits",
+            "fixed_size": None,
+            "source": path.name,
+            "int8": True,
+            "calibration": {"windows": len(samples), "size": size, "images": len(images)},
+        }
+        for key, value in {"geounet": meta.to_json(), "geounet_onnx": json.dumps(extra)}.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(target))
     logger.info("wrote %s (int8, %d calibration windows)", dest, len(samples))
     return dest

@@ -200,7 +200,7 @@ class Predictor:
     ) -> None:
         """``precision="int8"``: the model's int8 graph (``NAME-int8.onnx`` beside it, or an int8
         ONNX file itself) in onnxruntime on the CPU."""
-        from geounet.network.quantize import INT8_SUFFIX, int8_sibling
+        from geounet.network.quantize import int8_path, int8_sibling
 
         if isinstance(model, tuple):
             raise GeounetError(
@@ -217,7 +217,7 @@ class Predictor:
             path = resolve_model(model)
             raise GeounetError(
                 f"{path.name} has no int8 copy; write one with `geounet model quantize {model} "
-                f"--images TRAINING_IMAGES... -o {path.with_name(path.stem + INT8_SUFFIX)}`"
+                f"--images TRAINING_IMAGES... -o {int8_path(path)}`"
             )
         self.amp = None
         onnx_net, self.meta = load_onnx(graph, device="cpu")
